@@ -1,0 +1,130 @@
+"""The limit arbiter: the only place that decides a commanded current (and voltage).
+
+Every other part of the agent proposes limits; this module takes the minimum, applies
+the up-ramp, and says which limit bound. Currents are signed (+ = into the vehicle);
+limits are magnitudes that apply in the direction of the demand.
+
+Any NaN, infinite-where-finite-is-required or negative limit is treated as "no
+permission": the decision is 0 A, bound by INVALID_INPUT (fail safe, never raise).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Limit(Enum):
+    STATE = "state"
+    INVALID_INPUT = "invalid_input"
+    EV_DEMAND = "ev_demand"
+    EV_MAX = "ev_max"
+    CHARGER_MAX = "charger_max"
+    MODULE_CAPABILITY = "module_capability"
+    POWER = "power"
+    RAMP = "ramp"
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentLimits:
+    """What each party allows right now. Magnitudes in A unless noted."""
+
+    state_a: float  # what the session state allows (0 outside energy transfer)
+    ev_demand_a: float  # signed request, + = into the vehicle
+    ev_max_a: float  # BCP max charge current (or EV max discharge current)
+    charger_max_a: float  # gun/cable/charger rating
+    module_capability_a: float  # what the power module reports it can deliver
+    power_limit_w: float  # rated power of the gun
+    voltage_v: float  # present output voltage, to turn the power limit into amps
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentDecision:
+    current_a: float  # signed command, + = into the vehicle
+    bound_by: Limit
+    ceiling_a: float  # the magnitude allowed before the ramp
+
+
+@dataclass(frozen=True, slots=True)
+class VoltageDecision:
+    voltage_v: float
+    bound_by: str
+
+
+# A voltage below this cannot be used to convert a power limit into amps; 1 V keeps
+# the division finite while the output is still rising.
+_MIN_VOLTAGE_FOR_POWER_V = 1.0
+
+
+def _bad_magnitude(x: float) -> bool:
+    return math.isnan(x) or x < 0.0
+
+
+def decide_current(
+    limits: CurrentLimits, previous_a: float, dt_s: float, ramp_up_a_per_s: float
+) -> CurrentDecision:
+    """Return the commanded current: min of all limits, then the up-ramp.
+
+    The ramp only limits increases of magnitude; decreases are immediate, so a
+    tightened limit is obeyed within the same decision.
+    """
+    magnitudes = (
+        limits.state_a,
+        limits.ev_max_a,
+        limits.charger_max_a,
+        limits.module_capability_a,
+        limits.power_limit_w,
+    )
+    if (
+        any(_bad_magnitude(x) for x in magnitudes)
+        or not math.isfinite(limits.ev_demand_a)
+        or math.isnan(limits.voltage_v)
+        or not math.isfinite(previous_a)
+        or math.isnan(dt_s)
+        or math.isnan(ramp_up_a_per_s)
+    ):
+        return CurrentDecision(0.0, Limit.INVALID_INPUT, 0.0)
+
+    direction = 1.0 if limits.ev_demand_a >= 0.0 else -1.0
+    power_a = limits.power_limit_w / max(abs(limits.voltage_v), _MIN_VOLTAGE_FOR_POWER_V)
+    # Order matters only for ties: the earlier entry is reported as the bound.
+    candidates = (
+        (limits.state_a, Limit.STATE),
+        (abs(limits.ev_demand_a), Limit.EV_DEMAND),
+        (limits.ev_max_a, Limit.EV_MAX),
+        (limits.charger_max_a, Limit.CHARGER_MAX),
+        (limits.module_capability_a, Limit.MODULE_CAPABILITY),
+        (power_a, Limit.POWER),
+    )
+    ceiling, bound = min(candidates, key=lambda c: c[0])
+    if math.isinf(ceiling):
+        return CurrentDecision(0.0, Limit.INVALID_INPUT, 0.0)
+
+    # Ramp from what was commanded before, in the same direction only: a sign change
+    # always passes through zero first.
+    prev_same_dir = max(previous_a * direction, 0.0)
+    ramp_step = max(dt_s, 0.0) * max(ramp_up_a_per_s, 0.0)
+    magnitude = ceiling
+    if ceiling > prev_same_dir + ramp_step:
+        magnitude = prev_same_dir + ramp_step
+        bound = Limit.RAMP
+    return CurrentDecision(direction * magnitude if magnitude > 0.0 else 0.0, bound, ceiling)
+
+
+def decide_voltage(
+    ev_demand_v: float, ev_max_v: float, bhm_max_v: float, charger_max_v: float
+) -> VoltageDecision:
+    """The commanded output voltage: min of the EV's request and every voltage limit."""
+    candidates = (
+        (ev_demand_v, "ev_demand"),
+        (ev_max_v, "ev_max"),
+        (bhm_max_v, "bhm_max"),
+        (charger_max_v, "charger_max"),
+    )
+    if any(math.isnan(v) or v < 0.0 for v, _ in candidates):
+        return VoltageDecision(0.0, "invalid_input")
+    voltage, bound = min(candidates, key=lambda c: c[0])
+    if math.isinf(voltage):
+        return VoltageDecision(0.0, "invalid_input")
+    return VoltageDecision(voltage, bound)

@@ -1,0 +1,92 @@
+"""Commands the core emits; the runtime executes them through the drivers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.core.messages import ChargerMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Send one message to the vehicle (the driver segments multi-packet ones)."""
+
+    message: ChargerMessage
+
+
+@dataclass(frozen=True, slots=True)
+class SetModuleOutput:
+    """Power-module setpoint. current_a is signed, + = into the vehicle.
+
+    enabled=False turns the module output off regardless of the setpoints.
+    """
+
+    enabled: bool
+    voltage_v: float
+    current_a: float
+
+
+@dataclass(frozen=True, slots=True)
+class SetContactors:
+    """K1/K2 (DC+ / DC-) between the module and the gun."""
+
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SetBleeder:
+    """The discharge (bleeder) resistor across the gun output."""
+
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StartInsulationTest:
+    """Ask the insulation monitor for a measurement at the applied test voltage."""
+
+    test_voltage_v: float
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """Reporting only: the session moved between states."""
+
+    t: float
+    source: str
+    dest: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentDecided:
+    """Reporting only: what the arbiter commanded and which limit bound it."""
+
+    t: float
+    current_a: float
+    voltage_v: float
+    bound_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionReport:
+    """Reporting only: emitted once when a session reaches finished or fault."""
+
+    t: float
+    outcome: str
+    reason: str
+    energy_kwh: float
+    duration_s: float
+    start_soc_pct: float | None
+    end_soc_pct: float | None
+
+
+Command = (
+    Transmit
+    | SetModuleOutput
+    | SetContactors
+    | SetBleeder
+    | StartInsulationTest
+    | StateChanged
+    | CurrentDecided
+    | SessionReport
+)

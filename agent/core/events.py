@@ -1,0 +1,103 @@
+"""Events the core consumes. Every event carries `t`, seconds on the session clock.
+
+The core never reads a clock: time only moves when an event says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.core.messages import BmsMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time has advanced; lets the core run periodic sends, ramps and watchdogs."""
+
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleConnected:
+    """CC1 / detection point 1 reads connected and the gun is locked (GB/T 18487.1 B.3).
+
+    wall_clock_s (POSIX seconds), when known, lets the core fill CTS time sync.
+    """
+
+    t: float
+    wall_clock_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleDisconnected:
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleMessage:
+    """A complete, decoded message from the BMS (TP reassembly already done)."""
+
+    t: float
+    message: BmsMessage
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleStatus:
+    """One poll of the power module and the gun's DC measurement.
+
+    output_voltage_v is measured on the module side of K1/K2, gun_voltage_v on the
+    vehicle side (it shows the battery once the vehicle has closed K5/K6).
+    output_current_a is signed, + = into the vehicle.
+    """
+
+    t: float
+    output_voltage_v: float
+    output_current_a: float
+    gun_voltage_v: float
+    temperature_c: float
+    contactors_closed: bool
+    fault_word: int
+    insulation_ohm: float | None = None
+    capability_current_a: float | None = None
+    capability_power_w: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleLinkLost:
+    """The power-module bus failed a request (timeout, connection refused, CRC)."""
+
+    t: float
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class DriverError:
+    """A driver met input it could not use (malformed frame, TP abort, bus error).
+
+    fatal=True means the link itself is unusable and the session must stop.
+    """
+
+    t: float
+    source: str
+    detail: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    """An operator (or the simulator's scenario) asks the session to stop normally."""
+
+    t: float
+    reason: str = "operator"
+
+
+Event = (
+    Tick
+    | VehicleConnected
+    | VehicleDisconnected
+    | VehicleMessage
+    | ModuleStatus
+    | ModuleLinkLost
+    | DriverError
+    | StopRequested
+)

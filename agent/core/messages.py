@@ -1,0 +1,310 @@
+"""GB/T 27930-2015 messages in physical units, free of any wire format.
+
+These dataclasses are the vocabulary shared by the sans-I/O core, the CAN driver
+(`drivers.gbt27930`, which turns them into frames and back) and the BMS simulator.
+
+Sign convention (the project's, not the standard's): a positive current is energy
+flowing *into the vehicle*. GB/T 27930-2015 §4.5 counts the other way; the codec
+converts at the edge. Limits that are magnitudes (BCP max current, CML max/min
+current) are stored as non-negative amps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+
+
+class Ready(IntEnum):
+    """BRO/CRO byte 1 (SPN 2829/2830)."""
+
+    NOT_READY = 0x00
+    READY = 0xAA
+    INVALID = 0xFF
+
+
+class ChargeMode(IntEnum):
+    """BCL byte 5 (SPN 3074)."""
+
+    CONSTANT_VOLTAGE = 0x01
+    CONSTANT_CURRENT = 0x02
+
+
+class Level(IntEnum):
+    """A 2-bit BSM level field: 00 normal, 01 too high, 10 too low."""
+
+    NORMAL = 0
+    HIGH = 1
+    LOW = 2
+
+
+class BmsStopReason(Enum):
+    """BST byte 1 (SPN 3511)."""
+
+    SOC_REACHED = "soc_reached"
+    TOTAL_VOLTAGE_REACHED = "total_voltage_reached"
+    CELL_VOLTAGE_REACHED = "cell_voltage_reached"
+    CHARGER_STOPPED = "charger_stopped"
+
+
+class BmsFault(Enum):
+    """BST bytes 2-3 (SPN 3512)."""
+
+    INSULATION = "insulation"
+    CONNECTOR_OVER_TEMPERATURE = "connector_over_temperature"
+    BMS_OVER_TEMPERATURE = "bms_over_temperature"
+    CONNECTOR = "connector"
+    PACK_OVER_TEMPERATURE = "pack_over_temperature"
+    HV_RELAY = "hv_relay"
+    DETECTION_POINT_2 = "detection_point_2"
+    OTHER = "other"
+
+
+class BmsError(Enum):
+    """BST byte 4 (SPN 3513)."""
+
+    OVER_CURRENT = "over_current"
+    VOLTAGE_ABNORMAL = "voltage_abnormal"
+
+
+class ChargerStopReason(Enum):
+    """CST byte 1 (SPN 3521)."""
+
+    CONDITION_REACHED = "condition_reached"
+    MANUAL = "manual"
+    FAULT = "fault"
+    BMS_STOPPED = "bms_stopped"
+
+
+class ChargerFault(Enum):
+    """CST bytes 2-3 (SPN 3522)."""
+
+    OVER_TEMPERATURE = "over_temperature"
+    CONNECTOR = "connector"
+    INTERNAL_OVER_TEMPERATURE = "internal_over_temperature"
+    ENERGY_UNAVAILABLE = "energy_unavailable"
+    EMERGENCY_STOP = "emergency_stop"
+    OTHER = "other"
+
+
+class ChargerError(Enum):
+    """CST byte 4 (SPN 3523)."""
+
+    CURRENT_MISMATCH = "current_mismatch"
+    VOLTAGE_ABNORMAL = "voltage_abnormal"
+
+
+class BemTimeout(Enum):
+    """BEM: which charger message the BMS timed out on (SPN 3901-3907)."""
+
+    CRM_00 = "crm_00"
+    CRM_AA = "crm_aa"
+    CML_CTS = "cml_cts"
+    CRO = "cro"
+    CCS = "ccs"
+    CST = "cst"
+    CSD = "csd"
+
+
+class CemTimeout(Enum):
+    """CEM: which BMS message the charger timed out on (SPN 3921-3927)."""
+
+    BRM = "brm"
+    BCP = "bcp"
+    BRO = "bro"
+    BCS = "bcs"
+    BCL = "bcl"
+    BST = "bst"
+    BSD = "bsd"
+
+
+@dataclass(frozen=True, slots=True)
+class CHM:
+    """Charger handshake; version V1.1 is (1, 1, 0)."""
+
+    version: tuple[int, int, int] = (1, 1, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class BHM:
+    """Vehicle handshake: max permissible total charging voltage (insulation test limit)."""
+
+    max_charge_voltage_v: float
+
+
+@dataclass(frozen=True, slots=True)
+class CRM:
+    """Charger recognition: recognized=False is 0x00, True is 0xAA."""
+
+    recognized: bool
+    charger_number: int = 0
+    region: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BRM:
+    """BMS and vehicle identification (multi-packet, 49 bytes with software version).
+
+    Optional fields the vehicle leaves at 0xFF decode as None / "" / b"".
+    """
+
+    version: tuple[int, int, int]
+    battery_type: int
+    rated_capacity_ah: float
+    rated_voltage_v: float
+    manufacturer: str = ""
+    pack_serial: int | None = None
+    production_date: tuple[int, int, int] | None = None  # (year, month, day)
+    cycle_count: int | None = None
+    leased: bool | None = None
+    vin: str = ""
+    software_version: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class BCP:
+    """Battery charging parameters (multi-packet, 13 bytes)."""
+
+    max_cell_voltage_v: float
+    max_charge_current_a: float  # magnitude
+    nominal_energy_kwh: float
+    max_total_voltage_v: float
+    max_temperature_c: float
+    soc_pct: float
+    battery_voltage_v: float
+
+
+@dataclass(frozen=True, slots=True)
+class CTS:
+    """Charger time sync: (year, month, day, hour, minute, second), BCD on the wire."""
+
+    timestamp: tuple[int, int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class CML:
+    """Charger max/min output; currents are magnitudes of charging current."""
+
+    max_voltage_v: float
+    min_voltage_v: float
+    max_current_a: float
+    min_current_a: float
+
+
+@dataclass(frozen=True, slots=True)
+class BRO:
+    ready: Ready
+
+
+@dataclass(frozen=True, slots=True)
+class CRO:
+    ready: Ready
+
+
+@dataclass(frozen=True, slots=True)
+class BCL:
+    """Battery charging demand; current_demand_a is signed, + = into the vehicle."""
+
+    voltage_demand_v: float
+    current_demand_a: float
+    mode: ChargeMode
+
+
+@dataclass(frozen=True, slots=True)
+class BCS:
+    """Battery charging status (multi-packet, 9 bytes); measured_current_a is signed, + = in."""
+
+    measured_voltage_v: float
+    measured_current_a: float
+    max_cell_voltage_v: float
+    max_cell_group: int
+    soc_pct: float
+    remaining_min: int
+
+
+@dataclass(frozen=True, slots=True)
+class CCS:
+    """Charger charging status; output_current_a is signed, + = into the vehicle."""
+
+    output_voltage_v: float
+    output_current_a: float
+    charging_min: int
+    permitted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BSM:
+    """Battery status; charge_permitted=False with no abnormal flag means pause."""
+
+    max_cell_voltage_index: int
+    max_temperature_c: float
+    max_temperature_index: int
+    min_temperature_c: float
+    min_temperature_index: int
+    cell_voltage: Level = Level.NORMAL
+    soc: Level = Level.NORMAL
+    over_current: bool = False
+    over_temperature: bool = False
+    insulation_fault: bool = False
+    connector_fault: bool = False
+    charge_permitted: bool = True
+
+    def abnormal(self) -> bool:
+        """Any flag that GB/T 27930 says must stop charging."""
+        return (
+            self.cell_voltage is not Level.NORMAL
+            or self.soc is not Level.NORMAL
+            or self.over_current
+            or self.over_temperature
+            or self.insulation_fault
+            or self.connector_fault
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BST:
+    reasons: frozenset[BmsStopReason] = field(default_factory=frozenset)
+    faults: frozenset[BmsFault] = field(default_factory=frozenset)
+    errors: frozenset[BmsError] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class CST:
+    reasons: frozenset[ChargerStopReason] = field(default_factory=frozenset)
+    faults: frozenset[ChargerFault] = field(default_factory=frozenset)
+    errors: frozenset[ChargerError] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class BSD:
+    """BMS statistics at the end of a session."""
+
+    end_soc_pct: float
+    min_cell_voltage_v: float
+    max_cell_voltage_v: float
+    min_temperature_c: float
+    max_temperature_c: float
+
+
+@dataclass(frozen=True, slots=True)
+class CSD:
+    """Charger statistics at the end of a session."""
+
+    charging_min: int
+    energy_kwh: float
+    charger_number: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BEM:
+    timeouts: frozenset[BemTimeout] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class CEM:
+    timeouts: frozenset[CemTimeout] = field(default_factory=frozenset)
+
+
+ChargerMessage = CHM | CRM | CTS | CML | CRO | CCS | CST | CSD | CEM
+BmsMessage = BHM | BRM | BCP | BRO | BCL | BCS | BSM | BST | BSD | BEM
+GbtMessage = ChargerMessage | BmsMessage

@@ -1,0 +1,506 @@
+"""One gun's charging session, GB/T 27930-2015 charger side, sans-I/O.
+
+`GunSession.handle(event)` takes one event and returns the commands to execute. The
+states and legal transitions come from `agent.core.states.TRANSITIONS`; this class
+supplies what happens inside each state (its steps, watchdogs and periodic messages).
+Every commanded current goes through `agent.core.arbiter.decide_current`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from transitions import Machine
+
+from agent.core import timing as T
+from agent.core.arbiter import CurrentLimits, decide_current, decide_voltage
+from agent.core.commands import (
+    Command,
+    CurrentDecided,
+    SessionReport,
+    SetBleeder,
+    SetContactors,
+    SetModuleOutput,
+    StartInsulationTest,
+    StateChanged,
+    Transmit,
+)
+from agent.core.events import (
+    DriverError,
+    Event,
+    ModuleLinkLost,
+    ModuleStatus,
+    StopRequested,
+    Tick,
+    VehicleConnected,
+    VehicleDisconnected,
+    VehicleMessage,
+)
+from agent.core.messages import (
+    BCL,
+    BCP,
+    BCS,
+    BEM,
+    BHM,
+    BRM,
+    BRO,
+    BSD,
+    BSM,
+    BST,
+    CCS,
+    CEM,
+    CHM,
+    CML,
+    CRM,
+    CRO,
+    CSD,
+    CST,
+    CTS,
+    BmsMessage,
+    CemTimeout,
+    ChargerFault,
+    ChargerMessage,
+    ChargerStopReason,
+    Ready,
+)
+from agent.core.ratings import GunRatings
+from agent.core.session_data import Actuators, Plant, SessionData
+from agent.core.states import STOPPABLE, TRANSITIONS, State, Trigger, next_state
+from agent.core.steps import SequenceSteps
+
+_ENERGISED = (State.INSULATION_CHECK, State.PRECHARGE, State.CHARGING, State.STOPPING)
+
+
+class GunSession(SequenceSteps):
+    state: State
+    trigger: Callable[..., bool]  # attached by transitions.Machine
+
+    def __init__(self, ratings: GunRatings) -> None:
+        self.ratings = ratings
+        self.now = 0.0
+        self.data = SessionData()
+        self.act = Actuators()
+        self.plant = Plant()
+        self._out: list[Command] = []
+        self._last_sent: dict[str, float] = {}
+        self._machine = Machine(
+            model=self,
+            states=State,
+            initial=State.IDLE,
+            transitions=[
+                {
+                    "trigger": trig.value,
+                    "source": list(sources),
+                    "dest": dest,
+                    **({"conditions": guard} if guard else {}),
+                }
+                for trig, sources, dest, guard in TRANSITIONS
+            ],
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+        )
+
+    # ---- guards (pure predicates) ------------------------------------------------
+
+    def is_restart_allowed(self) -> bool:
+        return True
+
+    # ---- entry point ---------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Command]:
+        """Apply one event; return the commands it causes. Never raises."""
+        self._out = []
+        if math.isfinite(event.t) and event.t > self.now:
+            self.now = event.t
+        try:
+            self._dispatch(event)
+        except Exception as exc:  # any bug must end in the safe state
+            self._fail_safe(f"internal error handling {type(event).__name__}: {exc!r}")
+        out, self._out = self._out, []
+        return out
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case Tick():
+                self._on_tick()
+            case VehicleMessage(message=message):
+                self.data.last_rx[type(message).__name__] = self.now
+                self._on_vehicle_message(message)
+            case ModuleStatus():
+                self._on_module_status(event)
+            case ModuleLinkLost(detail=detail):
+                self.plant.link_lost_detail = detail
+                if self.state not in (State.IDLE, State.FINISHED, State.FAULT):
+                    self._fault(f"power module link lost: {detail}", emergency=True)
+            case DriverError(source=source, detail=detail, fatal=fatal):
+                if fatal and self.state in (*STOPPABLE, State.STOPPING, State.WELDING_CHECK):
+                    self._fault(f"{source} driver failed: {detail}", emergency=True)
+            case VehicleConnected(wall_clock_s=wall):
+                if self.state is State.IDLE:
+                    self.data = SessionData(started_at=self.now, wall_clock_at_start=wall)
+                    self._fire(Trigger.PLUGGED_IN, "vehicle connected")
+            case VehicleDisconnected():
+                self._on_unplugged()
+            case StopRequested(reason=reason):
+                self._stop(reason, CST(reasons=frozenset({ChargerStopReason.MANUAL})))
+
+    # ---- transitions ---------------------------------------------------------------
+
+    def _fire(self, trigger: Trigger, reason: str) -> bool:
+        if next_state(self.state, trigger) is None:
+            return False
+        source = self.state
+        if not self.trigger(trigger.value):
+            return False
+        self.data.state_entered_at = self.now
+        self._set_phase("")
+        self._out.append(StateChanged(self.now, source.value, self.state.value, reason))
+        self._on_enter(self.state, reason)
+        return True
+
+    def _on_enter(self, state: State, reason: str) -> None:
+        if state is State.FINISHED:
+            self.data.outcome_reason = self.data.outcome_reason or reason
+            self._report("finished")
+        elif state is State.FAULT:
+            self.data.fault_at = self.now
+            self.data.outcome_reason = reason
+            self._command_module(enabled=False, voltage_v=0.0, current_a=0.0, bound="state")
+            if self.data.fault_emergency:
+                self._command_contactors(closed=False)
+            self._report("fault")
+        elif state is State.IDLE:
+            self._last_sent.clear()
+
+    def _stop(self, reason: str, cst: CST) -> None:
+        if self.state in STOPPABLE:
+            self.data.stop_message = cst
+            self._fire(Trigger.STOP_REQUESTED, reason)
+
+    def _stop_for(self, reason: str) -> None:
+        self._stop(reason, CST(reasons=frozenset({ChargerStopReason.FAULT}),
+                               faults=frozenset({ChargerFault.OTHER})))
+
+    def _fault(
+        self,
+        reason: str,
+        *,
+        emergency: bool = False,
+        cem: frozenset[CemTimeout] = frozenset(),
+        faults: frozenset[ChargerFault] = frozenset({ChargerFault.OTHER}),
+    ) -> None:
+        if self.state is State.FAULT:
+            return
+        self.data.fault_emergency = emergency
+        self.data.cem_timeouts = cem
+        self.data.stop_message = CST(
+            reasons=frozenset({ChargerStopReason.FAULT}), faults=faults
+        )
+        self._fire(Trigger.FAULT_DETECTED, reason)
+
+    def _fail_safe(self, reason: str) -> None:
+        """Last resort after an internal error: outputs off, contactors open (I15)."""
+        self._out = [
+            SetModuleOutput(enabled=False, voltage_v=0.0, current_a=0.0),
+            SetContactors(closed=False),
+        ]
+        self.act.module_enabled, self.act.current_a, self.act.contactors_closed = False, 0.0, False
+        try:
+            self.data.fault_emergency = True
+            if self.state is not State.FAULT and self.trigger(Trigger.FAULT_DETECTED.value):
+                self.data.state_entered_at = self.now
+                self.data.outcome_reason = reason
+                self._out.append(StateChanged(self.now, "unknown", State.FAULT.value, reason))
+        except Exception:  # the commands above are already safe
+            pass
+
+    def _on_unplugged(self) -> None:
+        if self.state in (State.FINISHED, State.FAULT):
+            self._fire(Trigger.UNPLUGGED, "vehicle disconnected")
+        elif self.state is not State.IDLE:
+            self._fault("vehicle disconnected during the session", emergency=True,
+                        faults=frozenset({ChargerFault.CONNECTOR}))
+
+    # ---- inputs --------------------------------------------------------------------
+
+    def _on_module_status(self, status: ModuleStatus) -> None:
+        previous = self.plant.status
+        if previous is not None and self.plant.received_at is not None:
+            dt = self.now - self.plant.received_at
+            if 0.0 < dt <= T.MODULE_STATUS_STALE.seconds:
+                power_w = status.output_voltage_v * status.output_current_a
+                if math.isfinite(power_w):
+                    self.data.energy_kwh += power_w * dt / 3.6e6
+        self.plant.status = status
+        self.plant.received_at = self.now
+
+    def _on_vehicle_message(self, message: BmsMessage) -> None:
+        d = self.data
+        match message:
+            case BHM():
+                d.bhm = message
+                if self.state is State.HANDSHAKE:
+                    self._fire(Trigger.HANDSHAKE_RECEIVED, "BHM received")
+            case BRM():
+                d.brm = message
+                if self.state is State.IDENTIFICATION:
+                    self._fire(Trigger.VEHICLE_IDENTIFIED, "BRM received")
+            case BCP():
+                if self.state is State.PARAMETER_EXCHANGE and d.bcp is None:
+                    self._accept_bcp(message)
+            case BRO(ready=ready):
+                if self.state is State.PARAMETER_EXCHANGE and d.bcp is not None:
+                    d.bro_seen_at = d.bro_seen_at if d.bro_seen_at is not None else self.now
+                    if ready is Ready.READY:
+                        self._fire(Trigger.VEHICLE_READY, "BRO(0xAA) received")
+            case BCL():
+                d.bcl = message
+            case BCS():
+                d.bcs = message
+            case BSM():
+                d.bsm = message
+                self._on_bsm(message)
+            case BST():
+                d.bst_seen_at = d.bst_seen_at if d.bst_seen_at is not None else self.now
+                self._stop("BMS sent BST", CST(reasons=frozenset({ChargerStopReason.BMS_STOPPED})))
+            case BSD():
+                d.bsd = message
+            case BEM(timeouts=timeouts):
+                if self.state in (*STOPPABLE, State.STOPPING):
+                    names = ", ".join(sorted(x.value for x in timeouts)) or "unspecified"
+                    self._fault(f"BMS reported a timeout (BEM: {names})")
+
+    def _accept_bcp(self, bcp: BCP) -> None:
+        r = self.ratings
+        if not (r.min_voltage_v <= bcp.battery_voltage_v <= r.max_voltage_v):
+            self._fault(
+                f"battery voltage {bcp.battery_voltage_v} V outside the charger's "
+                f"{r.min_voltage_v}-{r.max_voltage_v} V",
+                faults=frozenset({ChargerFault.ENERGY_UNAVAILABLE}),
+            )
+            return
+        self.data.bcp = bcp
+        self.data.start_soc_pct = bcp.soc_pct
+
+    def _on_bsm(self, bsm: BSM) -> None:
+        if self.state is not State.CHARGING:
+            return
+        if bsm.abnormal():
+            self._stop("BSM reports an abnormal battery state",
+                       CST(reasons=frozenset({ChargerStopReason.FAULT}),
+                           faults=frozenset({ChargerFault.OTHER})))
+        elif not bsm.charge_permitted:
+            if self.data.paused_since is None:
+                self.data.paused_since = self.now
+        else:
+            self.data.paused_since = None
+
+    # ---- time ----------------------------------------------------------------------
+
+    def _on_tick(self) -> None:
+        self._check_watchdogs()
+        if self.state is State.FAULT:
+            self._advance_fault()
+        else:
+            self._advance_state()
+        self._control()
+        self._send_periodic()
+
+    def _check_watchdogs(self) -> None:
+        d, now = self.data, self.now
+        if self.state not in (State.IDLE, State.FINISHED, State.FAULT):
+            since = self.plant.received_at
+            if since is None or since < d.started_at:
+                since = d.started_at
+            if now - since > T.MODULE_STATUS_STALE.seconds:
+                self._fault("power module silent", emergency=True)
+                return
+        waiting = self._awaited_message()
+        if waiting is None:
+            return
+        name, since, cem = waiting
+        if now - since > T.TIMEOUTS[name].seconds:
+            self._fault(f"{name} timeout ({T.TIMEOUTS[name].source})", cem=cem)
+
+    def _awaited_message(self) -> tuple[str, float, frozenset[CemTimeout]] | None:
+        d, entered = self.data, self.data.state_entered_at
+        match self.state:
+            case State.HANDSHAKE:
+                return "BHM", entered, frozenset()
+            case State.IDENTIFICATION:
+                return "BRM", entered, frozenset({CemTimeout.BRM})
+            case State.PARAMETER_EXCHANGE if d.bcp is None:
+                return "BCP", entered, frozenset({CemTimeout.BCP})
+            case State.PARAMETER_EXCHANGE if d.bro_seen_at is None and d.first_cml_at:
+                return "BRO", d.first_cml_at, frozenset({CemTimeout.BRO})
+            case State.PARAMETER_EXCHANGE if d.bro_seen_at is not None:
+                return "BRO_AA", d.bro_seen_at, frozenset({CemTimeout.BRO})
+            case State.CHARGING:
+                bcl = d.last_rx.get("BCL", entered)
+                bcs = d.last_rx.get("BCS", entered)
+                if self.now - max(bcl, entered) > T.TIMEOUTS["BCL"].seconds:
+                    return "BCL", max(bcl, entered), frozenset({CemTimeout.BCL})
+                return "BCS", max(bcs, entered), frozenset({CemTimeout.BCS})
+        return None
+
+    # ---- control: the only path to a module setpoint ---------------------------
+
+    def _control(self) -> None:
+        d, st = self.data, self.plant.status
+        target = self._energy_target()
+        if target is None:
+            if self.act.module_enabled:
+                self._command_module(enabled=False, voltage_v=0.0, current_a=0.0, bound="state")
+            return
+        state_limit_a, demand_a, voltage_v, vbound = target
+        measured_v = st.output_voltage_v if st is not None else 0.0
+        capability = st.capability_current_a if st and st.capability_current_a else math.inf
+        power_cap = st.capability_power_w if st and st.capability_power_w else math.inf
+        dt = 0.0 if self.act.last_decision_t is None else self.now - self.act.last_decision_t
+        decision = decide_current(
+            CurrentLimits(
+                state_a=state_limit_a,
+                ev_demand_a=demand_a,
+                ev_max_a=d.bcp.max_charge_current_a if d.bcp else math.inf,
+                charger_max_a=self.ratings.max_current_a,
+                module_capability_a=capability,
+                power_limit_w=min(self.ratings.max_power_w, power_cap),
+                voltage_v=max(measured_v, voltage_v * 0.5),
+            ),
+            previous_a=self.act.current_a,
+            dt_s=dt,
+            ramp_up_a_per_s=self.ratings.ramp_up_a_per_s,
+        )
+        self.act.last_decision_t = self.now
+        self._command_module(
+            enabled=True, voltage_v=voltage_v, current_a=decision.current_a,
+            bound=f"{decision.bound_by.value}/voltage:{vbound}",
+        )
+
+    def _energy_target(self) -> tuple[float, float, float, str] | None:
+        """(state limit A, demand A, voltage V, voltage bound) or None for output off."""
+        d = self.data
+        if self.state is State.INSULATION_CHECK and d.phase in ("ramp", "measure"):
+            cap = T.INSULATION_TEST_CURRENT_A
+            return cap, cap, d.insulation_voltage_v, "insulation_test"
+        if self.state is State.PRECHARGE and d.phase in ("match", "close"):
+            cap = T.PRECHARGE_CURRENT_A
+            return cap, cap, d.precharge_target_v, "precharge"
+        if self.state is State.CHARGING and d.bcl is not None and d.bcp is not None:
+            bhm_max = d.bhm.max_charge_voltage_v if d.bhm else math.inf
+            v = decide_voltage(d.bcl.voltage_demand_v, d.bcp.max_total_voltage_v, bhm_max,
+                               self.ratings.max_voltage_v)
+            paused = d.paused_since is not None
+            # GB/T 27930-2015 2015 vehicles are charge-only: a discharge demand is not honoured.
+            demand = max(d.bcl.current_demand_a, 0.0)
+            return (0.0 if paused else math.inf), demand, v.voltage_v, v.bound_by
+        if self.state is State.STOPPING and d.phase in ("", "ramp"):
+            # Hold the output enabled at 0 A so the module actively ramps down.
+            return 0.0, 0.0, self.act.voltage_v, "hold"
+        return None
+
+    def _command_module(self, *, enabled: bool, voltage_v: float, current_a: float,
+                        bound: str) -> None:
+        a = self.act
+        changed = (enabled, round(voltage_v, 1), round(current_a, 1)) != (
+            a.module_enabled, round(a.voltage_v, 1), round(a.current_a, 1))
+        a.module_enabled, a.voltage_v, a.current_a = enabled, voltage_v, current_a
+        if changed:
+            self._out.append(SetModuleOutput(enabled, voltage_v, current_a))
+            self._out.append(CurrentDecided(self.now, current_a, voltage_v, bound))
+
+    def _command_contactors(self, *, closed: bool) -> None:
+        if self.act.contactors_closed != closed:
+            self.act.contactors_closed = closed
+            self._out.append(SetContactors(closed))
+
+    def _command_bleeder(self, *, on: bool) -> None:
+        if self.act.bleeder_on != on:
+            self.act.bleeder_on = on
+            self._out.append(SetBleeder(on))
+
+    def _request_insulation_test(self, voltage_v: float) -> None:
+        self.data.insulation_requested_at = self.now
+        self._out.append(StartInsulationTest(voltage_v))
+
+    # ---- periodic messages -----------------------------------------------------
+
+    def _send_periodic(self) -> None:
+        for message in self._due_messages():
+            name = type(message).__name__
+            period = T.PERIODS[name].seconds
+            last = self._last_sent.get(name)
+            if last is not None and self.now < last + period - 1e-9:
+                continue
+            # Keep the grid of send times (no drift) unless we fell a whole period behind.
+            nominal = last + period if last is not None else self.now
+            self._last_sent[name] = nominal if self.now - nominal < period else self.now
+            self._out.append(Transmit(message))
+
+    def _due_messages(self) -> list[ChargerMessage]:
+        d, r = self.data, self.ratings
+        st = self.plant.status
+        match self.state:
+            case State.HANDSHAKE | State.INSULATION_CHECK:
+                return [CHM()]
+            case State.IDENTIFICATION:
+                return [CRM(False, r.charger_number)]
+            case State.PARAMETER_EXCHANGE if d.bcp is None:
+                return [CRM(True, r.charger_number)]
+            case State.PARAMETER_EXCHANGE:
+                if d.first_cml_at is None:
+                    d.first_cml_at = self.now
+                cml = CML(r.max_voltage_v, r.min_voltage_v, r.max_current_a, r.min_current_a)
+                cts = self._cts()
+                return [cml] if cts is None else [cts, cml]
+            case State.PRECHARGE:
+                return [CRO(Ready.NOT_READY)]
+            case State.CHARGING if d.bcl is None:
+                return [CRO(Ready.READY)]
+            case State.CHARGING:
+                started = d.charging_started_at if d.charging_started_at is not None else self.now
+                return [CCS(
+                    output_voltage_v=st.output_voltage_v if st else 0.0,
+                    output_current_a=st.output_current_a if st else 0.0,
+                    charging_min=int((self.now - started) // 60),
+                    permitted=d.paused_since is None,
+                )]
+            case State.STOPPING:
+                return [d.stop_message]
+            case State.WELDING_CHECK | State.FINISHED if d.bsd is not None:
+                if self.now - d.last_rx.get("BSD", self.now) <= T.FAULT_MESSAGE_DURATION.seconds:
+                    return [self._csd()]
+            case State.FAULT if d.fault_at is not None:
+                if self.now - d.fault_at <= T.FAULT_MESSAGE_DURATION.seconds:
+                    msgs: list[ChargerMessage] = [d.stop_message]
+                    if d.cem_timeouts:
+                        msgs.append(CEM(d.cem_timeouts))
+                    return msgs
+        return []
+
+    def _cts(self) -> CTS | None:
+        wall = self.data.wall_clock_at_start
+        if wall is None:
+            return None
+        local = datetime.fromtimestamp(wall + (self.now - self.data.started_at), UTC) + timedelta(
+            hours=self.ratings.utc_offset_h)
+        return CTS((local.year, local.month, local.day, local.hour, local.minute, local.second))
+
+    def _csd(self) -> CSD:
+        d = self.data
+        started = d.charging_started_at if d.charging_started_at is not None else self.now
+        return CSD(int((self.now - started) // 60), round(max(d.energy_kwh, 0.0), 1),
+                   self.ratings.charger_number)
+
+    def _report(self, outcome: str) -> None:
+        d = self.data
+        if d.reported:
+            return
+        d.reported = True
+        self._out.append(SessionReport(
+            t=self.now, outcome=outcome, reason=d.outcome_reason, energy_kwh=d.energy_kwh,
+            duration_s=self.now - d.started_at, start_soc_pct=d.start_soc_pct,
+            end_soc_pct=d.end_soc_pct,
+        ))

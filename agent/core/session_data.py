@@ -1,0 +1,85 @@
+"""What one charging session remembers; a fresh instance per plug-in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.core.events import ModuleStatus
+from agent.core.messages import (
+    BCL,
+    BCP,
+    BCS,
+    BHM,
+    BRM,
+    BSD,
+    BSM,
+    CST,
+    CemTimeout,
+)
+
+
+@dataclass
+class SessionData:
+    started_at: float = 0.0
+    wall_clock_at_start: float | None = None
+    state_entered_at: float = 0.0
+    phase: str = ""  # step within the current state (e.g. "close", "measure")
+    phase_entered_at: float = 0.0
+
+    bhm: BHM | None = None
+    brm: BRM | None = None
+    bcp: BCP | None = None
+    bcl: BCL | None = None
+    bcs: BCS | None = None
+    bsm: BSM | None = None
+    bsd: BSD | None = None
+    last_rx: dict[str, float] = field(default_factory=dict)
+    bro_seen_at: float | None = None
+    bst_seen_at: float | None = None
+    first_cml_at: float | None = None
+
+    insulation_voltage_v: float = 0.0
+    insulation_requested_at: float | None = None
+    insulation_warning: bool = False
+    precharge_target_v: float = 0.0
+
+    charging_started_at: float | None = None
+    paused_since: float | None = None
+    energy_kwh: float = 0.0
+    start_soc_pct: float | None = None
+
+    stop_message: CST = field(default_factory=CST)
+    cem_timeouts: frozenset[CemTimeout] = frozenset()
+    fault_emergency: bool = False
+    fault_at: float | None = None
+    reported: bool = False
+    outcome_reason: str = ""
+
+    @property
+    def end_soc_pct(self) -> float | None:
+        if self.bsd is not None:
+            return self.bsd.end_soc_pct
+        if self.bcs is not None:
+            return self.bcs.soc_pct
+        return self.start_soc_pct
+
+
+@dataclass
+class Actuators:
+    """What the core last commanded; survives sessions (the hardware does too)."""
+
+    module_enabled: bool = False
+    voltage_v: float = 0.0
+    current_a: float = 0.0
+    contactors_closed: bool = False
+    bleeder_on: bool = False
+    last_decision_t: float | None = None
+
+
+@dataclass
+class Plant:
+    """The latest measurements from the module, and when they arrived."""
+
+    status: ModuleStatus | None = None
+    received_at: float | None = None
+    link_lost_detail: str = ""

@@ -1,0 +1,211 @@
+"""The steps inside each session state: what must be measured before moving on.
+
+GB/T 18487.1-2015 Annex B gives the physical sequence (insulation check with K1/K2
+closed and bleed-down, precharge 1-10 V below the battery, ramp to <= 5 A before
+opening, adhesion check after opening). Each state walks through named phases; a
+phase only advances on a measurement taken after it began.
+"""
+
+from __future__ import annotations
+
+from agent.core import timing as T
+from agent.core.ratings import GunRatings
+from agent.core.session_data import Actuators, Plant, SessionData
+from agent.core.states import State, Trigger
+
+
+class SequenceSteps:
+    """Mixin for GunSession; the abstract methods are implemented there."""
+
+    state: State
+    now: float
+    data: SessionData
+    act: Actuators
+    plant: Plant
+    ratings: GunRatings
+
+    def _fire(self, trigger: Trigger, reason: str) -> bool:
+        raise NotImplementedError
+
+    def _fault(self, reason: str, *, emergency: bool = False) -> None:
+        raise NotImplementedError
+
+    def _stop_for(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _command_contactors(self, *, closed: bool) -> None:
+        raise NotImplementedError
+
+    def _command_bleeder(self, *, on: bool) -> None:
+        raise NotImplementedError
+
+    def _request_insulation_test(self, voltage_v: float) -> None:
+        raise NotImplementedError
+
+    # ---- helpers ---------------------------------------------------------------
+
+    def _set_phase(self, phase: str) -> None:
+        self.data.phase = phase
+        self.data.phase_entered_at = self.now
+
+    def _fresh(self) -> bool:
+        """A module status arrived since the current phase began."""
+        at = self.plant.received_at
+        return self.plant.status is not None and at is not None and at >= self.data.phase_entered_at
+
+    def _in_phase_for(self) -> float:
+        return self.now - self.data.phase_entered_at
+
+    def _in_state_for(self) -> float:
+        return self.now - self.data.state_entered_at
+
+    # ---- per state -------------------------------------------------------------
+
+    def _advance_state(self) -> None:
+        match self.state:
+            case State.INSULATION_CHECK:
+                self._step_insulation()
+            case State.PRECHARGE:
+                self._step_precharge()
+            case State.CHARGING:
+                self._step_charging()
+            case State.STOPPING:
+                self._step_stopping()
+            case State.WELDING_CHECK:
+                self._step_welding()
+
+    def _step_insulation(self) -> None:
+        d, st = self.data, self.plant.status
+        if d.phase == "":
+            bhm_v = d.bhm.max_charge_voltage_v if d.bhm else self.ratings.max_voltage_v
+            # GB/T 18487.1-2015 B.4.3: test at min(BHM max voltage, charger rated voltage).
+            d.insulation_voltage_v = min(bhm_v, self.ratings.max_voltage_v)
+            self._command_bleeder(on=False)
+            self._command_contactors(closed=True)
+            self._set_phase("close")
+            return
+        if self._in_state_for() > T.INSULATION_CHECK_BUDGET.seconds:
+            self._fault(f"insulation check not done in {T.INSULATION_CHECK_BUDGET.seconds} s")
+            return
+        if st is None or not self._fresh():
+            return
+        if d.phase == "close" and st.contactors_closed:
+            self._set_phase("ramp")
+        elif d.phase == "ramp" and st.output_voltage_v >= 0.95 * d.insulation_voltage_v:
+            self._request_insulation_test(d.insulation_voltage_v)
+            self._set_phase("measure")
+        elif d.phase == "measure" and st.insulation_ohm is not None:
+            ohm_per_v = st.insulation_ohm / max(d.insulation_voltage_v, 1.0)
+            if not ohm_per_v > T.INSULATION_FAULT_OHM_PER_V:
+                self._fault(f"insulation fault: {ohm_per_v:.0f} ohm/V (GB/T 18487.1 B.5.1)")
+                return
+            d.insulation_warning = ohm_per_v <= T.INSULATION_OK_OHM_PER_V
+            self._command_bleeder(on=True)
+            self._set_phase("bleed")
+        elif d.phase == "bleed":
+            if max(st.output_voltage_v, st.gun_voltage_v) < T.SAFE_VOLTAGE_V:
+                self._command_contactors(closed=False)
+                self._command_bleeder(on=False)
+                self._set_phase("open")
+            elif self._in_phase_for() > T.BLEED_DOWN.seconds + T.CONTACTOR_FEEDBACK.seconds:
+                self._fault("output did not bleed below 60 V after the insulation check")
+        elif d.phase == "open" and not st.contactors_closed:
+            self._fire(Trigger.INSULATION_PASSED, "insulation check passed"
+                       + (" with a warning (100-500 ohm/V)" if d.insulation_warning else ""))
+
+    def _step_precharge(self) -> None:
+        d, st = self.data, self.plant.status
+        if d.phase == "":
+            self._set_phase("check")
+            return
+        if self._in_state_for() > T.PRECHARGE_BUDGET.seconds:
+            self._fault(f"precharge not done in {T.PRECHARGE_BUDGET.seconds} s")
+            return
+        if st is None or d.bcp is None or not self._fresh():
+            return
+        if d.phase == "check":
+            reported = d.bcp.battery_voltage_v
+            measured = st.gun_voltage_v
+            if abs(measured - reported) > T.BATTERY_VOLTAGE_TOLERANCE * reported:
+                self._fault(f"battery voltage {measured:.1f} V differs from the reported "
+                            f"{reported:.1f} V by more than 5 % (GB/T 18487.1 B.4.4)")
+                return
+            if not self.ratings.min_voltage_v <= measured <= self.ratings.max_voltage_v:
+                self._fault(f"battery voltage {measured:.1f} V outside the charger's range")
+                return
+            d.precharge_target_v = measured - T.PRECHARGE_BELOW_TARGET_V
+            self._set_phase("match")
+        elif d.phase == "match":
+            gap = st.gun_voltage_v - st.output_voltage_v
+            if T.PRECHARGE_BELOW_MIN_V <= gap <= T.PRECHARGE_BELOW_MAX_V:
+                self._command_contactors(closed=True)
+                self._set_phase("close")
+        elif d.phase == "close":
+            if st.contactors_closed:
+                self._fire(Trigger.PRECHARGE_COMPLETE, "precharge done, K1/K2 closed")
+            elif self._in_phase_for() > T.CONTACTOR_FEEDBACK.seconds:
+                self._fault("K1/K2 did not close", emergency=True)
+
+    def _step_charging(self) -> None:
+        d = self.data
+        if d.charging_started_at is None:
+            d.charging_started_at = self.now
+        if d.paused_since is not None and self.now - d.paused_since > T.PAUSE_LIMIT.seconds:
+            self._stop_for(f"BMS paused longer than {T.PAUSE_LIMIT.seconds:.0f} s")
+
+    def _step_stopping(self) -> None:
+        d, st = self.data, self.plant.status
+        if d.phase == "":
+            self._set_phase("ramp")
+            return
+        if self._in_state_for() > T.STOP_CURRENT_BUDGET.seconds:
+            self._fault("current did not fall to 5 A in time", emergency=True)
+            return
+        if st is None or not self._fresh():
+            return
+        if d.phase == "ramp" and abs(st.output_current_a) <= T.CONTACTOR_OPEN_CURRENT_A:
+            self._command_contactors(closed=False)
+            self._set_phase("open")
+        elif d.phase == "open":
+            if not st.contactors_closed:
+                self._fire(Trigger.CURRENT_SETTLED, "current <= 5 A and K1/K2 open")
+            elif self._in_phase_for() > T.CONTACTOR_FEEDBACK.seconds:
+                self._fault("K1/K2 did not open (welded?)", emergency=True)
+
+    def _step_welding(self) -> None:
+        d, st = self.data, self.plant.status
+        if d.phase == "":
+            self._command_bleeder(on=True)
+            self._set_phase("bleed")
+            return
+        if d.phase == "bleed":
+            if st is not None and self._fresh() and not st.contactors_closed \
+                    and st.output_voltage_v < T.SAFE_VOLTAGE_V:
+                self._command_bleeder(on=False)
+                self._set_phase("statistics")
+            elif self._in_phase_for() > T.BLEED_DOWN.seconds + T.CONTACTOR_FEEDBACK.seconds:
+                self._fault("module side stays above 60 V with K1/K2 open: welded contactor",
+                            emergency=True)
+        elif d.phase == "statistics":
+            if d.bsd is not None:
+                self._fire(Trigger.WELDING_CHECK_PASSED, "no adhesion; BSD received")
+            elif self._in_state_for() > T.TIMEOUTS["BSD"].seconds:
+                d.outcome_reason = "BSD not received"
+                self._fire(Trigger.WELDING_CHECK_PASSED, "no adhesion; BSD timeout")
+
+    def _advance_fault(self) -> None:
+        d, st = self.data, self.plant.status
+        since = d.fault_at if d.fault_at is not None else self.now
+        if self.act.contactors_closed:
+            low = st is not None and self._fresh_since(since) and \
+                abs(st.output_current_a) <= T.CONTACTOR_OPEN_CURRENT_A
+            if low or self.now - since > T.STOP_CURRENT_BUDGET.seconds:
+                self._command_contactors(closed=False)
+        elif st is not None:
+            self._command_bleeder(on=max(st.output_voltage_v, 0.0) >= T.SAFE_VOLTAGE_V
+                                  and self.now - since <= T.BLEED_DOWN.seconds * 10)
+
+    def _fresh_since(self, t: float) -> bool:
+        at = self.plant.received_at
+        return at is not None and at >= t
+

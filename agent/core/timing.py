@@ -1,0 +1,77 @@
+"""Every timing constant of the session, with the clause it comes from.
+
+One table for message periods (what we send, how often) and one for timeouts (what
+we wait for, how long). `[V]` marks values taken from public secondary sources that
+must be verified against the purchased standard (see ../shared/reference/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    seconds: float
+    source: str
+
+
+# Periods of the charger's messages: GB/T 27930-2015 §10 message definitions [V].
+PERIODS: dict[str, Timing] = {
+    "CHM": Timing(0.250, "GB/T 27930-2015 §10 (CHM definition): period 250 ms"),
+    "CRM": Timing(0.250, "GB/T 27930-2015 §10 (CRM definition): period 250 ms"),
+    "CTS": Timing(0.500, "GB/T 27930-2015 §10 (CTS definition): period 500 ms"),
+    "CML": Timing(0.250, "GB/T 27930-2015 §10 (CML definition): period 250 ms"),
+    "CRO": Timing(0.250, "GB/T 27930-2015 §10 (CRO definition): period 250 ms"),
+    "CCS": Timing(0.050, "GB/T 27930-2015 §10 (CCS definition): period 50 ms"),
+    "CST": Timing(0.010, "GB/T 27930-2015 §10 (CST definition): period 10 ms"),
+    "CSD": Timing(0.250, "GB/T 27930-2015 §10 (CSD definition): period 250 ms"),
+    "CEM": Timing(0.250, "GB/T 27930-2015 §10 (CEM definition): period 250 ms"),
+}
+
+# How long the charger waits for a BMS message: GB/T 27930-2015 §8 / Fig. A.6 [V].
+TIMEOUTS: dict[str, Timing] = {
+    "BHM": Timing(5.0, "GB/T 27930-2015 §8: default message timeout 5 s"),
+    "BRM": Timing(5.0, "GB/T 27930-2015 §8, Fig. A.6: BRM within 5 s of CRM(0x00)"),
+    "BCP": Timing(5.0, "GB/T 27930-2015 §8, Fig. A.6: BCP within 5 s of CRM(0xAA)"),
+    "BRO": Timing(5.0, "GB/T 27930-2015 §8, Fig. A.6: first BRO within 5 s of CML"),
+    "BRO_AA": Timing(60.0, "GB/T 27930-2015 §8, Fig. A.6: BRO(0xAA) within 60 s"),
+    "BCL": Timing(1.0, "GB/T 27930-2015 §8, Fig. A.6: BCL silent 1 s -> stop at once"),
+    "BCS": Timing(5.0, "GB/T 27930-2015 §8, Fig. A.6: BCS silent 5 s -> stop"),
+    "BST_ACK": Timing(5.0, "GB/T 27930-2015 §8: default timeout 5 s for BST after CST"),
+    "BSD": Timing(10.0, "GB/T 27930-2015 §8: BSD expected within 10 s of the stop"),
+}
+
+# Physical-sequence deadlines of the charger (GB/T 18487.1, IEC 61851-23, GB 44263).
+INSULATION_CHECK_BUDGET = Timing(
+    25.0, "GB/T 18487.1-2015 B.4.3 insulation check; some EVs give up after 30 s (EVerest dc.rst)"
+)
+BLEED_DOWN = Timing(1.0, "GB 44263-2024 §8.1.4 / GB/T 18487.1 B.5.2: output < 60 V within 1 s")
+PRECHARGE_BUDGET = Timing(
+    60.0, "GB/T 27930-2015 Fig. A.6: the BMS waits 60 s for CRO(0xAA) after BRO(0xAA)"
+)
+STOP_CURRENT_BUDGET = Timing(
+    10.0, "GB/T 27930-2015 §8 / GB/T 18487.1 B.4.6: current <= 5 A within 10 s of BST/CST"
+)
+CONTACTOR_FEEDBACK = Timing(
+    1.0, "GB/T 18487.1-2015 B.4.7.1: C1/C2 open within 100 ms; 1 s allows polled feedback"
+)
+MODULE_STATUS_STALE = Timing(
+    1.0, "State Grid module spec: V/I update <= 200 ms; 5 missed polls = link lost"
+)
+FAULT_MESSAGE_DURATION = Timing(
+    5.0, "GB/T 27930-2015 §8: peer's default timeout 5 s; CST/CEM sent that long after a fault"
+)
+
+# Electrical thresholds used by the sequence (not time, but sourced the same way).
+SAFE_VOLTAGE_V = 60.0  # GB 44263-2024 §8.1.4, IEC 61851-23 7.2.3.1: touch-safe below 60 V
+CONTACTOR_OPEN_CURRENT_A = 5.0  # GB/T 18487.1-2015 B.4.6, IEC 61851-23 AA.3.5: open at <= 5 A
+PRECHARGE_BELOW_MIN_V = 1.0  # GB/T 18487.1-2015 B.4.4: output 1-10 V below the battery
+PRECHARGE_BELOW_MAX_V = 10.0
+PRECHARGE_BELOW_TARGET_V = 5.0
+BATTERY_VOLTAGE_TOLERANCE = 0.05  # GB/T 18487.1-2015 B.4.4: within +-5 % of BCP voltage
+INSULATION_OK_OHM_PER_V = 500.0  # GB/T 18487.1-2015 B.5.1: > 500 ohm/V safe
+INSULATION_FAULT_OHM_PER_V = 100.0  # GB/T 18487.1-2015 B.5.1: <= 100 ohm/V stop
+PRECHARGE_CURRENT_A = 20.0  # GB/T 18487.1-2015 B.4.4 / E.5.3.4: inrush < 20 A peak
+INSULATION_TEST_CURRENT_A = 2.0  # IEC 61851-23:2023 6.3.1.109 via EVerest: cable check <= 2 A
+PAUSE_LIMIT = Timing(600.0, "GB/T 18487.1-2015 B.4.5: a BMS pause may last at most 10 min")

@@ -1,0 +1,103 @@
+"""`pile.toml`: the real interfaces and ratings of a pile; every error names its field."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from agent.core.ratings import GunRatings
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the offending field."""
+
+
+@dataclass(frozen=True, slots=True)
+class CanConfig:
+    interface: str = "socketcan"  # any python-can interface: socketcan, slcan, virtual, ...
+    channel: str = "can0"
+    # GB/T 27930-2015 §5: 250 kbit/s
+    bitrate: int = 250_000
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusConfig:
+    transport: str = "tcp"  # "tcp" or "rtu"
+    host: str = "127.0.0.1"
+    port: int = 502
+    serial_port: str = ""
+    baudrate: int = 115_200
+    parity: str = "N"
+    unit_id: int = 1
+    timeout_s: float = 0.5
+    poll_period_s: float = 0.1  # State Grid module spec: V/I update <= 200 ms
+
+
+@dataclass(frozen=True, slots=True)
+class PileConfig:
+    can: CanConfig = field(default_factory=CanConfig)
+    modbus: ModbusConfig = field(default_factory=ModbusConfig)
+    gun: GunRatings = field(default_factory=GunRatings)
+
+
+def _build(cls: type[Any], table: object, section: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{section}.{key}"
+        if key not in known:
+            raise ConfigError(f"{name}: unknown setting (known: {', '.join(sorted(known))})")
+        default = getattr(cls(), key)
+        if isinstance(default, bool) or isinstance(value, bool):
+            raise ConfigError(f"{name}: expected {type(default).__name__}, got {value!r}")
+        if isinstance(default, float):
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+            value = float(value)
+        elif not isinstance(value, type(default)):
+            raise ConfigError(f"{name}: expected {type(default).__name__}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse_config(doc: dict[str, Any]) -> PileConfig:
+    for section in doc:
+        if section not in ("can", "modbus", "gun"):
+            raise ConfigError(f"[{section}]: unknown section (known: can, modbus, gun)")
+    can = _build(CanConfig, doc.get("can", {}), "can")
+    modbus = _build(ModbusConfig, doc.get("modbus", {}), "modbus")
+    gun = _build(GunRatings, doc.get("gun", {}), "gun")
+    if can.bitrate <= 0:
+        raise ConfigError("can.bitrate: must be > 0")
+    if modbus.transport not in ("tcp", "rtu"):
+        raise ConfigError(f"modbus.transport: must be 'tcp' or 'rtu', got {modbus.transport!r}")
+    if modbus.transport == "rtu" and not modbus.serial_port:
+        raise ConfigError("modbus.serial_port: required when modbus.transport = 'rtu'")
+    if not 0 < modbus.port < 65536:
+        raise ConfigError(f"modbus.port: must be 1-65535, got {modbus.port}")
+    if not 1 <= modbus.unit_id <= 247:
+        raise ConfigError(f"modbus.unit_id: must be 1-247 (Modbus serial line spec), "
+                          f"got {modbus.unit_id}")
+    if modbus.parity not in ("N", "E", "O"):
+        raise ConfigError(f"modbus.parity: must be N, E or O, got {modbus.parity!r}")
+    if not 0 < modbus.timeout_s <= 5 or not 0 < modbus.poll_period_s <= 1:
+        raise ConfigError("modbus.timeout_s must be in (0, 5] and modbus.poll_period_s in (0, 1]")
+    for problem in gun.problems():
+        raise ConfigError(f"gun.{problem}")
+    return PileConfig(can=can, modbus=modbus, gun=gun)
+
+
+def load_config(path: str | Path) -> PileConfig:
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(doc)

@@ -1,0 +1,101 @@
+"""Properties of the limit arbiter: the only function that decides a commanded current."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.core.arbiter import CurrentLimits, Limit, decide_current, decide_voltage
+
+amps = st.floats(min_value=0.0, max_value=2000.0, allow_nan=False)
+maybe_inf = st.one_of(amps, st.just(math.inf))
+signed = st.floats(min_value=-2000.0, max_value=2000.0, allow_nan=False)
+volts = st.floats(min_value=0.0, max_value=1500.0, allow_nan=False)
+limits_st = st.builds(
+    CurrentLimits,
+    state_a=maybe_inf,
+    ev_demand_a=signed,
+    ev_max_a=maybe_inf,
+    charger_max_a=amps,
+    module_capability_a=maybe_inf,
+    power_limit_w=st.floats(min_value=0.0, max_value=1e6, allow_nan=False),
+    voltage_v=volts,
+)
+
+
+def _ceiling(lim: CurrentLimits) -> float:
+    return min(
+        lim.state_a,
+        abs(lim.ev_demand_a),
+        lim.ev_max_a,
+        lim.charger_max_a,
+        lim.module_capability_a,
+        lim.power_limit_w / max(lim.voltage_v, 1.0),
+    )
+
+
+@given(limits_st, signed, st.floats(min_value=0.0, max_value=1.0), amps)
+def test_current_never_exceeds_any_limit(
+    lim: CurrentLimits, prev: float, dt: float, ramp: float
+) -> None:
+    d = decide_current(lim, prev, dt, ramp)
+    assert abs(d.current_a) <= _ceiling(lim) + 1e-9
+    assert abs(d.current_a) * lim.voltage_v <= lim.power_limit_w * (1 + 1e-9) + 1e-6
+    if d.current_a != 0.0:
+        assert math.copysign(1.0, d.current_a) == math.copysign(1.0, lim.ev_demand_a)
+
+
+@given(limits_st, signed, st.floats(min_value=0.0, max_value=1.0), amps)
+def test_up_ramp_is_limited(lim: CurrentLimits, prev: float, dt: float, ramp: float) -> None:
+    d = decide_current(lim, prev, dt, ramp)
+    direction = 1.0 if lim.ev_demand_a >= 0 else -1.0
+    prev_same = max(prev * direction, 0.0)
+    assert abs(d.current_a) <= prev_same + ramp * dt + 1e-9
+
+
+@given(limits_st, st.floats(min_value=0.0, max_value=1.0), amps)
+def test_reported_bound_is_the_binding_limit(lim: CurrentLimits, dt: float, ramp: float) -> None:
+    d = decide_current(lim, 0.0, dt, ramp)
+    if d.bound_by is Limit.RAMP:
+        assert abs(d.current_a) <= d.ceiling_a
+    elif d.bound_by is not Limit.INVALID_INPUT:
+        assert math.isclose(abs(d.current_a), _ceiling(lim), rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_each_limit_can_bind() -> None:
+    base = dict(state_a=math.inf, ev_demand_a=100.0, ev_max_a=200.0, charger_max_a=250.0,
+                module_capability_a=300.0, power_limit_w=1e6, voltage_v=400.0)
+    cases = {
+        Limit.STATE: {"state_a": 0.0},
+        Limit.EV_DEMAND: {},
+        Limit.EV_MAX: {"ev_max_a": 50.0},
+        Limit.CHARGER_MAX: {"charger_max_a": 40.0},
+        Limit.MODULE_CAPABILITY: {"module_capability_a": 30.0},
+        Limit.POWER: {"power_limit_w": 8000.0},
+    }
+    for expected, override in cases.items():
+        d = decide_current(CurrentLimits(**{**base, **override}), 1000.0, 0.01, 100.0)
+        assert d.bound_by is expected, (expected, d)
+    ramped = decide_current(CurrentLimits(**base), 0.0, 0.01, 100.0)
+    assert ramped.bound_by is Limit.RAMP and math.isclose(ramped.current_a, 1.0)
+
+
+@given(st.sampled_from(["state_a", "ev_max_a", "charger_max_a", "module_capability_a",
+                        "power_limit_w", "ev_demand_a", "voltage_v"]))
+def test_nan_anywhere_means_zero(field: str) -> None:
+    base = dict(state_a=math.inf, ev_demand_a=100.0, ev_max_a=200.0, charger_max_a=250.0,
+                module_capability_a=300.0, power_limit_w=1e6, voltage_v=400.0)
+    d = decide_current(CurrentLimits(**{**base, field: math.nan}), 50.0, 0.01, 100.0)
+    assert d.current_a == 0.0 and d.bound_by is Limit.INVALID_INPUT
+
+
+@given(volts, volts, volts, volts)
+def test_voltage_is_min_of_limits(a: float, b: float, c: float, d: float) -> None:
+    v = decide_voltage(a, b, c, d)
+    assert v.voltage_v == min(a, b, c, d)
+
+
+def test_voltage_nan_is_zero() -> None:
+    assert decide_voltage(math.nan, 500.0, 500.0, 750.0).voltage_v == 0.0
