@@ -14,7 +14,7 @@ from agent.core.states import State, Trigger, mermaid_diagram, next_state
 @pytest.mark.parametrize(("state", "trigger"), list(itertools.product(State, Trigger)))
 def test_every_state_trigger_pair(state: State, trigger: Trigger) -> None:
     session = GunSession(GunRatings())
-    session._machine.set_state(state)  # noqa: SLF001 - the table test drives the machine
+    session._machine.set_state(state)  # the table test drives the machine directly
     expected = next_state(state, trigger)
     if expected is None:
         with pytest.raises(Exception, match="Can't trigger"):

@@ -48,6 +48,17 @@ class StartInsulationTest:
 
 
 @dataclass(frozen=True, slots=True)
+class KickSafetyWatchdog:
+    """Heartbeat to the safety controller: if it stops, the hardware opens K1/K2.
+
+    counter increments every kick so the controller can tell a live agent from a
+    stuck register.
+    """
+
+    counter: int
+
+
+@dataclass(frozen=True, slots=True)
 class StateChanged:
     """Reporting only: the session moved between states."""
 
@@ -86,6 +97,7 @@ Command = (
     | SetContactors
     | SetBleeder
     | StartInsulationTest
+    | KickSafetyWatchdog
     | StateChanged
     | CurrentDecided
     | SessionReport

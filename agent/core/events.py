@@ -91,6 +91,71 @@ class StopRequested:
     reason: str = "operator"
 
 
+@dataclass(frozen=True, slots=True)
+class TemperatureReading:
+    """One temperature sensor; NaN when the driver could not turn the reading into °C.
+
+    sensor names: "connector_dc_plus", "connector_dc_minus" (two PT1000-class sensors in
+    the gun), "cable", "module", "ambient". raw_ohm is the PT1000 resistance when known,
+    so the core can tell an open (very high) from a short (very low) sensor.
+    """
+
+    t: float
+    sensor: str
+    temperature_c: float
+    raw_ohm: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyInputs:
+    """Digital inputs of the pile's I/O board: E-stop button, cabinet door, gun lock."""
+
+    t: float
+    emergency_stop: bool  # True = pressed (the input is normally closed in hardware)
+    door_open: bool
+    gun_locked: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class InsulationStatus:
+    """The insulation monitoring device (IMD): latest measurement and device health."""
+
+    t: float
+    resistance_ohm: float | None  # None while no valid measurement is available
+    measurement_done: bool
+    device_fault: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyIoLost:
+    """The I/O board (temperatures, E-stop, door, IMD bus) stopped answering."""
+
+    t: float
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultsCleared:
+    """A service technician (or the self-test) clears latched faults."""
+
+    t: float
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamLimit:
+    """A limit or setpoint from upstream (OCPP central system, site EMS).
+
+    Signed current in A (+ = into the vehicle); valid until `expires_at` (session
+    clock). NaN, out-of-range, stale or too-frequent limits are rejected by the core.
+    """
+
+    t: float
+    source: str
+    current_a: float
+    expires_at: float
+
+
 Event = (
     Tick
     | VehicleConnected
@@ -100,4 +165,10 @@ Event = (
     | ModuleLinkLost
     | DriverError
     | StopRequested
+    | TemperatureReading
+    | SafetyInputs
+    | InsulationStatus
+    | SafetyIoLost
+    | FaultsCleared
+    | UpstreamLimit
 )

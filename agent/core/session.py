@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 from transitions import Machine
 
@@ -49,22 +48,14 @@ from agent.core.messages import (
     BSD,
     BSM,
     BST,
-    CCS,
-    CEM,
-    CHM,
-    CML,
-    CRM,
-    CRO,
-    CSD,
     CST,
-    CTS,
     BmsMessage,
     CemTimeout,
     ChargerFault,
-    ChargerMessage,
     ChargerStopReason,
     Ready,
 )
+from agent.core.outgoing import PeriodicSender, messages_for
 from agent.core.ratings import GunRatings
 from agent.core.session_data import Actuators, Plant, SessionData
 from agent.core.states import STOPPABLE, TRANSITIONS, State, Trigger, next_state
@@ -84,7 +75,7 @@ class GunSession(SequenceSteps):
         self.act = Actuators()
         self.plant = Plant()
         self._out: list[Command] = []
-        self._last_sent: dict[str, float] = {}
+        self._periodic = PeriodicSender()
         self._machine = Machine(
             model=self,
             states=State,
@@ -172,7 +163,7 @@ class GunSession(SequenceSteps):
                 self._command_contactors(closed=False)
             self._report("fault")
         elif state is State.IDLE:
-            self._last_sent.clear()
+            self._periodic.reset()
 
     def _stop(self, reason: str, cst: CST) -> None:
         if self.state in STOPPABLE:
@@ -428,71 +419,11 @@ class GunSession(SequenceSteps):
     # ---- periodic messages -----------------------------------------------------
 
     def _send_periodic(self) -> None:
-        for message in self._due_messages():
-            name = type(message).__name__
-            period = T.PERIODS[name].seconds
-            last = self._last_sent.get(name)
-            if last is not None and self.now < last + period - 1e-9:
-                continue
-            # Keep the grid of send times (no drift) unless we fell a whole period behind.
-            nominal = last + period if last is not None else self.now
-            self._last_sent[name] = nominal if self.now - nominal < period else self.now
-            self._out.append(Transmit(message))
-
-    def _due_messages(self) -> list[ChargerMessage]:
-        d, r = self.data, self.ratings
-        st = self.plant.status
-        match self.state:
-            case State.HANDSHAKE | State.INSULATION_CHECK:
-                return [CHM()]
-            case State.IDENTIFICATION:
-                return [CRM(False, r.charger_number)]
-            case State.PARAMETER_EXCHANGE if d.bcp is None:
-                return [CRM(True, r.charger_number)]
-            case State.PARAMETER_EXCHANGE:
-                if d.first_cml_at is None:
-                    d.first_cml_at = self.now
-                cml = CML(r.max_voltage_v, r.min_voltage_v, r.max_current_a, r.min_current_a)
-                cts = self._cts()
-                return [cml] if cts is None else [cts, cml]
-            case State.PRECHARGE:
-                return [CRO(Ready.NOT_READY)]
-            case State.CHARGING if d.bcl is None:
-                return [CRO(Ready.READY)]
-            case State.CHARGING:
-                started = d.charging_started_at if d.charging_started_at is not None else self.now
-                return [CCS(
-                    output_voltage_v=st.output_voltage_v if st else 0.0,
-                    output_current_a=st.output_current_a if st else 0.0,
-                    charging_min=int((self.now - started) // 60),
-                    permitted=d.paused_since is None,
-                )]
-            case State.STOPPING:
-                return [d.stop_message]
-            case State.WELDING_CHECK | State.FINISHED if d.bsd is not None:
-                if self.now - d.last_rx.get("BSD", self.now) <= T.FAULT_MESSAGE_DURATION.seconds:
-                    return [self._csd()]
-            case State.FAULT if d.fault_at is not None:
-                if self.now - d.fault_at <= T.FAULT_MESSAGE_DURATION.seconds:
-                    msgs: list[ChargerMessage] = [d.stop_message]
-                    if d.cem_timeouts:
-                        msgs.append(CEM(d.cem_timeouts))
-                    return msgs
-        return []
-
-    def _cts(self) -> CTS | None:
-        wall = self.data.wall_clock_at_start
-        if wall is None:
-            return None
-        local = datetime.fromtimestamp(wall + (self.now - self.data.started_at), UTC) + timedelta(
-            hours=self.ratings.utc_offset_h)
-        return CTS((local.year, local.month, local.day, local.hour, local.minute, local.second))
-
-    def _csd(self) -> CSD:
         d = self.data
-        started = d.charging_started_at if d.charging_started_at is not None else self.now
-        return CSD(int((self.now - started) // 60), round(max(d.energy_kwh, 0.0), 1),
-                   self.ratings.charger_number)
+        if self.state is State.PARAMETER_EXCHANGE and d.bcp is not None and d.first_cml_at is None:
+            d.first_cml_at = self.now
+        due = messages_for(self.state, d, self.ratings, self.plant.status, self.now)
+        self._out.extend(Transmit(m) for m in self._periodic.due(due, self.now))
 
     def _report(self, outcome: str) -> None:
         d = self.data

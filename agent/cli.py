@@ -1,0 +1,58 @@
+"""`pile-agent`: `sim` runs the agent against the built-in simulated pile, `run` against
+the interfaces in a pile.toml."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pile-agent", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("sim", help="run a whole session against the simulated pile and car")
+    sim.add_argument("--speed", type=float, default=0.0,
+                     help="simulated seconds per real second; 0 (default) = as fast as possible")
+    sim.add_argument("--can-log", metavar="FILE", help="write the CAN traffic in candump format")
+    sim.add_argument("--start-soc", type=float, default=20.0, help="vehicle SOC at plug-in, %%")
+    sim.add_argument("--target-soc", type=float, default=80.0, help="SOC the BMS stops at, %%")
+    sim.add_argument("--max-sim-s", type=float, default=3600.0,
+                     help="give up after this much simulated time")
+    sim.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    sim.add_argument("--quiet", action="store_true", help="no live progress lines")
+
+    run = sub.add_parser("run", help="run the agent against real interfaces")
+    run.add_argument("--config", required=True, metavar="PILE_TOML")
+    run.add_argument("--can-log", metavar="FILE", help="write the CAN traffic in candump format")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "sim":
+        from hil.sim import SimOptions, run_sim_cli
+
+        if not 0.0 <= args.start_soc < args.target_soc <= 100.0:
+            print("pile-agent sim: need 0 <= --start-soc < --target-soc <= 100", file=sys.stderr)
+            return 2
+        options = SimOptions(
+            speed=args.speed, can_log=args.can_log, start_soc_pct=args.start_soc,
+            target_soc_pct=args.target_soc, max_sim_s=args.max_sim_s,
+            json_summary=args.json, live=not args.quiet,
+        )
+        return asyncio.run(run_sim_cli(options))
+    from agent.runtime.config import ConfigError, load_config
+    from agent.runtime.realtime import run_pile
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"pile-agent run: bad config: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_pile(config, can_log=args.can_log))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

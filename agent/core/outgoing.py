@@ -1,0 +1,103 @@
+"""Which messages the charger sends in each state, and when they are due.
+
+`messages_for` is a pure function of the session; `PeriodicSender` keeps the send
+times on a fixed grid (period from `timing.PERIODS`) so CCS goes out every 50 ms
+without drift.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from agent.core import timing as T
+from agent.core.events import ModuleStatus
+from agent.core.messages import (
+    CCS,
+    CEM,
+    CHM,
+    CML,
+    CRM,
+    CRO,
+    CSD,
+    CTS,
+    ChargerMessage,
+    Ready,
+)
+from agent.core.ratings import GunRatings
+from agent.core.session_data import SessionData
+from agent.core.states import State
+
+
+def messages_for(
+    state: State, d: SessionData, r: GunRatings, st: ModuleStatus | None, now: float
+) -> list[ChargerMessage]:
+    match state:
+        case State.HANDSHAKE | State.INSULATION_CHECK:
+            return [CHM()]
+        case State.IDENTIFICATION:
+            return [CRM(False, r.charger_number)]
+        case State.PARAMETER_EXCHANGE if d.bcp is None:
+            return [CRM(True, r.charger_number)]
+        case State.PARAMETER_EXCHANGE:
+            cml = CML(r.max_voltage_v, r.min_voltage_v, r.max_current_a, r.min_current_a)
+            cts = _cts(d, r, now)
+            return [cml] if cts is None else [cts, cml]
+        case State.PRECHARGE:
+            return [CRO(Ready.NOT_READY)]
+        case State.CHARGING if d.bcl is None:
+            return [CRO(Ready.READY)]
+        case State.CHARGING:
+            return [CCS(
+                output_voltage_v=st.output_voltage_v if st else 0.0,
+                output_current_a=st.output_current_a if st else 0.0,
+                charging_min=_charging_min(d, now),
+                permitted=d.paused_since is None,
+            )]
+        case State.STOPPING:
+            return [d.stop_message]
+        case State.WELDING_CHECK | State.FINISHED if d.bsd is not None:
+            if now - d.last_rx.get("BSD", now) <= T.FAULT_MESSAGE_DURATION.seconds:
+                return [CSD(_charging_min(d, now), round(max(d.energy_kwh, 0.0), 1),
+                            r.charger_number)]
+        case State.FAULT if d.fault_at is not None:
+            if now - d.fault_at <= T.FAULT_MESSAGE_DURATION.seconds:
+                msgs: list[ChargerMessage] = [d.stop_message]
+                if d.cem_timeouts:
+                    msgs.append(CEM(d.cem_timeouts))
+                return msgs
+    return []
+
+
+def _charging_min(d: SessionData, now: float) -> int:
+    started = d.charging_started_at if d.charging_started_at is not None else now
+    return int((now - started) // 60)
+
+
+def _cts(d: SessionData, r: GunRatings, now: float) -> CTS | None:
+    if d.wall_clock_at_start is None:
+        return None
+    wall = d.wall_clock_at_start + (now - d.started_at)
+    local = datetime.fromtimestamp(wall, UTC) + timedelta(hours=r.utc_offset_h)
+    return CTS((local.year, local.month, local.day, local.hour, local.minute, local.second))
+
+
+class PeriodicSender:
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self._last.clear()
+
+    def due(self, messages: list[ChargerMessage], now: float) -> list[ChargerMessage]:
+        out: list[ChargerMessage] = []
+        for message in messages:
+            name = type(message).__name__
+            period = T.PERIODS[name].seconds
+            last = self._last.get(name)
+            if last is not None and now < last + period - 1e-9:
+                continue
+            # Stay on the grid of send times unless a whole period was missed.
+            nominal = last + period if last is not None else now
+            self._last[name] = nominal if now - nominal < period else now
+            out.append(message)
+        return out

@@ -1,0 +1,99 @@
+"""Feeds one gun's core with events from its drivers and executes the commands.
+
+The same `step` serves a real-time loop and the lock-step simulator: only who calls
+it, and with which clock, differs. Nothing here decides anything about the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from agent.core.commands import (
+    Command,
+    SetBleeder,
+    SetContactors,
+    SetModuleOutput,
+    StartInsulationTest,
+    Transmit,
+)
+from agent.core.events import DriverError, Event, Tick, VehicleMessage
+from agent.core.messages import BmsMessage, ChargerMessage
+from agent.core.session import GunSession
+
+ModuleCommand = SetModuleOutput | SetContactors | SetBleeder | StartInsulationTest
+
+
+class VehicleLink(Protocol):
+    def send(self, message: ChargerMessage, t: float) -> None: ...
+
+    def poll(self, t: float) -> list[object]: ...
+
+
+class ModuleOwner(Protocol):
+    def submit(self, command: ModuleCommand) -> None: ...
+
+    async def service(self, t: float) -> list[Event]: ...
+
+
+Reporter = Callable[[Command], None]
+
+
+class GunRuntime:
+    def __init__(
+        self,
+        session: GunSession,
+        vehicle: VehicleLink,
+        module: ModuleOwner,
+        report: Reporter | None = None,
+    ) -> None:
+        self.session = session
+        self.vehicle = vehicle
+        self.module = module
+        self._report = report or (lambda _c: None)
+        self.now = 0.0
+
+    async def step(self, t: float, extra_events: Iterable[Event] = ()) -> None:
+        """One control cycle: vehicle input, module exchange, extra events, then a tick."""
+        self.now = t
+        for item in self._poll_vehicle(t):
+            self.feed(item)
+        for event in await self.module.service(t):
+            self.feed(event)
+        for event in extra_events:
+            self.feed(event)
+        self.feed(Tick(t))
+
+    def feed(self, event: Event) -> None:
+        for command in self.session.handle(event):
+            self._execute(command)
+
+    def _poll_vehicle(self, t: float) -> list[Event]:
+        try:
+            items = self.vehicle.poll(t)
+        except Exception as exc:  # a driver bug becomes a fault the core acts on
+            return [DriverError(t, "can", f"poll failed: {exc!r}", fatal=True)]
+        events: list[Event] = []
+        for item in items:
+            if isinstance(item, BmsMessage):
+                events.append(VehicleMessage(t, item))
+            elif isinstance(item, ChargerMessage):
+                events.append(DriverError(t, "can", f"charger message from the vehicle: {item}"))
+            else:
+                events.append(DriverError(
+                    t, "can", str(getattr(item, "detail", item)),
+                    fatal=bool(getattr(item, "fatal", False)),
+                ))
+        return events
+
+    def _execute(self, command: Command) -> None:
+        match command:
+            case Transmit(message=message):
+                try:
+                    self.vehicle.send(message, self.now)
+                except Exception as exc:  # the next tick sees the fault
+                    self.feed(DriverError(self.now, "can", f"send failed: {exc!r}", fatal=True))
+            case SetModuleOutput() | SetContactors() | SetBleeder() | StartInsulationTest():
+                self.module.submit(command)
+            case _:
+                self._report(command)
