@@ -22,6 +22,8 @@ limits_st = st.builds(
     module_capability_a=maybe_inf,
     power_limit_w=st.floats(min_value=0.0, max_value=1e6, allow_nan=False),
     voltage_v=volts,
+    thermal_a=maybe_inf,
+    upstream_a=maybe_inf,
 )
 
 
@@ -33,6 +35,8 @@ def _ceiling(lim: CurrentLimits) -> float:
         lim.charger_max_a,
         lim.module_capability_a,
         lim.power_limit_w / max(lim.voltage_v, 1.0),
+        lim.thermal_a,
+        lim.upstream_a,
     )
 
 
@@ -74,6 +78,8 @@ def test_each_limit_can_bind() -> None:
         Limit.CHARGER_MAX: {"charger_max_a": 40.0},
         Limit.MODULE_CAPABILITY: {"module_capability_a": 30.0},
         Limit.POWER: {"power_limit_w": 8000.0},
+        Limit.THERMAL: {"thermal_a": 10.0},
+        Limit.UPSTREAM: {"upstream_a": 5.0},
     }
     for expected, override in cases.items():
         d = decide_current(CurrentLimits(**{**base, **override}), 1000.0, 0.01, 100.0)
@@ -83,7 +89,8 @@ def test_each_limit_can_bind() -> None:
 
 
 @given(st.sampled_from(["state_a", "ev_max_a", "charger_max_a", "module_capability_a",
-                        "power_limit_w", "ev_demand_a", "voltage_v"]))
+                        "power_limit_w", "ev_demand_a", "voltage_v",
+                        "thermal_a", "upstream_a"]))
 def test_nan_anywhere_means_zero(field: str) -> None:
     base = dict(state_a=math.inf, ev_demand_a=100.0, ev_max_a=200.0, charger_max_a=250.0,
                 module_capability_a=300.0, power_limit_w=1e6, voltage_v=400.0)

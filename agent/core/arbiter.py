@@ -23,6 +23,8 @@ class Limit(Enum):
     CHARGER_MAX = "charger_max"
     MODULE_CAPABILITY = "module_capability"
     POWER = "power"
+    THERMAL = "thermal"
+    UPSTREAM = "upstream"
     RAMP = "ramp"
 
 
@@ -36,7 +38,9 @@ class CurrentLimits:
     charger_max_a: float  # gun/cable/charger rating
     module_capability_a: float  # what the power module reports it can deliver
     power_limit_w: float  # rated power of the gun
-    voltage_v: float  # present output voltage, to turn the power limit into amps
+    voltage_v: float  # commanded (CV ceiling) voltage, to turn the power limit into amps
+    thermal_a: float = math.inf  # connector/cable/module derating
+    upstream_a: float = math.inf  # central system / site EMS limit for this direction
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,8 @@ def decide_current(
         limits.charger_max_a,
         limits.module_capability_a,
         limits.power_limit_w,
+        limits.thermal_a,
+        limits.upstream_a,
     )
     if (
         any(_bad_magnitude(x) for x in magnitudes)
@@ -96,6 +102,8 @@ def decide_current(
         (limits.charger_max_a, Limit.CHARGER_MAX),
         (limits.module_capability_a, Limit.MODULE_CAPABILITY),
         (power_a, Limit.POWER),
+        (limits.thermal_a, Limit.THERMAL),
+        (limits.upstream_a, Limit.UPSTREAM),
     )
     ceiling, bound = min(candidates, key=lambda c: c[0])
     if math.isinf(ceiling):

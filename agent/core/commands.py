@@ -79,6 +79,15 @@ class CurrentDecided:
 
 
 @dataclass(frozen=True, slots=True)
+class Notice:
+    """Reporting only: something an operator should see (warning, refusal, rejection)."""
+
+    t: float
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionReport:
     """Reporting only: emitted once when a session reaches finished or fault."""
 
@@ -100,5 +109,6 @@ Command = (
     | KickSafetyWatchdog
     | StateChanged
     | CurrentDecided
+    | Notice
     | SessionReport
 )

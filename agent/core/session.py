@@ -9,7 +9,6 @@ Every commanded current goes through `agent.core.arbiter.decide_current`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from transitions import Machine
 
@@ -17,13 +16,7 @@ from agent.core import timing as T
 from agent.core.arbiter import CurrentLimits, decide_current, decide_voltage
 from agent.core.commands import (
     Command,
-    CurrentDecided,
-    SessionReport,
-    SetBleeder,
-    SetContactors,
-    SetModuleOutput,
-    StartInsulationTest,
-    StateChanged,
+    Notice,
     Transmit,
 )
 from agent.core.events import (
@@ -57,19 +50,29 @@ from agent.core.messages import (
 )
 from agent.core.outgoing import PeriodicSender, messages_for
 from agent.core.ratings import GunRatings
+from agent.core.safety import SafetySupervisor, UpstreamPolicy
+from agent.core.safety_handling import SafetyHandling, ThermalLike
 from agent.core.session_data import Actuators, Plant, SessionData
-from agent.core.states import STOPPABLE, TRANSITIONS, State, Trigger, next_state
+from agent.core.states import STOPPABLE, TRANSITIONS, State, Trigger
 from agent.core.steps import SequenceSteps
 
 _ENERGISED = (State.INSULATION_CHECK, State.PRECHARGE, State.CHARGING, State.STOPPING)
 
 
-class GunSession(SequenceSteps):
-    state: State
-    trigger: Callable[..., bool]  # attached by transitions.Machine
-
-    def __init__(self, ratings: GunRatings) -> None:
+class GunSession(SequenceSteps, SafetyHandling):
+    def __init__(
+        self,
+        ratings: GunRatings,
+        *,
+        upstream: UpstreamPolicy | None = None,
+        thermal: ThermalLike | None = None,
+        require_safety_io: bool = False,
+    ) -> None:
         self.ratings = ratings
+        self.safety = SafetySupervisor(upstream or UpstreamPolicy(), ratings.max_current_a)
+        self.thermal = thermal
+        self.require_safety_io = require_safety_io
+        self.thermal_limit_a = math.inf
         self.now = 0.0
         self.data = SessionData()
         self.act = Actuators()
@@ -95,8 +98,13 @@ class GunSession(SequenceSteps):
 
     # ---- guards (pure predicates) ------------------------------------------------
 
+    def is_start_allowed(self) -> bool:
+        return self.is_restart_allowed() and not (
+            self.require_safety_io and (self.plant.safety_io_at is None
+                                        or self.plant.safety_io_lost))
+
     def is_restart_allowed(self) -> bool:
-        return True
+        return self.safety.can_start()
 
     # ---- entry point ---------------------------------------------------------------
 
@@ -113,6 +121,8 @@ class GunSession(SequenceSteps):
         return out
 
     def _dispatch(self, event: Event) -> None:
+        if self._on_safety_event(event):
+            return
         match event:
             case Tick():
                 self._on_tick()
@@ -124,12 +134,18 @@ class GunSession(SequenceSteps):
             case ModuleLinkLost(detail=detail):
                 self.plant.link_lost_detail = detail
                 if self.state not in (State.IDLE, State.FINISHED, State.FAULT):
-                    self._fault(f"power module link lost: {detail}", emergency=True)
+                    self._fault(f"power module link lost: {detail}", code="module_link",
+                                emergency=True)
             case DriverError(source=source, detail=detail, fatal=fatal):
                 if fatal and self.state in (*STOPPABLE, State.STOPPING, State.WELDING_CHECK):
-                    self._fault(f"{source} driver failed: {detail}", emergency=True)
+                    self._fault(f"{source} driver failed: {detail}", code=f"{source}_driver",
+                                emergency=True)
             case VehicleConnected(wall_clock_s=wall):
                 if self.state is State.IDLE:
+                    if not self.is_start_allowed():
+                        why = self.safety.blocking_reason() or "safety I/O not available"
+                        self._out.append(Notice(self.now, "start_refused", why))
+                        return
                     self.data = SessionData(started_at=self.now, wall_clock_at_start=wall)
                     self._fire(Trigger.PLUGGED_IN, "vehicle connected")
             case VehicleDisconnected():
@@ -137,75 +153,7 @@ class GunSession(SequenceSteps):
             case StopRequested(reason=reason):
                 self._stop(reason, CST(reasons=frozenset({ChargerStopReason.MANUAL})))
 
-    # ---- transitions ---------------------------------------------------------------
-
-    def _fire(self, trigger: Trigger, reason: str) -> bool:
-        if next_state(self.state, trigger) is None:
-            return False
-        source = self.state
-        if not self.trigger(trigger.value):
-            return False
-        self.data.state_entered_at = self.now
-        self._set_phase("")
-        self._out.append(StateChanged(self.now, source.value, self.state.value, reason))
-        self._on_enter(self.state, reason)
-        return True
-
-    def _on_enter(self, state: State, reason: str) -> None:
-        if state is State.FINISHED:
-            self.data.outcome_reason = self.data.outcome_reason or reason
-            self._report("finished")
-        elif state is State.FAULT:
-            self.data.fault_at = self.now
-            self.data.outcome_reason = reason
-            self._command_module(enabled=False, voltage_v=0.0, current_a=0.0, bound="state")
-            if self.data.fault_emergency:
-                self._command_contactors(closed=False)
-            self._report("fault")
-        elif state is State.IDLE:
-            self._periodic.reset()
-
-    def _stop(self, reason: str, cst: CST) -> None:
-        if self.state in STOPPABLE:
-            self.data.stop_message = cst
-            self._fire(Trigger.STOP_REQUESTED, reason)
-
-    def _stop_for(self, reason: str) -> None:
-        self._stop(reason, CST(reasons=frozenset({ChargerStopReason.FAULT}),
-                               faults=frozenset({ChargerFault.OTHER})))
-
-    def _fault(
-        self,
-        reason: str,
-        *,
-        emergency: bool = False,
-        cem: frozenset[CemTimeout] = frozenset(),
-        faults: frozenset[ChargerFault] = frozenset({ChargerFault.OTHER}),
-    ) -> None:
-        if self.state is State.FAULT:
-            return
-        self.data.fault_emergency = emergency
-        self.data.cem_timeouts = cem
-        self.data.stop_message = CST(
-            reasons=frozenset({ChargerStopReason.FAULT}), faults=faults
-        )
-        self._fire(Trigger.FAULT_DETECTED, reason)
-
-    def _fail_safe(self, reason: str) -> None:
-        """Last resort after an internal error: outputs off, contactors open (I15)."""
-        self._out = [
-            SetModuleOutput(enabled=False, voltage_v=0.0, current_a=0.0),
-            SetContactors(closed=False),
-        ]
-        self.act.module_enabled, self.act.current_a, self.act.contactors_closed = False, 0.0, False
-        try:
-            self.data.fault_emergency = True
-            if self.state is not State.FAULT and self.trigger(Trigger.FAULT_DETECTED.value):
-                self.data.state_entered_at = self.now
-                self.data.outcome_reason = reason
-                self._out.append(StateChanged(self.now, "unknown", State.FAULT.value, reason))
-        except Exception:  # the commands above are already safe
-            pass
+    # ---- vehicle presence --------------------------------------------------------
 
     def _on_unplugged(self) -> None:
         if self.state in (State.FINISHED, State.FAULT):
@@ -226,6 +174,9 @@ class GunSession(SequenceSteps):
                     self.data.energy_kwh += power_w * dt / 3.6e6
         self.plant.status = status
         self.plant.received_at = self.now
+        if status.insulation_ohm is not None:
+            self.plant.insulation_ohm = status.insulation_ohm
+            self.plant.insulation_at = self.now
 
     def _on_vehicle_message(self, message: BmsMessage) -> None:
         d = self.data
@@ -291,6 +242,7 @@ class GunSession(SequenceSteps):
     # ---- time ----------------------------------------------------------------------
 
     def _on_tick(self) -> None:
+        self._supervise()
         self._check_watchdogs()
         if self.state is State.FAULT:
             self._advance_fault()
@@ -306,14 +258,14 @@ class GunSession(SequenceSteps):
             if since is None or since < d.started_at:
                 since = d.started_at
             if now - since > T.MODULE_STATUS_STALE.seconds:
-                self._fault("power module silent", emergency=True)
+                self._fault("power module silent", code="module_link", emergency=True)
                 return
         waiting = self._awaited_message()
         if waiting is None:
             return
         name, since, cem = waiting
         if now - since > T.TIMEOUTS[name].seconds:
-            self._fault(f"{name} timeout ({T.TIMEOUTS[name].source})", cem=cem)
+            self._fault(f"{name} timeout ({T.TIMEOUTS[name].source})", code="timeout", cem=cem)
 
     def _awaited_message(self) -> tuple[str, float, frozenset[CemTimeout]] | None:
         d, entered = self.data, self.data.state_entered_at
@@ -358,7 +310,11 @@ class GunSession(SequenceSteps):
                 charger_max_a=self.ratings.max_current_a,
                 module_capability_a=capability,
                 power_limit_w=min(self.ratings.max_power_w, power_cap),
-                voltage_v=max(measured_v, voltage_v * 0.5),
+                # The commanded voltage bounds the real one in CC mode, so V_cmd * I <= P
+                # guarantees the power limit whatever the battery does (invariant I2).
+                voltage_v=max(measured_v, voltage_v),
+                thermal_a=self.thermal_limit_a,
+                upstream_a=self.safety.upstream_limit_a(self.now, charging=demand_a >= 0)[0],
             ),
             previous_a=self.act.current_a,
             dt_s=dt,
@@ -392,30 +348,6 @@ class GunSession(SequenceSteps):
             return 0.0, 0.0, self.act.voltage_v, "hold"
         return None
 
-    def _command_module(self, *, enabled: bool, voltage_v: float, current_a: float,
-                        bound: str) -> None:
-        a = self.act
-        changed = (enabled, round(voltage_v, 1), round(current_a, 1)) != (
-            a.module_enabled, round(a.voltage_v, 1), round(a.current_a, 1))
-        a.module_enabled, a.voltage_v, a.current_a = enabled, voltage_v, current_a
-        if changed:
-            self._out.append(SetModuleOutput(enabled, voltage_v, current_a))
-            self._out.append(CurrentDecided(self.now, current_a, voltage_v, bound))
-
-    def _command_contactors(self, *, closed: bool) -> None:
-        if self.act.contactors_closed != closed:
-            self.act.contactors_closed = closed
-            self._out.append(SetContactors(closed))
-
-    def _command_bleeder(self, *, on: bool) -> None:
-        if self.act.bleeder_on != on:
-            self.act.bleeder_on = on
-            self._out.append(SetBleeder(on))
-
-    def _request_insulation_test(self, voltage_v: float) -> None:
-        self.data.insulation_requested_at = self.now
-        self._out.append(StartInsulationTest(voltage_v))
-
     # ---- periodic messages -----------------------------------------------------
 
     def _send_periodic(self) -> None:
@@ -424,14 +356,3 @@ class GunSession(SequenceSteps):
             d.first_cml_at = self.now
         due = messages_for(self.state, d, self.ratings, self.plant.status, self.now)
         self._out.extend(Transmit(m) for m in self._periodic.due(due, self.now))
-
-    def _report(self, outcome: str) -> None:
-        d = self.data
-        if d.reported:
-            return
-        d.reported = True
-        self._out.append(SessionReport(
-            t=self.now, outcome=outcome, reason=d.outcome_reason, energy_kwh=d.energy_kwh,
-            duration_s=self.now - d.started_at, start_soc_pct=d.start_soc_pct,
-            end_soc_pct=d.end_soc_pct,
-        ))

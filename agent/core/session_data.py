@@ -74,6 +74,9 @@ class Actuators:
     contactors_closed: bool = False
     bleeder_on: bool = False
     last_decision_t: float | None = None
+    heartbeat: int = 0
+    heartbeat_at: float | None = None
+    internal_error: str = ""  # set by the fail-safe path; stops the heartbeat (I15)
 
 
 @dataclass
@@ -83,3 +86,8 @@ class Plant:
     status: ModuleStatus | None = None
     received_at: float | None = None
     link_lost_detail: str = ""
+    # Latest insulation result (from the IMD, or the module's own monitor), or None.
+    insulation_ohm: float | None = None
+    insulation_at: float | None = None
+    safety_io_at: float | None = None
+    safety_io_lost: str = ""

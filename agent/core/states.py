@@ -39,6 +39,7 @@ class Trigger(Enum):
     WELDING_CHECK_PASSED = "welding_check_passed"
     FAULT_DETECTED = "fault_detected"
     UNPLUGGED = "unplugged"
+    FAULTS_CLEARED = "faults_cleared"
 
 
 # States in which a stop request leads to an orderly stop.
@@ -63,7 +64,7 @@ FAULTABLE: tuple[State, ...] = (
 # (trigger, sources, destination, guard or None). A guard is the name of a pure
 # `is_*`/`has_*` predicate on the session.
 TRANSITIONS: tuple[tuple[Trigger, tuple[State, ...], State, str | None], ...] = (
-    (Trigger.PLUGGED_IN, (State.IDLE,), State.HANDSHAKE, None),
+    (Trigger.PLUGGED_IN, (State.IDLE,), State.HANDSHAKE, "is_start_allowed"),
     (Trigger.HANDSHAKE_RECEIVED, (State.HANDSHAKE,), State.INSULATION_CHECK, None),
     (Trigger.INSULATION_PASSED, (State.INSULATION_CHECK,), State.IDENTIFICATION, None),
     (Trigger.VEHICLE_IDENTIFIED, (State.IDENTIFICATION,), State.PARAMETER_EXCHANGE, None),
@@ -75,6 +76,7 @@ TRANSITIONS: tuple[tuple[Trigger, tuple[State, ...], State, str | None], ...] = 
     (Trigger.FAULT_DETECTED, FAULTABLE, State.FAULT, None),
     (Trigger.UNPLUGGED, (State.FINISHED,), State.IDLE, None),
     (Trigger.UNPLUGGED, (State.FAULT,), State.IDLE, "is_restart_allowed"),
+    (Trigger.FAULTS_CLEARED, (State.FAULT,), State.IDLE, "is_restart_allowed"),
 )
 
 

@@ -9,56 +9,11 @@ phase only advances on a measurement taken after it began.
 from __future__ import annotations
 
 from agent.core import timing as T
-from agent.core.ratings import GunRatings
-from agent.core.session_data import Actuators, Plant, SessionData
+from agent.core.session_base import SessionBase
 from agent.core.states import State, Trigger
 
 
-class SequenceSteps:
-    """Mixin for GunSession; the abstract methods are implemented there."""
-
-    state: State
-    now: float
-    data: SessionData
-    act: Actuators
-    plant: Plant
-    ratings: GunRatings
-
-    def _fire(self, trigger: Trigger, reason: str) -> bool:
-        raise NotImplementedError
-
-    def _fault(self, reason: str, *, emergency: bool = False) -> None:
-        raise NotImplementedError
-
-    def _stop_for(self, reason: str) -> None:
-        raise NotImplementedError
-
-    def _command_contactors(self, *, closed: bool) -> None:
-        raise NotImplementedError
-
-    def _command_bleeder(self, *, on: bool) -> None:
-        raise NotImplementedError
-
-    def _request_insulation_test(self, voltage_v: float) -> None:
-        raise NotImplementedError
-
-    # ---- helpers ---------------------------------------------------------------
-
-    def _set_phase(self, phase: str) -> None:
-        self.data.phase = phase
-        self.data.phase_entered_at = self.now
-
-    def _fresh(self) -> bool:
-        """A module status arrived since the current phase began."""
-        at = self.plant.received_at
-        return self.plant.status is not None and at is not None and at >= self.data.phase_entered_at
-
-    def _in_phase_for(self) -> float:
-        return self.now - self.data.phase_entered_at
-
-    def _in_state_for(self) -> float:
-        return self.now - self.data.state_entered_at
-
+class SequenceSteps(SessionBase):
     # ---- per state -------------------------------------------------------------
 
     def _advance_state(self) -> None:
@@ -94,10 +49,11 @@ class SequenceSteps:
         elif d.phase == "ramp" and st.output_voltage_v >= 0.95 * d.insulation_voltage_v:
             self._request_insulation_test(d.insulation_voltage_v)
             self._set_phase("measure")
-        elif d.phase == "measure" and st.insulation_ohm is not None:
-            ohm_per_v = st.insulation_ohm / max(d.insulation_voltage_v, 1.0)
+        elif d.phase == "measure" and self.plant.insulation_ohm is not None:
+            ohm_per_v = self.plant.insulation_ohm / max(d.insulation_voltage_v, 1.0)
             if not ohm_per_v > T.INSULATION_FAULT_OHM_PER_V:
-                self._fault(f"insulation fault: {ohm_per_v:.0f} ohm/V (GB/T 18487.1 B.5.1)")
+                self._fault(f"insulation fault: {ohm_per_v:.0f} ohm/V (GB/T 18487.1 B.5.1)",
+                            code="insulation", latched=True)
                 return
             d.insulation_warning = ohm_per_v <= T.INSULATION_OK_OHM_PER_V
             self._command_bleeder(on=True)
@@ -170,7 +126,8 @@ class SequenceSteps:
             if not st.contactors_closed:
                 self._fire(Trigger.CURRENT_SETTLED, "current <= 5 A and K1/K2 open")
             elif self._in_phase_for() > T.CONTACTOR_FEEDBACK.seconds:
-                self._fault("K1/K2 did not open (welded?)", emergency=True)
+                self._fault("K1/K2 did not open (welded?)", code="welding", emergency=True,
+                            latched=True)
 
     def _step_welding(self) -> None:
         d, st = self.data, self.plant.status
@@ -185,7 +142,7 @@ class SequenceSteps:
                 self._set_phase("statistics")
             elif self._in_phase_for() > T.BLEED_DOWN.seconds + T.CONTACTOR_FEEDBACK.seconds:
                 self._fault("module side stays above 60 V with K1/K2 open: welded contactor",
-                            emergency=True)
+                            code="welding", emergency=True, latched=True)
         elif d.phase == "statistics":
             if d.bsd is not None:
                 self._fire(Trigger.WELDING_CHECK_PASSED, "no adhesion; BSD received")
@@ -204,8 +161,3 @@ class SequenceSteps:
         elif st is not None:
             self._command_bleeder(on=max(st.output_voltage_v, 0.0) >= T.SAFE_VOLTAGE_V
                                   and self.now - since <= T.BLEED_DOWN.seconds * 10)
-
-    def _fresh_since(self, t: float) -> bool:
-        at = self.plant.received_at
-        return at is not None and at >= t
-

@@ -75,3 +75,10 @@ INSULATION_FAULT_OHM_PER_V = 100.0  # GB/T 18487.1-2015 B.5.1: <= 100 ohm/V stop
 PRECHARGE_CURRENT_A = 20.0  # GB/T 18487.1-2015 B.4.4 / E.5.3.4: inrush < 20 A peak
 INSULATION_TEST_CURRENT_A = 2.0  # IEC 61851-23:2023 6.3.1.109 via EVerest: cable check <= 2 A
 PAUSE_LIMIT = Timing(600.0, "GB/T 18487.1-2015 B.4.5: a BMS pause may last at most 10 min")
+SAFETY_IO_STALE = Timing(
+    1.0, "I/O board polled every 100 ms: 1 s of silence means E-stop and temperatures are "
+    "unknown. The E-stop itself acts in hardware (GB/T 18487.1-2023 Table C.15: <= 70 ms)"
+)
+HEARTBEAT_PERIOD = Timing(
+    0.1, "safety-controller contract (drivers/safety_io): trips after 500 ms without a change"
+)

@@ -1,0 +1,163 @@
+"""How a gun session reacts to the pile's safety inputs, temperatures, IMD and upstream.
+
+Protocol-independent: the faults raised here are the same for any vehicle protocol;
+the session maps them onto its own stop messages (CST reasons).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+from agent.core import timing as T
+from agent.core.commands import KickSafetyWatchdog, Notice
+from agent.core.events import (
+    Event,
+    FaultsCleared,
+    InsulationStatus,
+    SafetyInputs,
+    SafetyIoLost,
+    TemperatureReading,
+    UpstreamLimit,
+)
+from agent.core.messages import ChargerFault
+from agent.core.session_base import SessionBase
+from agent.core.states import State, Trigger
+
+_LIVE = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
+         State.PARAMETER_EXCHANGE, State.PRECHARGE, State.CHARGING, State.STOPPING,
+         State.WELDING_CHECK)
+_CST_FOR_SENSOR = {
+    "connector": ChargerFault.CONNECTOR,
+    "cable": ChargerFault.OVER_TEMPERATURE,
+    "module": ChargerFault.INTERNAL_OVER_TEMPERATURE,
+}
+
+
+class ThermalFaultLike(Protocol):
+    @property
+    def sensor(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+    @property
+    def latched(self) -> bool: ...
+
+
+class ThermalVerdictLike(Protocol):
+    @property
+    def limit_fraction(self) -> float: ...
+    @property
+    def bound_sensor(self) -> str | None: ...
+    @property
+    def faults(self) -> tuple[ThermalFaultLike, ...]: ...
+
+
+class ThermalLike(Protocol):
+    def update(self, reading: TemperatureReading, current_a: float) -> None: ...
+    def evaluate(self, now: float, current_a: float) -> ThermalVerdictLike: ...
+    def clear(self, now: float) -> bool: ...
+
+
+class SafetyHandling(SessionBase):
+    thermal: ThermalLike | None
+    require_safety_io: bool
+    thermal_limit_a: float
+
+    def _on_safety_event(self, event: Event) -> bool:
+        """Handle a safety-related event; False if the event is not one of them."""
+        match event:
+            case SafetyInputs():
+                self.plant.safety_io_at, self.plant.safety_io_lost = self.now, ""
+                self.safety.on_inputs(event)
+                self._check_inputs()
+            case SafetyIoLost(detail=detail):
+                self.plant.safety_io_lost = detail
+                if self.require_safety_io and self.state in _LIVE:
+                    self._fault(f"safety I/O lost: {detail}", code="safety_io", emergency=True)
+            case InsulationStatus():
+                self._on_insulation(event)
+            case TemperatureReading():
+                if self.thermal is not None:
+                    self.thermal.update(event, self._measured_current())
+            case FaultsCleared(by=by):
+                self._clear_faults(by)
+            case UpstreamLimit():
+                decision = self.safety.on_upstream(event, self.now)
+                kind = "setpoint_accepted" if decision.accepted else "setpoint_rejected"
+                self._out.append(Notice(self.now, kind, f"{event.source}: {decision.reason}"))
+            case _:
+                return False
+        return True
+
+    def _measured_current(self) -> float:
+        st = self.plant.status
+        return st.output_current_a if st is not None else 0.0
+
+    def _check_inputs(self) -> None:
+        fault = self.safety.input_fault()
+        if fault is None:
+            return
+        if fault.latched or self.state in _LIVE:
+            cst = ChargerFault.EMERGENCY_STOP if fault.code == "emergency_stop" else \
+                ChargerFault.OTHER
+            self._fault(fault.detail, code=fault.code, emergency=True, latched=fault.latched,
+                        faults=frozenset({cst}))
+
+    def _on_insulation(self, status: InsulationStatus) -> None:
+        if status.device_fault:
+            if self.state in (State.INSULATION_CHECK, State.PRECHARGE, State.CHARGING):
+                self._fault("insulation monitor reports a device fault", code="imd")
+            return
+        if not status.measurement_done or status.resistance_ohm is None:
+            return
+        self.plant.insulation_ohm = status.resistance_ohm
+        self.plant.insulation_at = self.now
+        if self.state is State.CHARGING:
+            volts = max(self.act.voltage_v, 1.0)
+            ohm_per_v = status.resistance_ohm / volts
+            if not ohm_per_v > T.INSULATION_FAULT_OHM_PER_V:
+                self._fault(f"insulation fault while charging: {ohm_per_v:.0f} ohm/V "
+                            "(GB/T 18487.1 B.5.1)", code="insulation", latched=True)
+            elif ohm_per_v <= T.INSULATION_OK_OHM_PER_V:
+                self._out.append(Notice(self.now, "insulation_warning",
+                                        f"{ohm_per_v:.0f} ohm/V (100-500 ohm/V: warn)"))
+
+    def _clear_faults(self, by: str) -> None:
+        cleared = self.safety.clear()
+        thermal_ok = self.thermal.clear(self.now) if self.thermal is not None else True
+        self._out.append(Notice(self.now, "faults_cleared",
+                                f"by {by}: {', '.join(cleared) or 'none'}"
+                                + ("" if thermal_ok else "; thermal fault not clearable yet")))
+        if self.state is State.FAULT:
+            self._fire(Trigger.FAULTS_CLEARED, f"faults cleared by {by}")
+
+    def _supervise(self) -> None:
+        """Per tick: thermal verdict, safety-I/O staleness, safety-controller heartbeat."""
+        self.thermal_limit_a = math.inf
+        if self.thermal is not None:
+            verdict = self.thermal.evaluate(self.now, self._measured_current())
+            self.thermal_limit_a = max(verdict.limit_fraction, 0.0) * self.ratings.max_current_a
+            for f in verdict.faults:
+                if f.latched or self.state in _LIVE:
+                    kind = next((v for k, v in _CST_FOR_SENSOR.items() if k in f.sensor),
+                                ChargerFault.OTHER)
+                    self._fault(f"{f.sensor}: {f.detail}", code=f"thermal_{f.kind}",
+                                emergency=f.kind == "over_temperature", latched=f.latched,
+                                faults=frozenset({kind}))
+        if self.require_safety_io and self.state in _LIVE:
+            since = self.plant.safety_io_at
+            if since is None or self.now - since > T.SAFETY_IO_STALE.seconds:
+                self._fault("safety I/O silent (E-stop, door, temperatures unknown)",
+                            code="safety_io", emergency=True)
+        self._kick_heartbeat()
+
+    def _kick_heartbeat(self) -> None:
+        a = self.act
+        if a.internal_error:
+            return  # a broken core lets the safety controller's watchdog expire (I15)
+        if a.heartbeat_at is None or self.now - a.heartbeat_at >= T.HEARTBEAT_PERIOD.seconds:
+            a.heartbeat = (a.heartbeat + 1) & 0xFFFF
+            a.heartbeat_at = self.now
+            self._out.append(KickSafetyWatchdog(a.heartbeat))

@@ -1,0 +1,175 @@
+"""What every part of a gun session shares: its data and the primitive operations.
+
+`GunSession` (session.py) combines this with the per-state steps (steps.py) and the
+safety handling (safety_handling.py). Only these primitives append commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agent.core.commands import (
+    Command,
+    CurrentDecided,
+    SessionReport,
+    SetBleeder,
+    SetContactors,
+    SetModuleOutput,
+    StartInsulationTest,
+    StateChanged,
+)
+from agent.core.messages import CST, CemTimeout, ChargerFault, ChargerStopReason
+from agent.core.outgoing import PeriodicSender
+from agent.core.ratings import GunRatings
+from agent.core.safety import Fault, SafetySupervisor
+from agent.core.session_data import Actuators, Plant, SessionData
+from agent.core.states import STOPPABLE, State, Trigger, next_state
+
+
+class SessionBase:
+    state: State
+    trigger: Callable[..., bool]  # attached by transitions.Machine
+    ratings: GunRatings
+    safety: SafetySupervisor
+    now: float
+    data: SessionData
+    act: Actuators
+    plant: Plant
+    _out: list[Command]
+    _periodic: PeriodicSender
+
+    # ---- transitions -----------------------------------------------------------
+
+    def _fire(self, trigger: Trigger, reason: str) -> bool:
+        if next_state(self.state, trigger) is None:
+            return False
+        source = self.state
+        if not self.trigger(trigger.value):
+            return False
+        self.data.state_entered_at = self.now
+        self._set_phase("")
+        self._out.append(StateChanged(self.now, source.value, self.state.value, reason))
+        self._on_enter(self.state, reason)
+        return True
+
+    def _on_enter(self, state: State, reason: str) -> None:
+        if state is State.FINISHED:
+            self.data.outcome_reason = self.data.outcome_reason or reason
+            self._report("finished")
+        elif state is State.FAULT:
+            self.data.fault_at = self.now
+            self.data.outcome_reason = reason
+            self._command_module(enabled=False, voltage_v=0.0, current_a=0.0, bound="state")
+            if self.data.fault_emergency:
+                self._command_contactors(closed=False)
+            self._report("fault")
+        elif state is State.IDLE:
+            self._periodic.reset()
+
+    def _stop(self, reason: str, cst: CST) -> None:
+        if self.state in STOPPABLE:
+            self.data.stop_message = cst
+            self._fire(Trigger.STOP_REQUESTED, reason)
+
+    def _stop_for(self, reason: str) -> None:
+        self._stop(reason, CST(reasons=frozenset({ChargerStopReason.FAULT}),
+                               faults=frozenset({ChargerFault.OTHER})))
+
+    def _fault(
+        self,
+        reason: str,
+        *,
+        code: str = "error",
+        emergency: bool = False,
+        latched: bool = False,
+        cem: frozenset[CemTimeout] = frozenset(),
+        faults: frozenset[ChargerFault] = frozenset({ChargerFault.OTHER}),
+    ) -> None:
+        """Error shutdown (ramp to <= 5 A, then open) or, if emergency, open at once."""
+        self.safety.latch(Fault(code, reason, emergency=emergency, latched=latched))
+        if self.state is State.FAULT:
+            if emergency and not self.data.fault_emergency:
+                self.data.fault_emergency = True
+                self._command_contactors(closed=False)
+            return
+        self.data.fault_emergency = emergency
+        self.data.cem_timeouts = cem
+        self.data.stop_message = CST(reasons=frozenset({ChargerStopReason.FAULT}), faults=faults)
+        self._fire(Trigger.FAULT_DETECTED, reason)
+
+    def _fail_safe(self, reason: str) -> None:
+        """Last resort after an internal error: outputs off, contactors open (I15)."""
+        self._out = [
+            SetModuleOutput(enabled=False, voltage_v=0.0, current_a=0.0),
+            SetContactors(closed=False),
+        ]
+        self.act.module_enabled, self.act.current_a, self.act.contactors_closed = False, 0.0, False
+        self.act.voltage_v = 0.0
+        self.act.internal_error = reason
+        try:
+            self.data.fault_emergency = True
+            if self.state is not State.FAULT and self.trigger(Trigger.FAULT_DETECTED.value):
+                self.data.state_entered_at = self.now
+                self.data.fault_at = self.now
+                self.data.outcome_reason = reason
+                self._out.append(StateChanged(self.now, "unknown", State.FAULT.value, reason))
+        except Exception:  # the commands above are already safe
+            pass
+
+    # ---- actuators: only these append hardware commands ------------------------
+
+    def _command_module(self, *, enabled: bool, voltage_v: float, current_a: float,
+                        bound: str) -> None:
+        a = self.act
+        changed = (enabled, round(voltage_v, 1), round(current_a, 1)) != (
+            a.module_enabled, round(a.voltage_v, 1), round(a.current_a, 1))
+        a.module_enabled, a.voltage_v, a.current_a = enabled, voltage_v, current_a
+        if changed:
+            self._out.append(SetModuleOutput(enabled, voltage_v, current_a))
+            self._out.append(CurrentDecided(self.now, current_a, voltage_v, bound))
+
+    def _command_contactors(self, *, closed: bool) -> None:
+        if self.act.contactors_closed != closed:
+            self.act.contactors_closed = closed
+            self._out.append(SetContactors(closed))
+
+    def _command_bleeder(self, *, on: bool) -> None:
+        if self.act.bleeder_on != on:
+            self.act.bleeder_on = on
+            self._out.append(SetBleeder(on))
+
+    def _request_insulation_test(self, voltage_v: float) -> None:
+        self.data.insulation_requested_at = self.now
+        self.plant.insulation_ohm = None
+        self._out.append(StartInsulationTest(voltage_v))
+
+    def _report(self, outcome: str) -> None:
+        d = self.data
+        if d.reported:
+            return
+        d.reported = True
+        self._out.append(SessionReport(
+            t=self.now, outcome=outcome, reason=d.outcome_reason, energy_kwh=d.energy_kwh,
+            duration_s=self.now - d.started_at, start_soc_pct=d.start_soc_pct,
+            end_soc_pct=d.end_soc_pct,
+        ))
+
+    # ---- phases and freshness ----------------------------------------------------
+
+    def _set_phase(self, phase: str) -> None:
+        self.data.phase = phase
+        self.data.phase_entered_at = self.now
+
+    def _fresh_since(self, t: float) -> bool:
+        at = self.plant.received_at
+        return self.plant.status is not None and at is not None and at >= t
+
+    def _fresh(self) -> bool:
+        """A module status arrived since the current phase began."""
+        return self._fresh_since(self.data.phase_entered_at)
+
+    def _in_phase_for(self) -> float:
+        return self.now - self.data.phase_entered_at
+
+    def _in_state_for(self) -> float:
+        return self.now - self.data.state_entered_at
