@@ -46,20 +46,32 @@ class GunRuntime:
         vehicle: VehicleLink,
         module: ModuleOwner,
         report: Reporter | None = None,
+        *,
+        module_period_s: float | None = 0.1,
     ) -> None:
+        """module_period_s: service the module bus from `step` at this period (lock-step
+        simulation); None when the bus owner runs as its own task (real time)."""
         self.session = session
         self.vehicle = vehicle
         self.module = module
         self._report = report or (lambda _c: None)
         self.now = 0.0
+        self._module_period_s = module_period_s
+        self._next_module_t = -1.0
+        self._module_dirty = False
 
     async def step(self, t: float, extra_events: Iterable[Event] = ()) -> None:
         """One control cycle: vehicle input, module exchange, extra events, then a tick."""
         self.now = t
         for item in self._poll_vehicle(t):
             self.feed(item)
-        for event in await self.module.service(t):
-            self.feed(event)
+        period = self._module_period_s
+        if period is not None and (t >= self._next_module_t - 1e-9 or self._module_dirty):
+            self._module_dirty = False
+            if t >= self._next_module_t - 1e-9:
+                self._next_module_t = t + period
+            for event in await self.module.service(t):
+                self.feed(event)
         for event in extra_events:
             self.feed(event)
         self.feed(Tick(t))
@@ -95,5 +107,6 @@ class GunRuntime:
                     self.feed(DriverError(self.now, "can", f"send failed: {exc!r}", fatal=True))
             case SetModuleOutput() | SetContactors() | SetBleeder() | StartInsulationTest():
                 self.module.submit(command)
+                self._module_dirty = True
             case _:
                 self._report(command)

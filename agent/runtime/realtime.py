@@ -1,0 +1,90 @@
+"""`pile-agent run`: the agent against the CAN bus and Modbus devices of a real pile.
+
+The control step runs every 10 ms of wall time; the module bus has its own owner task
+(so a slow RS-485 line never delays the CAN side) whose events are fed to the next
+step. Until the pile's I/O board provides CC1 detection, the gun is taken as
+connected at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from typing import IO
+
+import can
+
+from agent.core.commands import Command, Notice, SessionReport, StateChanged
+from agent.core.events import Event, VehicleConnected
+from agent.core.session import GunSession
+from agent.runtime.clock import MonotonicClock
+from agent.runtime.config import PileConfig
+from agent.runtime.gun_runtime import GunRuntime
+from drivers.gbt27930.candump import CandumpWriter
+from drivers.gbt27930.link import GbtLink, Role
+from drivers.power_module.link import LinkConfig, ModuleLink, RtuTarget, TcpTarget
+from drivers.power_module.owner import ModuleBusOwner
+
+CONTROL_PERIOD_S = 0.01  # a fifth of the fastest GB/T 27930 period (BCL/CCS 50 ms)
+
+
+def _printer(out: IO[str]) -> tuple[list[SessionReport], Callable[[Command], None]]:
+    reports: list[SessionReport] = []
+
+    def report(command: Command) -> None:
+        match command:
+            case StateChanged(t=t, source=src, dest=dest, reason=why):
+                print(f"[{t:9.3f} s] {src} -> {dest}: {why}", file=out, flush=True)
+            case Notice(t=t, kind=kind, detail=detail):
+                print(f"[{t:9.3f} s] notice {kind}: {detail}", file=out, flush=True)
+            case SessionReport():
+                reports.append(command)
+                print(f"session {command.outcome}: {command.reason}; "
+                      f"{command.energy_kwh:.2f} kWh", file=out, flush=True)
+
+    return reports, report
+
+
+async def run_pile(config: PileConfig, can_log: str | None = None,
+                   out: IO[str] = sys.stdout) -> int:
+    try:
+        bus = can.Bus(interface=config.can.interface, channel=config.can.channel,
+                      bitrate=config.can.bitrate)
+    except (can.CanError, OSError, ValueError, ImportError) as exc:
+        print(f"pile-agent run: cannot open CAN {config.can.interface}:{config.can.channel}: "
+              f"{exc}", file=sys.stderr)
+        return 2
+    m = config.modbus
+    target: TcpTarget | RtuTarget = (
+        TcpTarget(m.host, m.port) if m.transport == "tcp"
+        else RtuTarget(m.serial_port, baudrate=m.baudrate, parity=m.parity))
+    owner = ModuleBusOwner(ModuleLink(target, LinkConfig(unit_id=m.unit_id,
+                                                         request_timeout_s=m.timeout_s)),
+                           poll_period_s=m.poll_period_s)
+    reports, report = _printer(out)
+    clock = MonotonicClock()
+    inbox: list[Event] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(bus.shutdown)
+        log = None
+        if can_log:
+            log = CandumpWriter(stack.enter_context(open(can_log, "w")), channel="can0",
+                                epoch=time.time() - clock.now())
+        runtime = GunRuntime(GunSession(config.gun), GbtLink(bus, Role.CHARGER, log=log), owner,
+                             report, module_period_s=None)
+        owner_task = asyncio.create_task(owner.run(clock, inbox.append))
+        try:
+            runtime.feed(VehicleConnected(clock.now(), wall_clock_s=time.time()))
+            while not reports:
+                events, inbox[:] = list(inbox), []
+                await runtime.step(clock.now(), events)
+                await clock.sleep(CONTROL_PERIOD_S - (clock.now() % CONTROL_PERIOD_S))
+        finally:
+            owner_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await owner_task
+            await owner.close()
+    return 0 if reports[-1].outcome == "finished" else 1

@@ -1,0 +1,331 @@
+"""Power-module simulator: physics in a pure step(), served over real Modbus (TCP or RTU).
+
+step(dt_s, vehicle) advances simulated time; nothing here reads a wall clock, so the harness
+decides how fast time runs. The Modbus side (pymodbus server) only records that a request
+arrived and applies writes; the watchdog counts *simulated* time since the last request.
+Call step() and serve requests from the same event loop thread (no locking).
+
+Model (one equivalent stack, not per-module):
+- current: first-order (current_tau_s) towards the setpoint, slew-limited (ramp_a_per_s);
+  capability, power and CV limits act instantly, as a module's inner loops do. Output off
+  stops the current at once (the module stops switching).
+- CV: in charge mode the battery terminal (OCV + I*R) never exceeds setpoint_voltage; in
+  discharge mode it is never pulled below it.
+- thermal: T -> ambient + losses * R_th with time constant R_th * C_th, losses = I^2 * R_loss
+  + idle losses; linear derate from 55 degC to 0 at 75 degC, trip (fault + output off) at
+  75 degC (State Grid 20 kW module: full load to 55 degC, off above 75 degC; safety-limits.md §2).
+- contactors switch instantly; feedback is the mirror contact. A welded contactor reads closed
+  and keeps the gun coupled whatever the command.
+- insulation: result insulation_delay_s after a request, counted only while K1/K2 are closed
+  and the gun is within 5 % of the test voltage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from drivers.power_module.codec import MODE_CHARGE
+from drivers.power_module.regmap import Access, RegisterMap, load_register_map
+from hil.dc_link import VehicleSide, terminal_voltage_v
+
+FC_READ_HOLDING = 3
+
+
+@dataclass
+class ModuleParams:
+    max_current_a: float = 250.0
+    max_power_w: float = 150_000.0
+    max_voltage_v: float = 1000.0
+    current_tau_s: float = 0.2
+    # 400 A/s: the emergency ramp must reach I_now / t_limit (250 A in < 1 s, IEC23-14 CC.3.4);
+    # well above the >= 20 A/s minimum of IEC23-14 101.2.1.3.
+    ramp_a_per_s: float = 400.0
+    voltage_tau_s: float = 0.05
+    output_decay_tau_s: float = 0.5
+    ambient_c: float = 25.0
+    loss_ohm: float = 0.05
+    idle_loss_w: float = 100.0
+    thermal_resistance_k_per_w: float = 0.015
+    thermal_capacity_j_per_k: float = 4000.0
+    derate_start_c: float = 55.0
+    trip_c: float = 75.0
+    trip_reset_c: float = 70.0
+    gun_decay_tau_s: float = 5.0
+    # 0.15 s: 1000 V -> 1.3 V in 1 s, inside GB44263 §8.1.4 (< 60 V within 1 s of the bleeder).
+    bleeder_tau_s: float = 0.15
+    insulation_delay_s: float = 1.0
+    insulation_tolerance: float = 0.05
+
+
+class SimServer:
+    """A running pymodbus server for one ModuleSim."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    async def stop(self) -> None:
+        await self._server.shutdown()
+
+
+class ModuleSim:
+    def __init__(
+        self, params: ModuleParams | None = None, regmap: RegisterMap | None = None,
+        unit_id: int = 1,
+    ) -> None:
+        self.params = params or ModuleParams()
+        self.regmap = regmap or load_register_map()
+        self.unit_id = unit_id
+        # fault injection
+        self.silent = False
+        self.force_over_temperature = False
+        self.welded_contactor = False
+        self.insulation_ohm = 10e6
+        # physical state, readable by tests
+        self.current_a = 0.0
+        self.output_voltage_v = 0.0
+        self.gun_voltage_v = 0.0
+        self.temperature_c = self.params.ambient_c
+        self.contactors_closed = False
+        self.output_on = False
+        self.faults = 0
+        self.since_last_request_s = 0.0
+        self.requests = 0
+        self._insulation_running = False
+        self._insulation_timer_s = 0.0
+        self._insulation_result_kohm: float | None = None
+        span = self.regmap.span
+        self._base = span.start
+        self.regs = [0] * len(span)
+        for reg in self.regmap:
+            if reg.access is Access.RW and reg.default is not None:
+                self._put(reg.name, reg.default)
+        self._publish()
+
+    # -- register helpers -------------------------------------------------------------------
+
+    def _put(self, name: str, value: float) -> None:
+        reg = self.regmap[name]
+        clamped = min(max(value, reg.minimum), reg.maximum)
+        for address, word in zip(reg.addresses, reg.encode(clamped), strict=True):
+            self.regs[address - self._base] = word
+
+    def _get(self, name: str) -> float:
+        reg = self.regmap[name]
+        offset = reg.address - self._base
+        return reg.decode(self.regs[offset : offset + reg.width])
+
+    def _bit(self, name: str) -> int:
+        return self.regmap["fault_word"].bit(name)
+
+    def _set_fault(self, name: str, active: bool) -> None:
+        self.faults = self.faults | self._bit(name) if active else self.faults & ~self._bit(name)
+
+    # -- physics ----------------------------------------------------------------------------
+
+    def derate_factor(self) -> float:
+        p = self.params
+        return min(1.0, max(0.0, (p.trip_c - self.temperature_c) / (p.trip_c - p.derate_start_c)))
+
+    def capability(self) -> tuple[float, float]:
+        """(current A, power W) available now, after temperature derating."""
+        f = self.derate_factor()
+        return self.params.max_current_a * f, self.params.max_power_w * f
+
+    def step(self, dt_s: float, vehicle: VehicleSide | None = None) -> None:
+        if not (math.isfinite(dt_s) and dt_s > 0):
+            raise ValueError(f"step: dt_s must be finite and > 0, got {dt_s!r}")
+        p = self.params
+        # Heat from the interval's starting current first, so the published current never
+        # exceeds the published (derated) capability of the same snapshot.
+        losses = p.loss_ohm * self.current_a**2 + (p.idle_loss_w if self.output_on else 0.0)
+        steady_c = p.ambient_c + losses * p.thermal_resistance_k_per_w
+        decay = math.exp(-dt_s / (p.thermal_resistance_k_per_w * p.thermal_capacity_j_per_k))
+        self.temperature_c = steady_c + (self.temperature_c - steady_c) * decay
+        self._step_protections(dt_s)
+        self.contactors_closed = self.welded_contactor or self._get("contactor_command") == 1
+        self._set_fault(
+            "contactor_mismatch", self.contactors_closed != (self._get("contactor_command") == 1)
+        )
+        self.output_on = self._get("output_enable") == 1 and not (
+            self.faults & (self._bit("over_temperature") | self._bit("watchdog_expired"))
+        )
+        loaded = self.contactors_closed and vehicle is not None and vehicle.contactors_closed
+        if vehicle is not None and loaded:
+            self._step_loaded(dt_s, vehicle)
+        else:
+            self.current_a = 0.0
+            self._step_unloaded(dt_s, vehicle)
+        self._set_fault("over_voltage", self.output_voltage_v > 1.1 * p.max_voltage_v)
+        self._set_fault("over_current", abs(self.current_a) > 1.1 * p.max_current_a)
+        self._step_insulation(dt_s)
+        self._publish()
+
+    def _step_protections(self, dt_s: float) -> None:
+        self.since_last_request_s += dt_s
+        timeout_s = self._get("watchdog_timeout") / 1000.0
+        expired = self._bit("watchdog_expired")
+        if self.since_last_request_s >= timeout_s and not self.faults & expired:
+            self._set_fault("watchdog_expired", True)
+            self._put("output_enable", 0)
+        hot = self.force_over_temperature or self.temperature_c >= self.params.trip_c
+        if hot:
+            self._set_fault("over_temperature", True)
+            self._put("output_enable", 0)
+        elif self.temperature_c < self.params.trip_reset_c:
+            self._set_fault("over_temperature", False)
+
+    def _step_loaded(self, dt_s: float, vehicle: VehicleSide) -> None:
+        p = self.params
+        ocv, r = vehicle.open_circuit_voltage_v, vehicle.internal_resistance_ohm
+        cap_i, cap_p = self.capability()
+        if not self.output_on:
+            self.current_a = 0.0
+        else:
+            sign = 1.0 if self._get("mode") == MODE_CHARGE else -1.0
+            target = sign * min(self._get("setpoint_current"), cap_i)
+            alpha = 1.0 - math.exp(-dt_s / p.current_tau_s)
+            delta = (target - self.current_a) * alpha
+            limit = p.ramp_a_per_s * dt_s
+            self.current_a += min(max(delta, -limit), limit)
+            # Inner loops (instant): capability, power, then CV against the battery.
+            power_a = cap_p / max(ocv, 1.0)
+            bound = min(cap_i, power_a)
+            self.current_a = min(max(self.current_a, -bound), bound)
+            v_set = self._get("setpoint_voltage")
+            cv_a = (v_set - ocv) / r if r > 0 else (math.inf if v_set >= ocv else -math.inf)
+            if sign > 0:
+                self.current_a = min(max(self.current_a, 0.0), max(cv_a, 0.0))
+            else:
+                self.current_a = max(min(self.current_a, 0.0), min(cv_a, 0.0))
+        vehicle.accept_current(self.current_a, dt_s)
+        self.gun_voltage_v = terminal_voltage_v(vehicle, self.current_a)
+        self.output_voltage_v = self.gun_voltage_v
+
+    def _step_unloaded(self, dt_s: float, vehicle: VehicleSide | None) -> None:
+        p = self.params
+        bleeding = self._get("bleeder_command") == 1
+        if self.output_on:
+            target = min(self._get("setpoint_voltage"), p.max_voltage_v)
+            tau = p.voltage_tau_s
+        else:
+            target = 0.0
+            tau = min(p.output_decay_tau_s, p.bleeder_tau_s) if (
+                bleeding and self.contactors_closed) else p.output_decay_tau_s
+        self.output_voltage_v = target + (self.output_voltage_v - target) * math.exp(-dt_s / tau)
+        if vehicle is not None and vehicle.contactors_closed:
+            self.gun_voltage_v = vehicle.open_circuit_voltage_v
+        elif self.contactors_closed:
+            self.gun_voltage_v = self.output_voltage_v
+        else:
+            tau = p.bleeder_tau_s if bleeding else p.gun_decay_tau_s
+            self.gun_voltage_v *= math.exp(-dt_s / tau)
+
+    def _step_insulation(self, dt_s: float) -> None:
+        if not self._insulation_running:
+            return
+        test_v = self._get("insulation_test_voltage")
+        at_voltage = abs(self.gun_voltage_v - test_v) <= self.params.insulation_tolerance * test_v
+        if self.contactors_closed and at_voltage:
+            self._insulation_timer_s += dt_s
+        if self._insulation_timer_s >= self.params.insulation_delay_s:
+            self._insulation_running = False
+            self._insulation_result_kohm = self.insulation_ohm / 1000.0
+            self._put("insulation_test_request", 0)
+
+    def _publish(self) -> None:
+        self._put("output_voltage", self.output_voltage_v)
+        self._put("output_current", self.current_a)
+        self._put("gun_voltage", self.gun_voltage_v)
+        self._put("module_temperature", self.temperature_c)
+        self._put("contactor_feedback", 3 if self.contactors_closed else 0)
+        self._put("fault_word", self.faults)
+        flags = self.regmap["state_flags"]
+        self._put("state_flags", (flags.bit("output_on") if self.output_on else 0)
+                  | (flags.bit("derating") if self.derate_factor() < 1.0 else 0)
+                  | (flags.bit("insulation_test_running") if self._insulation_running else 0))
+        done = self._insulation_result_kohm is not None
+        self._put("insulation_done", 1 if done else 0)
+        result = self._insulation_result_kohm
+        self._put("insulation_resistance", 0.0 if result is None else result)
+        cap_i, cap_p = self.capability()
+        self._put("capability_current", cap_i)
+        self._put("capability_power", cap_p)
+
+    # -- Modbus side ------------------------------------------------------------------------
+
+    def accept_write(self, address: int, values: list[int]) -> ExcCodes | None:
+        """Validate and apply a master write, as the module firmware would."""
+        decoded: list[tuple[str, int, float]] = []
+        for offset, word in enumerate(values):
+            reg = self.regmap.by_address(address + offset)
+            if reg is None or reg.access is not Access.RW or reg.width != 1:
+                return ExcCodes.ILLEGAL_ADDRESS
+            try:
+                decoded.append((reg.name, word, reg.decode([word])))
+            except ValueError:
+                return ExcCodes.ILLEGAL_VALUE
+        for name, word, value in decoded:
+            self.regs[self.regmap[name].address - self._base] = word
+            if name == "output_enable" and value == 1:
+                self._set_fault("watchdog_expired", False)  # a deliberate restart
+            elif name == "insulation_test_request":
+                self._insulation_running = value == 1
+                self._insulation_timer_s = 0.0
+                self._insulation_result_kohm = None
+        self._publish()
+        return None
+
+    async def _action(
+        self, function_code: int, start_address: int, address: int, count: int,
+        current_registers: list[int], set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        if self.silent:
+            return ExcCodes.DEVICE_BUSY  # the answer is dropped in _trace_packet
+        self.since_last_request_s = 0.0
+        self.requests += 1
+        if set_values is not None and function_code != FC_READ_HOLDING:
+            result = self.accept_write(address, [int(v) for v in set_values])
+            if result is not None:
+                return result
+        offset = self._base - start_address
+        current_registers[offset : offset + len(self.regs)] = self.regs
+        return None
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        return b"" if sending and self.silent else data
+
+    def _device(self) -> SimDevice:
+        blocks = []
+        for address in self.regmap.span:
+            reg = self.regmap.by_address(address)
+            writable = reg is not None and reg.access is Access.RW
+            blocks.append(SimData(address, datatype=DataType.REGISTERS, readonly=not writable))
+        return SimDevice(id=self.unit_id, simdata=blocks, action=self._action)
+
+    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> tuple[SimServer, int]:
+        """Serve Modbus TCP; port=0 picks a free port, returned as the second item."""
+        server = ModbusTcpServer(
+            self._device(), address=(host, port), trace_packet=self._trace_packet
+        )
+        await server.serve_forever(background=True)
+        listener: Any = server.transport  # an asyncio.Server once listening
+        actual_port = int(listener.sockets[0].getsockname()[1])
+        return SimServer(server), actual_port
+
+    async def start_rtu(
+        self, device: str, *, baudrate: int = 115200, parity: str = "N",
+        bytesize: int = 8, stopbits: int = 1,
+    ) -> SimServer:
+        """Serve Modbus RTU on a serial device path (a real port or a pty slave)."""
+        server = ModbusSerialServer(
+            self._device(), port=device, baudrate=baudrate, parity=parity,
+            bytesize=bytesize, stopbits=stopbits, trace_packet=self._trace_packet,
+        )
+        await server.serve_forever(background=True)
+        return SimServer(server)
