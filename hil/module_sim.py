@@ -101,7 +101,8 @@ class ModuleSim:
         self._insulation_result_kohm: float | None = None
         span = self.regmap.span
         self._base = span.start
-        self.regs = [0] * len(span)
+        self._regs = [0] * len(span)
+        self._stale = True
         for reg in self.regmap:
             if reg.access is Access.RW and reg.default is not None:
                 self._put(reg.name, reg.default)
@@ -109,16 +110,23 @@ class ModuleSim:
 
     # -- register helpers -------------------------------------------------------------------
 
+    @property
+    def regs(self) -> list[int]:
+        """The register image as a master would read it now."""
+        if self._stale:
+            self._publish()
+        return self._regs
+
     def _put(self, name: str, value: float) -> None:
         reg = self.regmap[name]
         clamped = min(max(value, reg.minimum), reg.maximum)
         for address, word in zip(reg.addresses, reg.encode(clamped), strict=True):
-            self.regs[address - self._base] = word
+            self._regs[address - self._base] = word
 
     def _get(self, name: str) -> float:
         reg = self.regmap[name]
         offset = reg.address - self._base
-        return reg.decode(self.regs[offset : offset + reg.width])
+        return reg.decode(self._regs[offset : offset + reg.width])
 
     def _bit(self, name: str) -> int:
         return self.regmap["fault_word"].bit(name)
@@ -164,7 +172,9 @@ class ModuleSim:
         self._set_fault("over_voltage", self.output_voltage_v > 1.1 * p.max_voltage_v)
         self._set_fault("over_current", abs(self.current_a) > 1.1 * p.max_current_a)
         self._step_insulation(dt_s)
-        self._publish()
+        # Encoding every register each step would dominate a simulation; the image is
+        # brought up to date when someone reads it (a Modbus request or `regs`).
+        self._stale = True
 
     def _step_protections(self, dt_s: float) -> None:
         self.since_last_request_s += dt_s
@@ -239,6 +249,7 @@ class ModuleSim:
             self._put("insulation_test_request", 0)
 
     def _publish(self) -> None:
+        self._stale = False
         self._put("output_voltage", self.output_voltage_v)
         self._put("output_current", self.current_a)
         self._put("gun_voltage", self.gun_voltage_v)
@@ -271,7 +282,7 @@ class ModuleSim:
             except ValueError:
                 return ExcCodes.ILLEGAL_VALUE
         for name, word, value in decoded:
-            self.regs[self.regmap[name].address - self._base] = word
+            self._regs[self.regmap[name].address - self._base] = word
             if name == "output_enable" and value == 1:
                 self._set_fault("watchdog_expired", False)  # a deliberate restart
             elif name == "insulation_test_request":
@@ -294,7 +305,7 @@ class ModuleSim:
             if result is not None:
                 return result
         offset = self._base - start_address
-        current_registers[offset : offset + len(self.regs)] = self.regs
+        current_registers[offset : offset + len(self._regs)] = self.regs
         return None
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:

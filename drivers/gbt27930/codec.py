@@ -1,0 +1,396 @@
+"""GB/T 27930-2015 messages ⇄ payload bytes.
+
+Single-frame layouts come from `gbt27930.dbc` through cantools; the multi-packet BRM,
+BCP and BCS (carried by J1939 TP) are laid out here. Conversions at this edge:
+- current sign: GB/T 27930 §4.5 counts discharge positive; the dataclasses count
+  energy into the vehicle positive. Signed currents (BCL, BCS, CCS) are negated here.
+- limits that are magnitudes (BCP max current, CML max/min) are decoded as abs() of the
+  signed value, and CML max/min are sorted, because vehicles and chargers in the field
+  disagree on both the sign and the field order (see the fact sheet's CML example).
+- unused bits are sent as 1 (§7.9); 2-bit status fields: 01 set, 10 untrusted (taken as
+  set: the cautious reading), 00 and 11 (not available) not set.
+Every failure is a `DecodeError` (or `EncodeError`), both ValueErrors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cantools
+
+from agent.core.messages import (
+    BCL,
+    BCP,
+    BCS,
+    BEM,
+    BHM,
+    BRM,
+    BRO,
+    BSD,
+    BSM,
+    BST,
+    CCS,
+    CEM,
+    CHM,
+    CML,
+    CRM,
+    CRO,
+    CSD,
+    CST,
+    CTS,
+    BemTimeout,
+    BmsError,
+    BmsFault,
+    BmsStopReason,
+    CemTimeout,
+    ChargeMode,
+    ChargerError,
+    ChargerFault,
+    ChargerStopReason,
+    GbtMessage,
+    Level,
+    Ready,
+)
+from drivers.gbt27930.tp_layouts import (
+    decode_bcp,
+    decode_bcs,
+    decode_brm,
+    encode_bcp,
+    encode_bcs,
+    encode_brm,
+)
+from drivers.gbt27930.wire import DecodeError, EncodeError, current_raw, signed_current
+
+DBC_PATH = Path(__file__).with_name("gbt27930.dbc")
+_DB: Any = cantools.database.load_file(str(DBC_PATH))
+
+# PGN (PF << 8) and priority per message, GB/T 27930-2015 message table.
+PGN: dict[type[Any], int] = {
+    CHM: 0x2600, BHM: 0x2700, CRM: 0x0100, BRM: 0x0200, BCP: 0x0600, CTS: 0x0700,
+    CML: 0x0800, BRO: 0x0900, CRO: 0x0A00, BCL: 0x1000, BCS: 0x1100, CCS: 0x1200,
+    BSM: 0x1300, BST: 0x1900, CST: 0x1A00, BSD: 0x1C00, CSD: 0x1D00, BEM: 0x1E00,
+    CEM: 0x1F00,
+}
+PRIORITY: dict[type[Any], int] = {
+    CHM: 6, BHM: 6, CRM: 6, BRM: 7, BCP: 7, CTS: 6, CML: 6, BRO: 4, CRO: 4, BCL: 6,
+    BCS: 7, CCS: 6, BSM: 6, BST: 4, CST: 4, BSD: 6, CSD: 6, BEM: 2, CEM: 2,
+}
+TYPE_BY_PGN: dict[int, type[Any]] = {pgn: cls for cls, pgn in PGN.items()}
+MULTI_PACKET = frozenset({BRM, BCP, BCS})
+
+
+def pgn_of(message: GbtMessage) -> int:
+    return PGN[type(message)]
+
+
+def priority_of(message: GbtMessage) -> int:
+    return PRIORITY[type(message)]
+
+
+# ---- single frames through the DBC --------------------------------------------
+
+
+def _frame(name: str) -> Any:
+    return _DB.get_message_by_name(name)
+
+
+def _padding_mask(msg: Any) -> int:
+    used: int = 0
+    for sig in msg.signals:
+        used |= ((1 << sig.length) - 1) << sig.start
+    full: int = (1 << (8 * msg.length)) - 1
+    return full & ~used
+
+
+_PADDING = {m.name: _padding_mask(m) for m in _DB.messages}
+
+
+def _pack(name: str, raw: dict[str, int]) -> bytes:
+    msg = _frame(name)
+    for sig in msg.signals:
+        value = raw[sig.name]
+        if not 0 <= value < (1 << sig.length):
+            raise EncodeError(f"{name}.{sig.name}: raw {value} outside 0..{(1 << sig.length) - 1}")
+    body = int.from_bytes(msg.encode(raw, scaling=False, strict=False), "little")
+    return (body | _PADDING[name]).to_bytes(msg.length, "little")
+
+
+def _unpack(name: str, data: bytes) -> dict[str, int]:
+    msg = _frame(name)
+    if len(data) < msg.length:
+        raise DecodeError(f"{name}: {len(data)} bytes, need {msg.length}")
+    try:
+        out = msg.decode(bytes(data[: msg.length]), scaling=False, decode_choices=False)
+    except Exception as exc:  # cantools raises several types; one error type leaves here
+        raise DecodeError(f"{name}: {exc}") from exc
+    return {k: int(v) for k, v in out.items()}
+
+
+def _r(value: float, scale: float, name: str, offset: float = 0.0) -> int:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise EncodeError(f"{name}: not a finite number: {value!r}")
+    return round((value - offset) / scale)
+
+
+def _flag(raw: int) -> bool:
+    return raw in (1, 2)
+
+
+def _flags(names: dict[str, Any], raw: dict[str, int]) -> frozenset[Any]:
+    return frozenset(member for key, member in names.items() if _flag(raw[key]))
+
+
+def _bcd(value: int, name: str) -> int:
+    if not 0 <= value <= 99:
+        raise EncodeError(f"CTS.{name}: {value} not representable in one BCD byte")
+    return (value // 10) << 4 | value % 10
+
+
+def _from_bcd(raw: int, name: str) -> int:
+    hi, lo = raw >> 4, raw & 0xF
+    if hi > 9 or lo > 9:
+        raise DecodeError(f"CTS.{name}: 0x{raw:02X} is not BCD")
+    return hi * 10 + lo
+
+
+def _ready(raw: int, name: str) -> Ready:
+    try:
+        return Ready(raw)
+    except ValueError:
+        raise DecodeError(f"{name}: ready byte 0x{raw:02X} is not 0x00, 0xAA or 0xFF") from None
+
+
+_BST_REASONS = {"soc_reached": BmsStopReason.SOC_REACHED,
+                "total_voltage_reached": BmsStopReason.TOTAL_VOLTAGE_REACHED,
+                "cell_voltage_reached": BmsStopReason.CELL_VOLTAGE_REACHED,
+                "charger_stopped": BmsStopReason.CHARGER_STOPPED}
+_BST_FAULTS = {f"fault_{f.value}": f for f in BmsFault}
+_BST_ERRORS = {f"error_{e.value}": e for e in BmsError}
+_CST_REASONS = {r.value: r for r in ChargerStopReason}
+_CST_FAULTS = {f"fault_{f.value}": f for f in ChargerFault}
+_CST_ERRORS = {f"error_{e.value}": e for e in ChargerError}
+_BEM = {t.value: t for t in BemTimeout}
+_CEM = {t.value: t for t in CemTimeout}
+
+
+def _set_flags(names: dict[str, Any], members: frozenset[Any]) -> dict[str, int]:
+    return {key: 1 if member in members else 0 for key, member in names.items()}
+
+
+def _level(raw: int) -> Level:
+    return Level(raw) if raw in (0, 1, 2) else Level.NORMAL
+
+
+# ---- public API ------------------------------------------------------------------
+
+
+def encode(message: GbtMessage) -> tuple[int, bytes]:
+    """(PGN, payload) for a message; multi-packet payloads are the whole message."""
+    try:
+        return pgn_of(message), _ENCODERS[type(message)](message)
+    except EncodeError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"{type(message).__name__}: {exc}") from exc
+
+
+def decode(pgn: int, data: bytes) -> GbtMessage:
+    """The message for a PGN and its payload; raises DecodeError for anything else."""
+    cls = TYPE_BY_PGN.get(pgn)
+    if cls is None:
+        raise DecodeError(f"PGN 0x{pgn:04X} is not a GB/T 27930-2015 message")
+    try:
+        message: GbtMessage = _DECODERS[cls](bytes(data))
+    except DecodeError:
+        raise
+    except Exception as exc:  # malformed input must surface as one error type
+        raise DecodeError(f"{cls.__name__}: {exc!r}") from exc
+    return message
+
+
+def _enc_chm(m: CHM) -> bytes:
+    a, b, c = m.version
+    return _pack("CHM", {"version_major": a, "version_minor": b, "version_patch": c})
+
+
+def _dec_chm(d: bytes) -> CHM:
+    r = _unpack("CHM", d)
+    return CHM((r["version_major"], r["version_minor"], r["version_patch"]))
+
+
+def _enc_crm(m: CRM) -> bytes:
+    region = m.region.encode("ascii")
+    if len(region) > 3:
+        raise EncodeError("CRM.region: at most 3 ASCII characters")
+    region_raw = int.from_bytes(region.ljust(3, b"\xff"), "little")
+    return _pack("CRM", {"recognition": 0xAA if m.recognized else 0x00,
+                         "charger_number": m.charger_number, "region": region_raw})
+
+
+def _dec_crm(d: bytes) -> CRM:
+    r = _unpack("CRM", d)
+    if r["recognition"] not in (0x00, 0xAA):
+        raise DecodeError(f"CRM: recognition 0x{r['recognition']:02X} is not 0x00 or 0xAA")
+    region = r["region"].to_bytes(3, "little").rstrip(b"\xff")
+    return CRM(r["recognition"] == 0xAA, r["charger_number"],
+               region.decode("ascii", errors="replace"))
+
+
+def _enc_cts(m: CTS) -> bytes:
+    year, month, day, hour, minute, second = m.timestamp
+    return _pack("CTS", {"second_bcd": _bcd(second, "second"), "minute_bcd": _bcd(minute, "minute"),
+                         "hour_bcd": _bcd(hour, "hour"), "day_bcd": _bcd(day, "day"),
+                         "month_bcd": _bcd(month, "month"),
+                         "year_low_bcd": _bcd(year % 100, "year"),
+                         "year_high_bcd": _bcd(year // 100, "year")})
+
+
+def _dec_cts(d: bytes) -> CTS:
+    r = _unpack("CTS", d)
+    year = _from_bcd(r["year_high_bcd"], "year") * 100 + _from_bcd(r["year_low_bcd"], "year")
+    return CTS((year, _from_bcd(r["month_bcd"], "month"), _from_bcd(r["day_bcd"], "day"),
+                _from_bcd(r["hour_bcd"], "hour"), _from_bcd(r["minute_bcd"], "minute"),
+                _from_bcd(r["second_bcd"], "second")))
+
+
+def _enc_cml(m: CML) -> bytes:
+    return _pack("CML", {"max_voltage": _r(m.max_voltage_v, 0.1, "CML.max_voltage"),
+                         "min_voltage": _r(m.min_voltage_v, 0.1, "CML.min_voltage"),
+                         "max_current": current_raw(-m.max_current_a, "CML.max_current"),
+                         "min_current": current_raw(-m.min_current_a, "CML.min_current")})
+
+
+def _dec_cml(d: bytes) -> CML:
+    r = _unpack("CML", d)
+    a = abs(signed_current(r["max_current"]))
+    b = abs(signed_current(r["min_current"]))
+    return CML(r["max_voltage"] / 10, r["min_voltage"] / 10, max(a, b), min(a, b))
+
+
+def _enc_bcl(m: BCL) -> bytes:
+    return _pack("BCL", {"voltage_demand": _r(m.voltage_demand_v, 0.1, "BCL.voltage_demand"),
+                         "current_demand": current_raw(-m.current_demand_a, "BCL.current_demand"),
+                         "mode": int(m.mode)})
+
+
+def _dec_bcl(d: bytes) -> BCL:
+    r = _unpack("BCL", d)
+    try:
+        mode = ChargeMode(r["mode"])
+    except ValueError:
+        raise DecodeError(f"BCL: mode 0x{r['mode']:02X} is neither CV (1) nor CC (2)") from None
+    # Signed per §4.5: a charge demand arrives negative and becomes positive here.
+    return BCL(r["voltage_demand"] / 10, -signed_current(r["current_demand"]), mode)
+
+
+def _enc_ccs(m: CCS) -> bytes:
+    return _pack("CCS", {"output_voltage": _r(m.output_voltage_v, 0.1, "CCS.output_voltage"),
+                         "output_current": current_raw(-m.output_current_a, "CCS.output_current"),
+                         "charging_time": m.charging_min, "permitted": 1 if m.permitted else 0})
+
+
+def _dec_ccs(d: bytes) -> CCS:
+    r = _unpack("CCS", d)
+    return CCS(r["output_voltage"] / 10, -signed_current(r["output_current"]),
+               r["charging_time"], r["permitted"] == 1)
+
+
+def _enc_bsm(m: BSM) -> bytes:
+    return _pack("BSM", {
+        "max_cell_voltage_index": m.max_cell_voltage_index - 1,
+        "max_temperature": _r(m.max_temperature_c, 1, "BSM.max_temperature", -50),
+        "max_temperature_index": m.max_temperature_index - 1,
+        "min_temperature": _r(m.min_temperature_c, 1, "BSM.min_temperature", -50),
+        "min_temperature_index": m.min_temperature_index - 1,
+        "cell_voltage_state": int(m.cell_voltage), "soc_state": int(m.soc),
+        "over_current": int(m.over_current), "over_temperature": int(m.over_temperature),
+        "insulation": int(m.insulation_fault), "connector": int(m.connector_fault),
+        "charge_permitted": int(m.charge_permitted)})
+
+
+def _dec_bsm(d: bytes) -> BSM:
+    r = _unpack("BSM", d)
+    return BSM(r["max_cell_voltage_index"] + 1, r["max_temperature"] - 50,
+               r["max_temperature_index"] + 1, r["min_temperature"] - 50,
+               r["min_temperature_index"] + 1, _level(r["cell_voltage_state"]),
+               _level(r["soc_state"]), _flag(r["over_current"]), _flag(r["over_temperature"]),
+               _flag(r["insulation"]), _flag(r["connector"]), r["charge_permitted"] == 1)
+
+
+def _enc_bst(m: BST) -> bytes:
+    return _pack("BST", {**_set_flags(_BST_REASONS, m.reasons), **_set_flags(_BST_FAULTS, m.faults),
+                         **_set_flags(_BST_ERRORS, m.errors)})
+
+
+def _dec_bst(d: bytes) -> BST:
+    r = _unpack("BST", d)
+    return BST(_flags(_BST_REASONS, r), _flags(_BST_FAULTS, r), _flags(_BST_ERRORS, r))
+
+
+def _enc_cst(m: CST) -> bytes:
+    return _pack("CST", {**_set_flags(_CST_REASONS, m.reasons), **_set_flags(_CST_FAULTS, m.faults),
+                         **_set_flags(_CST_ERRORS, m.errors)})
+
+
+def _dec_cst(d: bytes) -> CST:
+    r = _unpack("CST", d)
+    return CST(_flags(_CST_REASONS, r), _flags(_CST_FAULTS, r), _flags(_CST_ERRORS, r))
+
+
+def _enc_bsd(m: BSD) -> bytes:
+    return _pack("BSD", {"end_soc": _r(m.end_soc_pct, 1, "BSD.end_soc"),
+                         "min_cell_voltage": _r(m.min_cell_voltage_v, 0.01, "BSD.min_cell"),
+                         "max_cell_voltage": _r(m.max_cell_voltage_v, 0.01, "BSD.max_cell"),
+                         "min_temperature": _r(m.min_temperature_c, 1, "BSD.min_temp", -50),
+                         "max_temperature": _r(m.max_temperature_c, 1, "BSD.max_temp", -50)})
+
+
+def _dec_bsd(d: bytes) -> BSD:
+    r = _unpack("BSD", d)
+    return BSD(float(r["end_soc"]), r["min_cell_voltage"] / 100, r["max_cell_voltage"] / 100,
+               float(r["min_temperature"] - 50), float(r["max_temperature"] - 50))
+
+
+def _enc_csd(m: CSD) -> bytes:
+    return _pack("CSD", {"charging_time": m.charging_min,
+                         "energy": _r(m.energy_kwh, 0.1, "CSD.energy"),
+                         "charger_number": m.charger_number})
+
+
+def _dec_csd(d: bytes) -> CSD:
+    r = _unpack("CSD", d)
+    return CSD(r["charging_time"], r["energy"] / 10, r["charger_number"])
+
+
+def _ready_codec(name: str, cls: Callable[[Ready], Any]) -> tuple[Callable[[Any], bytes],
+                                                                 Callable[[bytes], Any]]:
+    return (lambda m: _pack(name, {"ready": int(m.ready)}),
+            lambda d: cls(_ready(_unpack(name, d)["ready"], name)))
+
+
+_BRO = _ready_codec("BRO", BRO)
+_CRO = _ready_codec("CRO", CRO)
+
+_ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
+    CHM: _enc_chm,
+    BHM: lambda m: _pack("BHM", {"max_charge_voltage": _r(m.max_charge_voltage_v, 0.1, "BHM")}),
+    CRM: _enc_crm, BRM: encode_brm, BCP: encode_bcp, CTS: _enc_cts, CML: _enc_cml,
+    BRO: _BRO[0], CRO: _CRO[0], BCL: _enc_bcl, BCS: encode_bcs, CCS: _enc_ccs, BSM: _enc_bsm,
+    BST: _enc_bst, CST: _enc_cst, BSD: _enc_bsd, CSD: _enc_csd,
+    BEM: lambda m: _pack("BEM", _set_flags(_BEM, m.timeouts)),
+    CEM: lambda m: _pack("CEM", _set_flags(_CEM, m.timeouts)),
+}
+_DECODERS: dict[type[Any], Callable[[bytes], Any]] = {
+    CHM: _dec_chm,
+    BHM: lambda d: BHM(_unpack("BHM", d)["max_charge_voltage"] / 10),
+    CRM: _dec_crm, BRM: decode_brm, BCP: decode_bcp, CTS: _dec_cts, CML: _dec_cml,
+    BRO: _BRO[1], CRO: _CRO[1], BCL: _dec_bcl, BCS: decode_bcs, CCS: _dec_ccs, BSM: _dec_bsm,
+    BST: _dec_bst, CST: _dec_cst, BSD: _dec_bsd, CSD: _dec_csd,
+    BEM: lambda d: BEM(_flags(_BEM, _unpack("BEM", d))),
+    CEM: lambda d: CEM(_flags(_CEM, _unpack("CEM", d))),
+}
+
+__all__ = ["MULTI_PACKET", "PGN", "DecodeError", "EncodeError", "decode", "encode", "pgn_of",
+           "priority_of"]

@@ -1,0 +1,147 @@
+"""GB/T 27930 over python-can: frames ⇄ message dataclasses, with J1939 TP.
+
+Thin: it sends what it is given and reports what it receives; session decisions are
+the core's. `poll` drains the bus without blocking and is called every control step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import can
+
+from agent.core.messages import GbtMessage
+from drivers.gbt27930.candump import CandumpWriter
+from drivers.gbt27930.codec import (
+    MULTI_PACKET,
+    DecodeError,
+    EncodeError,
+    decode,
+    encode,
+    priority_of,
+)
+from drivers.gbt27930.tp import PGN_TP_CM, PGN_TP_DT, TpReceiver, TpResult, TpSender
+
+CHARGER_ADDRESS = 0x56  # GB/T 27930-2015 §6.2
+BMS_ADDRESS = 0xF4
+TP_PRIORITY = 7  # J1939-21: TP.CM / TP.DT at priority 7
+
+
+class Role(Enum):
+    CHARGER = "charger"
+    BMS = "bms"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkProblem:
+    detail: str
+    fatal: bool = False
+
+
+def can_id(priority: int, pgn: int, destination: int, source: int) -> int:
+    """29-bit PDU1 identifier: P | R=0 | DP=0 | PF | PS=destination | SA."""
+    return (priority & 0x7) << 26 | ((pgn >> 8) & 0xFF) << 16 | destination << 8 | source
+
+
+class GbtLink:
+    def __init__(self, bus: can.BusABC, role: Role, log: CandumpWriter | None = None) -> None:
+        self.bus = bus
+        self.role = role
+        self.log = log
+        self.own = CHARGER_ADDRESS if role is Role.CHARGER else BMS_ADDRESS
+        self.peer = BMS_ADDRESS if role is Role.CHARGER else CHARGER_ADDRESS
+        self._rx = TpReceiver()
+        self._tx = TpSender()
+        self._t = 0.0
+        self._problems: list[LinkProblem] = []
+
+    # ---- sending -------------------------------------------------------------------
+
+    def send(self, message: GbtMessage, t: float) -> None:
+        """Send now, or start a TP transfer for a multi-packet message."""
+        self._t = t
+        pgn, payload = encode(message)
+        if type(message) in MULTI_PACKET:
+            self._apply(self._tx.send(pgn, payload, t))
+        else:
+            self._frame(can_id(priority_of(message), pgn, self.peer, self.own), payload)
+
+    def _frame(self, arbitration_id: int, data: bytes) -> None:
+        msg = can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=True)
+        try:
+            self.bus.send(msg)
+        except can.CanError as exc:
+            self._problems.append(LinkProblem(f"CAN send failed: {exc}", fatal=True))
+            return
+        if self.log is not None:
+            self.log.write(self._t, arbitration_id, data)
+
+    def _apply(self, res: TpResult) -> None:
+        for cm in res.cm_out:
+            self._frame(can_id(TP_PRIORITY, PGN_TP_CM, self.peer, self.own), cm)
+        for dt in res.dt_out:
+            self._frame(can_id(TP_PRIORITY, PGN_TP_DT, self.peer, self.own), dt)
+        if res.problem:
+            self._problems.append(LinkProblem(res.problem))
+
+    # ---- receiving -----------------------------------------------------------------
+
+    def poll(self, t: float) -> list[GbtMessage | LinkProblem]:
+        """Everything that arrived since the last poll, decoded; never raises."""
+        self._t = t
+        out: list[GbtMessage | LinkProblem] = []
+        while True:
+            try:
+                frame = self.bus.recv(timeout=0)
+            except (can.CanError, OSError, ValueError) as exc:
+                self._problems.append(LinkProblem(f"CAN receive failed: {exc}", fatal=True))
+                break
+            if frame is None:
+                break
+            item = self._on_frame(frame, t)
+            if item is not None:
+                out.append(item)
+        self._apply(self._rx.on_time(t))
+        self._apply(self._tx.on_time(t))
+        out.extend(self._problems)
+        self._problems = []
+        return out
+
+    def _on_frame(self, frame: can.Message, t: float) -> GbtMessage | LinkProblem | None:
+        ident = frame.arbitration_id
+        if not frame.is_extended_id or frame.is_remote_frame or frame.is_error_frame:
+            return None
+        source, destination, pf = ident & 0xFF, (ident >> 8) & 0xFF, (ident >> 16) & 0xFF
+        if source != self.peer or destination != self.own:
+            return None
+        data = bytes(frame.data)
+        if self.log is not None:
+            self.log.write(t, ident, data)
+        pgn = pf << 8
+        if pgn == PGN_TP_CM:
+            return self._tp_cm(data, t)
+        if pgn == PGN_TP_DT:
+            return self._tp_result(self._rx.on_dt(data, t))
+        return self._decode(pgn, data)
+
+    def _tp_cm(self, data: bytes, t: float) -> GbtMessage | LinkProblem | None:
+        if data[:1] in (b"\x11", b"\x13") or (data[:1] == b"\xff" and self._tx.busy):
+            self._apply(self._tx.on_cm(data, t))  # answers to our own transfer
+            return None
+        return self._tp_result(self._rx.on_cm(data, t))
+
+    def _tp_result(self, res: TpResult) -> GbtMessage | LinkProblem | None:
+        self._apply(res)
+        if res.completed is None:
+            return None
+        return self._decode(*res.completed)
+
+    def _decode(self, pgn: int, data: bytes) -> GbtMessage | LinkProblem:
+        try:
+            return decode(pgn, data)
+        except DecodeError as exc:
+            return LinkProblem(f"malformed frame PGN 0x{pgn:04X} {data.hex().upper()}: {exc}")
+
+
+__all__ = ["EncodeError", "GbtLink", "LinkProblem", "Role", "can_id"]

@@ -1,0 +1,216 @@
+"""A simulated vehicle BMS speaking GB/T 27930-2015, sans-I/O.
+
+`receive(message, t)` takes the charger's messages, `poll(t)` returns the BMS's own
+messages that are due. It owns a `Battery` and closes/opens the vehicle contactors
+K5/K6. CC-CV demand within its own limits; stops at its target SOC with BST.
+Fault-injection hooks let scenarios make it misbehave.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.core.messages import (
+    BCL,
+    BCP,
+    BCS,
+    BEM,
+    BHM,
+    BRM,
+    BRO,
+    BSD,
+    BSM,
+    BST,
+    CCS,
+    CHM,
+    CML,
+    CRM,
+    CRO,
+    CSD,
+    CST,
+    CTS,
+    BemTimeout,
+    BmsMessage,
+    BmsStopReason,
+    ChargeMode,
+    ChargerMessage,
+    Ready,
+)
+from hil.ev_battery import Battery, BatteryParams
+
+# Periods of the BMS's messages: GB/T 27930-2015 §10 message definitions [V].
+PERIOD_S = {"BHM": 0.25, "BRM": 0.25, "BCP": 0.5, "BRO": 0.25, "BCL": 0.05, "BCS": 0.25,
+            "BSM": 0.25, "BST": 0.01, "BSD": 0.25, "BEM": 0.25}
+# GB/T 27930-2015 §8 / Fig. A.6 [V]: the BMS stops when CCS is silent 1 s; other
+# charger messages have the default 5 s.
+CCS_TIMEOUT_S = 1.0
+DEFAULT_TIMEOUT_S = 5.0
+# GB/T 27930-2015 §8: the vehicle opens K5/K6 at <= 5 A, at the latest 10 s after BST.
+OPEN_CURRENT_A = 5.0
+OPEN_DEADLINE_S = 10.0
+BST_AFTER_CST_S = 0.1
+
+
+@dataclass(frozen=True)
+class VehicleConfig:
+    battery: BatteryParams = field(default_factory=BatteryParams)
+    start_soc_pct: float = 20.0
+    target_soc_pct: float = 80.0
+    max_charge_current_a: float = 250.0
+    max_cell_voltage_v: float = 4.20
+    max_temperature_c: float = 55.0
+    contactor_close_delay_s: float = 0.5
+    battery_type: int = 0x06  # NCM
+    vin: str = "LSIMPILEAGENT0001"
+
+    @property
+    def max_total_voltage_v(self) -> float:
+        return round(self.max_cell_voltage_v * self.battery.cells_in_series, 1)
+
+
+class BmsSimulator:
+    def __init__(self, config: VehicleConfig | None = None) -> None:
+        self.config = config or VehicleConfig()
+        self.battery = Battery(self.config.battery, self.config.start_soc_pct)
+        self.phase = "wait"
+        self.seen: dict[type[ChargerMessage], tuple[float, ChargerMessage]] = {}
+        self.stop_reason: frozenset[BmsStopReason] = frozenset()
+        self.timeouts: frozenset[BemTimeout] = frozenset()
+        self._phase_t = 0.0
+        self._last: dict[str, float] = {}
+        self._stop_t: float | None = None
+        # fault injection
+        self.silent_from: float | None = None
+        self.over_temperature = False
+        self.charge_permitted = True
+        self.demand_override_a: float | None = None
+        self._stop_requested = False
+
+    @property
+    def finished(self) -> bool:
+        return self.phase == "done"
+
+    # ---- fault injection -------------------------------------------------------
+
+    def silence(self, from_t: float) -> None:
+        self.silent_from = from_t
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    # ---- inputs ------------------------------------------------------------------
+
+    def receive(self, message: ChargerMessage, t: float) -> None:
+        self.seen[type(message)] = (t, message)
+        match message:
+            case CHM() if self.phase == "wait":
+                self._go("handshake", t)
+            case CRM(recognized=False) if self.phase in ("wait", "handshake"):
+                self._go("identify", t)
+            case CRM(recognized=True) if self.phase in ("handshake", "identify"):
+                self._go("config", t)
+            case CML() | CTS() if self.phase == "config":
+                self._go("ready_wait", t)
+            case CRO(ready=Ready.READY) if self.phase == "ready":
+                self._go("charging", t)
+            case CST() if self.phase in ("charging", "ready", "ready_wait", "config"):
+                self.stop_reason = frozenset({BmsStopReason.CHARGER_STOPPED})
+                self._begin_stop(t)
+            case CSD() if self.phase == "stopping" and not self.battery.contactors_closed:
+                self._go("done", t)
+
+    def _go(self, phase: str, t: float) -> None:
+        self.phase, self._phase_t = phase, t
+
+    def _begin_stop(self, t: float) -> None:
+        if self._stop_t is None:
+            self._stop_t = t
+            self._go("stopping", t)
+
+    # ---- outputs -----------------------------------------------------------------
+
+    def poll(self, t: float) -> list[BmsMessage]:
+        self._advance(t)
+        if self.silent_from is not None and t >= self.silent_from:
+            return []
+        return [m for m in self._candidates(t) if self._due(type(m).__name__, t)]
+
+    def _due(self, name: str, t: float) -> bool:
+        last = self._last.get(name)
+        if last is not None and t < last + PERIOD_S[name] - 1e-9:
+            return False
+        self._last[name] = t if last is None or t - last >= 2 * PERIOD_S[name] else \
+            last + PERIOD_S[name]
+        return True
+
+    def _advance(self, t: float) -> None:
+        b, c = self.battery, self.config
+        if self.phase == "ready_wait" and t - self._phase_t >= c.contactor_close_delay_s:
+            b.contactors_closed = True
+            self._go("ready", t)
+        if self.phase == "charging":
+            ccs_t = self.seen.get(CCS, (self._phase_t, None))[0]
+            if t - max(ccs_t, self._phase_t) > CCS_TIMEOUT_S:
+                self.timeouts = frozenset({BemTimeout.CCS})
+                self._begin_stop(t)
+            elif b.soc_pct >= c.target_soc_pct or self._stop_requested:
+                self.stop_reason = frozenset({BmsStopReason.SOC_REACHED})
+                self._begin_stop(t)
+        if self.phase == "stopping" and b.contactors_closed and self._stop_t is not None and (
+                abs(b.current_a) <= OPEN_CURRENT_A or t - self._stop_t >= OPEN_DEADLINE_S):
+            b.contactors_closed = False
+
+    def demand_a(self) -> tuple[float, ChargeMode]:
+        b, c = self.battery, self.config
+        if self.demand_override_a is not None:
+            return self.demand_override_a, ChargeMode.CONSTANT_CURRENT
+        limit = c.max_charge_current_a
+        if b.temperature_c > c.max_temperature_c - 10:
+            limit *= 0.5  # the BMS halves its request near its temperature limit
+        cv_a = (c.max_total_voltage_v - b.open_circuit_voltage_v) / b.internal_resistance_ohm
+        if cv_a < limit:
+            return max(cv_a, 0.0), ChargeMode.CONSTANT_VOLTAGE
+        return limit, ChargeMode.CONSTANT_CURRENT
+
+    def _candidates(self, t: float) -> list[BmsMessage]:
+        b, c = self.battery, self.config
+        match self.phase:
+            case "handshake":
+                return [BHM(c.max_total_voltage_v)]
+            case "identify":
+                return [BRM((1, 1, 0), c.battery_type, c.battery.capacity_ah,
+                            round(3.7 * c.battery.cells_in_series, 1), "SIMU", vin=c.vin)]
+            case "config":
+                energy = round(c.battery.capacity_ah * 3.7 * c.battery.cells_in_series / 1000, 1)
+                return [BCP(c.max_cell_voltage_v, c.max_charge_current_a, energy,
+                            c.max_total_voltage_v, c.max_temperature_c, round(b.soc_pct, 1),
+                            round(b.terminal_voltage_v(), 1))]
+            case "ready_wait":
+                return [BRO(Ready.NOT_READY)]
+            case "ready":
+                return [BRO(Ready.READY)]
+            case "charging":
+                demand, mode = self.demand_a()
+                remaining = max(c.target_soc_pct - b.soc_pct, 0.0) * c.battery.capacity_ah \
+                    * 0.6 / max(demand, 1.0)
+                return [
+                    BCL(c.max_total_voltage_v, round(demand, 1), mode),
+                    BCS(round(b.terminal_voltage_v(), 1), round(b.current_a, 1),
+                        round(min(b.max_cell_voltage_v(), 40.95), 2), 1, round(b.soc_pct),
+                        min(int(remaining), 600)),
+                    BSM(1, round(b.temperature_c), 1, round(b.temperature_c) - 2, 2,
+                        over_temperature=self.over_temperature,
+                        charge_permitted=self.charge_permitted),
+                ]
+            case "stopping":
+                msgs: list[BmsMessage] = []
+                if self.timeouts:
+                    msgs.append(BEM(self.timeouts))
+                if CST not in self.seen or (self.stop_reason != frozenset(
+                        {BmsStopReason.CHARGER_STOPPED}) and t - self._phase_t < 1.0):
+                    msgs.append(BST(self.stop_reason))
+                if CST in self.seen and not b.contactors_closed:
+                    msgs.append(BSD(round(b.soc_pct), 3.6, round(b.max_cell_voltage_v(), 2),
+                                    round(b.temperature_c) - 2, round(b.temperature_c)))
+                return msgs
+        return []

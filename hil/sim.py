@@ -1,0 +1,220 @@
+"""`pile-agent sim`: the agent against a simulated pile and car, over real transports.
+
+The car (battery + BMS) speaks GB/T 27930 on a python-can `virtual` bus; the power
+module is a pymodbus server on loopback TCP. The agent is the same `GunRuntime` that
+drives a real pile. Time is simulated and advanced in lock-step (10 ms): each step the
+car sends what is due, the module's physics advance, then the agent polls, decides and
+writes. `--speed` paces simulated time against the wall; by default it runs flat out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
+
+import can
+
+from agent.core.commands import Command, CurrentDecided, Notice, SessionReport, StateChanged
+from agent.core.events import VehicleConnected
+from agent.core.ratings import GunRatings
+from agent.core.session import GunSession
+from agent.core.states import State
+from agent.runtime.clock import SimClock
+from agent.runtime.gun_runtime import GunRuntime
+from drivers.gbt27930.candump import CandumpWriter
+from drivers.gbt27930.link import GbtLink, Role
+from drivers.power_module.link import ModuleLink, TcpTarget
+from drivers.power_module.owner import ModuleBusOwner
+from hil.ev_bms import BmsSimulator, VehicleConfig
+from hil.module_sim import ModuleParams, ModuleSim
+
+STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
+# Fixed epoch for CAN-log timestamps, so two runs of one scenario give identical logs.
+LOG_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+LINGER_S = 1.0  # keep stepping after the session ends so the car sees CSD / CST
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    speed: float = 0.0
+    can_log: str | None = None
+    start_soc_pct: float = 20.0
+    target_soc_pct: float = 80.0
+    max_sim_s: float = 3600.0
+    json_summary: bool = False
+    live: bool = True
+    ratings: GunRatings = field(default_factory=GunRatings)
+    module: ModuleParams = field(default_factory=ModuleParams)
+
+
+@dataclass
+class TraceRow:
+    """One control decision, with the limits in force when it was made."""
+
+    t: float
+    state: str
+    commanded_a: float
+    commanded_v: float
+    bound_by: str
+    ev_demand_a: float | None
+    ev_max_a: float | None
+    measured_a: float
+    measured_v: float
+
+
+@dataclass
+class SimResult:
+    outcome: str = "timeout"
+    reason: str = ""
+    energy_kwh: float = 0.0
+    sim_duration_s: float = 0.0
+    wall_s: float = 0.0
+    start_soc_pct: float | None = None
+    end_soc_pct: float | None = None
+    battery_energy_in_kwh: float = 0.0
+    states: list[tuple[float, str]] = field(default_factory=list)
+    notices: list[tuple[float, str, str]] = field(default_factory=list)
+    trace: list[TraceRow] = field(default_factory=list)
+    max_current_a: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("trace")
+        d["states"] = [f"{t:.2f} {s}" for t, s in self.states]
+        return d
+
+
+class SimulatedPile:
+    """Agent + car + module wired over real transports; use `async with`."""
+
+    def __init__(self, options: SimOptions, out: IO[str] | None = None) -> None:
+        self.options = options
+        self.out = out
+        self.clock = SimClock(options.speed)
+        self.result = SimResult()
+        self.module_sim = ModuleSim(options.module)
+        self.bms = BmsSimulator(VehicleConfig(start_soc_pct=options.start_soc_pct,
+                                              target_soc_pct=options.target_soc_pct))
+        self.session = GunSession(options.ratings)
+        self._stack = AsyncExitStack()
+        self._last_live = -1e9
+
+    async def __aenter__(self) -> SimulatedPile:
+        channel = f"pile-sim-{uuid.uuid4().hex[:8]}"
+        charger_bus = self._stack.enter_context(
+            can.Bus(interface="virtual", channel=channel, bitrate=250_000))
+        vehicle_bus = self._stack.enter_context(
+            can.Bus(interface="virtual", channel=channel, bitrate=250_000))
+        log = None
+        if self.options.can_log:
+            fh = self._stack.enter_context(open(self.options.can_log, "w"))  # noqa: SIM115
+            log = CandumpWriter(fh, channel="can0", epoch=LOG_EPOCH)
+        server, port = await self.module_sim.start_tcp("127.0.0.1", 0)
+        self._stack.push_async_callback(server.stop)
+        owner = ModuleBusOwner(ModuleLink(TcpTarget("127.0.0.1", port)))
+        self._stack.push_async_callback(owner.close)
+        self.vehicle_link = GbtLink(vehicle_bus, Role.BMS)
+        self.runtime = GunRuntime(self.session, GbtLink(charger_bus, Role.CHARGER, log=log),
+                                  owner, self._on_report)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    # ---- reporting ---------------------------------------------------------------
+
+    def _say(self, line: str) -> None:
+        if self.out is not None and self.options.live:
+            print(line, file=self.out, flush=True)
+
+    def _on_report(self, command: Command) -> None:
+        r, t = self.result, self.clock.now()
+        match command:
+            case StateChanged(source=src, dest=dest, reason=why):
+                r.states.append((t, dest))
+                self._say(f"[{t:8.2f} s] {src} -> {dest}: {why}")
+            case CurrentDecided(current_a=i, voltage_v=v, bound_by=bound):
+                d, st = self.session.data, self.session.plant.status
+                r.trace.append(TraceRow(
+                    t, self.session.state.value, i, v, bound,
+                    d.bcl.current_demand_a if d.bcl else None,
+                    d.bcp.max_charge_current_a if d.bcp else None,
+                    st.output_current_a if st else 0.0, st.output_voltage_v if st else 0.0))
+                r.max_current_a = max(r.max_current_a, abs(i))
+            case Notice(kind=kind, detail=detail):
+                r.notices.append((t, kind, detail))
+                self._say(f"[{t:8.2f} s] notice {kind}: {detail}")
+            case SessionReport():
+                r.outcome, r.reason = command.outcome, command.reason
+                r.energy_kwh, r.sim_duration_s = command.energy_kwh, command.duration_s
+                r.start_soc_pct, r.end_soc_pct = command.start_soc_pct, command.end_soc_pct
+
+    def _live_line(self, t: float) -> None:
+        if t - self._last_live < 60.0:
+            return
+        self._last_live = t
+        st, d = self.session.plant.status, self.session.data
+        soc = d.bcs.soc_pct if d.bcs else (d.start_soc_pct or 0.0)
+        if st is not None:
+            self._say(f"[{t:8.2f} s] {self.session.state.value:>18}  SOC {soc:5.1f} %  "
+                      f"{st.output_voltage_v:6.1f} V  {st.output_current_a:6.1f} A  "
+                      f"{st.output_voltage_v * st.output_current_a / 1000:6.1f} kW  "
+                      f"{d.energy_kwh:6.2f} kWh  module {st.temperature_c:4.1f} C")
+
+    # ---- the lock-step loop ----------------------------------------------------
+
+    async def run(self) -> SimResult:
+        wall0 = time.monotonic()
+        self.runtime.feed(VehicleConnected(0.0, wall_clock_s=LOG_EPOCH))
+        ended_at: float | None = None
+        while self.clock.now() < self.options.max_sim_s:
+            t = round(self.clock.now(), 6)
+            self._step_vehicle(t)
+            self.bms.battery.current_a = 0.0  # the module sets it again if it is loaded
+            self.module_sim.step(STEP_S, self.bms.battery)
+            await self.runtime.step(t)
+            self._live_line(t)
+            if ended_at is None and self.session.state in (State.FINISHED, State.FAULT):
+                ended_at = t
+            if ended_at is not None and t - ended_at >= LINGER_S:
+                break
+            await self.clock.advance(STEP_S)
+        self.result.wall_s = time.monotonic() - wall0
+        self.result.battery_energy_in_kwh = self.bms.battery.energy_in_kwh
+        if self.result.outcome == "timeout":
+            self.result.reason = f"no end of session within {self.options.max_sim_s} s"
+        return self.result
+
+    def _step_vehicle(self, t: float) -> None:
+        for item in self.vehicle_link.poll(t):
+            if not hasattr(item, "detail"):
+                self.bms.receive(item, t)  # type: ignore[arg-type]
+        for message in self.bms.poll(t):
+            self.vehicle_link.send(message, t)
+
+
+async def run_sim(options: SimOptions, out: IO[str] | None = None) -> SimResult:
+    async with SimulatedPile(options, out) as pile:
+        return await pile.run()
+
+
+async def run_sim_cli(options: SimOptions) -> int:
+    result = await run_sim(options, sys.stdout)
+    summary = result.summary()
+    if options.json_summary:
+        print(json.dumps(summary, indent=2))
+    else:
+        soc = (f"{result.start_soc_pct:.1f} % -> {result.end_soc_pct:.1f} %"
+               if result.start_soc_pct is not None and result.end_soc_pct is not None else "n/a")
+        print(f"session {result.outcome}: {result.reason}\n"
+              f"  SOC {soc}, delivered {result.energy_kwh:.2f} kWh "
+              f"(battery took {result.battery_energy_in_kwh:.2f} kWh), "
+              f"peak {result.max_current_a:.1f} A\n"
+              f"  simulated {result.sim_duration_s:.0f} s in {result.wall_s:.1f} s wall "
+              f"({result.sim_duration_s / max(result.wall_s, 1e-9):.0f}x real time)")
+    return 0 if result.outcome == "finished" else 1
