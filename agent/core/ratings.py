@@ -27,14 +27,18 @@ class GunRatings:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 out.append(f"{f.name} must be a finite number, got {value!r}")
-        if self.min_voltage_v <= 0 or self.max_voltage_v <= self.min_voltage_v:
-            out.append("need 0 < min_voltage_v < max_voltage_v")
+        if self.min_voltage_v <= 0:
+            out.append(f"min_voltage_v must be > 0, got {self.min_voltage_v}")
+        if self.max_voltage_v <= self.min_voltage_v:
+            out.append("max_voltage_v must be above min_voltage_v")
         if self.max_voltage_v > 1500:
             out.append("max_voltage_v above 1500 V is outside DC low-voltage equipment")
-        if self.max_current_a <= 0 or self.min_current_a < 0:
-            out.append("need max_current_a > 0 and min_current_a >= 0")
+        if self.max_current_a <= 0:
+            out.append(f"max_current_a must be > 0, got {self.max_current_a}")
+        if self.min_current_a < 0:
+            out.append(f"min_current_a must be >= 0, got {self.min_current_a}")
         if self.max_power_w <= 0:
-            out.append("max_power_w must be > 0")
+            out.append(f"max_power_w must be > 0, got {self.max_power_w}")
         if self.ramp_up_a_per_s < 20:
             out.append("ramp_up_a_per_s below 20 A/s violates IEC 61851-23 101.2.1.3")
         if not 0 <= self.charger_number <= 0xFFFFFFFF:

@@ -6,7 +6,7 @@ it, and with which clock, differs. Nothing here decides anything about the sessi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from agent.core.commands import (
@@ -27,7 +27,7 @@ ModuleCommand = SetModuleOutput | SetContactors | SetBleeder | StartInsulationTe
 class VehicleLink(Protocol):
     def send(self, message: ChargerMessage, t: float) -> None: ...
 
-    def poll(self, t: float) -> list[object]: ...
+    def poll(self, t: float) -> Sequence[object]: ...
 
 
 class ModuleOwner(Protocol):

@@ -1,0 +1,71 @@
+"""pile.toml: a good file loads, every kind of bad field is named in the error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.runtime.config import ConfigError, load_config, parse_config
+
+GOOD = """
+[can]
+interface = "socketcan"
+channel = "can1"
+
+[modbus]
+transport = "rtu"
+serial_port = "/dev/ttyUSB0"
+baudrate = 19200
+parity = "E"
+unit_id = 3
+
+[gun]
+max_current_a = 200
+max_power_w = 120000.0
+"""
+
+
+def test_a_good_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "pile.toml"
+    path.write_text(GOOD)
+    cfg = load_config(path)
+    assert cfg.can.channel == "can1" and cfg.can.bitrate == 250_000
+    assert cfg.modbus.transport == "rtu" and cfg.modbus.unit_id == 3
+    assert cfg.gun.max_current_a == 200.0 and isinstance(cfg.gun.max_current_a, float)
+
+
+@pytest.mark.parametrize(("doc", "field"), [
+    ({"gun": {"max_current_a": -5.0}}, "gun.max_current_a"),
+    ({"gun": {"max_currnet_a": 5.0}}, "gun.max_currnet_a"),
+    ({"gun": {"max_voltage_v": "750"}}, "gun.max_voltage_v"),
+    ({"gun": {"max_voltage_v": float("nan")}}, "gun.max_voltage_v"),
+    ({"gun": {"ramp_up_a_per_s": 5.0}}, "gun.ramp_up_a_per_s"),
+    ({"modbus": {"transport": "udp"}}, "modbus.transport"),
+    ({"modbus": {"transport": "rtu"}}, "modbus.serial_port"),
+    ({"modbus": {"unit_id": 0}}, "modbus.unit_id"),
+    ({"modbus": {"port": 70000}}, "modbus.port"),
+    ({"can": {"bitrate": True}}, "can.bitrate"),
+    ({"cann": {}}, "[cann]"),
+])
+def test_bad_fields_are_named(doc: dict[str, dict[str, object]], field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(doc)
+
+
+def test_unreadable_and_invalid_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gun\nmax_current_a = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_cli_run_with_a_bad_config_exits_2_naming_the_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "pile.toml"
+    path.write_text("[gun]\nmax_current_a = -1\n")
+    assert main(["run", "--config", str(path)]) == 2
+    assert "gun.max_current_a" in capsys.readouterr().err

@@ -1,0 +1,217 @@
+"""The session against the in-process car and module: normal stops, watchdogs, faults."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from agent.core.commands import (
+    KickSafetyWatchdog,
+    SetContactors,
+    SetModuleOutput,
+    Transmit,
+)
+from agent.core.events import FaultsCleared, SafetyInputs, StopRequested, UpstreamLimit
+from agent.core.messages import BCL, BCP, CEM, CST, CemTimeout, ChargerFault, ChargerStopReason
+from agent.core.states import State
+from hil.ev_bms import VehicleConfig
+from hil.plant import InProcessPile, commanded_current
+
+ENDED = (State.FINISHED, State.FAULT)
+
+
+def _pile(start: float = 50.0, target: float = 51.0) -> InProcessPile:
+    p = InProcessPile(vehicle=VehicleConfig(start_soc_pct=start, target_soc_pct=target))
+    p.plug_in()
+    return p
+
+
+def _charge_for(p: InProcessPile, seconds: float) -> None:
+    assert p.run_until(lambda q: q.session.state is State.CHARGING, 30)
+    p.run_until(lambda q: False, seconds)
+    assert p.session.state is State.CHARGING
+
+
+def _entered(p: InProcessPile, state: State) -> float:
+    return next(t for t, _s, d in p.log.states if d == state.value)
+
+
+def test_a_short_session_runs_the_whole_sequence() -> None:
+    p = _pile()
+    assert p.run_until(lambda q: q.session.state in ENDED, 600)
+    assert [d for _t, _s, d in p.log.states] == [
+        "handshake", "insulation_check", "identification", "parameter_exchange", "precharge",
+        "charging", "stopping", "welding_check", "finished"]
+    report = p.log.reports[-1]
+    assert report.outcome == "finished"
+    assert math.isclose(report.energy_kwh, p.bms.battery.energy_in_kwh, rel_tol=0.02)
+    assert report.end_soc_pct is not None and report.end_soc_pct >= 51.0
+
+
+def test_commanded_current_never_exceeds_demand_or_limits() -> None:
+    p = _pile()
+    demand = {"a": 0.0}
+
+    def spy(m: object) -> object:
+        if isinstance(m, BCL):
+            demand["a"] = m.current_demand_a
+        return m
+
+    p.vehicle_to_charger = spy  # type: ignore[assignment]
+    assert p.run_until(lambda q: q.session.state in ENDED, 600)
+    decisions = [c for _t, c in p.log.decisions]
+    assert max(c.current_a for c in decisions) > 100.0  # it did charge
+    for t, amps in commanded_current(p.log):
+        assert amps <= p.ratings.max_current_a + 1e-9, t
+        assert amps <= p.bms.config.max_charge_current_a + 1e-9, t
+    # Outside energy transfer only the small pre-charge / cable-check currents appear.
+    charging_from = _entered(p, State.CHARGING)
+    assert all(a <= 20.0 for t, a in commanded_current(p.log) if t < charging_from)
+
+
+def test_bcl_silence_faults_within_one_second_and_sends_cem() -> None:
+    p = _pile()
+    _charge_for(p, 5.0)
+    silent_from = p.t
+    p.vehicle_to_charger = lambda m: None if isinstance(m, BCL) else m  # type: ignore[assignment]
+    assert p.run_until(lambda q: q.session.state is State.FAULT, 3.0)
+    assert _entered(p, State.FAULT) - silent_from <= 1.0 + 0.05 + 0.011
+    after = [c for t, c in p.log.to_vehicle if t >= _entered(p, State.FAULT)]
+    assert any(isinstance(m, CEM) and CemTimeout.BCL in m.timeouts for m in after)
+    last_cmd = [a for t, a in commanded_current(p.log) if t >= _entered(p, State.FAULT)]
+    assert last_cmd and all(a == 0.0 for a in last_cmd)
+
+
+def test_module_silence_is_an_emergency_stop() -> None:
+    p = _pile()
+    _charge_for(p, 3.0)
+    p.module_silent = True
+    assert p.run_until(lambda q: q.session.state is State.FAULT, 1.5)
+    assert p.session.data.fault_emergency
+    opened = [t for t, c in p.log.module_commands if c == SetContactors(False)]
+    assert opened and opened[-1] == _entered(p, State.FAULT)
+
+
+def test_operator_stop_ramps_down_and_opens_only_at_5_amps() -> None:
+    p = _pile()
+    _charge_for(p, 5.0)
+    p.feed(StopRequested(p.t, "operator"))
+    assert p.session.state is State.STOPPING
+    stop_t = p.t
+    open_current: list[float] = []
+    orig = p._execute
+
+    def watch(c: object) -> None:
+        if c == SetContactors(False):
+            open_current.append(abs(p.module.current_a))
+        orig(c)  # type: ignore[arg-type]
+
+    p._execute = watch  # type: ignore[method-assign]
+    assert p.run_until(lambda q: q.session.state in ENDED, 20)
+    assert p.session.state is State.FINISHED
+    assert open_current and open_current[0] <= 5.0
+    cst = [m for t, m in p.log.to_vehicle if isinstance(m, CST) and t >= stop_t]
+    assert cst and ChargerStopReason.MANUAL in cst[0].reasons
+    after = [a for t, a in commanded_current(p.log) if t >= stop_t]
+    assert all(b <= a for a, b in itertools.pairwise(after))  # never rises (I14)
+
+
+def test_battery_voltage_that_differs_from_bcp_by_over_5_percent_is_refused() -> None:
+    p = InProcessPile(vehicle=VehicleConfig(start_soc_pct=50, target_soc_pct=51))
+
+    def lie(m: object) -> object:
+        if isinstance(m, BCP):
+            return BCP(m.max_cell_voltage_v, m.max_charge_current_a, m.nominal_energy_kwh,
+                       m.max_total_voltage_v, m.max_temperature_c, m.soc_pct,
+                       round(m.battery_voltage_v * 1.08, 1))
+        return m
+
+    p.vehicle_to_charger = lie  # type: ignore[assignment]
+    p.plug_in()
+    assert p.run_until(lambda q: q.session.state in ENDED, 30)
+    assert p.session.state is State.FAULT
+    assert "5 %" in p.session.data.outcome_reason
+    assert not any(c == SetContactors(True) for t, c in p.log.module_commands
+                   if t >= _entered(p, State.PRECHARGE))
+
+
+def test_insulation_fault_latches_until_cleared() -> None:
+    p = InProcessPile(vehicle=VehicleConfig(start_soc_pct=50, target_soc_pct=51))
+    p.module.insulation_ohm = 50.0 * 403.2  # 50 ohm/V at the test voltage: <= 100 ohm/V
+    p.plug_in()
+    assert p.run_until(lambda q: q.session.state is State.FAULT, 30)
+    assert "insulation" in p.session.data.outcome_reason
+    assert "insulation" in p.session.safety.latched
+    p.feed(SafetyInputs(p.t, emergency_stop=False, door_open=False))
+    from agent.core.events import VehicleDisconnected
+
+    p.feed(VehicleDisconnected(p.t))
+    assert p.session.state is State.FAULT  # latched: unplugging does not reset it (I12)
+    p.feed(FaultsCleared(p.t, "service"))
+    assert p.session.state is State.IDLE
+
+
+def test_welded_contactor_is_found_after_the_stop() -> None:
+    p = _pile()
+    _charge_for(p, 2.0)
+    p.module.welded_contactor = True
+    p.bms.request_stop()
+    assert p.run_until(lambda q: q.session.state in ENDED, 30)
+    assert p.session.state is State.FAULT
+    assert "welding" in p.session.safety.latched
+
+
+def test_emergency_stop_opens_contactors_at_once_and_latches() -> None:
+    p = _pile()
+    _charge_for(p, 3.0)
+    commands = p.feed(SafetyInputs(p.t, emergency_stop=True, door_open=False))
+    assert p.session.state is State.FAULT
+    assert SetContactors(False) in commands
+    assert SetModuleOutput(False, 0.0, 0.0) in commands
+    sent = [c.message for c in commands if isinstance(c, Transmit)]
+    p.step()
+    sent += [m for t, m in p.log.to_vehicle if t >= p.t - 0.02]
+    assert any(isinstance(m, CST) and ChargerFault.EMERGENCY_STOP in m.faults for m in sent)
+    p.feed(FaultsCleared(p.t, "service"))
+    assert p.session.state is State.FAULT  # still pressed: not clearable
+    p.feed(SafetyInputs(p.t, emergency_stop=False, door_open=False))
+    p.feed(FaultsCleared(p.t, "service"))
+    assert p.session.state is State.IDLE
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 10_000.0])
+def test_upstream_limits_apply_and_bad_ones_are_rejected(bad: float) -> None:
+    p = _pile(start=40.0, target=60.0)
+    _charge_for(p, 4.0)
+    p.feed(UpstreamLimit(p.t, "ems", 50.0, expires_at=p.t + 5.0))
+    p.step()
+    assert all(a <= 50.0 for t, a in commanded_current(p.log) if t >= p.t - 0.011)
+    p.run_until(lambda q: False, 1.5)
+    cmds = p.feed(UpstreamLimit(p.t, "ems", bad, expires_at=p.t + 5.0))
+    assert any(getattr(c, "kind", "") == "setpoint_rejected" for c in cmds)
+    p.run_until(lambda q: False, 1.0)
+    assert p.session.act.current_a <= 50.0
+    p.run_until(lambda q: False, 4.0)  # expired: back to the fallback (no upstream limit)
+    assert p.session.act.current_a > 50.0
+
+
+def test_an_internal_error_fails_safe_and_stops_the_heartbeat() -> None:
+    p = _pile()
+    _charge_for(p, 2.0)
+
+    def boom() -> None:
+        raise RuntimeError("injected")
+
+    p.session._control = boom  # type: ignore[method-assign]
+    commands = p.feed(StopRequested(p.t))  # any event; the tick below hits the bug
+    p.step()
+    commands = [c for t, c in p.log.all_commands if t >= p.t - 0.011]
+    assert SetModuleOutput(False, 0.0, 0.0) in commands
+    assert SetContactors(False) in commands
+    assert p.session.state is State.FAULT
+    p.run_until(lambda q: False, 1.0)
+    kicks = [c for t, c in p.log.all_commands
+             if isinstance(c, KickSafetyWatchdog) and t > p.t - 0.9]
+    assert kicks == []  # the safety controller's watchdog will trip (I15)
