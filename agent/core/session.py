@@ -48,6 +48,7 @@ from agent.core.messages import (
     ChargerStopReason,
     Ready,
 )
+from agent.core.module_faults import active_faults
 from agent.core.outgoing import PeriodicSender, messages_for
 from agent.core.ratings import GunRatings
 from agent.core.safety import SafetySupervisor, UpstreamPolicy
@@ -177,6 +178,15 @@ class GunSession(SequenceSteps, SafetyHandling):
         if status.insulation_ohm is not None:
             self.plant.insulation_ohm = status.insulation_ohm
             self.plant.insulation_at = self.now
+        if status.fault_word and self.state not in (State.IDLE, State.FINISHED, State.FAULT):
+            faults = active_faults(status.fault_word)
+            self._fault(
+                "power module fault: " + ", ".join(f.name for f in faults),
+                code="module_" + faults[0].name,
+                emergency=any(f.emergency for f in faults),
+                latched=any(f.latched for f in faults),
+                faults=frozenset(f.cst for f in faults),
+            )
 
     def _on_vehicle_message(self, message: BmsMessage) -> None:
         d = self.data
