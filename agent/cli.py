@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="give up after this much simulated time")
     sim.add_argument("--json", action="store_true", help="print the final summary as JSON")
     sim.add_argument("--quiet", action="store_true", help="no live progress lines")
+    sim.add_argument("--fault", metavar="NAME",
+                     help="inject a fault during the session and check the agent reaches the "
+                          "safe state in time (exit 0 only then); --fault list shows them")
 
     run = sub.add_parser("run", help="run the agent against real interfaces")
     run.add_argument("--config", required=True, metavar="PILE_TOML")
@@ -32,7 +35,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sim":
+        from hil.faults import SCENARIOS
         from hil.sim import SimOptions, run_sim_cli
+
+        if args.fault == "list":
+            for sc in SCENARIOS.values():
+                print(f"{sc.name:26} {sc.description}")
+            return 0
+        if args.fault is not None and args.fault not in SCENARIOS:
+            print(f"pile-agent sim: unknown fault {args.fault!r}; known: "
+                  f"{', '.join(SCENARIOS)}", file=sys.stderr)
+            return 2
 
         if not 0.0 <= args.start_soc < args.target_soc <= 100.0:
             print("pile-agent sim: need 0 <= --start-soc < --target-soc <= 100", file=sys.stderr)
@@ -40,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         options = SimOptions(
             speed=args.speed, can_log=args.can_log, start_soc_pct=args.start_soc,
             target_soc_pct=args.target_soc, max_sim_s=args.max_sim_s,
-            json_summary=args.json, live=not args.quiet,
+            json_summary=args.json, live=not args.quiet, fault=args.fault,
         )
         return asyncio.run(run_sim_cli(options))
     from agent.runtime.config import ConfigError, load_config

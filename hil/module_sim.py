@@ -183,6 +183,9 @@ class ModuleSim:
         if self.since_last_request_s >= timeout_s and not self.faults & expired:
             self._set_fault("watchdog_expired", True)
             self._put("output_enable", 0)
+            # Fail-safe contract of the output unit: a lost master also opens K1/K2,
+            # since the master can no longer command them open itself.
+            self._put("contactor_command", 0)
         hot = self.force_over_temperature or self.temperature_c >= self.params.trip_c
         if hot:
             self._set_fault("over_temperature", True)

@@ -10,6 +10,7 @@ writes. `--speed` paces simulated time against the wall; by default it runs flat
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import uuid
@@ -20,7 +21,7 @@ from typing import IO, Any
 import can
 
 from agent.core.commands import Command, CurrentDecided, Notice, SessionReport, StateChanged
-from agent.core.events import VehicleConnected
+from agent.core.events import Event, VehicleConnected
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
@@ -31,6 +32,7 @@ from drivers.gbt27930.link import GbtLink, Role
 from drivers.power_module.link import ModuleLink, TcpTarget
 from drivers.power_module.owner import ModuleBusOwner
 from hil.ev_bms import BmsSimulator, VehicleConfig
+from hil.faults import SCENARIOS
 from hil.module_sim import ModuleParams, ModuleSim
 
 STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
@@ -50,6 +52,8 @@ class SimOptions:
     live: bool = True
     ratings: GunRatings = field(default_factory=GunRatings)
     module: ModuleParams = field(default_factory=ModuleParams)
+    fault: str | None = None  # a name from hil.faults.SCENARIOS
+    fault_after_charging_s: float = 10.0
 
 
 @dataclass
@@ -81,6 +85,11 @@ class SimResult:
     notices: list[tuple[float, str, str]] = field(default_factory=list)
     trace: list[TraceRow] = field(default_factory=list)
     max_current_a: float = 0.0
+    fault: str | None = None
+    fault_injected_at: float | None = None
+    safe_at: float | None = None
+    fault_verdict: str = ""
+    fault_ok: bool = False
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,10 +110,15 @@ class SimulatedPile:
         self.bms = BmsSimulator(VehicleConfig(start_soc_pct=options.start_soc_pct,
                                               target_soc_pct=options.target_soc_pct))
         self.session = GunSession(options.ratings)
+        self.injected_events: list[Event] = []
+        self.scenario = SCENARIOS[options.fault] if options.fault else None
+        self._worst_a = 0.0
         self._stack = AsyncExitStack()
         self._last_live = -1e9
 
     async def __aenter__(self) -> SimulatedPile:
+        # Bus failures reach the core as events; pymodbus's own error logging is noise here.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
         channel = f"pile-sim-{uuid.uuid4().hex[:8]}"
         charger_bus = self._stack.enter_context(
             can.Bus(interface="virtual", channel=channel, bitrate=250_000))
@@ -174,14 +188,19 @@ class SimulatedPile:
         ended_at: float | None = None
         while self.clock.now() < self.options.max_sim_s:
             t = round(self.clock.now(), 6)
+            self._maybe_inject(t)
             self._step_vehicle(t)
             self.bms.battery.current_a = 0.0  # the module sets it again if it is loaded
             self.module_sim.step(STEP_S, self.bms.battery)
-            await self.runtime.step(t)
+            extra, self.injected_events = self.injected_events, []
+            await self.runtime.step(t, extra)
             self._live_line(t)
-            if ended_at is None and self.session.state in (State.FINISHED, State.FAULT):
+            if self.scenario is not None:
+                if self._fault_run_over(t):
+                    break
+            elif ended_at is None and self.session.state in (State.FINISHED, State.FAULT):
                 ended_at = t
-            if ended_at is not None and t - ended_at >= LINGER_S:
+            if self.scenario is None and ended_at is not None and t - ended_at >= LINGER_S:
                 break
             await self.clock.advance(STEP_S)
         self.result.wall_s = time.monotonic() - wall0
@@ -189,6 +208,72 @@ class SimulatedPile:
         if self.result.outcome == "timeout":
             self.result.reason = f"no end of session within {self.options.max_sim_s} s"
         return self.result
+
+    # ---- fault injection ----------------------------------------------------------
+
+    def _maybe_inject(self, t: float) -> None:
+        sc, r = self.scenario, self.result
+        if sc is None or r.fault_injected_at is not None:
+            return
+        charging_since = next((ts for ts, s in r.states if s == "charging"), None)
+        due = (charging_since is not None
+               and t >= charging_since + self.options.fault_after_charging_s)
+        if due or not sc.during_charging:
+            r.fault, r.fault_injected_at = sc.name, t
+            sc.inject(self, t)
+            self._say(f"[{t:8.2f} s] FAULT INJECTED: {sc.name} ({sc.description})")
+
+    def _fault_run_over(self, t: float) -> bool:
+        """Track the safe state after an injection; True once the verdict is in."""
+        sc, r = self.scenario, self.result
+        if sc is None or r.fault_injected_at is None:
+            return False
+        since = t - r.fault_injected_at
+        if sc.then_stop and since >= 2.0:
+            self.bms.request_stop()
+        if sc.name == "absurd-demand":
+            return self._judge_absurd_demand(t, since)
+        m = self.module_sim
+        safe = (self.session.state.value in sc.expect_states and abs(m.current_a) <= 5.0
+                and m._get("contactor_command") == 0)
+        if safe and r.safe_at is None:
+            r.safe_at = t
+        elif not safe:
+            r.safe_at = None  # must stay safe, not just pass through
+        limit = sc.deadline_s + (0.0 if sc.during_charging else 30.0)
+        if r.safe_at is not None and t - r.safe_at >= LINGER_S:
+            took = r.safe_at - r.fault_injected_at
+            r.fault_ok = took <= limit
+            r.fault_verdict = (f"safe state ({self.session.state.value}, <= 5 A, K1/K2 commanded "
+                               f"open) {took:.2f} s after injection; deadline {limit:.1f} s "
+                               f"({sc.deadline_source})")
+            return True
+        if since > limit + 5.0 or (self.session.state is State.IDLE):
+            r.fault_ok = False
+            r.fault_verdict = (f"NOT safe {since:.1f} s after injection (state "
+                               f"{self.session.state.value}, {m.current_a:.1f} A, K1/K2 "
+                               f"{'closed' if m.contactors_closed else 'open'}); deadline "
+                               f"{limit:.1f} s ({sc.deadline_source})")
+            return True
+        return False
+
+    def _judge_absurd_demand(self, t: float, since: float) -> bool:
+        r, o = self.result, self.options
+        cap = min(o.ratings.max_current_a, self.bms.config.max_charge_current_a)
+        r.fault_ok = True
+        self._worst_a = max(self._worst_a, abs(self.session.act.current_a))
+        worst = self._worst_a
+        if worst > cap + 1e-9 or abs(self.module_sim.current_a) > cap + 2.5:
+            r.fault_ok = False
+            r.fault_verdict = f"current {worst:.1f} A above the {cap:.1f} A limit"
+            return True
+        if since >= 5.0:
+            r.fault_ok = self.session.state is State.CHARGING
+            r.fault_verdict = (f"400 A demanded for {since:.1f} s; commanded at most "
+                               f"{worst:.1f} A (limit {cap:.1f} A); state "
+                               f"{self.session.state.value}")
+            return True
+        return False
 
     def _step_vehicle(self, t: float) -> None:
         for item in self.vehicle_link.poll(t):
@@ -206,6 +291,14 @@ async def run_sim(options: SimOptions, out: IO[str] | None = None) -> SimResult:
 async def run_sim_cli(options: SimOptions) -> int:
     result = await run_sim(options, sys.stdout)
     summary = result.summary()
+    if options.fault is not None:
+        verdict = "PASS" if result.fault_ok else "FAIL"
+        if options.json_summary:
+            print(json.dumps(summary, indent=2))
+        else:
+            print(f"fault {options.fault}: {verdict}: {result.fault_verdict or 'not injected'}"
+                  f"\n  session {result.outcome}: {result.reason}")
+        return 0 if result.fault_ok else 1
     if options.json_summary:
         print(json.dumps(summary, indent=2))
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -50,6 +51,8 @@ def _printer(out: IO[str]) -> tuple[list[SessionReport], Callable[[Command], Non
 
 async def run_pile(config: PileConfig, can_log: str | None = None,
                    out: IO[str] = sys.stdout) -> int:
+    # Bus failures reach the core as events; pymodbus's own error logging would flood.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
         bus = can.Bus(interface=config.can.interface, channel=config.can.channel,
                       bitrate=config.can.bitrate)

@@ -1,0 +1,98 @@
+"""Fault-injection scenarios for `pile-agent sim --fault NAME`.
+
+Each scenario breaks one thing in the simulated pile or car during energy transfer
+(or before it) and states the safe state the agent must reach, and by when:
+  output current <= 5 A (measured by the module simulator) and K1/K2 open, with the
+  session in FAULT (or, for faults the car itself reports, a normal stop).
+Deadlines come from the clause that governs that fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.core.events import Event, SafetyInputs
+from hil.ev_bms import BmsSimulator
+from hil.module_sim import ModuleSim
+
+
+class Pile(Protocol):
+    module_sim: ModuleSim
+    bms: BmsSimulator
+    injected_events: list[Event]
+
+
+@dataclass(frozen=True)
+class FaultScenario:
+    name: str
+    description: str
+    inject: Callable[[Pile, float], None]
+    deadline_s: float
+    deadline_source: str
+    expect_states: tuple[str, ...] = ("fault",)
+    during_charging: bool = True
+    then_stop: bool = False  # ask the car to stop after injecting (faults found at stop)
+
+
+def _estop(p: Pile, t: float) -> None:
+    p.injected_events.append(SafetyInputs(t, emergency_stop=True, door_open=False))
+
+
+def _door(p: Pile, t: float) -> None:
+    p.injected_events.append(SafetyInputs(t, emergency_stop=False, door_open=True))
+
+
+def _set(obj_attr: str, value: object) -> Callable[[Pile, float], None]:
+    owner, attr = obj_attr.split(".")
+
+    def inject(p: Pile, t: float) -> None:
+        target = p.module_sim if owner == "module" else p.bms
+        setattr(target, attr, value)
+
+    return inject
+
+
+SCENARIOS: dict[str, FaultScenario] = {s.name: s for s in (
+    FaultScenario(
+        "bms-silence", "the BMS stops sending anything (CAN cable cut, BMS crash)",
+        lambda p, t: p.bms.silence(t), 3.0,
+        "GB/T 27930-2015 §8: BCL 1 s; GB 44263-2024 §8.2.1: <= 5 A and K1/K2 open 2 s later"),
+    FaultScenario(
+        "module-silence", "the power module stops answering on Modbus",
+        _set("module.silent", True), 2.0,
+        "before the module's own watchdog; GB 44263-2024 §8.2.1: 2 s to <= 5 A and open"),
+    FaultScenario(
+        "module-over-temperature", "the power module trips on over-temperature",
+        _set("module.force_over_temperature", True), 1.0,
+        "GB/T 18487.1-2015 B.4.7.1: charger-side fault, C1/C2 open within 100 ms of <= 5 A"),
+    FaultScenario(
+        "emergency-stop", "the E-stop button is pressed (seen by the I/O board)",
+        _estop, 1.0,
+        "GB/T 18487.1-2023 Table C.15: E-stop trigger <= 70 ms, then <= 5 A and open; "
+        "IEC 61851-23 CC.3.4: < 5 A within 1 s"),
+    FaultScenario(
+        "door-open", "the cabinet door is opened while energised",
+        _door, 1.0, "as the E-stop: an emergency shutdown (GB/T 18487.1-2023 Table C.15)"),
+    FaultScenario(
+        "insulation-fault", "insulation resistance 50 ohm/V (<= 100 ohm/V) at the cable check",
+        _set("module.insulation_ohm", 50.0 * 400), 5.0,
+        "GB/T 18487.1-2015 B.5.1: <= 100 ohm/V stop; check ends before CRM", during_charging=False),
+    FaultScenario(
+        "welded-contactor", "K1/K2 weld during charging; found when the session stops",
+        _set("module.welded_contactor", True), 12.0,
+        "GB/T 18487.1-2015 §7.9: adhesion check after opening; stop within 10 s of BST",
+        expect_states=("fault",), then_stop=True),
+    FaultScenario(
+        "bms-over-temperature", "the BMS flags battery over-temperature in BSM",
+        _set("bms.over_temperature", True), 3.0,
+        "GB/T 27930-2015 BSM: an abnormal flag stops charging; GB 44263 §8.2.1 2 s",
+        expect_states=("finished", "fault")),
+    FaultScenario(
+        "absurd-demand", "the BMS demands 400 A (the most GB/T can encode), above its own BCP "
+        "max and the gun rating; the arbiter must hold its limits",
+        _set("bms.demand_override_a", 400.0), 0.0,
+        "no stop: the current stays within BCP max, charger max and module capability",
+        expect_states=("charging",)),
+)}
