@@ -240,6 +240,9 @@ def _dec_crm(d: bytes) -> CRM:
 
 def _enc_cts(m: CTS) -> bytes:
     year, month, day, hour, minute, second = m.timestamp
+    if not (0 <= year <= 9999 and 1 <= month <= 12 and 1 <= day <= 31 and 0 <= hour <= 23
+            and 0 <= minute <= 59 and 0 <= second <= 59):
+        raise EncodeError(f"CTS: {m.timestamp} is not a calendar time")
     return _pack("CTS", {"second_bcd": _bcd(second, "second"), "minute_bcd": _bcd(minute, "minute"),
                          "hour_bcd": _bcd(hour, "hour"), "day_bcd": _bcd(day, "day"),
                          "month_bcd": _bcd(month, "month"),
