@@ -11,6 +11,7 @@ permission": the decision is 0 A, bound by INVALID_INPUT (fail safe, never raise
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -61,6 +62,25 @@ class VoltageDecision:
 _MIN_VOLTAGE_FOR_POWER_V = 1.0
 
 
+def _power_a(limits: CurrentLimits) -> float:
+    return limits.power_limit_w / max(abs(limits.voltage_v), _MIN_VOLTAGE_FOR_POWER_V)
+
+
+# Every limit the arbiter takes the minimum of, as a table (order breaks ties: the
+# earlier entry is reported as the bound). The safety suite's mutation check removes
+# one entry at a time and expects a test to fail.
+CANDIDATES: tuple[tuple[Limit, Callable[[CurrentLimits], float]], ...] = (
+    (Limit.STATE, lambda lim: lim.state_a),
+    (Limit.EV_DEMAND, lambda lim: abs(lim.ev_demand_a)),
+    (Limit.EV_MAX, lambda lim: lim.ev_max_a),
+    (Limit.CHARGER_MAX, lambda lim: lim.charger_max_a),
+    (Limit.MODULE_CAPABILITY, lambda lim: lim.module_capability_a),
+    (Limit.POWER, _power_a),
+    (Limit.THERMAL, lambda lim: lim.thermal_a),
+    (Limit.UPSTREAM, lambda lim: lim.upstream_a),
+)
+
+
 def _bad_magnitude(x: float) -> bool:
     return math.isnan(x) or x < 0.0
 
@@ -93,19 +113,8 @@ def decide_current(
         return CurrentDecision(0.0, Limit.INVALID_INPUT, 0.0)
 
     direction = 1.0 if limits.ev_demand_a >= 0.0 else -1.0
-    power_a = limits.power_limit_w / max(abs(limits.voltage_v), _MIN_VOLTAGE_FOR_POWER_V)
-    # Order matters only for ties: the earlier entry is reported as the bound.
-    candidates = (
-        (limits.state_a, Limit.STATE),
-        (abs(limits.ev_demand_a), Limit.EV_DEMAND),
-        (limits.ev_max_a, Limit.EV_MAX),
-        (limits.charger_max_a, Limit.CHARGER_MAX),
-        (limits.module_capability_a, Limit.MODULE_CAPABILITY),
-        (power_a, Limit.POWER),
-        (limits.thermal_a, Limit.THERMAL),
-        (limits.upstream_a, Limit.UPSTREAM),
-    )
-    ceiling, bound = min(candidates, key=lambda c: c[0])
+    ceiling, bound = min(((read(limits), limit) for limit, read in CANDIDATES),
+                         key=lambda c: c[0])
     if math.isinf(ceiling):
         return CurrentDecision(0.0, Limit.INVALID_INPUT, 0.0)
 

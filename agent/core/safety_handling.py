@@ -7,7 +7,6 @@ the session maps them onto its own stop messages (CST reasons).
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 from agent.core import timing as T
 from agent.core.commands import KickSafetyWatchdog, Notice
@@ -23,6 +22,7 @@ from agent.core.events import (
 from agent.core.messages import ChargerFault
 from agent.core.session_base import SessionBase
 from agent.core.states import State, Trigger
+from agent.core.thermal_guard import ThermalSupervisor
 
 _LIVE = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
          State.PARAMETER_EXCHANGE, State.PRECHARGE, State.CHARGING, State.STOPPING,
@@ -34,34 +34,8 @@ _CST_FOR_SENSOR = {
 }
 
 
-class ThermalFaultLike(Protocol):
-    @property
-    def sensor(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def detail(self) -> str: ...
-    @property
-    def latched(self) -> bool: ...
-
-
-class ThermalVerdictLike(Protocol):
-    @property
-    def limit_fraction(self) -> float: ...
-    @property
-    def bound_sensor(self) -> str | None: ...
-    @property
-    def faults(self) -> tuple[ThermalFaultLike, ...]: ...
-
-
-class ThermalLike(Protocol):
-    def update(self, reading: TemperatureReading, current_a: float) -> None: ...
-    def evaluate(self, now: float, current_a: float) -> ThermalVerdictLike: ...
-    def clear(self, now: float) -> bool: ...
-
-
 class SafetyHandling(SessionBase):
-    thermal: ThermalLike | None
+    thermal: ThermalSupervisor | None
     require_safety_io: bool
     thermal_limit_a: float
 

@@ -52,10 +52,11 @@ from agent.core.module_faults import active_faults
 from agent.core.outgoing import PeriodicSender, messages_for
 from agent.core.ratings import GunRatings
 from agent.core.safety import SafetySupervisor, UpstreamPolicy
-from agent.core.safety_handling import SafetyHandling, ThermalLike
+from agent.core.safety_handling import SafetyHandling
 from agent.core.session_data import Actuators, Plant, SessionData
 from agent.core.states import STOPPABLE, TRANSITIONS, State, Trigger
 from agent.core.steps import SequenceSteps
+from agent.core.thermal_guard import ThermalSupervisor
 
 _ENERGISED = (State.INSULATION_CHECK, State.PRECHARGE, State.CHARGING, State.STOPPING)
 
@@ -66,7 +67,7 @@ class GunSession(SequenceSteps, SafetyHandling):
         ratings: GunRatings,
         *,
         upstream: UpstreamPolicy | None = None,
-        thermal: ThermalLike | None = None,
+        thermal: ThermalSupervisor | None = None,
         require_safety_io: bool = False,
     ) -> None:
         self.ratings = ratings
@@ -105,7 +106,8 @@ class GunSession(SequenceSteps, SafetyHandling):
                                         or self.plant.safety_io_lost))
 
     def is_restart_allowed(self) -> bool:
-        return self.safety.can_start()
+        thermal_ok = self.thermal is None or not self.thermal.latched
+        return self.safety.can_start() and thermal_ok
 
     # ---- entry point ---------------------------------------------------------------
 
@@ -304,6 +306,8 @@ class GunSession(SequenceSteps, SafetyHandling):
         d, st = self.data, self.plant.status
         target = self._energy_target()
         if target is None:
+            # Output off is a decision of 0 A now: the next ramp starts from here (I6).
+            self.act.last_decision_t = self.now
             if self.act.module_enabled:
                 self._command_module(enabled=False, voltage_v=0.0, current_a=0.0, bound="state")
             return

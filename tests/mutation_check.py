@@ -1,0 +1,90 @@
+"""Mutation check of the safety suite: remove one arbiter limit or disable one watchdog,
+run the stateful suite, and report whether it failed (it must) and on what example.
+
+    python -m tests.mutation_check            # all mutations, a summary table
+    python -m tests.mutation_check EV_MAX     # one, with hypothesis's shrunk example
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from unittest import mock
+
+from agent.core import arbiter, timing
+from agent.core.arbiter import Limit
+from agent.core.events import Event, ModuleLinkLost
+from agent.core.session import GunSession
+
+INF = timing.Timing(float("inf"), "mutation: disabled")
+
+
+def _without_limit(limit: Limit) -> AbstractContextManager[object]:
+    kept = tuple(c for c in arbiter.CANDIDATES if c[0] is not limit)
+    return mock.patch.object(arbiter, "CANDIDATES", kept)
+
+
+def _ignore_link_lost() -> AbstractContextManager[object]:
+    original = GunSession.handle
+
+    def handle(self: GunSession, event: Event) -> list[object]:
+        return [] if isinstance(event, ModuleLinkLost) else original(self, event)  # type: ignore[return-value]
+
+    return mock.patch.object(GunSession, "handle", handle)
+
+
+MUTATIONS: dict[str, Callable[[], AbstractContextManager[object]]] = {
+    **{f"limit:{lim.name}": (lambda lim=lim: _without_limit(lim))  # type: ignore[misc]
+       for lim in arbiter.Limit if lim not in (Limit.INVALID_INPUT, Limit.RAMP)},
+    "watchdog:BCL": lambda: mock.patch.dict(timing.TIMEOUTS, {"BCL": INF}),
+    "watchdog:BCS": lambda: mock.patch.dict(timing.TIMEOUTS, {"BCS": INF}),
+    "watchdog:BHM": lambda: mock.patch.dict(timing.TIMEOUTS, {"BHM": INF}),
+    "watchdog:BRM": lambda: mock.patch.dict(timing.TIMEOUTS, {"BRM": INF}),
+    "watchdog:module-stale": lambda: mock.patch.object(timing, "MODULE_STATUS_STALE", INF),
+    "watchdog:module-link-lost": _ignore_link_lost,
+    "ramp": lambda: mock.patch.object(arbiter, "decide_current", _no_ramp(arbiter.decide_current)),
+}
+
+
+def _no_ramp(decide: Callable[..., arbiter.CurrentDecision]) -> Callable[..., object]:
+    def patched(limits: arbiter.CurrentLimits, previous_a: float, dt_s: float,
+                ramp_up_a_per_s: float) -> arbiter.CurrentDecision:
+        return decide(limits, previous_a, dt_s, float("inf"))
+    return patched
+
+
+def run_one(name: str) -> int:
+    import pytest
+
+    from agent.core import session as session_module
+
+    # The session module imported decide_current by name; patch that reference too (after
+    # the mutation, so it picks up a mutated function).
+    with MUTATIONS[name](), mock.patch.object(session_module, "decide_current",
+                                              arbiter.decide_current):
+        return pytest.main(["-q", "-x", "-p", "no:cacheprovider", "--no-header",
+                                "tests/test_safety_stateful.py"])
+
+
+def main(argv: list[str]) -> int:
+    if argv:
+        return run_one(argv[0])
+    survived = []
+    for name in MUTATIONS:
+        env = {**os.environ, "SAFETY_EXAMPLES": os.environ.get("SAFETY_EXAMPLES", "500")}
+        out = subprocess.run([sys.executable, "-m", "tests.mutation_check", name], env=env,
+                             capture_output=True, text=True)
+        caught = out.returncode != 0
+        first_error = next((ln.strip() for ln in out.stdout.splitlines()
+                            if "AssertionError:" in ln), "")
+        print(f"{name:28} {'CAUGHT' if caught else 'SURVIVED'}  {first_error}", flush=True)
+        if not caught:
+            survived.append(name)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,170 @@
+"""The world the stateful safety suite drives the core in: a small plant and an EV.
+
+Kept independent of `hil/` (its own few lines of physics) so the suite checks the core
+against a second, simpler model, and runs fast enough for hundreds of examples.
+The EV answers the charger cooperatively with parameters drawn per plug-in; the
+suite's rules then make it (and the plant) misbehave.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from agent.core.commands import (
+    Command,
+    SetBleeder,
+    SetContactors,
+    SetModuleOutput,
+    StartInsulationTest,
+    Transmit,
+)
+from agent.core.events import ModuleStatus
+from agent.core.messages import (
+    BCL,
+    BCP,
+    BCS,
+    BHM,
+    BRM,
+    BRO,
+    BSM,
+    CHM,
+    CML,
+    CRM,
+    CRO,
+    BmsMessage,
+    ChargeMode,
+    Ready,
+)
+
+
+@dataclass
+class EvParams:
+    bhm_max_v: float = 500.0
+    bcp_max_a: float = 200.0
+    bcp_max_v: float = 420.0
+    battery_v: float = 360.0
+    reported_v: float = 360.0  # what BCP claims (a liar differs from battery_v)
+    demand_a: float = 150.0
+    demand_v: float = 410.0
+
+
+@dataclass
+class Ev:
+    p: EvParams = field(default_factory=EvParams)
+    talking: bool = True  # False: CAN silence
+    send_bcl: bool = True
+    send_bcs: bool = True
+    contactors_closed: bool = False
+    charging: bool = False
+    bsm_permit: bool = True
+    bsm_over_temperature: bool = False
+    _last: dict[str, float] = field(default_factory=dict)
+    _heard: set[str] = field(default_factory=set)
+
+    def hear(self, message: object) -> None:
+        name = type(message).__name__
+        if isinstance(message, CRM):
+            name += "_AA" if message.recognized else "_00"
+        if isinstance(message, CRO) and message.ready is Ready.READY:
+            self.charging = True
+        self._heard.add(name)
+
+    def _due(self, name: str, period: float, t: float) -> bool:
+        if t - self._last.get(name, -1e9) >= period - 1e-9:
+            self._last[name] = t
+            return True
+        return False
+
+    def speak(self, t: float) -> list[BmsMessage]:
+        if not self.talking:
+            return []
+        out: list[BmsMessage] = []
+        h, p = self._heard, self.p
+        if "CHM" in h and "CRM_00" not in h and self._due("BHM", 0.25, t):
+            out.append(BHM(p.bhm_max_v))
+        if "CRM_00" in h and "CRM_AA" not in h and self._due("BRM", 0.25, t):
+            out.append(BRM((1, 1, 0), 3, 150.0, 350.0))
+        if "CRM_AA" in h and "CML" not in h and self._due("BCP", 0.5, t):
+            out.append(BCP(4.2, p.bcp_max_a, 60.0, p.bcp_max_v, 55.0, 50.0, p.reported_v))
+        if "CML" in h and not self.charging and self._due("BRO", 0.25, t):
+            self.contactors_closed = True
+            out.append(BRO(Ready.READY))
+        if self.charging:
+            if self.send_bcl and self._due("BCL", 0.05, t):
+                out.append(BCL(p.demand_v, p.demand_a, ChargeMode.CONSTANT_CURRENT))
+            if self.send_bcs and self._due("BCS", 0.25, t):
+                out.append(BCS(p.battery_v, 0.0, 4.0, 1, 50.0, 30))
+            if self._due("BSM", 0.25, t):
+                out.append(BSM(1, 30.0, 1, 28.0, 2, over_temperature=self.bsm_over_temperature,
+                               charge_permitted=self.bsm_permit))
+        return out
+
+
+@dataclass
+class PlantModel:
+    enabled: bool = False
+    set_v: float = 0.0
+    set_a: float = 0.0
+    k12_cmd: bool = False
+    welded: bool = False
+    bleeder: bool = False
+    current_a: float = 0.0
+    out_v: float = 0.0
+    capability_a: float = 250.0
+    insulation_ohm: float = 5e6
+    insulation_ready_at: float | None = None
+    fault_word: int = 0
+    temperature_c: float = 35.0
+
+    @property
+    def k12(self) -> bool:
+        return self.k12_cmd or self.welded
+
+    def apply(self, c: Command, t: float) -> None:
+        match c:
+            case SetModuleOutput():
+                self.enabled, self.set_v, self.set_a = c.enabled, c.voltage_v, c.current_a
+            case SetContactors(closed=closed):
+                self.k12_cmd = closed
+            case SetBleeder(on=on):
+                self.bleeder = on
+            case StartInsulationTest():
+                self.insulation_ready_at = t + 0.5
+
+    def step(self, dt: float, ev: Ev) -> None:
+        loaded = self.k12 and ev.contactors_closed
+        if self.enabled and loaded:
+            cv_ok = self.set_v > ev.p.battery_v
+            target = min(max(self.set_a, 0.0), self.capability_a) if cv_ok else 0.0
+            self.current_a += (target - self.current_a) * min(1.0, dt / 0.05)
+            self.current_a = min(self.current_a, max(self.set_a, 0.0), self.capability_a)
+        else:
+            self.current_a = 0.0 if not loaded else self.current_a * max(0.0, 1 - dt / 0.05)
+        if loaded:
+            self.out_v = ev.p.battery_v + 0.05 * self.current_a
+        elif self.enabled:
+            self.out_v += (self.set_v - self.out_v) * min(1.0, dt / 0.02)
+        else:
+            self.out_v *= math.exp(-dt / (0.1 if self.bleeder else 0.5))
+
+    def gun_v(self, ev: Ev) -> float:
+        if ev.contactors_closed:
+            return ev.p.battery_v + 0.05 * self.current_a
+        return self.out_v if self.k12 else 0.0
+
+    def status(self, t: float, ev: Ev) -> ModuleStatus:
+        ready = self.insulation_ready_at is not None and t >= self.insulation_ready_at
+        return ModuleStatus(
+            t=t, output_voltage_v=self.out_v, output_current_a=self.current_a,
+            gun_voltage_v=self.gun_v(ev), temperature_c=self.temperature_c,
+            contactors_closed=self.k12, fault_word=self.fault_word,
+            insulation_ohm=self.insulation_ohm if ready else None,
+            capability_current_a=self.capability_a, capability_power_w=None)
+
+
+def transmitted(commands: list[Command]) -> list[object]:
+    return [c.message for c in commands if isinstance(c, Transmit)]
+
+
+__all__ = ["CHM", "CML", "Ev", "EvParams", "PlantModel", "transmitted"]
