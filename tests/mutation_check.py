@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from unittest import mock
 
@@ -69,21 +70,29 @@ def run_one(name: str) -> int:
                                 "tests/test_safety_stateful.py"])
 
 
+def _run_in_child(name: str) -> tuple[str, bool, str]:
+    env = {**os.environ, "SAFETY_EXAMPLES": os.environ.get("SAFETY_EXAMPLES", "500"),
+           "SAFETY_NO_DB": "1"}
+    out = subprocess.run([sys.executable, "-m", "tests.mutation_check", name], env=env,
+                         capture_output=True, text=True)
+    log_dir = os.environ.get("MUTATION_LOGS")
+    if log_dir:
+        with open(os.path.join(log_dir, name.replace(":", "_") + ".log"), "w") as fh:
+            fh.write(out.stdout + out.stderr)
+    first_error = next((ln.strip(" |") for ln in out.stdout.splitlines()
+                        if "AssertionError:" in ln), "")
+    return name, out.returncode != 0, first_error
+
+
 def main(argv: list[str]) -> int:
     if argv:
         return run_one(argv[0])
-    survived = []
-    for name in MUTATIONS:
-        env = {**os.environ, "SAFETY_EXAMPLES": os.environ.get("SAFETY_EXAMPLES", "500")}
-        out = subprocess.run([sys.executable, "-m", "tests.mutation_check", name], env=env,
-                             capture_output=True, text=True)
-        caught = out.returncode != 0
-        first_error = next((ln.strip() for ln in out.stdout.splitlines()
-                            if "AssertionError:" in ln), "")
+    # Two at a time: the machines have two cores; shrinking a failure can take minutes.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(_run_in_child, MUTATIONS))
+    for name, caught, first_error in results:
         print(f"{name:28} {'CAUGHT' if caught else 'SURVIVED'}  {first_error}", flush=True)
-        if not caught:
-            survived.append(name)
-    return 1 if survived else 0
+    return 0 if all(caught for _n, caught, _e in results) else 1
 
 
 if __name__ == "__main__":
