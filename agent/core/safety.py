@@ -70,10 +70,10 @@ class SafetySupervisor:
 
     def clear(self) -> list[str]:
         """Clear latched faults whose cause is gone; returns the codes cleared."""
-        cleared = [
-            code for code in self.latched
-            if not (code == "emergency_stop" and self.inputs and self.inputs.emergency_stop)
-        ]
+        i = self.inputs
+        persists = {"emergency_stop": bool(i and i.emergency_stop),
+                    "safety_relay": bool(i and i.safety_relay_tripped)}
+        cleared = [code for code in self.latched if not persists.get(code, False)]
         for code in cleared:
             del self.latched[code]
         return cleared
@@ -89,6 +89,9 @@ class SafetySupervisor:
             return None
         if i.emergency_stop:
             return Fault("emergency_stop", "emergency stop pressed", emergency=True, latched=True)
+        if i.safety_relay_tripped:
+            return Fault("safety_relay", "safety controller tripped K1/K2 (heartbeat lost?)",
+                         emergency=True, latched=True)
         if i.door_open:
             return Fault("door_open", "cabinet door open", emergency=True, latched=False)
         return None

@@ -112,7 +112,10 @@ class SafetyHandling(SessionBase):
         self.thermal_limit_a = math.inf
         if self.thermal is not None:
             verdict = self.thermal.evaluate(self.now, self._measured_current())
-            self.thermal_limit_a = max(verdict.limit_fraction, 0.0) * self.ratings.max_current_a
+            fraction = max(verdict.limit_fraction, 0.0)
+            # Only a derate is a thermal limit; at full rating the gun's own limit applies.
+            if fraction < 1.0:
+                self.thermal_limit_a = fraction * self.ratings.max_current_a
             for f in verdict.faults:
                 if f.latched or self.state in _LIVE:
                     kind = next((v for k, v in _CST_FOR_SENSOR.items() if k in f.sensor),

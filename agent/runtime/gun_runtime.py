@@ -11,6 +11,7 @@ from typing import Protocol
 
 from agent.core.commands import (
     Command,
+    KickSafetyWatchdog,
     SetBleeder,
     SetContactors,
     SetModuleOutput,
@@ -36,6 +37,12 @@ class ModuleOwner(Protocol):
     async def service(self, t: float) -> list[Event]: ...
 
 
+class SafetyOwner(Protocol):
+    def submit(self, command: KickSafetyWatchdog | StartInsulationTest) -> None: ...
+
+    async def service(self, t: float) -> list[Event]: ...
+
+
 Reporter = Callable[[Command], None]
 
 
@@ -48,6 +55,7 @@ class GunRuntime:
         report: Reporter | None = None,
         *,
         module_period_s: float | None = 0.1,
+        safety: SafetyOwner | None = None,
     ) -> None:
         """module_period_s: service the module bus from `step` at this period (lock-step
         simulation); None when the bus owner runs as its own task (real time)."""
@@ -59,6 +67,8 @@ class GunRuntime:
         self._module_period_s = module_period_s
         self._next_module_t = -1.0
         self._module_dirty = False
+        self.safety = safety
+        self._next_safety_t = -1.0
 
     async def step(self, t: float, extra_events: Iterable[Event] = ()) -> None:
         """One control cycle: vehicle input, module exchange, extra events, then a tick."""
@@ -71,6 +81,10 @@ class GunRuntime:
             if t >= self._next_module_t - 1e-9:
                 self._next_module_t = t + period
             for event in await self.module.service(t):
+                self.feed(event)
+        if self.safety is not None and period is not None and t >= self._next_safety_t - 1e-9:
+            self._next_safety_t = t + period
+            for event in await self.safety.service(t):
                 self.feed(event)
         for event in extra_events:
             self.feed(event)
@@ -105,6 +119,8 @@ class GunRuntime:
                     self.vehicle.send(message, self.now)
                 except Exception as exc:  # the next tick sees the fault
                     self.feed(DriverError(self.now, "can", f"send failed: {exc!r}", fatal=True))
+            case KickSafetyWatchdog() | StartInsulationTest() if self.safety is not None:
+                self.safety.submit(command)
             case SetModuleOutput() | SetContactors() | SetBleeder() | StartInsulationTest():
                 self.module.submit(command)
                 self._module_dirty = True

@@ -1,0 +1,94 @@
+"""The safety RS-485 bus: I/O board and IMD, one owner for the bus. Thin: it polls,
+writes what it is told (heartbeat, measurement start) and reports; it decides nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from agent.core.commands import KickSafetyWatchdog, StartInsulationTest
+from agent.core.events import Event, SafetyIoLost
+from drivers.power_module.link import RtuTarget, TcpTarget, _make_client
+from drivers.power_module.owner import Clock
+from drivers.safety_io.codec import decode_imd, decode_io, load_imd_map, load_io_map
+
+SafetyCommand = KickSafetyWatchdog | StartInsulationTest
+# Bender isoCHA answers within its 500 ms first-byte timeout (EVerest SerialCommHub).
+REQUEST_TIMEOUT_S = 0.5
+POLL_PERIOD_S = 0.1  # E-stop and temperatures every 100 ms; the E-stop also acts in hardware
+HEARTBEAT_TIMEOUT_MS = 500  # the safety controller's watchdog (io_board_map.toml contract)
+
+
+class SafetyBusError(ConnectionError):
+    pass
+
+
+class SafetyBusOwner:
+    def __init__(self, target: TcpTarget | RtuTarget, *, io_unit: int = 2, imd_unit: int = 3,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        self.target = target
+        self.io_unit, self.imd_unit = io_unit, imd_unit
+        self.timeout_s = request_timeout_s
+        self.io_map, self.imd_map = load_io_map(), load_imd_map()
+        self._client: Any = None
+        self._pending: list[tuple[int, int, list[int]]] = []  # (unit, address, words)
+
+    def submit(self, command: SafetyCommand) -> None:
+        if isinstance(command, KickSafetyWatchdog):
+            reg = self.io_map["heartbeat"]
+            self._pending.append((self.io_unit, reg.address, reg.encode(command.counter)))
+        else:
+            reg = self.imd_map["start_measurement"]
+            self._pending.append((self.imd_unit, reg.address, reg.encode(1)))
+
+    async def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            response = await asyncio.wait_for(call(), self.timeout_s + 0.1)
+        except Exception as exc:  # timeouts, OSError and pymodbus exceptions alike
+            raise SafetyBusError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        if response.isError():
+            raise SafetyBusError(f"{what}: exception response")
+        return response
+
+    async def _write(self, unit: int, address: int, words: list[int]) -> None:
+        await self._call(f"write unit {unit} @{address}", lambda: self._client.write_registers(
+            address, words, device_id=unit))
+
+    async def _connect(self) -> None:
+        self._client = _make_client(self.target, self.timeout_s)
+        if not await asyncio.wait_for(self._client.connect(), self.timeout_s + 0.1):
+            raise SafetyBusError("safety bus: connect failed")
+        reg = self.io_map["heartbeat_timeout"]
+        await self._call("arm heartbeat", lambda: self._client.write_registers(
+            reg.address, reg.encode(HEARTBEAT_TIMEOUT_MS), device_id=self.io_unit))
+
+    async def service(self, t: float) -> list[Event]:
+        """Pending writes, then one read of each device. Never raises."""
+        try:
+            if self._client is None or not self._client.connected:
+                await self._connect()
+            pending, self._pending = self._pending, []
+            for unit, address, words in pending:
+                await self._write(unit, address, words)
+            io = await self._call("read I/O board", lambda: self._client.read_holding_registers(
+                self.io_map.span.start, count=len(self.io_map.span), device_id=self.io_unit))
+            imd = await self._call("read IMD", lambda: self._client.read_holding_registers(
+                self.imd_map.span.start, count=len(self.imd_map.span), device_id=self.imd_unit))
+        except (SafetyBusError, OSError, TimeoutError) as exc:
+            await self.close()
+            return [SafetyIoLost(t, str(exc))]
+        return [*decode_io(self.io_map, t, list(io.registers)),
+                decode_imd(self.imd_map, t, list(imd.registers))]
+
+    async def run(self, clock: Clock, events_out: Callable[[Event], None]) -> None:
+        while True:
+            for event in await self.service(clock.now()):
+                events_out(event)
+            await clock.sleep(POLL_PERIOD_S)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
