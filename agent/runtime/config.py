@@ -37,10 +37,26 @@ class ModbusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SafetyBusConfig:
+    """The RS-485 bus of the I/O board and the IMD (drivers/safety_io)."""
+
+    enabled: bool = False  # when true, a session needs the bus (E-stop, PT1000s) to start
+    transport: str = "rtu"
+    host: str = "127.0.0.1"
+    port: int = 502
+    serial_port: str = ""
+    baudrate: int = 19_200  # Bender isoCHA default line: 19200 8E1
+    parity: str = "E"
+    io_unit: int = 2
+    imd_unit: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class PileConfig:
     can: CanConfig = field(default_factory=CanConfig)
     modbus: ModbusConfig = field(default_factory=ModbusConfig)
     gun: GunRatings = field(default_factory=GunRatings)
+    safety_bus: SafetyBusConfig = field(default_factory=SafetyBusConfig)
 
 
 def _build(cls: type[Any], table: object, section: str) -> Any:
@@ -53,7 +69,7 @@ def _build(cls: type[Any], table: object, section: str) -> Any:
         if key not in known:
             raise ConfigError(f"{name}: unknown setting (known: {', '.join(sorted(known))})")
         default = getattr(cls(), key)
-        if isinstance(default, bool) or isinstance(value, bool):
+        if isinstance(default, bool) != isinstance(value, bool):
             raise ConfigError(f"{name}: expected {type(default).__name__}, got {value!r}")
         if isinstance(default, float):
             if not isinstance(value, int | float) or not math.isfinite(value):
@@ -67,8 +83,9 @@ def _build(cls: type[Any], table: object, section: str) -> Any:
 
 def parse_config(doc: dict[str, Any]) -> PileConfig:
     for section in doc:
-        if section not in ("can", "modbus", "gun"):
-            raise ConfigError(f"[{section}]: unknown section (known: can, modbus, gun)")
+        if section not in ("can", "modbus", "gun", "safety_bus"):
+            raise ConfigError(f"[{section}]: unknown section "
+                              "(known: can, modbus, gun, safety_bus)")
     can = _build(CanConfig, doc.get("can", {}), "can")
     modbus = _build(ModbusConfig, doc.get("modbus", {}), "modbus")
     gun = _build(GunRatings, doc.get("gun", {}), "gun")
@@ -89,7 +106,12 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
         raise ConfigError("modbus.timeout_s must be in (0, 5] and modbus.poll_period_s in (0, 1]")
     for problem in gun.problems():
         raise ConfigError(f"gun.{problem}")
-    return PileConfig(can=can, modbus=modbus, gun=gun)
+    bus = _build(SafetyBusConfig, doc.get("safety_bus", {}), "safety_bus")
+    if bus.enabled and bus.transport == "rtu" and not bus.serial_port:
+        raise ConfigError("safety_bus.serial_port: required when safety_bus.transport = 'rtu'")
+    if bus.transport not in ("tcp", "rtu"):
+        raise ConfigError(f"safety_bus.transport: must be 'tcp' or 'rtu', got {bus.transport!r}")
+    return PileConfig(can=can, modbus=modbus, gun=gun, safety_bus=bus)
 
 
 def load_config(path: str | Path) -> PileConfig:

@@ -21,6 +21,7 @@ import can
 from agent.core.commands import Command, Notice, SessionReport, StateChanged
 from agent.core.events import Event, VehicleConnected
 from agent.core.session import GunSession
+from agent.core.thermal_guard import ThermalSupervisor
 from agent.runtime.clock import MonotonicClock
 from agent.runtime.config import PileConfig
 from agent.runtime.gun_runtime import GunRuntime
@@ -28,6 +29,7 @@ from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.link import GbtLink, Role
 from drivers.power_module.link import LinkConfig, ModuleLink, RtuTarget, TcpTarget
 from drivers.power_module.owner import ModuleBusOwner
+from drivers.safety_io.link import SafetyBusOwner
 
 CONTROL_PERIOD_S = 0.01  # a fifth of the fastest GB/T 27930 period (BCL/CCS 50 ms)
 
@@ -67,6 +69,13 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
     owner = ModuleBusOwner(ModuleLink(target, LinkConfig(unit_id=m.unit_id,
                                                          request_timeout_s=m.timeout_s)),
                            poll_period_s=m.poll_period_s)
+    sb = config.safety_bus
+    safety = None
+    if sb.enabled:
+        bus_target: TcpTarget | RtuTarget = (
+            TcpTarget(sb.host, sb.port) if sb.transport == "tcp"
+            else RtuTarget(sb.serial_port, baudrate=sb.baudrate, parity=sb.parity))
+        safety = SafetyBusOwner(bus_target, io_unit=sb.io_unit, imd_unit=sb.imd_unit)
     reports, report = _printer(out)
     clock = MonotonicClock()
     inbox: list[Event] = []
@@ -76,18 +85,28 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
         if can_log:
             log = CandumpWriter(stack.enter_context(open(can_log, "w")), channel="can0",
                                 epoch=time.time() - clock.now())
-        runtime = GunRuntime(GunSession(config.gun), GbtLink(bus, Role.CHARGER, log=log), owner,
-                             report, module_period_s=None)
+        session = GunSession(config.gun, thermal=ThermalSupervisor() if safety else None,
+                             require_safety_io=safety is not None)
+        runtime = GunRuntime(session, GbtLink(bus, Role.CHARGER, log=log), owner,
+                             report, module_period_s=None, safety=safety)
         owner_task = asyncio.create_task(owner.run(clock, inbox.append))
+        safety_task = asyncio.create_task(safety.run(clock, inbox.append)) if safety else None
         try:
-            runtime.feed(VehicleConnected(clock.now(), wall_clock_s=time.time()))
+            plugged = False
             while not reports:
+                if not plugged and (safety is None or session.plant.safety_io_at is not None):
+                    plugged = True  # CC1 detection arrives with the I/O board's next revision
+                    runtime.feed(VehicleConnected(clock.now(), wall_clock_s=time.time()))
                 events, inbox[:] = list(inbox), []
                 await runtime.step(clock.now(), events)
                 await clock.sleep(CONTROL_PERIOD_S - (clock.now() % CONTROL_PERIOD_S))
         finally:
-            owner_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await owner_task
+            for task in (owner_task, safety_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await owner.close()
+            if safety is not None:
+                await safety.close()
     return 0 if reports[-1].outcome == "finished" else 1
