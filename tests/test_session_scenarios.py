@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -13,7 +14,13 @@ from agent.core.commands import (
     SetModuleOutput,
     Transmit,
 )
-from agent.core.events import FaultsCleared, SafetyInputs, StopRequested, UpstreamLimit
+from agent.core.events import (
+    FaultsCleared,
+    InsulationStatus,
+    SafetyInputs,
+    StopRequested,
+    UpstreamLimit,
+)
 from agent.core.messages import BCL, BCP, CEM, CST, CemTimeout, ChargerFault, ChargerStopReason
 from agent.core.states import State
 from hil.ev_bms import VehicleConfig
@@ -135,6 +142,41 @@ def test_battery_voltage_that_differs_from_bcp_by_over_5_percent_is_refused() ->
     assert "5 %" in p.session.data.outcome_reason
     assert not any(c == SetContactors(True) for t, c in p.log.module_commands
                    if t >= _entered(p, State.PRECHARGE))
+
+
+def test_a_reading_sampled_before_precharge_began_is_not_taken_for_the_battery() -> None:
+    """The CI failure of the real-time run: the bus owner's poll, read while the gun was still
+    bleeding down after the insulation check, reached the core in the step where BRO(0xAA)
+    started precharge. Freshness goes by when a reading was sampled, not when it arrived."""
+    p = _pile()
+    assert p.run_until(lambda q: q.session.state is State.PARAMETER_EXCHANGE, 30)
+    for _ in range(3000):
+        if p.session.state is not State.PARAMETER_EXCHANGE:
+            break
+        held = p.session.plant.status
+        assert held is not None
+        late = replace(held, t=round(p.t - 0.001, 6), gun_voltage_v=28.2,
+                       output_voltage_v=28.2)
+        p.step([late])
+    assert p.session.state is State.PRECHARGE
+    assert p.run_until(lambda q: q.session.state is not State.PRECHARGE, 30)
+    assert p.session.state is State.CHARGING, p.session.data.outcome_reason
+
+
+def test_an_imd_result_read_before_the_request_does_not_pass_the_insulation_check() -> None:
+    """A poll started before StartInsulationTest was written can still carry the previous
+    session's valid result; only a reading sampled after the request counts (I4)."""
+    p = _pile()
+    assert p.run_until(lambda q: q.session.data.phase == "measure", 30)
+    asked = p.session.data.insulation_requested_at
+    assert asked is not None
+    p.step([InsulationStatus(asked - 0.001, resistance_ohm=10e6, measurement_done=True)])
+    assert p.session.state is State.INSULATION_CHECK
+    assert p.session.data.phase == "measure"
+    assert p.run_until(lambda q: q.session.state is not State.INSULATION_CHECK, 30)
+    assert p.session.state is State.IDENTIFICATION
+    passed = _entered(p, State.IDENTIFICATION)
+    assert passed - asked >= p.module.params.insulation_delay_s
 
 
 def test_insulation_fault_latches_until_cleared() -> None:

@@ -43,7 +43,8 @@ class SafetyHandling(SessionBase):
         """Handle a safety-related event; False if the event is not one of them."""
         match event:
             case SafetyInputs():
-                self.plant.safety_io_at, self.plant.safety_io_lost = self.now, ""
+                self.plant.safety_io_at = self._sampled_at(event.t)
+                self.plant.safety_io_lost = ""
                 self.safety.on_inputs(event)
                 self._check_inputs()
             case SafetyIoLost(detail=detail):
@@ -87,7 +88,7 @@ class SafetyHandling(SessionBase):
         if not status.measurement_done or status.resistance_ohm is None:
             return
         self.plant.insulation_ohm = status.resistance_ohm
-        self.plant.insulation_at = self.now
+        self.plant.insulation_at = self._sampled_at(status.t)
         if self.state is State.CHARGING:
             volts = max(self.act.voltage_v, 1.0)
             ohm_per_v = status.resistance_ohm / volts

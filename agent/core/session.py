@@ -168,18 +168,25 @@ class GunSession(SequenceSteps, SafetyHandling):
     # ---- inputs --------------------------------------------------------------------
 
     def _on_module_status(self, status: ModuleStatus) -> None:
-        previous = self.plant.status
-        if previous is not None and self.plant.received_at is not None:
-            dt = self.now - self.plant.received_at
+        # A status is as old as the poll that read it, not as the step that handles it: the
+        # bus owner runs as its own task, so a reading taken before a command can reach the
+        # core after it. Stamping it with the handling time once let a gun voltage read
+        # before the vehicle closed K5/K6 pass as a measurement of the closed battery.
+        sampled_at = self._sampled_at(status.t)
+        last = self.plant.sampled_at
+        if last is not None and sampled_at < last:
+            return  # older than what we hold: it can only mislead
+        if self.plant.status is not None and last is not None:
+            dt = sampled_at - last
             if 0.0 < dt <= T.MODULE_STATUS_STALE.seconds:
                 power_w = status.output_voltage_v * status.output_current_a
                 if math.isfinite(power_w):
                     self.data.energy_kwh += power_w * dt / 3.6e6
         self.plant.status = status
-        self.plant.received_at = self.now
+        self.plant.sampled_at = sampled_at
         if status.insulation_ohm is not None:
             self.plant.insulation_ohm = status.insulation_ohm
-            self.plant.insulation_at = self.now
+            self.plant.insulation_at = sampled_at
         if status.fault_word and self.state not in (State.IDLE, State.FINISHED, State.FAULT):
             faults = active_faults(status.fault_word)
             self._fault(
@@ -266,7 +273,7 @@ class GunSession(SequenceSteps, SafetyHandling):
     def _check_watchdogs(self) -> None:
         d, now = self.data, self.now
         if self.state not in (State.IDLE, State.FINISHED, State.FAULT):
-            since = self.plant.received_at
+            since = self.plant.sampled_at
             if since is None or since < d.started_at:
                 since = d.started_at
             if now - since > T.MODULE_STATUS_STALE.seconds:

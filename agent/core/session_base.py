@@ -6,6 +6,7 @@ safety handling (safety_handling.py). Only these primitives append commands.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from agent.core.commands import (
@@ -160,12 +161,27 @@ class SessionBase:
         self.data.phase = phase
         self.data.phase_entered_at = self.now
 
+    def _sampled_at(self, t: float) -> float:
+        """When a measurement event was taken: its own time (drivers stamp a poll when they
+        start it), which can be earlier than the step that handles it."""
+        return t if math.isfinite(t) else self.now
+
     def _fresh_since(self, t: float) -> bool:
-        at = self.plant.received_at
-        return self.plant.status is not None and at is not None and at >= t
+        """A module status sampled after t (a sample taken at t predates what t commanded)."""
+        at = self.plant.sampled_at
+        return self.plant.status is not None and at is not None and at > t
+
+    def _insulation_result_ohm(self) -> float | None:
+        """The insulation resistance read after this session asked for it, else None: a
+        reading polled before the request was written may still carry the last session's
+        valid result (I4)."""
+        p, asked = self.plant, self.data.insulation_requested_at
+        if p.insulation_at is None or asked is None or not p.insulation_at > asked:
+            return None
+        return p.insulation_ohm
 
     def _fresh(self) -> bool:
-        """A module status arrived since the current phase began."""
+        """A module status sampled since the current phase began."""
         return self._fresh_since(self.data.phase_entered_at)
 
     def _in_phase_for(self) -> float:

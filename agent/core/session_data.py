@@ -81,10 +81,10 @@ class Actuators:
 
 @dataclass
 class Plant:
-    """The latest measurements from the module, and when they arrived."""
+    """The latest measurements from the module, and when they were sampled."""
 
     status: ModuleStatus | None = None
-    received_at: float | None = None
+    sampled_at: float | None = None  # the poll's time, not the time it was handled
     link_lost_detail: str = ""
     # Latest insulation result (from the IMD, or the module's own monitor), or None.
     insulation_ohm: float | None = None

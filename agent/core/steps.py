@@ -49,8 +49,8 @@ class SequenceSteps(SessionBase):
         elif d.phase == "ramp" and st.output_voltage_v >= 0.95 * d.insulation_voltage_v:
             self._request_insulation_test(d.insulation_voltage_v)
             self._set_phase("measure")
-        elif d.phase == "measure" and self.plant.insulation_ohm is not None:
-            ohm_per_v = self.plant.insulation_ohm / max(d.insulation_voltage_v, 1.0)
+        elif d.phase == "measure" and (ohm := self._insulation_result_ohm()) is not None:
+            ohm_per_v = ohm / max(d.insulation_voltage_v, 1.0)
             if not ohm_per_v > T.INSULATION_FAULT_OHM_PER_V:
                 self._fault(f"insulation fault: {ohm_per_v:.0f} ohm/V (GB/T 18487.1 B.5.1)",
                             code="insulation", latched=True)
