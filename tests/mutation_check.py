@@ -66,7 +66,8 @@ def run_one(name: str) -> int:
     # the mutation, so it picks up a mutated function).
     with MUTATIONS[name](), mock.patch.object(session_module, "decide_current",
                                               arbiter.decide_current):
-        return pytest.main(["-q", "-x", "-p", "no:cacheprovider", "--no-header",
+        # No pytest-timeout here: shrinking a stateful counterexample takes minutes.
+        return pytest.main(["-q", "-x", "-p", "no:cacheprovider", "--no-header", "--timeout=0",
                                 "tests/test_safety_stateful.py"])
 
 

@@ -24,6 +24,7 @@ limits_st = st.builds(
     voltage_v=volts,
     thermal_a=maybe_inf,
     upstream_a=maybe_inf,
+    grid_limit_w=st.one_of(st.floats(min_value=0.0, max_value=1e6), st.just(math.inf)),
 )
 
 
@@ -37,6 +38,7 @@ def _ceiling(lim: CurrentLimits) -> float:
         lim.power_limit_w / max(lim.voltage_v, 1.0),
         lim.thermal_a,
         lim.upstream_a,
+        lim.grid_limit_w / max(lim.voltage_v, 1.0),
     )
 
 
@@ -46,7 +48,8 @@ def test_current_never_exceeds_any_limit(
 ) -> None:
     d = decide_current(lim, prev, dt, ramp)
     assert abs(d.current_a) <= _ceiling(lim) + 1e-9
-    assert abs(d.current_a) * lim.voltage_v <= lim.power_limit_w * (1 + 1e-9) + 1e-6
+    power_w = min(lim.power_limit_w, lim.grid_limit_w)
+    assert abs(d.current_a) * lim.voltage_v <= power_w * (1 + 1e-9) + 1e-6
     if d.current_a != 0.0:
         assert math.copysign(1.0, d.current_a) == math.copysign(1.0, lim.ev_demand_a)
 
@@ -80,6 +83,7 @@ def test_each_limit_can_bind() -> None:
         Limit.POWER: {"power_limit_w": 8000.0},
         Limit.THERMAL: {"thermal_a": 10.0},
         Limit.UPSTREAM: {"upstream_a": 5.0},
+        Limit.GRID: {"grid_limit_w": 1000.0},
     }
     for expected, override in cases.items():
         d = decide_current(CurrentLimits(**{**base, **override}), 1000.0, 0.01, 100.0)
@@ -90,7 +94,7 @@ def test_each_limit_can_bind() -> None:
 
 @given(st.sampled_from(["state_a", "ev_max_a", "charger_max_a", "module_capability_a",
                         "power_limit_w", "ev_demand_a", "voltage_v",
-                        "thermal_a", "upstream_a"]))
+                        "thermal_a", "upstream_a", "grid_limit_w"]))
 def test_nan_anywhere_means_zero(field: str) -> None:
     base = dict(state_a=math.inf, ev_demand_a=100.0, ev_max_a=200.0, charger_max_a=250.0,
                 module_capability_a=300.0, power_limit_w=1e6, voltage_v=400.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ unit_id = 3
 [gun]
 max_current_a = 200
 max_power_w = 120000.0
+grid_limit_w = 90000.0
 """
 
 
@@ -34,6 +36,8 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
     assert cfg.can.channel == "can1" and cfg.can.bitrate == 250_000
     assert cfg.modbus.transport == "rtu" and cfg.modbus.unit_id == 3
     assert cfg.gun.max_current_a == 200.0 and isinstance(cfg.gun.max_current_a, float)
+    assert cfg.gun.grid_limit_w == 90_000.0
+    assert parse_config({}).gun.grid_limit_w == math.inf  # unset: no separate grid limit
 
 
 @pytest.mark.parametrize(("doc", "field"), [
@@ -42,6 +46,8 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
     ({"gun": {"max_voltage_v": "750"}}, "gun.max_voltage_v"),
     ({"gun": {"max_voltage_v": float("nan")}}, "gun.max_voltage_v"),
     ({"gun": {"ramp_up_a_per_s": 5.0}}, "gun.ramp_up_a_per_s"),
+    ({"gun": {"grid_limit_w": 0.0}}, "gun.grid_limit_w"),
+    ({"gun": {"grid_limit_w": float("inf")}}, "gun.grid_limit_w"),
     ({"modbus": {"transport": "udp"}}, "modbus.transport"),
     ({"modbus": {"transport": "rtu"}}, "modbus.serial_port"),
     ({"modbus": {"unit_id": 0}}, "modbus.unit_id"),

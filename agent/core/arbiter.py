@@ -24,6 +24,7 @@ class Limit(Enum):
     CHARGER_MAX = "charger_max"
     MODULE_CAPABILITY = "module_capability"
     POWER = "power"
+    GRID = "grid"
     THERMAL = "thermal"
     UPSTREAM = "upstream"
     RAMP = "ramp"
@@ -38,10 +39,11 @@ class CurrentLimits:
     ev_max_a: float  # BCP max charge current (or EV max discharge current)
     charger_max_a: float  # gun/cable/charger rating
     module_capability_a: float  # what the power module reports it can deliver
-    power_limit_w: float  # rated power of the gun
+    power_limit_w: float  # rated power of the gun (and what the module stack reports)
     voltage_v: float  # commanded (CV ceiling) voltage, to turn the power limit into amps
     thermal_a: float = math.inf  # connector/cable/module derating
     upstream_a: float = math.inf  # central system / site EMS limit for this direction
+    grid_limit_w: float = math.inf  # this gun's share of the site's grid connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +64,8 @@ class VoltageDecision:
 _MIN_VOLTAGE_FOR_POWER_V = 1.0
 
 
-def _power_a(limits: CurrentLimits) -> float:
-    return limits.power_limit_w / max(abs(limits.voltage_v), _MIN_VOLTAGE_FOR_POWER_V)
+def _amps_for(watts: float, limits: CurrentLimits) -> float:
+    return watts / max(abs(limits.voltage_v), _MIN_VOLTAGE_FOR_POWER_V)
 
 
 # Every limit the arbiter takes the minimum of, as a table (order breaks ties: the
@@ -75,7 +77,8 @@ CANDIDATES: tuple[tuple[Limit, Callable[[CurrentLimits], float]], ...] = (
     (Limit.EV_MAX, lambda lim: lim.ev_max_a),
     (Limit.CHARGER_MAX, lambda lim: lim.charger_max_a),
     (Limit.MODULE_CAPABILITY, lambda lim: lim.module_capability_a),
-    (Limit.POWER, _power_a),
+    (Limit.POWER, lambda lim: _amps_for(lim.power_limit_w, lim)),
+    (Limit.GRID, lambda lim: _amps_for(lim.grid_limit_w, lim)),
     (Limit.THERMAL, lambda lim: lim.thermal_a),
     (Limit.UPSTREAM, lambda lim: lim.upstream_a),
 )
@@ -101,6 +104,7 @@ def decide_current(
         limits.power_limit_w,
         limits.thermal_a,
         limits.upstream_a,
+        limits.grid_limit_w,
     )
     if (
         any(_bad_magnitude(x) for x in magnitudes)

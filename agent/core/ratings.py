@@ -13,6 +13,10 @@ class GunRatings:
     max_current_a: float = 250.0  # gun, cable and module stack, whichever is lowest
     min_current_a: float = 0.0
     max_power_w: float = 150_000.0
+    # This gun's share of the site's grid connection (transformer, feeder, contract), when
+    # that is below the rated power; it bounds import and export alike (invariant I2).
+    # Unset (inf): the connection carries the rated power.
+    grid_limit_w: float = math.inf
     # IEC 61851-23 101.2.1.3 asks the output to follow a request at >= 20 A/s; we ramp
     # faster than that but slowly enough to spare the battery and module a step.
     ramp_up_a_per_s: float = 100.0
@@ -25,6 +29,8 @@ class GunRatings:
         out: list[str] = []
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "grid_limit_w" and value == math.inf:
+                continue
             if isinstance(value, float) and not math.isfinite(value):
                 out.append(f"{f.name} must be a finite number, got {value!r}")
         if self.min_voltage_v <= 0:
@@ -39,6 +45,8 @@ class GunRatings:
             out.append(f"min_current_a must be >= 0, got {self.min_current_a}")
         if self.max_power_w <= 0:
             out.append(f"max_power_w must be > 0, got {self.max_power_w}")
+        if not self.grid_limit_w > 0:
+            out.append(f"grid_limit_w must be > 0, got {self.grid_limit_w}")
         if self.ramp_up_a_per_s < 20:
             out.append("ramp_up_a_per_s below 20 A/s violates IEC 61851-23 101.2.1.3")
         if not 0 <= self.charger_number <= 0xFFFFFFFF:

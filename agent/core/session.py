@@ -336,6 +336,7 @@ class GunSession(SequenceSteps, SafetyHandling):
                 voltage_v=max(measured_v, voltage_v),
                 thermal_a=self.thermal_limit_a,
                 upstream_a=self.safety.upstream_limit_a(self.now, charging=demand_a >= 0)[0],
+                grid_limit_w=self.ratings.grid_limit_w,
             ),
             previous_a=self.act.current_a,
             dt_s=dt,
