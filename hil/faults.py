@@ -73,6 +73,10 @@ SCENARIOS: dict[str, FaultScenario] = {s.name: s for s in (
         _set("io.door_open", True), 1.0,
         "as the E-stop: an emergency shutdown (GB/T 18487.1-2023 Table C.15)"),
     FaultScenario(
+        "gun-unlocked", "the gun's electronic lock reads open while energised (I/O board input)",
+        _set("io.gun_unlocked", True), 2.0,
+        "IEC 61851-23 AA.3.4: lock failure while charging: < 5 A within 2 s, then open"),
+    FaultScenario(
         "insulation-fault", "insulation resistance 50 ohm/V (<= 100 ohm/V) at the cable check",
         _set("io.insulation_ohm", 50.0 * 400), 5.0,
         "GB/T 18487.1-2015 B.5.1: <= 100 ohm/V stop; check ends before CRM", during_charging=False),

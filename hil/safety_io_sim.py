@@ -63,6 +63,7 @@ class SafetyIoSim:
         self.silent = False
         self.estop_pressed = False
         self.door_open = False
+        self.gun_unlocked = False
         self.force_connector_c: float | None = None
         self.open_sensor = False
         self.insulation_ohm = 10e6
@@ -113,7 +114,7 @@ class SafetyIoSim:
         bits = self.io.map["inputs"]
         word = ((0 if self.estop_pressed else bits.bit("estop_loop_closed"))
                 | (0 if self.door_open else bits.bit("door_closed"))
-                | bits.bit("gun_locked")
+                | (0 if self.gun_unlocked else bits.bit("gun_locked"))
                 | (bits.bit("safety_relay_tripped") if self.tripped else 0))
         self.io.put("inputs", word)
         status = self.imd.map["status"]

@@ -1,5 +1,5 @@
-"""Mutation check of the safety suite: remove one arbiter limit or disable one watchdog,
-run the stateful suite, and report whether it failed (it must) and on what example.
+"""Mutation check of the safety suite: remove one arbiter limit or disable one watchdog
+or interlock, run the stateful suite, and report whether it failed (it must) and on what example.
 
     python -m tests.mutation_check            # all mutations, a summary table
     python -m tests.mutation_check EV_MAX     # one, with hypothesis's shrunk example
@@ -18,6 +18,7 @@ from unittest import mock
 from agent.core import arbiter, timing
 from agent.core.arbiter import Limit
 from agent.core.events import Event, ModuleLinkLost
+from agent.core.safety import SafetySupervisor
 from agent.core.session import GunSession
 
 INF = timing.Timing(float("inf"), "mutation: disabled")
@@ -46,6 +47,8 @@ MUTATIONS: dict[str, Callable[[], AbstractContextManager[object]]] = {
     "watchdog:BRM": lambda: mock.patch.dict(timing.TIMEOUTS, {"BRM": INF}),
     "watchdog:module-stale": lambda: mock.patch.object(timing, "MODULE_STATUS_STALE", INF),
     "watchdog:module-link-lost": _ignore_link_lost,
+    "interlock:gun-lock": lambda: mock.patch.object(SafetySupervisor, "gun_unlocked",
+                                                    lambda self: False),
     "ramp": lambda: mock.patch.object(arbiter, "decide_current", _no_ramp(arbiter.decide_current)),
 }
 

@@ -113,6 +113,7 @@ class SafetyMachine(RuleBasedStateMachine):
         self.insulation_passed = False
         self.stopping_since_plug = False
         self.estop = False
+        self.gun_unlocked = False
         self.reached_charging = False
         self.steps = -1  # invariants also run once after initialize
 
@@ -200,6 +201,8 @@ class SafetyMachine(RuleBasedStateMachine):
 
     def check_command(self, c: Command) -> None:
         state = self.s.state
+        if isinstance(c, SetContactors) and c.closed:
+            assert not self.gun_unlocked, "I4 K1/K2 closed onto an unlocked gun"
         if isinstance(c, SetModuleOutput):
             amps = c.current_a if c.enabled else 0.0
             assert math.isfinite(amps) and math.isfinite(c.voltage_v)
@@ -277,6 +280,9 @@ class SafetyMachine(RuleBasedStateMachine):
         if awaited is not None:
             assert self.t - s.data.state_entered_at <= HANDSHAKE_TIMEOUT_S + TICK + EPS, \
                 f"I7 {awaited} watchdog"
+        # I4: a lock that opens while K1/K2 are closed ends the session at once
+        if self.gun_unlocked and self.plant.k12_cmd:
+            assert s.state is State.FAULT, f"I4 unlocked gun energised in {s.state.value}"
         # I12: an E-stop while plugged puts the session in FAULT
         if self.estop:
             assert s.state in (State.IDLE, State.FAULT), "I12 E-stop ignored"
@@ -336,7 +342,7 @@ class SafetyMachine(RuleBasedStateMachine):
         "bst", "unplug", "plug_again", "module_silent", "module_back", "module_fault",
         "welded", "insulation_low", "insulation_warn", "estop", "estop_released", "door",
         "service", "operator_stop", "module_frozen", "ev_stops_bcs", "cool",
-        "sensor_open", "sensor_fixed"]), value=st.floats(0, 300),
+        "sensor_open", "sensor_fixed", "gun_unlocked"]), value=st.floats(0, 300),
         bit=st.sampled_from([0, 1, 4, 5]))
     def disturb(self, kind: str, value: float, bit: int) -> None:
         ev, plant = self.ev, self.plant
@@ -366,9 +372,11 @@ class SafetyMachine(RuleBasedStateMachine):
                 plant.welded = True
             case "insulation_low" | "insulation_warn":
                 plant.insulation_ohm = (50.0 if kind == "insulation_low" else 300.0) * 500.0
-            case "estop" | "estop_released" | "door":
+            case "estop" | "estop_released" | "door" | "gun_unlocked":
                 self.estop = kind == "estop"
-                self.feed(SafetyInputs(self.t, emergency_stop=self.estop, door_open=kind == "door"))
+                self.gun_unlocked = kind == "gun_unlocked"
+                self.feed(SafetyInputs(self.t, emergency_stop=self.estop, door_open=kind == "door",
+                                       gun_locked=not self.gun_unlocked))
             case "service":
                 plant.welded, plant.fault_word = False, 0
                 self.connector_c, self.sensor_open = 40.0, False

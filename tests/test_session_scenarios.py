@@ -224,6 +224,31 @@ def test_emergency_stop_opens_contactors_at_once_and_latches() -> None:
     assert p.session.state is State.IDLE
 
 
+def test_an_unlocked_gun_is_never_energised() -> None:
+    p = _pile()
+    p.feed(SafetyInputs(p.t, emergency_stop=False, door_open=False, gun_locked=False))
+    assert p.run_until(lambda q: q.session.state is State.FAULT, 30)
+    assert "gun not locked" in p.session.data.outcome_reason
+    assert not any(c == SetContactors(True) for _t, c in p.log.module_commands)
+
+
+def test_a_lock_that_opens_while_charging_stops_at_5_amps_then_opens() -> None:
+    p = _pile()
+    _charge_for(p, 3.0)
+    assert p.module.current_a > 50.0
+    commands = p.feed(SafetyInputs(p.t, emergency_stop=False, door_open=False,
+                                   gun_locked=False))
+    assert p.session.state is State.FAULT
+    assert SetModuleOutput(False, 0.0, 0.0) in commands
+    assert SetContactors(False) not in commands  # not under load: an error stop
+    unlocked_at = p.t
+    assert p.run_until(lambda q: not q.session.act.contactors_closed, 2.0)
+    opened = next(t for t, c in p.log.module_commands
+                  if t >= unlocked_at and c == SetContactors(False))
+    assert opened - unlocked_at <= 2.0  # IEC 61851-23 AA.3.4
+    assert abs(p.module.current_a) <= 5.0
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, 10_000.0])
 def test_upstream_limits_apply_and_bad_ones_are_rejected(bad: float) -> None:
     p = _pile(start=40.0, target=60.0)

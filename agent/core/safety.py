@@ -83,6 +83,12 @@ class SafetySupervisor:
     def on_inputs(self, inputs: SafetyInputs) -> None:
         self.inputs = inputs
 
+    def gun_unlocked(self) -> bool:
+        """The I/O board reports the gun's electronic lock open (no board: nothing known).
+        Not an input fault: the lock engages just after plug-in, so only closing K1/K2 and
+        keeping them closed depend on it."""
+        return self.inputs is not None and not self.inputs.gun_locked
+
     def input_fault(self) -> Fault | None:
         i = self.inputs
         if i is None:

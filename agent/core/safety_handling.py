@@ -73,6 +73,10 @@ class SafetyHandling(SessionBase):
     def _check_inputs(self) -> None:
         fault = self.safety.input_fault()
         if fault is None:
+            if self.safety.gun_unlocked() and self.act.contactors_closed and self.state in _LIVE:
+                # An error stop, not an emergency: opening under load would arc the contacts.
+                self._fault(f"gun lock opened while K1/K2 are closed ({T.GUN_LOCK_LOST})",
+                            code="gun_lock", faults=frozenset({ChargerFault.CONNECTOR}))
             return
         if fault.latched or self.state in _LIVE:
             cst = ChargerFault.EMERGENCY_STOP if fault.code == "emergency_stop" else \

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from agent.core import timing as T
 from agent.core.commands import (
     Command,
     CurrentDecided,
@@ -97,6 +98,14 @@ class SessionBase:
         self.data.cem_timeouts = cem
         self.data.stop_message = CST(reasons=frozenset({ChargerStopReason.FAULT}), faults=faults)
         self._fire(Trigger.FAULT_DETECTED, reason)
+
+    def _gun_lock_refuses(self) -> bool:
+        """Asked before K1/K2 close: an unlocked gun ends the session instead (I4)."""
+        if not self.safety.gun_unlocked():
+            return False
+        self._fault(f"gun not locked, K1/K2 stay open ({T.GUN_LOCK_BEFORE_CLOSING})",
+                    code="gun_lock", faults=frozenset({ChargerFault.CONNECTOR}))
+        return True
 
     def _fail_safe(self, reason: str) -> None:
         """Last resort after an internal error: outputs off, contactors open (I15)."""

@@ -35,6 +35,8 @@ class SequenceSteps(SessionBase):
             bhm_v = d.bhm.max_charge_voltage_v if d.bhm else self.ratings.max_voltage_v
             # GB/T 18487.1-2015 B.4.3: test at min(BHM max voltage, charger rated voltage).
             d.insulation_voltage_v = min(bhm_v, self.ratings.max_voltage_v)
+            if self._gun_lock_refuses():
+                return
             self._command_bleeder(on=False)
             self._command_contactors(closed=True)
             self._set_phase("close")
@@ -94,6 +96,8 @@ class SequenceSteps(SessionBase):
         elif d.phase == "match":
             gap = st.gun_voltage_v - st.output_voltage_v
             if T.PRECHARGE_BELOW_MIN_V <= gap <= T.PRECHARGE_BELOW_MAX_V:
+                if self._gun_lock_refuses():
+                    return
                 self._command_contactors(closed=True)
                 self._set_phase("close")
         elif d.phase == "close":

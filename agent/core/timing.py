@@ -63,6 +63,12 @@ FAULT_MESSAGE_DURATION = Timing(
     5.0, "GB/T 27930-2015 §8: peer's default timeout 5 s; CST/CEM sent that long after a fault"
 )
 
+# The gun's electronic lock (read from the I/O board; no timing of our own: clauses cited).
+GUN_LOCK_BEFORE_CLOSING = (
+    "GB/T 18487.1-2015 Annex B connection sequence: the lock engages before charging [V]"
+)
+GUN_LOCK_LOST = "IEC 61851-23 AA.3.4: lock failure while charging: < 5 A within 2 s, then open"
+
 # Electrical thresholds used by the sequence (not time, but sourced the same way).
 SAFE_VOLTAGE_V = 60.0  # GB 44263-2024 §8.1.4, IEC 61851-23 7.2.3.1: touch-safe below 60 V
 CONTACTOR_OPEN_CURRENT_A = 5.0  # GB/T 18487.1-2015 B.4.6, IEC 61851-23 AA.3.5: open at <= 5 A
