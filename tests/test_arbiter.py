@@ -7,7 +7,15 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.core.arbiter import CurrentLimits, Limit, decide_current, decide_voltage
+from agent.core.arbiter import (
+    STEPS_PER_A,
+    CurrentLimits,
+    Limit,
+    decide_current,
+    decide_voltage,
+)
+
+STEP = 1.0 / STEPS_PER_A
 
 amps = st.floats(min_value=0.0, max_value=2000.0, allow_nan=False)
 maybe_inf = st.one_of(amps, st.just(math.inf))
@@ -68,7 +76,20 @@ def test_reported_bound_is_the_binding_limit(lim: CurrentLimits, dt: float, ramp
     if d.bound_by is Limit.RAMP:
         assert abs(d.current_a) <= d.ceiling_a
     elif d.bound_by is not Limit.INVALID_INPUT:
-        assert math.isclose(abs(d.current_a), _ceiling(lim), rel_tol=1e-9, abs_tol=1e-9)
+        # The binding limit, floored to a whole setpoint step (0.1 A).
+        ceiling = _ceiling(lim)
+        assert ceiling - STEP - 1e-9 <= abs(d.current_a) <= ceiling + 1e-9
+        assert math.isclose(d.ceiling_a, ceiling, rel_tol=1e-9, abs_tol=1e-9)
+
+
+@given(limits_st, signed, st.floats(min_value=0.0, max_value=1.0), amps)
+def test_decisions_are_whole_setpoint_steps(
+    lim: CurrentLimits, prev: float, dt: float, ramp: float
+) -> None:
+    """A register of 0.1 A takes the decision as it is: no rounding can lift it."""
+    d = decide_current(lim, prev, dt, ramp)
+    steps = abs(d.current_a) * STEPS_PER_A
+    assert math.isclose(steps, round(steps), abs_tol=1e-6)
 
 
 def test_each_limit_can_bind() -> None:

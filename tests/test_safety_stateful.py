@@ -195,9 +195,44 @@ class SafetyMachine(RuleBasedStateMachine):
             self.last_status_cap = st_.capability_current_a or math.inf
             self.feed(st_)
         self.feed(Tick(self.t))
+        self.check_setpoint(self.plant.set_a if self.plant.enabled else 0.0, self.plant.set_v)
         self.check_watchdogs()
 
     # ---- invariants on each command ----------------------------------------------
+
+    def check_setpoint(self, amps: float, voltage_v: float) -> None:
+        """I1/I2/I3/I10 on a module setpoint: each new one, and the standing one after every
+        tick (a setpoint the core never changes must still respect a limit that moved)."""
+        state = self.s.state
+        assert math.isfinite(amps) and math.isfinite(voltage_v)
+        # I1 / I2 / I3: every limit, whatever the state
+        assert abs(amps) <= RATINGS.max_current_a + EPS, "I1 rating"
+        power_w = min(RATINGS.max_power_w, self.ratings.grid_limit_w)
+        assert abs(amps) * voltage_v <= power_w * (1 + EPS), "I2 power (rated, grid)"
+        assert abs(amps) <= self.last_status_cap + EPS, "I1 module capability"
+        if state is State.CHARGING and amps > 0:
+            # GB/T 27930-2015 BSM: charge not permitted (and no abnormal flag) = pause
+            assert self.bsm_permit, "I1 state: current while the BMS pauses"
+            assert self.bcl_demand is not None and amps <= max(self.bcl_demand, 0) + EPS, \
+                "I1 EV demand"
+            assert self.bcp_max is not None and amps <= self.bcp_max + EPS, "I1 EV max"
+            if self.upstream is not None and self.t < self.upstream[1]:
+                assert amps <= self.upstream[0] + EPS, "I1/I13 upstream limit"
+            vmax = min(RATINGS.max_voltage_v, self.ev.p.bcp_max_v,
+                       self.bhm_max if self.bhm_max is not None else math.inf)
+            assert voltage_v <= vmax + EPS, "I3 voltage"
+        elif state is State.INSULATION_CHECK:
+            assert amps <= CABLE_CHECK_A + EPS, "I1 state (cable check)"
+        elif state is State.PRECHARGE:
+            assert amps <= PRECHARGE_A + EPS, "I1 state (precharge)"
+        elif state is not State.CHARGING:
+            assert amps == 0.0, f"I1 state: {amps} A in {state.value}"
+        # I10: never above the connector derating at the latest reading
+        cap = connector_fraction(self.last_temp) * RATINGS.max_current_a
+        if self.sensor_open_seen:
+            cap = 0.0
+        assert abs(amps) <= cap + EPS or (state in (State.INSULATION_CHECK, State.PRECHARGE) \
+            and cap > PRECHARGE_A), f"I10 thermal: {amps} A at {self.last_temp} °C"
 
     def check_command(self, c: Command) -> None:
         state = self.s.state
@@ -205,35 +240,7 @@ class SafetyMachine(RuleBasedStateMachine):
             assert not self.gun_unlocked, "I4 K1/K2 closed onto an unlocked gun"
         if isinstance(c, SetModuleOutput):
             amps = c.current_a if c.enabled else 0.0
-            assert math.isfinite(amps) and math.isfinite(c.voltage_v)
-            # I1 / I2 / I3: every limit, whatever the state
-            assert abs(amps) <= RATINGS.max_current_a + EPS, "I1 rating"
-            power_w = min(RATINGS.max_power_w, self.ratings.grid_limit_w)
-            assert abs(amps) * c.voltage_v <= power_w * (1 + EPS), "I2 power (rated, grid)"
-            assert abs(amps) <= self.last_status_cap + EPS, "I1 module capability"
-            if state is State.CHARGING and amps > 0:
-                # GB/T 27930-2015 BSM: charge not permitted (and no abnormal flag) = pause
-                assert self.bsm_permit, "I1 state: current while the BMS pauses"
-                assert self.bcl_demand is not None and amps <= max(self.bcl_demand, 0) + EPS, \
-                    "I1 EV demand"
-                assert self.bcp_max is not None and amps <= self.bcp_max + EPS, "I1 EV max"
-                if self.upstream is not None and self.t < self.upstream[1]:
-                    assert amps <= self.upstream[0] + EPS, "I1/I13 upstream limit"
-                vmax = min(RATINGS.max_voltage_v, self.ev.p.bcp_max_v,
-                           self.bhm_max if self.bhm_max is not None else math.inf)
-                assert c.voltage_v <= vmax + EPS, "I3 voltage"
-            elif state is State.INSULATION_CHECK:
-                assert amps <= CABLE_CHECK_A + EPS, "I1 state (cable check)"
-            elif state is State.PRECHARGE:
-                assert amps <= PRECHARGE_A + EPS, "I1 state (precharge)"
-            elif state is not State.CHARGING:
-                assert amps == 0.0, f"I1 state: {amps} A in {state.value}"
-            # I10: never above the connector derating at the latest reading
-            cap = connector_fraction(self.last_temp) * RATINGS.max_current_a
-            if self.sensor_open_seen:
-                cap = 0.0
-            assert abs(amps) <= cap + EPS or (state in (State.INSULATION_CHECK, State.PRECHARGE) \
-                and cap > PRECHARGE_A), f"I10 thermal: {amps} A at {self.last_temp} °C"
+            self.check_setpoint(amps, c.voltage_v)
             # I6: up-ramp; I14: never rises once stopping started this session
             if amps > self.prev_cmd_a + EPS:
                 dt = self.t - self.prev_cmd_t
@@ -283,6 +290,9 @@ class SafetyMachine(RuleBasedStateMachine):
         # I4: a lock that opens while K1/K2 are closed ends the session at once
         if self.gun_unlocked and self.plant.k12_cmd:
             assert s.state is State.FAULT, f"I4 unlocked gun energised in {s.state.value}"
+        # I15: outside a session nothing is energised
+        if s.state in (State.IDLE, State.FINISHED):
+            assert not self.plant.k12_cmd, f"K1/K2 commanded closed in {s.state.value}"
         # I12: an E-stop while plugged puts the session in FAULT
         if self.estop:
             assert s.state in (State.IDLE, State.FAULT), "I12 E-stop ignored"

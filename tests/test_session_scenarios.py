@@ -20,6 +20,7 @@ from agent.core.events import (
     SafetyInputs,
     StopRequested,
     UpstreamLimit,
+    VehicleDisconnected,
 )
 from agent.core.messages import BCL, BCP, CEM, CST, CemTimeout, ChargerFault, ChargerStopReason
 from agent.core.states import State
@@ -224,6 +225,22 @@ def test_emergency_stop_opens_contactors_at_once_and_latches() -> None:
     assert p.session.state is State.IDLE
 
 
+def test_a_bms_pause_holds_the_current_at_zero_until_it_resumes() -> None:
+    """GB/T 27930-2015 BSM: charge not permitted without an abnormal flag is a pause."""
+    p = _pile(start=40.0, target=60.0)
+    _charge_for(p, 3.0)
+    p.bms.charge_permitted = False
+    paused_from = p.t
+    p.run_until(lambda q: False, 2.0)
+    assert p.session.state is State.CHARGING
+    after = [a for t, a in commanded_current(p.log) if t > paused_from + 0.3]
+    assert after == [] or max(after) == 0.0  # one BSM period (250 ms), then held at 0
+    assert p.session.act.current_a == 0.0 and abs(p.module.current_a) <= 1.0
+    p.bms.charge_permitted = True
+    p.run_until(lambda q: False, 3.0)
+    assert p.session.act.current_a > 50.0
+
+
 def test_an_unlocked_gun_is_never_energised() -> None:
     p = _pile()
     p.feed(SafetyInputs(p.t, emergency_stop=False, door_open=False, gun_locked=False))
@@ -242,11 +259,29 @@ def test_a_lock_that_opens_while_charging_stops_at_5_amps_then_opens() -> None:
     assert SetModuleOutput(False, 0.0, 0.0) in commands
     assert SetContactors(False) not in commands  # not under load: an error stop
     unlocked_at = p.t
+    # Service cannot clear the fault while the shutdown runs: IDLE never holds K1/K2 closed.
+    refused = p.feed(FaultsCleared(p.t, "service"))
+    assert p.session.state is State.FAULT and p.session.act.contactors_closed
+    assert any(getattr(c, "kind", "") == "faults_not_cleared" for c in refused)
     assert p.run_until(lambda q: not q.session.act.contactors_closed, 2.0)
     opened = next(t for t, c in p.log.module_commands
                   if t >= unlocked_at and c == SetContactors(False))
     assert opened - unlocked_at <= 2.0  # IEC 61851-23 AA.3.4
     assert abs(p.module.current_a) <= 5.0
+    p.feed(SafetyInputs(p.t, emergency_stop=False, door_open=False, gun_locked=True))
+    p.feed(FaultsCleared(p.t, "service"))
+    assert p.session.state is State.IDLE
+
+
+def test_unplugging_during_a_shutdown_opens_the_contactors_before_idle() -> None:
+    p = _pile()
+    _charge_for(p, 3.0)
+    p.feed(SafetyInputs(p.t, emergency_stop=False, door_open=False, gun_locked=False))
+    assert p.session.state is State.FAULT and p.session.act.contactors_closed
+    commands = p.feed(VehicleDisconnected(p.t))
+    assert p.session.state is State.IDLE
+    assert SetContactors(False) in commands
+    assert not p.session.act.contactors_closed
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, 10_000.0])

@@ -63,6 +63,12 @@ class VoltageDecision:
 # the division finite while the output is still rising.
 _MIN_VOLTAGE_FOR_POWER_V = 1.0
 
+# Setpoint steps per ampere: GB/T 27930-2015 BCL/CCS carry current in 0.1 A, and so does the
+# module's setpoint register (drivers/power_module/register_map.toml). A decision is floored
+# to a step, so no rounding on the way to the module lifts it above the limit that bound it,
+# and every change of decision is a change the module can be told.
+STEPS_PER_A = 10
+
 
 def _amps_for(watts: float, limits: CurrentLimits) -> float:
     return watts / max(abs(limits.voltage_v), _MIN_VOLTAGE_FOR_POWER_V)
@@ -130,6 +136,8 @@ def decide_current(
     if ceiling > prev_same_dir + ramp_step:
         magnitude = prev_same_dir + ramp_step
         bound = Limit.RAMP
+    # The 1e-9 keeps 2.3 A (22.999999999999996 steps in binary) from losing a step.
+    magnitude = math.floor(magnitude * STEPS_PER_A + 1e-9) / STEPS_PER_A
     return CurrentDecision(direction * magnitude if magnitude > 0.0 else 0.0, bound, ceiling)
 
 

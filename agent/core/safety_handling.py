@@ -104,6 +104,10 @@ class SafetyHandling(SessionBase):
                                         f"{ohm_per_v:.0f} ohm/V (100-500 ohm/V: warn)"))
 
     def _clear_faults(self, by: str) -> None:
+        if self.state is State.FAULT and self.act.contactors_closed:
+            self._out.append(Notice(self.now, "faults_not_cleared",
+                                    f"by {by}: the shutdown is still running (K1/K2 closed)"))
+            return
         cleared = self.safety.clear()
         thermal_ok = self.thermal.clear(self.now) if self.thermal is not None else True
         self._out.append(Notice(self.now, "faults_cleared",

@@ -109,6 +109,11 @@ class GunSession(SequenceSteps, SafetyHandling):
         thermal_ok = self.thermal is None or not self.thermal.latched
         return self.safety.can_start() and thermal_ok
 
+    def is_rearm_allowed(self) -> bool:
+        """Leaving FAULT: the shutdown is over (K1/K2 commanded open) and nothing blocks a
+        restart. IDLE never holds closed contactors."""
+        return not self.act.contactors_closed and self.is_restart_allowed()
+
     # ---- entry point ---------------------------------------------------------------
 
     def handle(self, event: Event) -> list[Command]:
@@ -159,6 +164,10 @@ class GunSession(SequenceSteps, SafetyHandling):
     # ---- vehicle presence --------------------------------------------------------
 
     def _on_unplugged(self) -> None:
+        if self.state is State.FAULT and self.act.contactors_closed:
+            # Still ramping down to open: with the car gone there is no load, so open now.
+            self._fault("vehicle disconnected during the shutdown", emergency=True,
+                        faults=frozenset({ChargerFault.CONNECTOR}))
         if self.state in (State.FINISHED, State.FAULT):
             self._fire(Trigger.UNPLUGGED, "vehicle disconnected")
         elif self.state is not State.IDLE:

@@ -130,13 +130,16 @@ class SessionBase:
 
     def _command_module(self, *, enabled: bool, voltage_v: float, current_a: float,
                         bound: str) -> None:
+        # `act` is what the module was last told. Currents come from the arbiter in whole
+        # setpoint steps, so any change is sent; a voltage change under the register's 0.1 V
+        # is not, and then `act` keeps the voltage the module really has.
         a = self.act
-        changed = (enabled, round(voltage_v, 1), round(current_a, 1)) != (
-            a.module_enabled, round(a.voltage_v, 1), round(a.current_a, 1))
+        if (enabled, round(voltage_v, 1), current_a) == (
+                a.module_enabled, round(a.voltage_v, 1), a.current_a):
+            return
         a.module_enabled, a.voltage_v, a.current_a = enabled, voltage_v, current_a
-        if changed:
-            self._out.append(SetModuleOutput(enabled, voltage_v, current_a))
-            self._out.append(CurrentDecided(self.now, current_a, voltage_v, bound))
+        self._out.append(SetModuleOutput(enabled, voltage_v, current_a))
+        self._out.append(CurrentDecided(self.now, current_a, voltage_v, bound))
 
     def _command_contactors(self, *, closed: bool) -> None:
         if self.act.contactors_closed != closed:

@@ -75,8 +75,8 @@ TRANSITIONS: tuple[tuple[Trigger, tuple[State, ...], State, str | None], ...] = 
     (Trigger.WELDING_CHECK_PASSED, (State.WELDING_CHECK,), State.FINISHED, None),
     (Trigger.FAULT_DETECTED, FAULTABLE, State.FAULT, None),
     (Trigger.UNPLUGGED, (State.FINISHED,), State.IDLE, None),
-    (Trigger.UNPLUGGED, (State.FAULT,), State.IDLE, "is_restart_allowed"),
-    (Trigger.FAULTS_CLEARED, (State.FAULT,), State.IDLE, "is_restart_allowed"),
+    (Trigger.UNPLUGGED, (State.FAULT,), State.IDLE, "is_rearm_allowed"),
+    (Trigger.FAULTS_CLEARED, (State.FAULT,), State.IDLE, "is_rearm_allowed"),
 )
 
 
