@@ -75,6 +75,7 @@ class SafetyIoSim:
         self._armed = False
         self._imd_timer: float | None = None
         self._imd_result = False
+        self._stale = True
 
     # ---- physics --------------------------------------------------------------
 
@@ -92,7 +93,9 @@ class SafetyIoSim:
                 kohm = self.insulation_ohm / 1000.0
                 self.imd.put("resistance", min(kohm, IMD_ABOVE_RANGE_KOHM))
                 self._imd_result = True
-        self._publish()
+        # As in ModuleSim: the image is brought up to date when a master reads it, not on
+        # every simulated step.
+        self._stale = True
 
     def _step_heartbeat(self, dt_s: float) -> None:
         beat = self.io.get("heartbeat")
@@ -107,6 +110,7 @@ class SafetyIoSim:
             self.module.force_safe()  # the hardware enable line drops K1/K2 and the output
 
     def _publish(self) -> None:
+        self._stale = False
         t = self.force_connector_c if self.force_connector_c is not None else self.connector_c
         for name, temp in (("connector_dc_plus_ohm", t), ("connector_dc_minus_ohm", t),
                            ("cable_ohm", self.cable_c)):
@@ -130,6 +134,8 @@ class SafetyIoSim:
                          set_values: list[int] | list[bool] | None) -> ExcCodes | None:
             if self.silent:
                 return ExcCodes.DEVICE_BUSY
+            if self._stale:
+                self._publish()
             if set_values is not None and function_code != 3:
                 for offset, word in enumerate(set_values):
                     reg = image.map.by_address(address + offset)

@@ -132,19 +132,22 @@ class Register:
 class RegisterMap:
     registers: Mapping[str, Register]
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # Addresses from the first to the last register: what one status poll reads. Computed
+    # once: every poll and every simulated register write needs it.
+    span: range = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.registers:
+            raise RegisterMapError("register map: no registers")
+        first = min(r.address for r in self.registers.values())
+        last = max(r.addresses.stop for r in self.registers.values())
+        object.__setattr__(self, "span", range(first, last))
 
     def __getitem__(self, name: str) -> Register:
         return self.registers[name]
 
     def __iter__(self) -> Iterator[Register]:
         return iter(sorted(self.registers.values(), key=lambda r: r.address))
-
-    @property
-    def span(self) -> range:
-        """Addresses from the first to the last register: what one status poll reads."""
-        first = min(r.address for r in self.registers.values())
-        last = max(r.addresses.stop for r in self.registers.values())
-        return range(first, last)
 
     def by_address(self, address: int) -> Register | None:
         for reg in self.registers.values():
