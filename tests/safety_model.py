@@ -111,7 +111,7 @@ class PlantModel:
     bleeder: bool = False
     current_a: float = 0.0
     out_v: float = 0.0
-    capability_a: float = 250.0
+    capability_a: float = 300.0  # a module stack may outrate the gun and cable
     insulation_ohm: float = 5e6
     insulation_ready_at: float | None = None
     fault_word: int = 0
