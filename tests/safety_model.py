@@ -47,6 +47,9 @@ class EvParams:
     reported_v: float = 360.0  # what BCP claims (a liar differs from battery_v)
     demand_a: float = 150.0
     demand_v: float = 410.0
+    # The one message this EV never sends (its awaited-message watchdog must fire):
+    # "BHM", "BRM", "BCP", "BRO", "BCL", "BCS", or "BRO_AA" (BRO stays 0x00, not ready).
+    mute: str = ""
 
 
 @dataclass
@@ -88,8 +91,9 @@ class Ev:
         if "CRM_AA" in h and "CML" not in h and self._due("BCP", 0.5, t):
             out.append(BCP(4.2, p.bcp_max_a, 60.0, p.bcp_max_v, 55.0, 50.0, p.reported_v))
         if "CML" in h and not self.charging and self._due("BRO", 0.25, t):
-            self.contactors_closed = True
-            out.append(BRO(Ready.READY))
+            ready = p.mute != "BRO_AA"
+            self.contactors_closed = ready
+            out.append(BRO(Ready.READY if ready else Ready.NOT_READY))
         if self.charging:
             if self.send_bcl and self._due("BCL", 0.05, t):
                 out.append(BCL(p.demand_v, p.demand_a, ChargeMode.CONSTANT_CURRENT))
@@ -98,7 +102,7 @@ class Ev:
             if self._due("BSM", 0.25, t):
                 out.append(BSM(1, 30.0, 1, 28.0, 2, over_temperature=self.bsm_over_temperature,
                                charge_permitted=self.bsm_permit))
-        return out
+        return [m for m in out if type(m).__name__ != p.mute]
 
 
 @dataclass
@@ -116,10 +120,17 @@ class PlantModel:
     insulation_ready_at: float | None = None
     fault_word: int = 0
     temperature_c: float = 35.0
+    # Ways the plant fails the core must notice: a contactor that will not close, a
+    # current loop that ignores its setpoint, an IMD that never answers, a voltage offset
+    # that keeps the precharge gap out of its 1-10 V window.
+    stuck_open: bool = False
+    current_stuck: bool = False
+    imd_dead: bool = False
+    offset_v: float = 0.0
 
     @property
     def k12(self) -> bool:
-        return self.k12_cmd or self.welded
+        return (self.k12_cmd and not self.stuck_open) or self.welded
 
     def apply(self, c: Command, t: float) -> None:
         match c:
@@ -134,7 +145,9 @@ class PlantModel:
 
     def step(self, dt: float, ev: Ev) -> None:
         loaded = self.k12 and ev.contactors_closed
-        if self.enabled and loaded:
+        if loaded and self.current_stuck:
+            pass
+        elif self.enabled and loaded:
             cv_ok = self.set_v > ev.p.battery_v
             target = min(max(self.set_a, 0.0), self.capability_a) if cv_ok else 0.0
             self.current_a += (target - self.current_a) * min(1.0, dt / 0.05)
@@ -144,7 +157,7 @@ class PlantModel:
         if loaded:
             self.out_v = ev.p.battery_v + 0.05 * self.current_a
         elif self.enabled:
-            self.out_v += (self.set_v - self.out_v) * min(1.0, dt / 0.02)
+            self.out_v += (self.set_v + self.offset_v - self.out_v) * min(1.0, dt / 0.02)
         else:
             self.out_v *= math.exp(-dt / (0.1 if self.bleeder else 0.5))
 
@@ -154,7 +167,8 @@ class PlantModel:
         return self.out_v if self.k12 else 0.0
 
     def status(self, t: float, ev: Ev) -> ModuleStatus:
-        ready = self.insulation_ready_at is not None and t >= self.insulation_ready_at
+        ready = self.insulation_ready_at is not None and t >= self.insulation_ready_at \
+            and not self.imd_dead
         return ModuleStatus(
             t=t, output_voltage_v=self.out_v, output_current_a=self.current_a,
             gun_voltage_v=self.gun_v(ev), temperature_c=self.temperature_c,

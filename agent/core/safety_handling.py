@@ -109,6 +109,7 @@ class SafetyHandling(SessionBase):
                                     f"by {by}: the shutdown is still running (K1/K2 closed)"))
             return
         cleared = self.safety.clear()
+        self.plant.feedback_judged_from = self.now
         thermal_ok = self.thermal.clear(self.now) if self.thermal is not None else True
         self._out.append(Notice(self.now, "faults_cleared",
                                 f"by {by}: {', '.join(cleared) or 'none'}"

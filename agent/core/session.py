@@ -193,6 +193,7 @@ class GunSession(SequenceSteps, SafetyHandling):
                     self.data.energy_kwh += power_w * dt / 3.6e6
         self.plant.status = status
         self.plant.sampled_at = sampled_at
+        self._check_contactor_feedback(status.contactors_closed, sampled_at)
         if status.insulation_ohm is not None:
             self.plant.insulation_ohm = status.insulation_ohm
             self.plant.insulation_at = sampled_at
@@ -205,6 +206,27 @@ class GunSession(SequenceSteps, SafetyHandling):
                 latched=any(f.latched for f in faults),
                 faults=frozenset(f.cst for f in faults),
             )
+
+    def _check_contactor_feedback(self, closed: bool, sampled_at: float) -> None:
+        """K1/K2 feedback must follow the command within CONTACTOR_FEEDBACK, in every state
+        (a pile whose contactor welded in the last session must not start the next). A sample
+        taken before a service clear does not count: it predates the repair."""
+        a, p = self.act, self.plant
+        if closed == a.contactors_closed:
+            p.feedback_mismatch_since = None
+            return
+        if p.feedback_mismatch_since is None:
+            p.feedback_mismatch_since = sampled_at
+        since = max(p.feedback_mismatch_since, p.feedback_judged_from,
+                    a.contactors_changed_at or -math.inf)
+        if sampled_at - since <= T.CONTACTOR_FEEDBACK.seconds:
+            return
+        if closed:
+            self._fault("K1/K2 read closed while commanded open: welded contactor",
+                        code="welding", emergency=True, latched=True)
+        elif self.state is not State.FAULT:
+            self._fault("K1/K2 did not close (or opened by themselves)", code="contactor",
+                        emergency=True)
 
     def _on_vehicle_message(self, message: BmsMessage) -> None:
         d = self.data

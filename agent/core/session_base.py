@@ -144,6 +144,7 @@ class SessionBase:
     def _command_contactors(self, *, closed: bool) -> None:
         if self.act.contactors_closed != closed:
             self.act.contactors_closed = closed
+            self.act.contactors_changed_at = self.now
             self._out.append(SetContactors(closed))
 
     def _command_bleeder(self, *, on: bool) -> None:

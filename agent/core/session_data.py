@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from agent.core.events import ModuleStatus
@@ -72,6 +73,7 @@ class Actuators:
     voltage_v: float = 0.0
     current_a: float = 0.0
     contactors_closed: bool = False
+    contactors_changed_at: float | None = None
     bleeder_on: bool = False
     last_decision_t: float | None = None
     heartbeat: int = 0
@@ -86,6 +88,10 @@ class Plant:
     status: ModuleStatus | None = None
     sampled_at: float | None = None  # the poll's time, not the time it was handled
     link_lost_detail: str = ""
+    # First sample whose K1/K2 feedback disagreed with the command (None: they agree), and
+    # the time before which no sample counts (a service clear: older ones predate a repair).
+    feedback_mismatch_since: float | None = None
+    feedback_judged_from: float = -math.inf
     # Latest insulation result (from the IMD, or the module's own monitor), or None.
     insulation_ohm: float | None = None
     insulation_at: float | None = None

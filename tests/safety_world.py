@@ -1,0 +1,509 @@
+"""The world the stateful safety suite drives the core in, with the invariants it checks.
+
+`SafetyWorld` holds the sans-I/O core, the EV and plant of `tests/safety_model.py`, the
+I/O board and upstream on one simulated clock. It checks the invariants of docs/SAFETY.md
+on every command and after every 10 ms tick. The spec values are written out here rather
+than read from `agent.core.timing`, so that a mutated constant in the core cannot loosen
+the check that should catch it. `tests/test_safety_stateful.py` drives it with hypothesis
+rules; `tests/test_safety_watchdogs.py` breaks one thing at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from agent.core.commands import (
+    Command,
+    CurrentDecided,
+    SetBleeder,
+    SetContactors,
+    SetModuleOutput,
+    StartInsulationTest,
+    StateChanged,
+)
+from agent.core.events import (
+    Event,
+    FaultsCleared,
+    ModuleLinkLost,
+    ModuleStatus,
+    SafetyInputs,
+    SafetyIoLost,
+    StopRequested,
+    TemperatureReading,
+    Tick,
+    UpstreamLimit,
+    VehicleConnected,
+    VehicleDisconnected,
+    VehicleMessage,
+)
+from agent.core.messages import BST, CML, BmsStopReason
+from agent.core.ratings import GunRatings
+from agent.core.session import GunSession
+from agent.core.states import State
+from agent.core.thermal_guard import ThermalSupervisor
+from tests.safety_model import Ev, EvParams, PlantModel
+
+TICK = 0.01
+EPS = 1e-6
+RATINGS = GunRatings(max_voltage_v=750.0, min_voltage_v=200.0, max_current_a=250.0,
+                     max_power_w=150_000.0, ramp_up_a_per_s=100.0)
+ENERGISED = (State.INSULATION_CHECK, State.PRECHARGE, State.CHARGING, State.STOPPING)
+LIVE = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
+        State.PARAMETER_EXCHANGE, State.PRECHARGE, State.CHARGING, State.STOPPING,
+        State.WELDING_CHECK)
+MUTE = ("BHM", "BRM", "BCP", "BRO", "BRO_AA", "BCL", "BCS")
+POLL = 0.1
+BCL_TIMEOUT_S = 1.0  # GB/T 27930-2015 §8: BCL silent 1 s -> stop
+BCS_TIMEOUT_S = 5.0  # GB/T 27930-2015 §8: BCS 5 s
+HANDSHAKE_TIMEOUT_S = 5.0  # GB/T 27930-2015 §8: default 5 s (BHM, BRM, BCP, BRO)
+BRO_READY_TIMEOUT_S = 60.0  # GB/T 27930-2015 Fig. A.6: BRO(0xAA) within 60 s
+INSULATION_BUDGET_S = 25.0  # GB/T 18487.1-2015 B.4.3 (EVs give up after 30 s)
+PRECHARGE_BUDGET_S = 60.0  # GB/T 27930-2015 Fig. A.6: the BMS waits 60 s for CRO(0xAA)
+CONTACTOR_FEEDBACK_S = 1.0  # GB/T 18487.1-2015 B.4.7.1 (100 ms) plus polled feedback
+SAFETY_IO_TIMEOUT_S = 1.0  # I/O board polled every 100 ms; silence = E-stop unknown
+SENSOR_SILENT_S = 2.0  # a blind PT1000 is a fault (GB/T 18487.1-2023 C.7.9)
+INSULATION_FAULT_OHM_PER_V = 100.0  # GB/T 18487.1-2015 B.5.1
+MODULE_TIMEOUT_S = 1.0  # must act well before the module's own watchdog (1 s here, 10 s max)
+OPEN_AT_A = 5.0  # GB/T 18487.1-2015 B.4.6
+CABLE_CHECK_A = 2.0  # IEC 61851-23:2023 6.3.1.109 via EVerest
+PRECHARGE_A = 20.0  # GB/T 18487.1-2015 B.4.4
+STOP_BUDGET_S = 10.0  # GB/T 27930-2015 §8: <= 5 A within 10 s of BST
+CONNECTOR_TRIP_C = 105.0  # GB 44263-2024 §6.2.2
+
+
+def connector_fraction(temp_c: float) -> float:
+    """Connector derating: full to 80 °C, none at 90 °C (GB/T 18487.1-2023 Table C.14)."""
+    return min(1.0, max(0.0, (90.0 - temp_c) / 10.0))
+
+
+class SafetyWorld:
+    """The core, an EV and a plant on one simulated clock, with every invariant checked
+    on each command and after each tick. `disturb` names every way the world misbehaves."""
+
+    def __init__(self) -> None:
+        self.ratings = RATINGS
+        self.s = GunSession(self.ratings, thermal=ThermalSupervisor())
+        self.connector_c = 40.0
+        self.sensor_open = False
+        self.sensor_open_seen = False
+        self.last_temp = 40.0
+        self.plant = PlantModel()
+        self.ev = Ev()
+        self.t = 0.0
+        self.plugged = False
+        self.module_silent = False
+        self.module_frozen = False
+        # The bus owner is its own task: a status reaches the core some ticks after its poll.
+        self.delivery_lag_ticks = 0
+        self.in_flight: list[ModuleStatus] = []
+        self.ev_lies = False
+        self.session_started_t = 0.0
+        self.next_poll = 0.0
+        self.last_status_t: float | None = None
+        self.last_status_a = 0.0
+        self.last_status_gun_v = 0.0
+        self.last_status_out_v = 0.0
+        self.last_status_cap = math.inf
+        self.last_bcl_t: float | None = None
+        self.last_bcs_t: float | None = None
+        self.bsm_permit = True
+        self.bcl_demand: float | None = None
+        self.bcp_max: float | None = None
+        self.bcp_reported_v: float | None = None
+        self.bhm_max: float | None = None
+        self.upstream: tuple[float, float] | None = None  # (limit A, expires)
+        self.upstream_accepted_t = -1e9
+        self.prev_cmd_a = 0.0
+        self.prev_cmd_t = 0.0
+        self.insulation_passed = False
+        self.stopping_since_plug = False
+        # Safety I/O board: what the inputs are, and what the core was last told.
+        self.require_io = False
+        self.io_mode = ""  # "" (answering), "silent", or "lost" (driver reports it)
+        self.inputs = (False, False, False)  # (E-stop, door open, gun unlocked)
+        self.estop = self.door = self.gun_unlocked = False
+        self.last_io_t: float | None = None
+        self.last_temp_t: float | None = None
+        # Suite-side clocks of the session (from the core's commands, not its data).
+        self.state_since = 0.0
+        self.first_cml_t: float | None = None
+        self.first_bro_t: float | None = None
+        self.k12_changed_t = 0.0
+        self.service_t = -1e9
+        self.feedback_mismatch_t: float | None = None
+        self.insulation_asked_t: float | None = None
+        self.insulation_latest_ohm: float | None = None  # read after this session's request
+        self.insulation_judged_ohm: float | None = None  # what it was when the core moved on
+        self.reached_charging = False
+        self.steps = -1  # invariants also run once after initialize
+        self.max_amps = self.max_power_w = 0.0
+
+    # ---- feeding the core --------------------------------------------------------
+
+    def feed(self, event: Event) -> None:
+        commands = self.s.handle(event)  # never raises: handle() swallows into fail-safe
+        for c in commands:
+            self.check_command(c)
+            if isinstance(c, SetContactors) and c.closed != self.plant.k12_cmd:
+                self.k12_changed_t = self.t
+            self.plant.apply(c, self.t)
+            msg = getattr(c, "message", None)
+            if msg is not None:
+                self.ev.hear(msg)
+                if isinstance(msg, CML) and self.first_cml_t is None:
+                    self.first_cml_t = self.t
+            if isinstance(c, StartInsulationTest):
+                self.insulation_asked_t = self.t
+                self.insulation_latest_ohm = self.insulation_judged_ohm = None
+            if isinstance(c, SetBleeder) and c.on and self.s.state is State.INSULATION_CHECK:
+                self.insulation_judged_ohm = self.insulation_latest_ohm  # the bleed starts
+            if isinstance(c, StateChanged):
+                self.on_state(c)
+
+    def on_state(self, c: StateChanged) -> None:
+        self.state_since = self.t
+        if c.dest == "handshake":
+            self.bsm_permit = True
+            self.bcl_demand = self.bcp_max = self.bcp_reported_v = self.bhm_max = None
+            self.first_cml_t = self.first_bro_t = None
+            assert not self.s.safety.latched, "started with a latched fault (I12)"
+            assert not self.estop, "started with the E-stop pressed (I12)"
+            self.insulation_passed = False
+            self.stopping_since_plug = False
+            self.session_started_t = self.t
+        if c.source == "insulation_check" and c.dest == "identification":
+            # I4: on this session's measurement, not a result read before it was asked for
+            ready = self.plant.insulation_ready_at
+            assert ready is not None and ready > self.session_started_t \
+                and self.t >= ready, "I4 insulation result not from this session"
+            # GB/T 18487.1-2015 B.5.1: <= 100 ohm/V at the test voltage is a fault
+            test_v = min(self.bhm_max or RATINGS.max_voltage_v, RATINGS.max_voltage_v)
+            judged = self.insulation_judged_ohm
+            assert judged is not None and judged / test_v > INSULATION_FAULT_OHM_PER_V, \
+                f"I4 insulation passed at {judged} ohm ({test_v} V test)"
+            self.insulation_passed = True
+        if c.dest == "fault" and "differs from the reported" in c.reason:
+            assert self.ev_lies, f"false battery-voltage fault from an honest EV: {c.reason}"
+        if c.dest in ("stopping", "fault"):
+            self.stopping_since_plug = True
+        if c.dest == "charging":
+            self.reached_charging = True
+
+    def tick(self) -> None:
+        self.t = round(self.t + TICK, 6)
+        for msg in self.ev.speak(self.t):
+            if type(msg).__name__ == "BSM":
+                self.bsm_permit = msg.charge_permitted  # type: ignore[attr-defined]
+            if type(msg).__name__ == "BCS":
+                self.last_bcs_t = self.t
+            if type(msg).__name__ == "BCL":
+                self.last_bcl_t, self.bcl_demand = self.t, msg.current_demand_a  # type: ignore[attr-defined]
+            if type(msg).__name__ == "BCP" and self.s.state is State.PARAMETER_EXCHANGE \
+                    and self.s.data.bcp is None:
+                self.bcp_max = msg.max_charge_current_a  # type: ignore[attr-defined]
+                self.bcp_reported_v = msg.battery_voltage_v  # type: ignore[attr-defined]
+            if type(msg).__name__ == "BHM":
+                self.bhm_max = msg.max_charge_voltage_v  # type: ignore[attr-defined]
+            if type(msg).__name__ == "BRO" and self.s.state is State.PARAMETER_EXCHANGE \
+                    and self.first_bro_t is None:
+                self.first_bro_t = self.t
+            self.feed(VehicleMessage(self.t, msg))
+        self.plant.step(TICK, self.ev)
+        if self.ev.contactors_closed and self.s.state in (State.STOPPING, State.WELDING_CHECK,
+                                                          State.FINISHED, State.FAULT) \
+                and self.plant.current_a <= 5.0:
+            self.ev.contactors_closed = False  # the car opens K5/K6 once current is low
+        if self.t >= self.next_poll - EPS:
+            self.next_poll = self.t + POLL
+            self.poll_io_board()
+            if self.module_frozen:
+                pass  # the bus owner hung: neither status nor link-lost arrives
+            elif self.module_silent:
+                self.feed(ModuleLinkLost(self.t, "no answer"))
+                # I7: a link the driver reports lost is an emergency stop at once, not a
+                # second later when the last status goes stale
+                if self.s.state not in (State.IDLE, State.FINISHED):
+                    assert self.s.state is State.FAULT and not self.plant.k12_cmd, \
+                        f"I7 module link lost, {self.s.state.value} goes on"
+            else:
+                self.in_flight.append(self.plant.status(self.t, self.ev))
+        while self.in_flight and \
+                self.in_flight[0].t + self.delivery_lag_ticks * TICK <= self.t + EPS:
+            st_ = self.in_flight.pop(0)
+            self.last_status_t, self.last_status_a = st_.t, st_.output_current_a
+            self.last_status_gun_v, self.last_status_out_v = st_.gun_voltage_v, \
+                st_.output_voltage_v
+            self.last_status_cap = st_.capability_current_a or math.inf
+            if self.insulation_asked_t is not None and st_.t > self.insulation_asked_t \
+                    and st_.insulation_ohm is not None:
+                self.insulation_latest_ohm = st_.insulation_ohm
+            self.feed(st_)
+            self.check_contactor_feedback(st_)
+        self.feed(Tick(self.t))
+        self.check_setpoint(self.plant.set_a if self.plant.enabled else 0.0, self.plant.set_v)
+        self.check_watchdogs()
+
+    def poll_io_board(self) -> None:
+        """The I/O board: E-stop, door, gun lock and the two connector PT1000s."""
+        if self.io_mode == "lost":
+            self.feed(SafetyIoLost(self.t, "no answer"))
+            if self.require_io and self.s.state in LIVE:
+                assert self.s.state is State.FAULT, "I7 safety I/O lost, session goes on"
+            return
+        if self.io_mode == "silent":
+            return
+        self.feed_inputs()
+        self.last_temp, self.sensor_open_seen = self.connector_c, self.sensor_open
+        self.last_temp_t = self.t
+        for pin in ("connector_dc_plus", "connector_dc_minus"):
+            self.feed(TemperatureReading(self.t, pin, math.nan if self.sensor_open else
+                                         self.connector_c,
+                                         raw_ohm=1e6 if self.sensor_open else None))
+
+    def feed_inputs(self) -> None:
+        self.estop, self.door, self.gun_unlocked = self.inputs
+        self.last_io_t = self.t
+        self.feed(SafetyInputs(self.t, emergency_stop=self.estop, door_open=self.door,
+                               gun_locked=not self.gun_unlocked))
+
+    def check_contactor_feedback(self, status: ModuleStatus) -> None:
+        """I4/I5: K1/K2 feedback that disagrees with the command for longer than the
+        feedback deadline (one poll of slack) ends the session: welded or not closing."""
+        if status.contactors_closed == self.plant.k12_cmd:
+            self.feedback_mismatch_t = None
+            return
+        if self.feedback_mismatch_t is None:
+            self.feedback_mismatch_t = status.t
+        since = max(self.feedback_mismatch_t, self.k12_changed_t, self.service_t)
+        if status.t - since > CONTACTOR_FEEDBACK_S + POLL + EPS:
+            what = "welded" if status.contactors_closed else "not closing"
+            assert self.s.state is State.FAULT, \
+                f"I4/I5 contactor {what} for {status.t - since:.2f} s in {self.s.state.value}"
+
+    # ---- invariants on each command ----------------------------------------------
+
+    def check_setpoint(self, amps: float, voltage_v: float) -> None:
+        """I1/I2/I3/I10 on a module setpoint: each new one, and the standing one after every
+        tick (a setpoint the core never changes must still respect a limit that moved)."""
+        state = self.s.state
+        assert math.isfinite(amps) and math.isfinite(voltage_v)
+        # I1 / I2 / I3: every limit, whatever the state
+        assert abs(amps) <= RATINGS.max_current_a + EPS, "I1 rating"
+        power_w = min(RATINGS.max_power_w, self.ratings.grid_limit_w)
+        assert abs(amps) * voltage_v <= power_w * (1 + EPS), "I2 power (rated, grid)"
+        assert abs(amps) <= self.last_status_cap + EPS, "I1 module capability"
+        if state is State.CHARGING and amps > 0:
+            # GB/T 27930-2015 BSM: charge not permitted (and no abnormal flag) = pause
+            assert self.bsm_permit, "I1 state: current while the BMS pauses"
+            assert self.bcl_demand is not None and amps <= max(self.bcl_demand, 0) + EPS, \
+                "I1 EV demand"
+            assert self.bcp_max is not None and amps <= self.bcp_max + EPS, "I1 EV max"
+            if self.upstream is not None and self.t < self.upstream[1]:
+                assert amps <= self.upstream[0] + EPS, "I1/I13 upstream limit"
+            vmax = min(RATINGS.max_voltage_v, self.ev.p.bcp_max_v,
+                       self.bhm_max if self.bhm_max is not None else math.inf)
+            assert voltage_v <= vmax + EPS, "I3 voltage"
+        elif state is State.INSULATION_CHECK:
+            assert amps <= CABLE_CHECK_A + EPS, "I1 state (cable check)"
+        elif state is State.PRECHARGE:
+            assert amps <= PRECHARGE_A + EPS, "I1 state (precharge)"
+        elif state is not State.CHARGING:
+            assert amps == 0.0, f"I1 state: {amps} A in {state.value}"
+        # I10: never above the connector derating at the latest reading
+        cap = connector_fraction(self.last_temp) * RATINGS.max_current_a
+        if self.sensor_open_seen:
+            cap = 0.0
+        assert abs(amps) <= cap + EPS or (state in (State.INSULATION_CHECK, State.PRECHARGE) \
+            and cap > PRECHARGE_A), f"I10 thermal: {amps} A at {self.last_temp} °C"
+
+    def check_command(self, c: Command) -> None:
+        state = self.s.state
+        if isinstance(c, SetContactors) and c.closed:
+            assert not self.gun_unlocked, "I4 K1/K2 closed onto an unlocked gun"
+        if isinstance(c, CurrentDecided) and c.bound_by.startswith("upstream/"):
+            # I7/I13: an upstream limit binds only while a setpoint is valid; once it
+            # expires the fallback applies (unlimited charging here)
+            assert self.upstream is not None and self.t < self.upstream[1], \
+                "I7 expired upstream setpoint still applied"
+        if isinstance(c, SetModuleOutput):
+            amps = c.current_a if c.enabled else 0.0
+            self.check_setpoint(amps, c.voltage_v)
+            self.max_amps = max(self.max_amps, abs(amps))
+            self.max_power_w = max(self.max_power_w, abs(amps) * c.voltage_v)
+            # I6: up-ramp; I14: never rises once stopping started this session
+            if amps > self.prev_cmd_a + EPS:
+                dt = self.t - self.prev_cmd_t
+                assert amps - self.prev_cmd_a <= RATINGS.ramp_up_a_per_s * dt + 1e-3, "I6 ramp"
+                assert not self.stopping_since_plug or state is State.HANDSHAKE, "I14"
+            self.prev_cmd_a, self.prev_cmd_t = amps, self.t
+        elif isinstance(c, SetContactors) and c.closed and state is State.PRECHARGE:
+            # I4: onto the battery only after insulation OK, voltage checked, output below
+            assert self.insulation_passed, "I4 insulation not checked this session"
+            assert not ({"welding", "module_contactor_mismatch"} & set(self.s.safety.latched))
+            assert self.bcp_reported_v is not None
+            assert abs(self.last_status_gun_v - self.bcp_reported_v) <= \
+                0.05 * self.bcp_reported_v + EPS, "I4 battery voltage not within 5 %"
+            gap = self.last_status_gun_v - self.last_status_out_v
+            assert 1.0 - EPS <= gap <= 10.0 + EPS, f"I4 output {gap:.2f} V below the battery"
+        elif isinstance(c, SetContactors) and not c.closed:
+            # I5: open at <= 5 A unless an emergency path (or the stop budget ran out)
+            d = self.s.data
+            low = abs(self.last_status_a) <= OPEN_AT_A + EPS
+            budget = d.fault_at is not None and self.t - d.fault_at > \
+                STOP_BUDGET_S
+            assert low or d.fault_emergency or budget or self.s.act.internal_error, \
+                f"I5 opened at {self.last_status_a:.1f} A in {state.value}"
+
+    def check_watchdogs(self) -> None:
+        s, t, late = self.s, self.t, TICK + EPS
+        # I7: BCL silent 1 s, BCS silent 5 s -> no longer charging
+        if s.state is State.CHARGING:
+            since = max(self.last_bcl_t or 0.0, self.state_since)
+            assert t - since <= BCL_TIMEOUT_S + late, "I7 BCL watchdog"
+            since = max(self.last_bcs_t or 0.0, self.state_since)
+            assert t - since <= BCS_TIMEOUT_S + late, "I7 BCS watchdog"
+        self.check_awaited_messages()
+        # I7: module silent -> de-energised, well before the module's own timeout
+        if s.state in ENERGISED:
+            since = max(self.last_status_t or 0.0, s.data.started_at)
+            assert t - since <= MODULE_TIMEOUT_S + late, "I7 module watchdog"
+        # I7: safety I/O silent 1 s (when the pile needs it) -> emergency stop; a connector
+        # sensor silent 2 s is blind -> fault (I11)
+        if self.require_io and s.state in LIVE:
+            since = max(self.last_io_t or 0.0, s.data.started_at)
+            assert t - since <= SAFETY_IO_TIMEOUT_S + late, "I7 safety I/O watchdog"
+        if s.state in LIVE and self.last_temp_t is not None:
+            assert t - self.last_temp_t <= SENSOR_SILENT_S + late, "I11 silent sensor"
+        # I10: a trip temperature ends energy transfer and latches
+        if self.last_temp >= CONNECTOR_TRIP_C:
+            assert s.state in (State.IDLE, State.FAULT), "I10 thermal trip ignored"
+        # Sequence budgets: a stalled step ends in FAULT, never waits forever.
+        budget = {State.INSULATION_CHECK: INSULATION_BUDGET_S,
+                  State.PRECHARGE: PRECHARGE_BUDGET_S,
+                  State.STOPPING: STOP_BUDGET_S}.get(s.state)
+        if budget is not None:
+            assert t - self.state_since <= budget + late, f"{s.state.value} over {budget} s"
+        # I5: an error shutdown opens K1/K2 within the stop budget, at <= 5 A or not
+        if s.state is State.FAULT and self.plant.k12_cmd:
+            assert t - self.state_since <= STOP_BUDGET_S + late, "I5 FAULT holds K1/K2 closed"
+        # I4: a lock that opens while K1/K2 are closed ends the session at once
+        if self.gun_unlocked and self.plant.k12_cmd:
+            assert s.state is State.FAULT, f"I4 unlocked gun energised in {s.state.value}"
+        # I15: outside a session nothing is energised
+        if s.state in (State.IDLE, State.FINISHED):
+            assert not self.plant.k12_cmd, f"K1/K2 commanded closed in {s.state.value}"
+        # I12: an E-stop while plugged puts the session in FAULT; an open door stops it
+        if self.estop:
+            assert s.state in (State.IDLE, State.FAULT), "I12 E-stop ignored"
+        if self.door:
+            assert s.state not in LIVE, f"door open in {s.state.value}"
+
+    def check_awaited_messages(self) -> None:
+        """I7: every message the charger waits for has a deadline (GB/T 27930-2015 §8)."""
+        s, t, late = self.s.state, self.t, TICK + EPS
+        if s in (State.HANDSHAKE, State.IDENTIFICATION):
+            awaited = "BHM" if s is State.HANDSHAKE else "BRM"
+            assert t - self.state_since <= HANDSHAKE_TIMEOUT_S + late, f"I7 {awaited} watchdog"
+        elif s is State.PARAMETER_EXCHANGE and self.bcp_max is None:
+            assert t - self.state_since <= HANDSHAKE_TIMEOUT_S + late, "I7 BCP watchdog"
+        elif s is State.PARAMETER_EXCHANGE and self.first_bro_t is None \
+                and self.first_cml_t is not None:
+            assert t - self.first_cml_t <= HANDSHAKE_TIMEOUT_S + late, "I7 BRO watchdog"
+        elif s is State.PARAMETER_EXCHANGE and self.first_bro_t is not None:
+            assert t - self.first_bro_t <= BRO_READY_TIMEOUT_S + late, "I7 BRO(0xAA) watchdog"
+
+    # ---- what the rules do ----------------------------------------------------------
+
+    def plug(self, bhm: float, bcp_max_a: float, bcp_max_v: float, battery_v: float,
+             demand: float, lie: float, grid_kw: float, mute: str, require_io: bool) -> None:
+        # The site's grid connection, below the rated power or not (I2).
+        self.ratings = replace(RATINGS, grid_limit_w=grid_kw * 1000.0)
+        # A pile with the safety bus configured needs it to start and to go on (I7).
+        self.require_io = require_io
+        self.s = GunSession(self.ratings, thermal=ThermalSupervisor(),
+                            require_safety_io=require_io)
+        battery_v = min(battery_v, bcp_max_v - 5)
+        self.ev_lies = lie != 1.0
+        self.ev = Ev(EvParams(bhm_max_v=round(bhm, 1), bcp_max_a=round(bcp_max_a, 1),
+                              bcp_max_v=round(bcp_max_v, 1), battery_v=round(battery_v, 1),
+                              reported_v=round(battery_v * lie, 1), demand_a=round(demand, 1),
+                              demand_v=round(bcp_max_v, 1), mute=mute))
+        self.plugged = True
+        self.feed_inputs()
+        self.feed(VehicleConnected(self.t, wall_clock_s=1.7e9))
+
+    def advance(self, ticks: int) -> None:
+        for _ in range(ticks):
+            self.tick()
+
+    def disturb(self, kind: str, bit: int = 0) -> None:
+        ev, plant = self.ev, self.plant
+        match kind:
+            case "ev_silent":
+                ev.talking = False
+            case "ev_stops_bcl":
+                ev.send_bcl = False
+            case "bsm_pause" | "bsm_resume":
+                ev.bsm_permit = kind == "bsm_resume"
+            case "bsm_over_temperature":
+                ev.bsm_over_temperature = True
+            case "bst":
+                self.feed(VehicleMessage(self.t, BST(frozenset({BmsStopReason.SOC_REACHED}))))
+            case "unplug":
+                ev.contactors_closed, self.plugged = False, False
+                self.feed(VehicleDisconnected(self.t))
+            case "plug_again" if not self.plugged:
+                self.ev = Ev(ev.p)
+                self.plugged = True
+                self.feed(VehicleConnected(self.t, wall_clock_s=1.7e9))
+            case "module_silent" | "module_back":
+                self.module_silent = kind == "module_silent"
+            case "module_fault":
+                plant.fault_word = 1 << bit
+            case "welded":
+                plant.welded = True
+            case "insulation_low" | "insulation_warn":
+                plant.insulation_ohm = (50.0 if kind == "insulation_low" else 300.0) * 500.0
+            case "estop" | "estop_released" | "door" | "gun_unlocked":
+                # One input changes at a time; the board reports it at once if it answers.
+                self.inputs = (kind == "estop", kind == "door", kind == "gun_unlocked")
+                if not self.io_mode:
+                    self.feed_inputs()
+            case "service":
+                plant.welded, plant.fault_word, plant.stuck_open = False, 0, False
+                plant.current_stuck, plant.imd_dead, plant.offset_v = False, False, 0.0
+                self.connector_c, self.sensor_open = 40.0, False
+                self.service_t = self.t
+                self.feed(FaultsCleared(self.t, "service"))
+            case "io_silent" | "io_lost" | "io_back":
+                self.io_mode = {"io_silent": "silent", "io_lost": "lost"}.get(kind, "")
+            case "contactor_stuck_open":
+                plant.stuck_open = True
+            case "current_stuck":
+                plant.current_stuck = True
+            case "imd_dead":
+                plant.imd_dead = True
+            case "voltage_offset":
+                plant.offset_v = -20.0  # output 20 V below its setpoint: gap never 1-10 V
+            case "operator_stop":
+                self.feed(StopRequested(self.t))
+            case "module_frozen":
+                self.module_frozen = True
+            case "ev_stops_bcs":
+                ev.send_bcs = False
+            case "cool":
+                self.connector_c = 40.0
+            case "sensor_open" | "sensor_fixed":
+                self.sensor_open = kind == "sensor_open"
+
+    def upstream_setpoint(self, amps: float, ttl: float, age: float) -> None:
+        issued, expires = self.t - age, self.t + ttl
+        policy = self.s.safety.policy
+        valid = (math.isfinite(amps) and abs(amps) <= RATINGS.max_current_a
+                 and age <= policy.max_delivery_age_s and expires > self.t
+                 and ttl <= policy.max_validity_s
+                 and self.t - self.upstream_accepted_t >= policy.min_interval_s)
+        if valid:
+            self.upstream, self.upstream_accepted_t = (max(amps, 0.0), expires), self.t
+        self.feed(UpstreamLimit(issued, "ems", amps, expires_at=expires))
