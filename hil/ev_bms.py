@@ -84,6 +84,7 @@ class BmsSimulator:
         self.over_temperature = False
         self.charge_permitted = True
         self.demand_override_a: float | None = None
+        self.muted: frozenset[str] = frozenset()  # messages it stops sending, e.g. {"BCS"}
         self._stop_requested = False
 
     @property
@@ -133,7 +134,8 @@ class BmsSimulator:
         self._advance(t)
         if self.silent_from is not None and t >= self.silent_from:
             return []
-        return [m for m in self._candidates(t) if self._due(type(m).__name__, t)]
+        return [m for m in self._candidates(t)
+                if type(m).__name__ not in self.muted and self._due(type(m).__name__, t)]
 
     def _due(self, name: str, t: float) -> bool:
         last = self._last.get(name)

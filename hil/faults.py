@@ -56,6 +56,11 @@ SCENARIOS: dict[str, FaultScenario] = {s.name: s for s in (
         lambda p, t: p.bms.silence(t), 3.0,
         "GB/T 27930-2015 §8: BCL 1 s; GB 44263-2024 §8.2.1: <= 5 A and K1/K2 open 2 s later"),
     FaultScenario(
+        "bcs-silence", "the BMS stops sending BCS (status) but goes on with BCL",
+        _set("bms.muted", frozenset({"BCS"})), 7.0,
+        "GB/T 27930-2015 §8: BCS silent 5 s -> stop; GB 44263-2024 §8.2.1: <= 5 A and "
+        "K1/K2 open 2 s later"),
+    FaultScenario(
         "module-silence", "the power module stops answering on Modbus",
         _set("module.silent", True), 2.0,
         "before the module's own watchdog; GB 44263-2024 §8.2.1: 2 s to <= 5 A and open"),
@@ -80,6 +85,11 @@ SCENARIOS: dict[str, FaultScenario] = {s.name: s for s in (
         "insulation-fault", "insulation resistance 50 ohm/V (<= 100 ohm/V) at the cable check",
         _set("io.insulation_ohm", 50.0 * 400), 5.0,
         "GB/T 18487.1-2015 B.5.1: <= 100 ohm/V stop; check ends before CRM", during_charging=False),
+    FaultScenario(
+        "imd-hung", "the insulation monitor starts a measurement and never finishes it",
+        _set("io.imd_hung", True), 25.0,
+        "GB/T 18487.1-2015 B.4.3: the insulation check has a budget (25 s; EVs give up at "
+        "30 s)", during_charging=False),
     FaultScenario(
         "welded-contactor", "K1/K2 weld during charging; found when the session stops",
         _set("module.welded_contactor", True), 12.0,

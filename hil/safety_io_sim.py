@@ -68,6 +68,7 @@ class SafetyIoSim:
         self.open_sensor = False
         self.insulation_ohm = 10e6
         self.imd_device_fault = False
+        self.imd_hung = False  # fault injection: a measurement that never completes
         # safety controller
         self.tripped = False
         self._last_heartbeat = self.io.get("heartbeat")
@@ -85,7 +86,7 @@ class SafetyIoSim:
         self.connector_c += (steady - self.connector_c) * alpha
         self.cable_c += (steady * 0.9 + self.ambient_c * 0.1 - self.cable_c) * alpha
         self._step_heartbeat(dt_s)
-        if self._imd_timer is not None:
+        if self._imd_timer is not None and not self.imd_hung:
             self._imd_timer -= dt_s
             if self._imd_timer <= 0:
                 self._imd_timer = None

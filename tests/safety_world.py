@@ -492,8 +492,8 @@ class SafetyWorld:
                 self.module_frozen = True
             case "ev_stops_bcs":
                 ev.send_bcs = False
-            case "cool":
-                self.connector_c = 40.0
+            case "cool" | "overheat":
+                self.connector_c = 40.0 if kind == "cool" else 110.0
             case "sensor_open" | "sensor_fixed":
                 self.sensor_open = kind == "sensor_open"
 

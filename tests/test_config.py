@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
+from agent.core.events import TemperatureReading
+from agent.core.thermal_guard import CONNECTOR, MODULE, ThermalSupervisor
 from agent.runtime.config import ConfigError, load_config, parse_config
 
 GOOD = """
@@ -26,6 +28,14 @@ unit_id = 3
 max_current_a = 200
 max_power_w = 120000.0
 grid_limit_w = 90000.0
+
+[thermal]
+silent_s = 1.5
+
+[thermal.connector]
+curve = [[70, 1.0], [80, 0.5], [88, 0]]
+trip_c = 100
+hysteresis_k = 4.0
 """
 
 
@@ -38,6 +48,22 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
     assert cfg.gun.max_current_a == 200.0 and isinstance(cfg.gun.max_current_a, float)
     assert cfg.gun.grid_limit_w == 90_000.0
     assert parse_config({}).gun.grid_limit_w == math.inf  # unset: no separate grid limit
+    kinds = dict(cfg.thermal.kinds)
+    assert kinds["connector"].curve.points == ((70.0, 1.0), (80.0, 0.5), (88.0, 0.0))
+    assert kinds["connector"].trip_c == 100.0 and kinds["connector"].hysteresis_k == 4.0
+    assert kinds["connector"].rate_limit_k_per_s == CONNECTOR.rate_limit_k_per_s  # default kept
+    assert kinds["module"] == MODULE and cfg.thermal.silent_s == 1.5
+
+
+def test_a_configured_curve_is_the_one_the_thermal_guard_derates_by(tmp_path: Path) -> None:
+    path = tmp_path / "pile.toml"
+    path.write_text(GOOD)
+    sup = ThermalSupervisor(load_config(path).thermal)
+    for t in (0.0, 0.1):
+        for pin in ("connector_dc_plus", "connector_dc_minus"):
+            sup.update(TemperatureReading(t, pin, 84.0), 100.0)
+    # 84 °C: 80 -> 0.5 and 88 -> 0 gives 0.25 (the built-in curve would give 0.6)
+    assert sup.evaluate(0.1, 100.0).limit_fraction == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(("doc", "field"), [
@@ -54,6 +80,17 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
     ({"modbus": {"port": 70000}}, "modbus.port"),
     ({"can": {"bitrate": True}}, "can.bitrate"),
     ({"cann": {}}, "[cann]"),
+    ({"thermal": {"connector": {"curve": [[80, 0.5], [90, 1.0]]}}}, "thermal.connector.curve"),
+    ({"thermal": {"connector": {"curve": [[80, 1.0]]}}}, "thermal.connector.curve"),
+    ({"thermal": {"cable": {"curve": "80:1,90:0"}}}, "thermal.cable.curve"),
+    ({"thermal": {"cable": {"curve": [[80, 1.0], [90, 1.5]]}}}, "thermal.cable.curve"),
+    ({"thermal": {"module": {"hysteresis_k": 0.0}}}, "thermal.module.hysteresis_k"),
+    ({"thermal": {"module": {"trip_c": float("nan")}}}, "thermal.module.trip_c"),
+    ({"thermal": {"module": {"trip_c": 40.0}}}, "thermal.module.trip_c"),
+    ({"thermal": {"module": {"trip": 80.0}}}, "thermal.module.trip"),
+    ({"thermal": {"ambient": {}}}, "thermal.ambient"),
+    ({"thermal": {"silent_s": 60.0}}, "thermal.silent_s"),
+    ({"thermal": {"short_ohm": 5000.0}}, "thermal.short_ohm"),
 ])
 def test_bad_fields_are_named(doc: dict[str, dict[str, object]], field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):

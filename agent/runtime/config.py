@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.ratings import GunRatings
+from agent.core.thermal_guard import DeratingCurve, SensorLimits, ThermalConfig
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,7 @@ class PileConfig:
     modbus: ModbusConfig = field(default_factory=ModbusConfig)
     gun: GunRatings = field(default_factory=GunRatings)
     safety_bus: SafetyBusConfig = field(default_factory=SafetyBusConfig)
+    thermal: ThermalConfig = field(default_factory=ThermalConfig)
 
 
 def _build(cls: type[Any], table: object, section: str) -> Any:
@@ -83,9 +85,8 @@ def _build(cls: type[Any], table: object, section: str) -> Any:
 
 def parse_config(doc: dict[str, Any]) -> PileConfig:
     for section in doc:
-        if section not in ("can", "modbus", "gun", "safety_bus"):
-            raise ConfigError(f"[{section}]: unknown section "
-                              "(known: can, modbus, gun, safety_bus)")
+        if section not in SECTIONS:
+            raise ConfigError(f"[{section}]: unknown section (known: {', '.join(SECTIONS)})")
     can = _build(CanConfig, doc.get("can", {}), "can")
     modbus = _build(ModbusConfig, doc.get("modbus", {}), "modbus")
     gun = _build(GunRatings, doc.get("gun", {}), "gun")
@@ -111,7 +112,84 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
         raise ConfigError("safety_bus.serial_port: required when safety_bus.transport = 'rtu'")
     if bus.transport not in ("tcp", "rtu"):
         raise ConfigError(f"safety_bus.transport: must be 'tcp' or 'rtu', got {bus.transport!r}")
-    return PileConfig(can=can, modbus=modbus, gun=gun, safety_bus=bus)
+    thermal = parse_thermal(doc.get("thermal", {}))
+    return PileConfig(can=can, modbus=modbus, gun=gun, safety_bus=bus, thermal=thermal)
+
+
+def parse_thermal(table: object) -> ThermalConfig:
+    """[thermal]: plausibility limits, and per sensor kind ([thermal.connector], .cable,
+    .module) a derating curve, trip and hysteresis; what is left out keeps its default."""
+    if not isinstance(table, dict):
+        raise ConfigError("[thermal] must be a table")
+    default = ThermalConfig()
+    limits = dict(default.kinds)
+    kinds = tuple((kind, _sensor_limits(table[kind], lim, f"thermal.{kind}")
+                   if kind in table else lim) for kind, lim in limits.items())
+    known = {f.name: getattr(default, f.name) for f in fields(ThermalConfig) if f.name != "kinds"}
+    v = _numbers({k: x for k, x in table.items() if k not in limits}, known, "thermal",
+                 also=tuple(limits))
+    for name in ("short_ohm", "open_ohm", "stuck_s", "disagreement_k", "disagreement_s",
+                 "silent_s"):
+        if not v[name] > 0:
+            raise ConfigError(f"thermal.{name}: must be > 0")
+    if not v["short_ohm"] < v["open_ohm"]:
+        raise ConfigError("thermal.short_ohm: must be below thermal.open_ohm")
+    if v["stuck_min_current_a"] < 0:
+        raise ConfigError("thermal.stuck_min_current_a: must be >= 0")
+    if v["silent_s"] > 10:
+        raise ConfigError("thermal.silent_s: a sensor silent over 10 s is blind; at most 10")
+    return ThermalConfig(kinds=kinds, **v)
+
+
+def _sensor_limits(table: object, default: SensorLimits, section: str) -> SensorLimits:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    curve = _curve(table["curve"], f"{section}.curve") if "curve" in table else default.curve
+    known = {f.name: getattr(default, f.name) for f in fields(SensorLimits) if f.name != "curve"}
+    v = _numbers({k: x for k, x in table.items() if k != "curve"}, known, section,
+                 also=("curve",))
+    if not v["trip_c"] > curve.points[0][0]:
+        raise ConfigError(f"{section}.trip_c: must be above the curve's first point "
+                          f"({curve.points[0][0]} °C)")
+    # Hysteresis is what keeps the limit from toggling under noise (invariant I10).
+    if not 0 < v["hysteresis_k"] <= 10:
+        raise ConfigError(f"{section}.hysteresis_k: must be in (0, 10] K")
+    if not v["rate_limit_k_per_s"] > 0 or not 0 <= v["rate_fraction"] <= 1 \
+            or v["rate_hold_s"] < 0:
+        raise ConfigError(f"{section}: rate_limit_k_per_s must be > 0, rate_fraction in "
+                          "[0, 1], rate_hold_s >= 0")
+    return SensorLimits(curve, **v)
+
+
+def _numbers(table: dict[str, Any], known: dict[str, float], section: str,
+             also: tuple[str, ...] = ()) -> dict[str, float]:
+    """`known` with the finite numbers of `table` put in; any other key is an error."""
+    out = dict(known)
+    for key, value in table.items():
+        if key not in known:
+            names = ", ".join(sorted((*known, *also)))
+            raise ConfigError(f"{section}.{key}: unknown setting (known: {names})")
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value):
+            raise ConfigError(f"{section}.{key}: expected a finite number, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def _curve(value: object, name: str) -> DeratingCurve:
+    """`[[°C, fraction], ...]`: temperatures rising, fractions not."""
+    if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in p)
+            for p in value):
+        raise ConfigError(f"{name}: expected [[°C, fraction], ...], got {value!r}")
+    try:
+        return DeratingCurve(tuple((float(t), float(f)) for t, f in value))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
+SECTIONS = ("can", "modbus", "gun", "safety_bus", "thermal")
 
 
 def load_config(path: str | Path) -> PileConfig:

@@ -85,8 +85,8 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
         if can_log:
             log = CandumpWriter(stack.enter_context(open(can_log, "w")), channel="can0",
                                 epoch=time.time() - clock.now())
-        session = GunSession(config.gun, thermal=ThermalSupervisor() if safety else None,
-                             require_safety_io=safety is not None)
+        thermal = ThermalSupervisor(config.thermal) if safety else None
+        session = GunSession(config.gun, thermal=thermal, require_safety_io=safety is not None)
         runtime = GunRuntime(session, GbtLink(bus, Role.CHARGER, log=log), owner,
                              report, module_period_s=None, safety=safety)
         owner_task = asyncio.create_task(owner.run(clock, inbox.append))
