@@ -2,8 +2,11 @@
 interlock, run the safety tests, and report whether they failed (they must), which test
 failed, and on what example.
 
-    python -m tests.mutation_check                # all mutations, a summary table
+    python -m tests.mutation_check                # all mutations, a summary table (~30 min)
     python -m tests.mutation_check limit:EV_MAX   # one, with hypothesis's shrunk example
+
+The table stops each failing test at its first counterexample (SAFETY_NO_SHRINK=1);
+run one mutation on its own for the shrunk one.
     MUTATION_LOGS=DIR python -m tests.mutation_check   # keep each mutant's full output
 
 The safety tests are the stateful suite (tests/test_safety_stateful.py: everything at
@@ -144,7 +147,7 @@ def run_one(name: str) -> int:
 def _run_in_child(name: str) -> tuple[str, bool, str, str]:
     """(mutation, caught, the tests that failed, the stateful suite's first error)."""
     env = {**os.environ, "SAFETY_EXAMPLES": os.environ.get("SAFETY_EXAMPLES", "500"),
-           "SAFETY_NO_DB": "1"}
+           "SAFETY_NO_DB": "1", "SAFETY_NO_SHRINK": "1"}
     out = subprocess.run([sys.executable, "-m", "tests.mutation_check", name], env=env,
                          capture_output=True, text=True)
     log_dir = os.environ.get("MUTATION_LOGS")

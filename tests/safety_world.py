@@ -11,7 +11,10 @@ rules; `tests/test_safety_watchdogs.py` breaks one thing at a time.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
+
+from hypothesis import Phase, settings
 
 from agent.core.commands import (
     Command,
@@ -44,6 +47,11 @@ from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
 from tests.safety_model import Ev, EvParams, PlantModel
 
+# The mutation check runs each mutant on fresh examples (no database), and for its summary
+# table stops at the first failing example instead of shrinking it (minutes per mutant).
+DATABASE = None if os.environ.get("SAFETY_NO_DB") else settings.default.database
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate) if os.environ.get("SAFETY_NO_SHRINK") \
+    else tuple(Phase)
 TICK = 0.01
 EPS = 1e-6
 RATINGS = GunRatings(max_voltage_v=750.0, min_voltage_v=200.0, max_current_a=250.0,

@@ -24,7 +24,7 @@ from hypothesis.stateful import (
 )
 
 from agent.core.states import State
-from tests.safety_world import MUTE, RATINGS, SafetyWorld
+from tests.safety_world import DATABASE, MUTE, PHASES, RATINGS, SafetyWorld
 
 # Examples that must run >= MIN_STEPS steps. Hypothesis ends some early on purpose (it
 # explores the rare "stop here" branch of its step loop: 7-17 % of examples here), so it
@@ -143,8 +143,7 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
 
 SETTINGS = settings(
     max_examples=EXAMPLES * 13 // 10, stateful_step_count=110, deadline=None,
-    # The mutation check runs each mutant on fresh examples, not on another's failures.
-    database=None if os.environ.get("SAFETY_NO_DB") else settings.default.database,
+    database=DATABASE, phases=PHASES,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 

@@ -16,14 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.states import State
-from tests.safety_world import MUTE, TICK, SafetyWorld
+from tests.safety_world import DATABASE, MUTE, PHASES, TICK, SafetyWorld
 
 honest_cars = st.fixed_dictionaries({
     "bhm": st.floats(450, 800), "bcp_max_a": st.floats(60, 400),
     "bcp_max_v": st.floats(450, 800), "battery_v": st.floats(300, 440),
     "demand": st.floats(60, 400), "lie": st.just(1.0), "grid_kw": st.just(float("inf")),
 })
-SETTINGS = settings(max_examples=12, deadline=None)
+SETTINGS = settings(max_examples=12, deadline=None, database=DATABASE, phases=PHASES)
 
 
 def _world(car: dict[str, Any], lag: int, mute: str = "", require_io: bool = False) -> SafetyWorld:

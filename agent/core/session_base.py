@@ -114,6 +114,7 @@ class SessionBase:
             SetContactors(closed=False),
         ]
         self.act.module_enabled, self.act.current_a, self.act.contactors_closed = False, 0.0, False
+        self.act.contactors_changed_at = self.now
         self.act.voltage_v = 0.0
         self.act.internal_error = reason
         try:
