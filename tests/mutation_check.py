@@ -4,6 +4,7 @@ failed, and on what example.
 
     python -m tests.mutation_check                # all mutations, a summary table (~30 min)
     python -m tests.mutation_check limit:EV_MAX   # one, with hypothesis's shrunk example
+    python -m tests.mutation_check watchdog:BHM tests/test_safety_stateful.py   # one file
 
 The table stops each failing test at its first counterexample (SAFETY_NO_SHRINK=1);
 run one mutation on its own for the shrunk one.
@@ -130,7 +131,7 @@ MUTATIONS: dict[str, Mutation] = {
 }
 
 
-def run_one(name: str) -> int:
+def run_one(name: str, tests: list[str]) -> int:
     import pytest
 
     from agent.core import session as session_module
@@ -141,7 +142,7 @@ def run_one(name: str) -> int:
                                               arbiter.decide_current):
         # No pytest-timeout here: shrinking a stateful counterexample takes minutes.
         return pytest.main(["-q", "-p", "no:cacheprovider", "--no-header", "--timeout=0",
-                            *SAFETY_TESTS])
+                            *(tests or SAFETY_TESTS)])
 
 
 def _run_in_child(name: str) -> tuple[str, bool, str, str]:
@@ -164,7 +165,7 @@ def _run_in_child(name: str) -> tuple[str, bool, str, str]:
 
 def main(argv: list[str]) -> int:
     if argv:
-        return run_one(argv[0])
+        return run_one(argv[0], argv[1:])
     # Two at a time: the machines have two cores; shrinking a failure can take minutes.
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(_run_in_child, MUTATIONS))

@@ -121,7 +121,7 @@ class PlantModel:
     fault_word: int = 0
     temperature_c: float = 35.0
     # Ways the plant fails the core must notice: a contactor that will not close, a
-    # current loop that ignores its setpoint, an IMD that never answers, a voltage offset
+    # current loop that follows no decrease, an IMD that never answers, a voltage offset
     # that keeps the precharge gap out of its 1-10 V window.
     stuck_open: bool = False
     current_stuck: bool = False
@@ -145,15 +145,16 @@ class PlantModel:
 
     def step(self, dt: float, ev: Ev) -> None:
         loaded = self.k12 and ev.contactors_closed
-        if loaded and self.current_stuck:
-            pass
-        elif self.enabled and loaded:
+        before = self.current_a
+        if self.enabled and loaded:
             cv_ok = self.set_v > ev.p.battery_v
             target = min(max(self.set_a, 0.0), self.capability_a) if cv_ok else 0.0
             self.current_a += (target - self.current_a) * min(1.0, dt / 0.05)
             self.current_a = min(self.current_a, max(self.set_a, 0.0), self.capability_a)
         else:
             self.current_a = 0.0 if not loaded else self.current_a * max(0.0, 1 - dt / 0.05)
+        if loaded and self.current_stuck:
+            self.current_a = max(self.current_a, before)  # follows rises, never a fall
         if loaded:
             self.out_v = ev.p.battery_v + 0.05 * self.current_a
         elif self.enabled:

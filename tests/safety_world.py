@@ -61,6 +61,8 @@ LIVE = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
         State.PARAMETER_EXCHANGE, State.PRECHARGE, State.CHARGING, State.STOPPING,
         State.WELDING_CHECK)
 MUTE = ("BHM", "BRM", "BCP", "BRO", "BRO_AA", "BCL", "BCS")
+# Plant failures behind the long deadlines (stop 10 s, insulation 25 s, precharge 60 s).
+FLAWS = ("current_stuck", "imd_dead", "voltage_offset")
 POLL = 0.1
 BCL_TIMEOUT_S = 1.0  # GB/T 27930-2015 §8: BCL silent 1 s -> stop
 BCS_TIMEOUT_S = 5.0  # GB/T 27930-2015 §8: BCS 5 s
@@ -256,8 +258,9 @@ class SafetyWorld:
         """The I/O board: E-stop, door, gun lock and the two connector PT1000s."""
         if self.io_mode == "lost":
             self.feed(SafetyIoLost(self.t, "no answer"))
-            if self.require_io and self.s.state in LIVE:
-                assert self.s.state is State.FAULT, "I7 safety I/O lost, session goes on"
+            if self.require_io and self.s.state not in (State.IDLE, State.FINISHED):
+                assert self.s.state is State.FAULT and not self.plant.k12_cmd, \
+                    f"I7 safety I/O lost, {self.s.state.value} goes on"
             return
         if self.io_mode == "silent":
             return
@@ -372,13 +375,15 @@ class SafetyWorld:
             since = max(self.last_bcs_t or 0.0, self.state_since)
             assert t - since <= BCS_TIMEOUT_S + late, "I7 BCS watchdog"
         self.check_awaited_messages()
-        # I7: module silent -> de-energised, well before the module's own timeout
-        if s.state in ENERGISED:
+        # I7: module silent -> de-energised, well before the module's own timeout; an error
+        # shutdown still ramping down with K1/K2 closed counts too
+        at_stake = s.state in LIVE or (s.state is State.FAULT and self.plant.k12_cmd)
+        if s.state in ENERGISED or (s.state is State.FAULT and self.plant.k12_cmd):
             since = max(self.last_status_t or 0.0, s.data.started_at)
             assert t - since <= MODULE_TIMEOUT_S + late, "I7 module watchdog"
         # I7: safety I/O silent 1 s (when the pile needs it) -> emergency stop; a connector
         # sensor silent 2 s is blind -> fault (I11)
-        if self.require_io and s.state in LIVE:
+        if self.require_io and at_stake:
             since = max(self.last_io_t or 0.0, s.data.started_at)
             assert t - since <= SAFETY_IO_TIMEOUT_S + late, "I7 safety I/O watchdog"
         if s.state in LIVE and self.last_temp_t is not None:
@@ -405,7 +410,7 @@ class SafetyWorld:
         if self.estop:
             assert s.state in (State.IDLE, State.FAULT), "I12 E-stop ignored"
         if self.door:
-            assert s.state not in LIVE, f"door open in {s.state.value}"
+            assert not at_stake, f"door open in {s.state.value}, K1/K2 {self.plant.k12_cmd}"
 
     def check_awaited_messages(self) -> None:
         """I7: every message the charger waits for has a deadline (GB/T 27930-2015 §8)."""
@@ -424,7 +429,8 @@ class SafetyWorld:
     # ---- what the rules do ----------------------------------------------------------
 
     def plug(self, bhm: float, bcp_max_a: float, bcp_max_v: float, battery_v: float,
-             demand: float, lie: float, grid_kw: float, mute: str, require_io: bool) -> None:
+             demand: float, lie: float, grid_kw: float, mute: str, require_io: bool,
+             flaw: str = "") -> None:
         # The site's grid connection, below the rated power or not (I2).
         self.ratings = replace(RATINGS, grid_limit_w=grid_kw * 1000.0)
         # A pile with the safety bus configured needs it to start and to go on (I7).
@@ -437,6 +443,8 @@ class SafetyWorld:
                               bcp_max_v=round(bcp_max_v, 1), battery_v=round(battery_v, 1),
                               reported_v=round(battery_v * lie, 1), demand_a=round(demand, 1),
                               demand_v=round(bcp_max_v, 1), mute=mute))
+        if flaw:
+            self.disturb(flaw)  # a plant that is broken from the start
         self.plugged = True
         self.feed_inputs()
         self.feed(VehicleConnected(self.t, wall_clock_s=1.7e9))

@@ -24,7 +24,7 @@ from hypothesis.stateful import (
 )
 
 from agent.core.states import State
-from tests.safety_world import DATABASE, MUTE, PHASES, RATINGS, SafetyWorld
+from tests.safety_world import DATABASE, FLAWS, MUTE, PHASES, RATINGS, SafetyWorld
 
 # Examples that must run >= MIN_STEPS steps. Hypothesis ends some early on purpose (it
 # explores the rare "stop here" branch of its step loop: 7-17 % of examples here), so it
@@ -35,8 +35,8 @@ LONG_EXAMPLES = {"count": 0}
 COVERAGE: dict[str, int] = {}
 # States in which the core waits on the car or the plant: `wait_out` fast-forwards there,
 # so the long deadlines (BRO(0xAA) 60 s, precharge 60 s, insulation 25 s) are reached.
-WAITING = (State.INSULATION_CHECK, State.PARAMETER_EXCHANGE, State.PRECHARGE, State.STOPPING,
-           State.FAULT)
+WAITING = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
+           State.PARAMETER_EXCHANGE, State.PRECHARGE, State.STOPPING, State.FAULT)
 DISTURBANCES = (
     "ev_silent", "ev_stops_bcl", "bsm_pause", "bsm_resume", "bsm_over_temperature",
     "bst", "unplug", "plug_again", "module_silent", "module_back", "module_fault",
@@ -84,10 +84,14 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
                 grid_kw=st.one_of(st.just(math.inf), st.floats(20, 200)),
                 # One EV in four never sends one of the messages the charger awaits.
                 mute=st.sampled_from(("",) * 21 + MUTE),
-                require_io=st.booleans())
+                require_io=st.booleans(),
+                # One plant in six is broken from the start in a way only a deadline finds.
+                flaw=st.sampled_from(("",) * 15 + FLAWS))
     def plug_in(self, bhm: float, bcp_max_a: float, bcp_max_v: float, battery_v: float,
-                demand: float, lie: float, grid_kw: float, mute: str, require_io: bool) -> None:
-        self.plug(bhm, bcp_max_a, bcp_max_v, battery_v, demand, lie, grid_kw, mute, require_io)
+                demand: float, lie: float, grid_kw: float, mute: str, require_io: bool,
+                flaw: str) -> None:
+        self.plug(bhm, bcp_max_a, bcp_max_v, battery_v, demand, lie, grid_kw, mute, require_io,
+                  flaw)
 
     # Time is drawn far more often than disturbances, so most examples reach energy
     # transfer (about 3 s of simulated time) before things go wrong.

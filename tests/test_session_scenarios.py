@@ -17,7 +17,9 @@ from agent.core.commands import (
 from agent.core.events import (
     FaultsCleared,
     InsulationStatus,
+    ModuleLinkLost,
     SafetyInputs,
+    SafetyIoLost,
     StopRequested,
     UpstreamLimit,
     VehicleDisconnected,
@@ -271,6 +273,27 @@ def test_a_lock_that_opens_while_charging_stops_at_5_amps_then_opens() -> None:
     p.feed(SafetyInputs(p.t, emergency_stop=False, door_open=False, gun_locked=True))
     p.feed(FaultsCleared(p.t, "service"))
     assert p.session.state is State.IDLE
+
+
+@pytest.mark.parametrize("lost", ["module", "safety_io", "door"])
+def test_losing_the_module_or_safety_bus_during_an_error_shutdown_opens_at_once(
+        lost: str) -> None:
+    """Found by the stateful suite: an error stop ramps down with K1/K2 closed; if the
+    module link, the safety bus or the door goes in that time, nothing confirms the ramp
+    any more, so K1/K2 open at once instead of at the 10 s stop budget."""
+    p = _pile()
+    _charge_for(p, 3.0)
+    # A pile with its safety bus configured (the in-process pile has no I/O board to poll).
+    p.session.require_safety_io = lost == "safety_io"
+    p.feed(SafetyInputs(p.t, emergency_stop=False, door_open=False, gun_locked=False))
+    assert p.session.state is State.FAULT and p.session.act.contactors_closed
+    event = {"module": ModuleLinkLost(p.t, "no answer"),
+             "safety_io": SafetyIoLost(p.t, "no answer"),
+             "door": SafetyInputs(p.t, emergency_stop=False, door_open=True,
+                                  gun_locked=False)}[lost]
+    commands = p.feed(event)
+    assert SetContactors(False) in commands
+    assert not p.session.act.contactors_closed
 
 
 def test_unplugging_during_a_shutdown_opens_the_contactors_before_idle() -> None:

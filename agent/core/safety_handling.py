@@ -49,7 +49,7 @@ class SafetyHandling(SessionBase):
                 self._check_inputs()
             case SafetyIoLost(detail=detail):
                 self.plant.safety_io_lost = detail
-                if self.require_safety_io and self.state in _LIVE:
+                if self.require_safety_io and self._at_stake():
                     self._fault(f"safety I/O lost: {detail}", code="safety_io", emergency=True)
             case InsulationStatus():
                 self._on_insulation(event)
@@ -78,7 +78,7 @@ class SafetyHandling(SessionBase):
                 self._fault(f"gun lock opened while K1/K2 are closed ({T.GUN_LOCK_LOST})",
                             code="gun_lock", faults=frozenset({ChargerFault.CONNECTOR}))
             return
-        if fault.latched or self.state in _LIVE:
+        if fault.latched or self._at_stake():
             cst = ChargerFault.EMERGENCY_STOP if fault.code == "emergency_stop" else \
                 ChargerFault.OTHER
             self._fault(fault.detail, code=fault.code, emergency=True, latched=fault.latched,
@@ -127,13 +127,13 @@ class SafetyHandling(SessionBase):
             if fraction < 1.0:
                 self.thermal_limit_a = fraction * self.ratings.max_current_a
             for f in verdict.faults:
-                if f.latched or self.state in _LIVE:
+                if f.latched or self._at_stake():
                     kind = next((v for k, v in _CST_FOR_SENSOR.items() if k in f.sensor),
                                 ChargerFault.OTHER)
                     self._fault(f"{f.sensor}: {f.detail}", code=f"thermal_{f.kind}",
                                 emergency=f.kind == "over_temperature", latched=f.latched,
                                 faults=frozenset({kind}))
-        if self.require_safety_io and self.state in _LIVE:
+        if self.require_safety_io and self._at_stake():
             since = self.plant.safety_io_at
             if since is None or self.now - since > T.SAFETY_IO_STALE.seconds:
                 self._fault("safety I/O silent (E-stop, door, temperatures unknown)",

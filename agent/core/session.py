@@ -141,7 +141,7 @@ class GunSession(SequenceSteps, SafetyHandling):
                 self._on_module_status(event)
             case ModuleLinkLost(detail=detail):
                 self.plant.link_lost_detail = detail
-                if self.state not in (State.IDLE, State.FINISHED, State.FAULT):
+                if self._at_stake():
                     self._fault(f"power module link lost: {detail}", code="module_link",
                                 emergency=True)
             case DriverError(source=source, detail=detail, fatal=fatal):
@@ -303,7 +303,7 @@ class GunSession(SequenceSteps, SafetyHandling):
 
     def _check_watchdogs(self) -> None:
         d, now = self.data, self.now
-        if self.state not in (State.IDLE, State.FINISHED, State.FAULT):
+        if self._at_stake():
             since = self.plant.sampled_at
             if since is None or since < d.started_at:
                 since = d.started_at

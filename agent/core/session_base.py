@@ -127,6 +127,13 @@ class SessionBase:
         except Exception:  # the commands above are already safe
             pass
 
+    def _at_stake(self) -> bool:
+        """In a session, or in an error shutdown that still holds K1/K2 closed while it
+        ramps down: losing the module or the safety bus then means opening at once."""
+        if self.state is State.FAULT:
+            return self.act.contactors_closed
+        return self.state not in (State.IDLE, State.FINISHED)
+
     # ---- actuators: only these append hardware commands ------------------------
 
     def _command_module(self, *, enabled: bool, voltage_v: float, current_a: float,
