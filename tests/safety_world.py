@@ -61,8 +61,9 @@ LIVE = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
         State.PARAMETER_EXCHANGE, State.PRECHARGE, State.CHARGING, State.STOPPING,
         State.WELDING_CHECK)
 MUTE = ("BHM", "BRM", "BCP", "BRO", "BRO_AA", "BCL", "BCS")
-# Plant failures behind the long deadlines (stop 10 s, insulation 25 s, precharge 60 s).
-FLAWS = ("current_stuck", "imd_dead", "voltage_offset")
+# Plant failures that only a deadline or a single moment finds: the long budgets (stop
+# 10 s, insulation 25 s, precharge 60 s), the insulation verdict, a hung module bus owner.
+FLAWS = ("current_stuck", "imd_dead", "voltage_offset", "insulation_low", "module_frozen")
 POLL = 0.1
 BCL_TIMEOUT_S = 1.0  # GB/T 27930-2015 §8: BCL silent 1 s -> stop
 BCS_TIMEOUT_S = 5.0  # GB/T 27930-2015 §8: BCS 5 s

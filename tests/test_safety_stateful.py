@@ -85,8 +85,8 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
                 # One EV in four never sends one of the messages the charger awaits.
                 mute=st.sampled_from(("",) * 21 + MUTE),
                 require_io=st.booleans(),
-                # One plant in six is broken from the start in a way only a deadline finds.
-                flaw=st.sampled_from(("",) * 15 + FLAWS))
+                # One plant in five is broken from the start in a way only a deadline finds.
+                flaw=st.sampled_from(("",) * 20 + FLAWS))
     def plug_in(self, bhm: float, bcp_max_a: float, bcp_max_v: float, battery_v: float,
                 demand: float, lie: float, grid_kw: float, mute: str, require_io: bool,
                 flaw: str) -> None:
