@@ -149,6 +149,11 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
     def upstream(self, amps: float, ttl: float, age: float) -> None:
         self.upstream_setpoint(amps, ttl, age)
 
+    # A valid limit low enough to bind and short enough to expire within the example (I7).
+    @rule(amps=st.floats(0, 60), ttl=st.floats(0.5, 10))
+    def upstream_caps(self, amps: float, ttl: float) -> None:
+        self.upstream_setpoint(amps, ttl, 0.0)
+
 
 SETTINGS = settings(
     max_examples=EXAMPLES * 13 // 10, stateful_step_count=110, deadline=None,
