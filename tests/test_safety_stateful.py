@@ -35,8 +35,10 @@ LONG_EXAMPLES = {"count": 0}
 COVERAGE: dict[str, int] = {}
 # States in which the core waits on the car or the plant: `wait_out` fast-forwards there,
 # so the long deadlines (BRO(0xAA) 60 s, precharge 60 s, insulation 25 s) are reached.
-WAITING = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
-           State.PARAMETER_EXCHANGE, State.PRECHARGE, State.STOPPING, State.FAULT)
+# Each with how long it lasts in a session where nothing is wrong (seconds).
+WAITING = {State.HANDSHAKE: 0.5, State.INSULATION_CHECK: 2.0, State.IDENTIFICATION: 0.5,
+           State.PARAMETER_EXCHANGE: 2.0, State.PRECHARGE: 2.0, State.STOPPING: 2.0,
+           State.FAULT: 2.0}
 DISTURBANCES = (
     "ev_silent", "ev_stops_bcl", "bsm_pause", "bsm_resume", "bsm_over_temperature",
     "bst", "unplug", "plug_again", "module_silent", "module_back", "module_fault",
@@ -111,7 +113,8 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
     # When the core has waited on the car or the plant for longer than a normal session
     # would, time runs on until it moves (or 70 s pass): a stalled step meets its deadline
     # (BRO(0xAA) and precharge 60 s) in one rule. A FAULT waits only with K1/K2 closed.
-    @precondition(lambda self: self.s.state in WAITING and self.t - self.state_since > 2.0
+    @precondition(lambda self: self.s.state in WAITING
+                  and self.t - self.state_since > WAITING[self.s.state]
                   and (self.s.state is not State.FAULT or self.plant.k12_cmd))
     @rule()
     def wait_out(self) -> None:
