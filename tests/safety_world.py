@@ -378,8 +378,9 @@ class SafetyWorld:
         self.check_awaited_messages()
         # I7: module silent -> de-energised, well before the module's own timeout; an error
         # shutdown still ramping down with K1/K2 closed counts too
-        at_stake = s.state in LIVE or (s.state is State.FAULT and self.plant.k12_cmd)
-        if s.state in ENERGISED or (s.state is State.FAULT and self.plant.k12_cmd):
+        ramping_down = s.state is State.FAULT and self.plant.k12_cmd
+        at_stake = s.state in LIVE or ramping_down
+        if s.state in ENERGISED or ramping_down:
             since = max(self.last_status_t or 0.0, s.data.started_at)
             assert t - since <= MODULE_TIMEOUT_S + late, "I7 module watchdog"
         # I7: safety I/O silent 1 s (when the pile needs it) -> emergency stop; a connector

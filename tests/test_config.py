@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,10 @@ unit_id = 3
 max_current_a = 200
 max_power_w = 120000.0
 grid_limit_w = 90000.0
+
+[safety_bus]
+enabled = true
+serial_port = "/dev/ttyUSB1"
 
 [thermal]
 silent_s = 1.5
@@ -91,6 +96,7 @@ def test_a_configured_curve_is_the_one_the_thermal_guard_derates_by(tmp_path: Pa
     ({"thermal": {"ambient": {}}}, "thermal.ambient"),
     ({"thermal": {"silent_s": 60.0}}, "thermal.silent_s"),
     ({"thermal": {"short_ohm": 5000.0}}, "thermal.short_ohm"),
+    ({"thermal": {"silent_s": 1.5}}, "[thermal]"),  # no safety bus: never applied
 ])
 def test_bad_fields_are_named(doc: dict[str, dict[str, object]], field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -112,3 +118,10 @@ def test_cli_run_with_a_bad_config_exits_2_naming_the_field(
     path.write_text("[gun]\nmax_current_a = -1\n")
     assert main(["run", "--config", str(path)]) == 2
     assert "gun.max_current_a" in capsys.readouterr().err
+
+
+def test_the_readme_example_loads() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("```toml", 1)[1].split("```", 1)[0]
+    cfg = parse_config(tomllib.loads(block))
+    assert cfg.safety_bus.enabled and dict(cfg.thermal.kinds)["connector"].trip_c == 105.0

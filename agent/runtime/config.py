@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +61,22 @@ class PileConfig:
     thermal: ThermalConfig = field(default_factory=ThermalConfig)
 
 
-def _build(cls: type[Any], table: object, section: str) -> Any:
+SECTIONS = ("can", "modbus", "gun", "safety_bus", "thermal")
+
+
+def _build(cls: type[Any], table: object, section: str, base: Any = None) -> Any:
+    """`cls` from a TOML table, each field checked against the type of its default; the
+    defaults are `base`'s when given (a table that overrides part of a built-in set)."""
     if not isinstance(table, dict):
         raise ConfigError(f"[{section}] must be a table")
-    known = {f.name: f for f in fields(cls)}
+    base = cls() if base is None else base
+    known = {f.name for f in fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         name = f"{section}.{key}"
         if key not in known:
             raise ConfigError(f"{name}: unknown setting (known: {', '.join(sorted(known))})")
-        default = getattr(cls(), key)
+        default = getattr(base, key)
         if isinstance(default, bool) != isinstance(value, bool):
             raise ConfigError(f"{name}: expected {type(default).__name__}, got {value!r}")
         if isinstance(default, float):
@@ -80,7 +86,7 @@ def _build(cls: type[Any], table: object, section: str) -> Any:
         elif not isinstance(value, type(default)):
             raise ConfigError(f"{name}: expected {type(default).__name__}, got {value!r}")
         kwargs[key] = value
-    return cls(**kwargs)
+    return replace(base, **kwargs)
 
 
 def parse_config(doc: dict[str, Any]) -> PileConfig:
@@ -113,6 +119,11 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
     if bus.transport not in ("tcp", "rtu"):
         raise ConfigError(f"safety_bus.transport: must be 'tcp' or 'rtu', got {bus.transport!r}")
     thermal = parse_thermal(doc.get("thermal", {}))
+    if "thermal" in doc and not bus.enabled:
+        # The temperatures come from the I/O board on the safety bus; without it the
+        # curves would be read and silently never applied.
+        raise ConfigError("[thermal]: needs [safety_bus] enabled = true (the PT1000s are "
+                          "read from the I/O board)")
     return PileConfig(can=can, modbus=modbus, gun=gun, safety_bus=bus, thermal=thermal)
 
 
@@ -121,59 +132,40 @@ def parse_thermal(table: object) -> ThermalConfig:
     .module) a derating curve, trip and hysteresis; what is left out keeps its default."""
     if not isinstance(table, dict):
         raise ConfigError("[thermal] must be a table")
-    default = ThermalConfig()
-    limits = dict(default.kinds)
+    limits = dict(ThermalConfig().kinds)
     kinds = tuple((kind, _sensor_limits(table[kind], lim, f"thermal.{kind}")
                    if kind in table else lim) for kind, lim in limits.items())
-    known = {f.name: getattr(default, f.name) for f in fields(ThermalConfig) if f.name != "kinds"}
-    v = _numbers({k: x for k, x in table.items() if k not in limits}, known, "thermal",
-                 also=tuple(limits))
+    c = _build(ThermalConfig, {k: v for k, v in table.items() if k not in limits}, "thermal")
     for name in ("short_ohm", "open_ohm", "stuck_s", "disagreement_k", "disagreement_s",
                  "silent_s"):
-        if not v[name] > 0:
+        if not getattr(c, name) > 0:
             raise ConfigError(f"thermal.{name}: must be > 0")
-    if not v["short_ohm"] < v["open_ohm"]:
+    if not c.short_ohm < c.open_ohm:
         raise ConfigError("thermal.short_ohm: must be below thermal.open_ohm")
-    if v["stuck_min_current_a"] < 0:
+    if c.stuck_min_current_a < 0:
         raise ConfigError("thermal.stuck_min_current_a: must be >= 0")
-    if v["silent_s"] > 10:
+    if c.silent_s > 10:
         raise ConfigError("thermal.silent_s: a sensor silent over 10 s is blind; at most 10")
-    return ThermalConfig(kinds=kinds, **v)
+    return replace(c, kinds=kinds)  # type: ignore[no-any-return]
 
 
 def _sensor_limits(table: object, default: SensorLimits, section: str) -> SensorLimits:
     if not isinstance(table, dict):
         raise ConfigError(f"[{section}] must be a table")
     curve = _curve(table["curve"], f"{section}.curve") if "curve" in table else default.curve
-    known = {f.name: getattr(default, f.name) for f in fields(SensorLimits) if f.name != "curve"}
-    v = _numbers({k: x for k, x in table.items() if k != "curve"}, known, section,
-                 also=("curve",))
-    if not v["trip_c"] > curve.points[0][0]:
+    lim = _build(SensorLimits, {k: v for k, v in table.items() if k != "curve"}, section,
+                 base=replace(default, curve=curve))
+    if not lim.trip_c > curve.points[0][0]:
         raise ConfigError(f"{section}.trip_c: must be above the curve's first point "
                           f"({curve.points[0][0]} °C)")
     # Hysteresis is what keeps the limit from toggling under noise (invariant I10).
-    if not 0 < v["hysteresis_k"] <= 10:
+    if not 0 < lim.hysteresis_k <= 10:
         raise ConfigError(f"{section}.hysteresis_k: must be in (0, 10] K")
-    if not v["rate_limit_k_per_s"] > 0 or not 0 <= v["rate_fraction"] <= 1 \
-            or v["rate_hold_s"] < 0:
+    if not lim.rate_limit_k_per_s > 0 or not 0 <= lim.rate_fraction <= 1 \
+            or lim.rate_hold_s < 0:
         raise ConfigError(f"{section}: rate_limit_k_per_s must be > 0, rate_fraction in "
                           "[0, 1], rate_hold_s >= 0")
-    return SensorLimits(curve, **v)
-
-
-def _numbers(table: dict[str, Any], known: dict[str, float], section: str,
-             also: tuple[str, ...] = ()) -> dict[str, float]:
-    """`known` with the finite numbers of `table` put in; any other key is an error."""
-    out = dict(known)
-    for key, value in table.items():
-        if key not in known:
-            names = ", ".join(sorted((*known, *also)))
-            raise ConfigError(f"{section}.{key}: unknown setting (known: {names})")
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not math.isfinite(value):
-            raise ConfigError(f"{section}.{key}: expected a finite number, got {value!r}")
-        out[key] = float(value)
-    return out
+    return lim  # type: ignore[no-any-return]
 
 
 def _curve(value: object, name: str) -> DeratingCurve:
@@ -187,9 +179,6 @@ def _curve(value: object, name: str) -> DeratingCurve:
         return DeratingCurve(tuple((float(t), float(f)) for t, f in value))
     except ValueError as exc:
         raise ConfigError(f"{name}: {exc}") from exc
-
-
-SECTIONS = ("can", "modbus", "gun", "safety_bus", "thermal")
 
 
 def load_config(path: str | Path) -> PileConfig:
