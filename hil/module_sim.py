@@ -202,10 +202,10 @@ class ModuleSim:
         p = self.params
         ocv, r = vehicle.open_circuit_voltage_v, vehicle.internal_resistance_ohm
         cap_i, cap_p = self.capability()
+        sign = 1.0 if self._get("mode") == MODE_CHARGE else -1.0
         if not self.output_on:
             self.current_a = 0.0
         else:
-            sign = 1.0 if self._get("mode") == MODE_CHARGE else -1.0
             target = sign * min(self._get("setpoint_current"), cap_i)
             alpha = 1.0 - math.exp(-dt_s / p.current_tau_s)
             delta = (target - self.current_a) * alpha
@@ -215,15 +215,25 @@ class ModuleSim:
             power_a = cap_p / max(ocv, 1.0)
             bound = min(cap_i, power_a)
             self.current_a = min(max(self.current_a, -bound), bound)
-            v_set = self._get("setpoint_voltage")
-            cv_a = (v_set - ocv) / r if r > 0 else (math.inf if v_set >= ocv else -math.inf)
-            if sign > 0:
-                self.current_a = min(max(self.current_a, 0.0), max(cv_a, 0.0))
-            else:
-                self.current_a = max(min(self.current_a, 0.0), min(cv_a, 0.0))
+            self._clamp_cv(sign, ocv, r)
         vehicle.accept_current(self.current_a, dt_s)
+        if self.output_on:
+            # The step moved the battery's OCV (charging raises it); the voltage loop holds
+            # the terminal voltage to the setpoint at the end of the interval too. The energy
+            # of the interval used the current before this trim (under 1 A at most).
+            self._clamp_cv(sign, vehicle.open_circuit_voltage_v, r)
         self.gun_voltage_v = terminal_voltage_v(vehicle, self.current_a)
         self.output_voltage_v = self.gun_voltage_v
+
+    def _clamp_cv(self, sign: float, ocv: float, r: float) -> None:
+        """The voltage loop: charging never pushes the terminal above the voltage setpoint,
+        discharging never pulls it below (the setpoint is a ceiling or a floor)."""
+        v_set = self._get("setpoint_voltage")
+        cv_a = (v_set - ocv) / r if r > 0 else (math.inf if v_set >= ocv else -math.inf)
+        if sign > 0:
+            self.current_a = min(max(self.current_a, 0.0), max(cv_a, 0.0))
+        else:
+            self.current_a = max(min(self.current_a, 0.0), min(cv_a, 0.0))
 
     def _step_unloaded(self, dt_s: float, vehicle: VehicleSide | None) -> None:
         p = self.params

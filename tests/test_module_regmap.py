@@ -180,3 +180,12 @@ def test_other_commands_and_runs() -> None:
     test = encode_command(MAP, StartInsulationTest(500.0), 1)
     assert test.trigger and test.words == {6: 5000, 7: 1}
     assert contiguous_runs({3: 1, 0: 2, 1: 3, 7: 9}) == [(0, [2, 3]), (3, [1]), (7, [9])]
+
+
+def test_a_current_limit_is_written_rounded_toward_zero() -> None:
+    # A 0.0625 A limit on the 0.1 A register once became 0.1 A: above what was asked.
+    reg = load_register_map()["setpoint_current"]
+    for asked, written in ((0.0625, 0.0), (0.375, 0.3), (2.3, 2.3), (299.99, 299.9)):
+        assert reg.decode(reg.encode(asked)) == written
+    volts = load_register_map()["setpoint_voltage"]
+    assert volts.decode(volts.encode(330.75)) == 330.8  # not a limit: the nearest step

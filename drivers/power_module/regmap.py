@@ -58,6 +58,10 @@ class Register:
     default: float | None = None
     values: Mapping[int, str] = field(default_factory=dict)
     bits: Mapping[int, str] = field(default_factory=dict)
+    # How a value between two raw steps is written: "nearest", or "toward_zero" for a
+    # limit, which must never be rounded above what was asked (a 0.06 A limit on a 0.1 A
+    # register is written as 0.0 A, not 0.1 A).
+    rounding: str = "nearest"
 
     @property
     def width(self) -> int:
@@ -81,7 +85,10 @@ class Register:
                 f"{self._where()}: {value!r} {self.unit} outside "
                 f"{self.minimum:g}..{self.maximum:g} {self.unit}"
             )
-        raw = round(value / self.scale)
+        steps = value / self.scale
+        # The 1e-9 keeps 2.3 A (22.999999999999996 steps in binary) from losing a step.
+        raw = math.trunc(steps + math.copysign(1e-9, steps)) if self.rounding == "toward_zero" \
+            else round(steps)
         lo, hi = self.type.raw_range
         # min/max were checked against the raw range at load time; clamp absorbs rounding only.
         return min(max(raw, lo), hi)
@@ -162,7 +169,8 @@ class RegisterMap:
 
 
 _REQUIRED = ("name", "address", "type", "scale", "unit", "access", "min", "max", "description")
-_KNOWN = {*_REQUIRED, "default", "values", "bits"}
+_KNOWN = {*_REQUIRED, "default", "values", "bits", "rounding"}
+_ROUNDINGS = ("nearest", "toward_zero")
 
 
 def _labels(entry: Mapping[str, Any], key: str, where: str) -> dict[int, str]:
@@ -221,6 +229,10 @@ def _parse_entry(index: int, entry: Any) -> Register:
         raise RegisterMapError(f"{where}: default {default:g} outside {lo:g}..{hi:g}")
     if access is Access.RW and default is None:
         raise RegisterMapError(f"{where}: a rw register needs a default (its power-on value)")
+    rounding = entry.get("rounding", "nearest")
+    if rounding not in _ROUNDINGS:
+        raise RegisterMapError(f"{where}: rounding must be one of {', '.join(_ROUNDINGS)}, "
+                               f"got {rounding!r}")
     for text_key in ("unit", "description"):
         if not isinstance(entry[text_key], str):
             raise RegisterMapError(f"{where}: {text_key!r} must be a string")
@@ -228,6 +240,7 @@ def _parse_entry(index: int, entry: Any) -> Register:
         name=name, address=address, type=reg_type, scale=scale, unit=entry["unit"],
         access=access, minimum=lo, maximum=hi, description=entry["description"],
         default=default, values=_labels(entry, "values", where), bits=_labels(entry, "bits", where),
+        rounding=rounding,
     )
 
 
