@@ -22,11 +22,13 @@ from agent.core.commands import (
     StateChanged,
     Transmit,
 )
-from agent.core.events import Event, ModuleLinkLost, Tick, VehicleConnected, VehicleMessage
+from agent.core.events import Event, ModuleLinkLost, Tick, VehicleConnected
 from agent.core.messages import BmsMessage, ChargerMessage
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
+from agent.runtime.gun_runtime import vehicle_events
 from drivers.gbt27930.codec import decode, encode
+from drivers.gbt27930.link import decode_received
 from drivers.power_module.codec import MODE_CHARGE, decode_status, encode_command
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.module_sim import ModuleParams, ModuleSim
@@ -63,6 +65,8 @@ class InProcessPile:
         self.module_silent = False  # drops module polls (as a dead RS-485 line would)
         # Scenario hook: rewrite or drop (None) what the car says before the agent hears it.
         self.vehicle_to_charger: Callable[[BmsMessage], BmsMessage | None] = lambda m: m
+        # Scenario hook on the wire: rewrite the bytes of a message (PGN, payload) -> payload.
+        self.vehicle_wire: Callable[[int, bytes], bytes] = lambda _pgn, payload: payload
         self._mode = MODE_CHARGE
         self._next_poll = 0.0
         self._inbox_bms: list[ChargerMessage] = []
@@ -88,7 +92,10 @@ class InProcessPile:
             heard = self.vehicle_to_charger(msg)
             if heard is not None:
                 pgn, payload = encode(heard)
-                self.feed(VehicleMessage(t, decode(pgn, payload)))  # type: ignore[arg-type]
+                # Through the link's own decoding: oddities and rejections become notices.
+                for event in vehicle_events(t, decode_received(pgn, self.vehicle_wire(
+                        pgn, payload))):
+                    self.feed(event)
         self.bms.battery.current_a = 0.0
         self.module.step(STEP_S, self.bms.battery)
         if t >= self._next_poll - 1e-9:

@@ -49,11 +49,11 @@ MESSAGES: dict[type[Any], st.SearchStrategy[Any]] = {
         ascii_text.filter(lambda s: len(s) <= 17),
         st.one_of(st.just(b""), st.binary(min_size=8, max_size=8).filter(
             lambda b: b != b"\xff" * 8))),
-    m.BCP: st.builds(m.BCP, hundredths(0, 655.35), magnitude_a, tenths(0, 6553.5), volts,
+    m.BCP: st.builds(m.BCP, hundredths(0, 24), magnitude_a, tenths(0, 6553.5), volts,
                      temp_c, tenths(0, 100), volts),
-    m.CTS: st.builds(m.CTS, st.tuples(st.integers(0, 9999), st.integers(1, 12),
-                                      st.integers(1, 31), st.integers(0, 23),
-                                      st.integers(0, 59), st.integers(0, 59))),
+    m.CTS: st.builds(m.CTS, st.one_of(st.none(), st.tuples(
+        st.integers(0, 9999), st.integers(1, 12), st.integers(1, 31), st.integers(0, 23),
+        st.integers(0, 59), st.integers(0, 59)))),
     m.CML: st.builds(lambda a, b, c, d: m.CML(a, b, max(c, d), min(c, d)), volts, volts,
                      magnitude_a, magnitude_a),
     m.BRO: st.builds(m.BRO, st.sampled_from(list(m.Ready))),
@@ -65,6 +65,15 @@ MESSAGES: dict[type[Any], st.SearchStrategy[Any]] = {
     m.BSM: st.builds(m.BSM, st.integers(1, 256), temp_c, st.integers(1, 256), temp_c,
                      st.integers(1, 256), st.sampled_from(list(m.Level)),
                      st.sampled_from(list(m.Level)), flags, flags, flags, flags, flags),
+    m.BMV: st.integers(1, 96).flatmap(lambda n: st.builds(
+        m.BMV, st.lists(st.one_of(st.none(), hundredths(0, 40.94)), min_size=n, max_size=n)
+        .map(tuple), st.lists(st.integers(0, 15), min_size=n, max_size=n).map(tuple))
+        ).map(lambda b: m.BMV(b.cell_voltages_v, tuple(0 if v is None else g for v, g in
+                                                       zip(b.cell_voltages_v, b.groups,
+                                                           strict=True)))),
+    m.BMT: st.builds(m.BMT, st.lists(st.one_of(st.none(), st.integers(-50, 204).map(float)),
+                                     min_size=1, max_size=128).map(tuple)),
+    m.BSP: st.builds(m.BSP, st.binary(min_size=1, max_size=64)),
     m.BST: st.builds(m.BST, subset(m.BmsStopReason), subset(m.BmsFault), subset(m.BmsError)),
     m.CST: st.builds(m.CST, subset(m.ChargerStopReason), subset(m.ChargerFault),
                      subset(m.ChargerError)),

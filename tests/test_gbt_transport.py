@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agent.core import messages as m
 from drivers.gbt27930.candump import CandumpWriter, read_candump
-from drivers.gbt27930.link import GbtLink, LinkProblem, Role
+from drivers.gbt27930.link import GbtLink, LinkNotice, LinkProblem, Role
 from drivers.gbt27930.tp import T1_S, T3_S, TpReceiver, TpResult, TpSender
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gbt27930"
@@ -141,7 +141,8 @@ def test_fuzzed_frames_never_raise(pf: int, data: bytes) -> None:
         a_bus.send(can.Message(arbitration_id=(6 << 26) | pf << 16 | 0x56 << 8 | 0xF4,
                                data=data, is_extended_id=True))
         for item in link.poll(0.0) + link.poll(2.0):
-            assert isinstance(item, LinkProblem) or type(item).__module__ == m.__name__
+            assert isinstance(item, LinkProblem | LinkNotice) or \
+                type(item).__module__ == m.__name__
 
 
 @pytest.mark.parametrize(("trace", "role"), [("session-a", Role.CHARGER),
@@ -163,8 +164,18 @@ def test_real_traces_decode_through_the_link(trace: str, role: Role) -> None:
         assert names.count("BCL") == 1461
         assert names.count("BCS") > 250 and names.count("BSM") > 250
         assert next(d for d in decoded if isinstance(d, m.BCS)).soc_pct == 34.0
+    notices = [d for d in decoded if isinstance(d, LinkNotice)]
+    if role is Role.CHARGER:
+        assert notices == [], notices[:3]  # both real cars send clean messages
     if role is Role.BMS and trace == "session-b":
         assert names.count("CCS") == 1461 and "CST" in names
+        # That charger leaves CCS's reserved bits at 0 (§7.9 asks for 1): noted, used.
+        assert {(n.kind, n.message, n.field) for n in notices} == {("oddity", "CCS", "reserved")}
+    if role is Role.BMS and trace == "session-a":
+        # Its clock is not BCD (second 0x1A): CTS decodes with no time, and is noted.
+        assert {(n.kind, n.message, n.raw.hex()) for n in notices} == \
+            {("oddity", "CTS", "1a061414150000")}
+        assert all(d.timestamp is None for d in decoded if isinstance(d, m.CTS))
     if trace == "session-a":
         # In this log the BMS keeps aborting its BRM/BCP transfers (TP.Conn_Abort frames)
         # and twice restarts one without aborting it: the link reports each, nothing else.

@@ -13,7 +13,7 @@ import can
 
 from agent.runtime.config import parse_config
 from agent.runtime.realtime import run_pile
-from drivers.gbt27930.link import GbtLink, LinkProblem, Role
+from drivers.gbt27930.link import GbtLink, LinkNotice, LinkProblem, Role
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.module_sim import ModuleSim
 from hil.safety_io_sim import SafetyIoSim
@@ -30,7 +30,7 @@ async def _world(channel: str, bms: BmsSimulator, module: ModuleSim, safety: Saf
             t, dt = now - t0, max(now - last, 1e-3)
             last = now
             for item in link.poll(t):
-                if not isinstance(item, LinkProblem):
+                if not isinstance(item, LinkProblem | LinkNotice):
                     bms.receive(item, t)  # type: ignore[arg-type]
             for message in bms.poll(t):
                 link.send(message, t)

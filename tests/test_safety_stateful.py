@@ -28,8 +28,9 @@ from agent.core.states import State
 from tests.safety_world import DATABASE, FLAWS, MUTE, PHASES, RATINGS, SafetyWorld
 
 # Examples that must run >= MIN_STEPS steps. Hypothesis ends some early on purpose (it
-# explores the rare "stop here" branch of its step loop: 7-17 % of examples here), so it
-# is given 45 % more (per chunk, where the count varies more) and the test checks that enough of them were long.
+# explores the rare "stop here" branch of its step loop: 7-17 % of examples here), so
+# each chunk is given 45 % more (the count varies more in a chunk than in the whole) and
+# the test checks that enough of them were long.
 EXAMPLES = int(os.environ.get("SAFETY_EXAMPLES", "500"))
 MIN_STEPS = 100
 LONG_EXAMPLES = {"count": 0}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.core.messages import ChargerMessage
 
@@ -98,6 +98,9 @@ class SessionReport:
     duration_s: float
     start_soc_pct: float | None
     end_soc_pct: float | None
+    # What the vehicle sent that was rejected, unknown or odd, and driver problems:
+    # "rejected BCS": 3, "unknown_pgn PGN 0x1800": 12, "oddity BRM.manufacturer": 40.
+    vehicle_data: dict[str, int] = field(default_factory=dict)
 
 
 Command = (

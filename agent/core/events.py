@@ -42,6 +42,22 @@ class VehicleMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class VehicleDataNotice:
+    """What the vehicle sent that was not a clean message (the driver decided nothing):
+    kind "rejected" (a field the charger acts on was out of range; the message was
+    dropped, so its watchdog runs on), "unknown_pgn" (not a GB/T 27930-2015 message), or
+    "oddity" (an informational field that did not decode, or reserved bits not 1; the
+    message was used). raw_hex is the payload as received."""
+
+    t: float
+    kind: str
+    message: str
+    field: str
+    raw_hex: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class ModuleStatus:
     """One poll of the power module and the gun's DC measurement.
 
@@ -163,6 +179,7 @@ Event = (
     | VehicleConnected
     | VehicleDisconnected
     | VehicleMessage
+    | VehicleDataNotice
     | ModuleStatus
     | ModuleLinkLost
     | DriverError

@@ -31,11 +31,14 @@ class ChargeMode(IntEnum):
 
 
 class Level(IntEnum):
-    """A 2-bit BSM level field: 00 normal, 01 too high, 10 too low."""
+    """A 2-bit BSM level field: 00 normal, 01 too high, 10 too low; 11 is not defined by
+    GB/T 27930-2015 for these fields and is read as abnormal (a safety status that cannot
+    be confirmed normal is not normal)."""
 
     NORMAL = 0
     HIGH = 1
     LOW = 2
+    UNDEFINED = 3
 
 
 class BmsStopReason(Enum):
@@ -145,7 +148,9 @@ class CRM:
 class BRM:
     """BMS and vehicle identification (multi-packet, 49 bytes with software version).
 
-    Optional fields the vehicle leaves at 0xFF decode as None / "" / b"".
+    Every field is information: the charger acts on none of them. Optional fields the
+    vehicle leaves at 0xFF, and fields that do not decode (a manufacturer that is not
+    ASCII, a month 13), decode as None / "" / b""; `raw` keeps the bytes as received.
     """
 
     version: tuple[int, int, int]
@@ -159,6 +164,7 @@ class BRM:
     leased: bool | None = None
     vin: str = ""
     software_version: bytes = b""
+    raw: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +182,13 @@ class BCP:
 
 @dataclass(frozen=True, slots=True)
 class CTS:
-    """Charger time sync: (year, month, day, hour, minute, second), BCD on the wire."""
+    """Charger time sync: (year, month, day, hour, minute, second), BCD on the wire.
 
-    timestamp: tuple[int, int, int, int, int, int]
+    None: no time (all bytes 0xFF, as real chargers send, or not BCD); `raw` keeps them.
+    """
+
+    timestamp: tuple[int, int, int, int, int, int] | None
+    raw: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +272,29 @@ class BSM:
 
 
 @dataclass(frozen=True, slots=True)
+class BMV:
+    """Cell voltages (multi-packet, 2 bytes a cell): volts, None where the BMS sent 0xFFFF
+    (not available), and each cell's group number."""
+
+    cell_voltages_v: tuple[float | None, ...]
+    groups: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BMT:
+    """Battery temperatures (multi-packet, 1 byte a sensor): °C, None for 0xFF."""
+
+    temperatures_c: tuple[float | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BSP:
+    """Reserved battery parameters (GB/T 27930-2015 leaves the content to the BMS)."""
+
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class BST:
     reasons: frozenset[BmsStopReason] = field(default_factory=frozenset)
     faults: frozenset[BmsFault] = field(default_factory=frozenset)
@@ -306,5 +339,5 @@ class CEM:
 
 
 ChargerMessage = CHM | CRM | CTS | CML | CRO | CCS | CST | CSD | CEM
-BmsMessage = BHM | BRM | BCP | BRO | BCL | BCS | BSM | BST | BSD | BEM
+BmsMessage = BHM | BRM | BCP | BRO | BCL | BCS | BSM | BMV | BMT | BSP | BST | BSD | BEM
 GbtMessage = ChargerMessage | BmsMessage

@@ -27,6 +27,7 @@ from agent.core.events import (
     StopRequested,
     Tick,
     VehicleConnected,
+    VehicleDataNotice,
     VehicleDisconnected,
     VehicleMessage,
 )
@@ -36,6 +37,8 @@ from agent.core.messages import (
     BCS,
     BEM,
     BHM,
+    BMT,
+    BMV,
     BRM,
     BRO,
     BSD,
@@ -144,10 +147,14 @@ class GunSession(SequenceSteps, SafetyHandling):
                 if self._at_stake():
                     self._fault(f"power module link lost: {detail}", code="module_link",
                                 emergency=True)
+            case VehicleDataNotice():
+                self._notice(self.data.vehicle_data.on_vehicle(event, self.now))
             case DriverError(source=source, detail=detail, fatal=fatal):
                 if fatal and self.state in (*STOPPABLE, State.STOPPING, State.WELDING_CHECK):
                     self._fault(f"{source} driver failed: {detail}", code=f"{source}_driver",
                                 emergency=True)
+                elif not fatal:
+                    self._notice(self.data.vehicle_data.on_driver(event, self.now))
             case VehicleConnected(wall_clock_s=wall):
                 if self.state is State.IDLE:
                     if not self.is_start_allowed():
@@ -257,6 +264,10 @@ class GunSession(SequenceSteps, SafetyHandling):
             case BST():
                 d.bst_seen_at = d.bst_seen_at if d.bst_seen_at is not None else self.now
                 self._stop("BMS sent BST", CST(reasons=frozenset({ChargerStopReason.BMS_STOPPED})))
+            case BMV():
+                d.bmv = message
+            case BMT():
+                d.bmt = message
             case BSD():
                 d.bsd = message
             case BEM(timeouts=timeouts):

@@ -13,6 +13,7 @@ from agent.core import timing as T
 from agent.core.commands import (
     Command,
     CurrentDecided,
+    Notice,
     SessionReport,
     SetBleeder,
     SetContactors,
@@ -165,6 +166,10 @@ class SessionBase:
         self.plant.insulation_ohm = None
         self._out.append(StartInsulationTest(voltage_v))
 
+    def _notice(self, notice: Notice | None) -> None:
+        if notice is not None:
+            self._out.append(notice)
+
     def _report(self, outcome: str) -> None:
         d = self.data
         if d.reported:
@@ -173,7 +178,7 @@ class SessionBase:
         self._out.append(SessionReport(
             t=self.now, outcome=outcome, reason=d.outcome_reason, energy_kwh=d.energy_kwh,
             duration_s=self.now - d.started_at, start_soc_pct=d.start_soc_pct,
-            end_soc_pct=d.end_soc_pct,
+            end_soc_pct=d.end_soc_pct, vehicle_data=dict(d.vehicle_data.counts),
         ))
 
     # ---- phases and freshness ----------------------------------------------------

@@ -11,12 +11,15 @@ from agent.core.messages import (
     BCP,
     BCS,
     BHM,
+    BMT,
+    BMV,
     BRM,
     BSD,
     BSM,
     CST,
     CemTimeout,
 )
+from agent.core.vehicle_data_log import VehicleDataLog
 
 
 @dataclass
@@ -34,6 +37,9 @@ class SessionData:
     bcs: BCS | None = None
     bsm: BSM | None = None
     bsd: BSD | None = None
+    bmv: BMV | None = None  # cell voltages and temperatures, for battery-health limits
+    bmt: BMT | None = None
+    vehicle_data: VehicleDataLog = field(default_factory=VehicleDataLog)
     last_rx: dict[str, float] = field(default_factory=dict)
     bro_seen_at: float | None = None
     bst_seen_at: float | None = None

@@ -18,9 +18,10 @@ from agent.core.commands import (
     StartInsulationTest,
     Transmit,
 )
-from agent.core.events import DriverError, Event, Tick, VehicleMessage
+from agent.core.events import DriverError, Event, Tick, VehicleDataNotice, VehicleMessage
 from agent.core.messages import BmsMessage, ChargerMessage
 from agent.core.session import GunSession
+from drivers.gbt27930.link import LinkNotice
 
 ModuleCommand = SetModuleOutput | SetContactors | SetBleeder | StartInsulationTest
 
@@ -44,6 +45,25 @@ class SafetyOwner(Protocol):
 
 
 Reporter = Callable[[Command], None]
+
+
+def vehicle_events(t: float, items: Iterable[object]) -> list[Event]:
+    """What the vehicle link received -> core events (messages, notices, problems)."""
+    events: list[Event] = []
+    for item in items:
+        if isinstance(item, BmsMessage):
+            events.append(VehicleMessage(t, item))
+        elif isinstance(item, LinkNotice):
+            events.append(VehicleDataNotice(t, item.kind, item.message, item.field,
+                                            item.raw.hex().upper(), item.detail))
+        elif isinstance(item, ChargerMessage):
+            events.append(DriverError(t, "can", f"charger message from the vehicle: {item}"))
+        else:
+            events.append(DriverError(
+                t, "can", str(getattr(item, "detail", item)),
+                fatal=bool(getattr(item, "fatal", False)),
+            ))
+    return events
 
 
 class GunRuntime:
@@ -99,18 +119,7 @@ class GunRuntime:
             items = self.vehicle.poll(t)
         except Exception as exc:  # a driver bug becomes a fault the core acts on
             return [DriverError(t, "can", f"poll failed: {exc!r}", fatal=True)]
-        events: list[Event] = []
-        for item in items:
-            if isinstance(item, BmsMessage):
-                events.append(VehicleMessage(t, item))
-            elif isinstance(item, ChargerMessage):
-                events.append(DriverError(t, "can", f"charger message from the vehicle: {item}"))
-            else:
-                events.append(DriverError(
-                    t, "can", str(getattr(item, "detail", item)),
-                    fatal=bool(getattr(item, "fatal", False)),
-                ))
-        return events
+        return vehicle_events(t, items)
 
     def _execute(self, command: Command) -> None:
         match command:

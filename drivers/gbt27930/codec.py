@@ -7,9 +7,15 @@ BCP and BCS (carried by J1939 TP) are laid out here. Conversions at this edge:
 - limits that are magnitudes (BCP max current, CML max/min) are decoded as abs() of the
   signed value, and CML max/min are sorted, because vehicles and chargers in the field
   disagree on both the sign and the field order (see the fact sheet's CML example).
-- unused bits are sent as 1 (§7.9); 2-bit status fields: 01 set, 10 untrusted (taken as
-  set: the cautious reading), 00 and 11 (not available) not set.
-Every failure is a `DecodeError` (or `EncodeError`), both ValueErrors.
+- unused bits are sent as 1 (§7.9); reserved bits that are not 1 are noted, never
+  rejected. 2-bit status fields: 00 normal, 01 set, 10 untrusted (taken as set: the
+  cautious reading), 11 (not defined for these fields) also taken as set, and noted.
+- strict where it is safety, tolerant where it is information (docs/VEHICLE_DATA.md):
+  an informational field that does not decode is kept raw and reported as an `Oddity`
+  by `decode_noting`; a field the charger acts on that is out of its range rejects the
+  message (`DecodeError`).
+Every failure is a `DecodeError` (or `EncodeError`), both ValueErrors; a PGN that is not
+a GB/T 27930-2015 message is an `UnknownPgn`.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ from agent.core.messages import (
     BCS,
     BEM,
     BHM,
+    BMT,
+    BMV,
     BRM,
     BRO,
     BSD,
     BSM,
+    BSP,
     BST,
     CCS,
     CEM,
@@ -56,12 +65,27 @@ from agent.core.messages import (
 from drivers.gbt27930.tp_layouts import (
     decode_bcp,
     decode_bcs,
+    decode_bmt,
+    decode_bmv,
     decode_brm,
+    decode_bsp,
     encode_bcp,
     encode_bcs,
+    encode_bmt,
+    encode_bmv,
     encode_brm,
+    encode_bsp,
 )
-from drivers.gbt27930.wire import DecodeError, EncodeError, current_raw, signed_current
+from drivers.gbt27930.wire import (
+    DecodeError,
+    EncodeError,
+    Notes,
+    Oddity,
+    UnknownPgn,
+    charge_current,
+    current_raw,
+    signed_current,
+)
 
 DBC_PATH = Path(__file__).with_name("gbt27930.dbc")
 _DB: Any = cantools.database.load_file(str(DBC_PATH))
@@ -70,15 +94,18 @@ _DB: Any = cantools.database.load_file(str(DBC_PATH))
 PGN: dict[type[Any], int] = {
     CHM: 0x2600, BHM: 0x2700, CRM: 0x0100, BRM: 0x0200, BCP: 0x0600, CTS: 0x0700,
     CML: 0x0800, BRO: 0x0900, CRO: 0x0A00, BCL: 0x1000, BCS: 0x1100, CCS: 0x1200,
-    BSM: 0x1300, BST: 0x1900, CST: 0x1A00, BSD: 0x1C00, CSD: 0x1D00, BEM: 0x1E00,
-    CEM: 0x1F00,
+    BSM: 0x1300, BMV: 0x1500, BMT: 0x1600, BSP: 0x1700, BST: 0x1900, CST: 0x1A00,
+    BSD: 0x1C00, CSD: 0x1D00, BEM: 0x1E00, CEM: 0x1F00,
 }
 PRIORITY: dict[type[Any], int] = {
     CHM: 6, BHM: 6, CRM: 6, BRM: 7, BCP: 7, CTS: 6, CML: 6, BRO: 4, CRO: 4, BCL: 6,
-    BCS: 7, CCS: 6, BSM: 6, BST: 4, CST: 4, BSD: 6, CSD: 6, BEM: 2, CEM: 2,
+    BCS: 7, CCS: 6, BSM: 6, BMV: 7, BMT: 7, BSP: 7, BST: 4, CST: 4, BSD: 6, CSD: 6, BEM: 2,
+    CEM: 2,
 }
 TYPE_BY_PGN: dict[int, type[Any]] = {pgn: cls for cls, pgn in PGN.items()}
-MULTI_PACKET = frozenset({BRM, BCP, BCS})
+# Messages laid out in tp_layouts.py; J1939 TP carries them when they exceed 8 bytes
+# (BMV, BMT and BSP have the length the BMS gives them, and may fit one frame).
+MULTI_PACKET = frozenset({BRM, BCP, BCS, BMV, BMT, BSP})
 
 
 def pgn_of(message: GbtMessage) -> int:
@@ -105,6 +132,10 @@ def _padding_mask(msg: Any) -> int:
 
 
 _PADDING = {m.name: _padding_mask(m) for m in _DB.messages}
+# The 2-bit status signals of each frame (status, flags and timeouts; not BSM's permit).
+_TWO_BIT = {m.name: frozenset(s.name for s in m.signals if s.length == 2
+                              and s.name not in ("charge_permitted", "permitted"))
+            for m in _DB.messages}
 
 
 def _pack(name: str, raw: dict[str, int]) -> bytes:
@@ -117,14 +148,24 @@ def _pack(name: str, raw: dict[str, int]) -> bytes:
     return (body | _PADDING[name]).to_bytes(msg.length, "little")
 
 
-def _unpack(name: str, data: bytes) -> dict[str, int]:
+def _unpack(name: str, data: bytes, notes: Notes | None = None) -> dict[str, int]:
     msg = _frame(name)
     if len(data) < msg.length:
         raise DecodeError(f"{name}: {len(data)} bytes, need {msg.length}")
+    body = bytes(data[: msg.length])
     try:
-        out = msg.decode(bytes(data[: msg.length]), scaling=False, decode_choices=False)
+        out = msg.decode(body, scaling=False, decode_choices=False)
     except Exception as exc:  # cantools raises several types; one error type leaves here
         raise DecodeError(f"{name}: {exc}") from exc
+    if notes is not None:
+        padding = _PADDING[name]
+        if int.from_bytes(body, "little") & padding != padding:
+            notes.append(Oddity(name, "reserved", bytes(data),
+                                "reserved bits not all 1 (GB/T 27930-2015 §7.9)"))
+        if any(b != 0xFF for b in data[msg.length:]):
+            notes.append(Oddity(name, "length", bytes(data),
+                                f"{len(data)} bytes where {msg.length} are defined; the rest "
+                                "is not 0xFF padding"))
     return {k: int(v) for k, v in out.items()}
 
 
@@ -135,7 +176,15 @@ def _r(value: float, scale: float, name: str, offset: float = 0.0) -> int:
 
 
 def _flag(raw: int) -> bool:
-    return raw in (1, 2)
+    """A 2-bit status field: 00 normal; 01 set; 10 untrusted and 11 undefined, both read as
+    set (a status that cannot be confirmed normal is not normal)."""
+    return raw != 0
+
+
+def _note_undefined(name: str, raw: dict[str, int], data: bytes, notes: Notes | None) -> None:
+    if notes is not None:
+        notes.extend(Oddity(name, key, bytes(data), "2-bit status 11 is not defined; read as set")
+                     for key, value in raw.items() if key in _TWO_BIT[name] and value == 3)
 
 
 def _flags(names: dict[str, Any], raw: dict[str, int]) -> frozenset[Any]:
@@ -180,7 +229,7 @@ def _set_flags(names: dict[str, Any], members: frozenset[Any]) -> dict[str, int]
 
 
 def _level(raw: int) -> Level:
-    return Level(raw) if raw in (0, 1, 2) else Level.NORMAL
+    return Level(raw)
 
 
 # ---- public API ------------------------------------------------------------------
@@ -198,16 +247,28 @@ def encode(message: GbtMessage) -> tuple[int, bytes]:
 
 def decode(pgn: int, data: bytes) -> GbtMessage:
     """The message for a PGN and its payload; raises DecodeError for anything else."""
+    return decode_noting(pgn, data)[0]
+
+
+def decode_noting(pgn: int, data: bytes) -> tuple[GbtMessage, list[Oddity]]:
+    """The message and what was odd in its informational fields; DecodeError if a field
+    the charger acts on is out of its range, UnknownPgn for a PGN GB/T does not define."""
     cls = TYPE_BY_PGN.get(pgn)
     if cls is None:
-        raise DecodeError(f"PGN 0x{pgn:04X} is not a GB/T 27930-2015 message")
+        raise UnknownPgn(f"PGN 0x{pgn:04X} is not a GB/T 27930-2015 message")
+    notes: Notes = []
     try:
-        message: GbtMessage = _DECODERS[cls](bytes(data))
+        message: GbtMessage = _DECODERS[cls](bytes(data), notes)
     except DecodeError:
         raise
     except Exception as exc:  # malformed input must surface as one error type
         raise DecodeError(f"{cls.__name__}: {exc!r}") from exc
-    return message
+    return message, notes
+
+
+def name_of(pgn: int) -> str:
+    cls = TYPE_BY_PGN.get(pgn)
+    return cls.__name__ if cls is not None else f"PGN 0x{pgn:04X}"
 
 
 def _enc_chm(m: CHM) -> bytes:
@@ -215,8 +276,8 @@ def _enc_chm(m: CHM) -> bytes:
     return _pack("CHM", {"version_major": a, "version_minor": b, "version_patch": c})
 
 
-def _dec_chm(d: bytes) -> CHM:
-    r = _unpack("CHM", d)
+def _dec_chm(d: bytes, notes: Notes) -> CHM:
+    r = _unpack("CHM", d, notes)
     return CHM((r["version_major"], r["version_minor"], r["version_patch"]))
 
 
@@ -229,16 +290,21 @@ def _enc_crm(m: CRM) -> bytes:
                          "charger_number": m.charger_number, "region": region_raw})
 
 
-def _dec_crm(d: bytes) -> CRM:
-    r = _unpack("CRM", d)
+def _dec_crm(d: bytes, notes: Notes) -> CRM:
+    r = _unpack("CRM", d, notes)
     if r["recognition"] not in (0x00, 0xAA):
         raise DecodeError(f"CRM: recognition 0x{r['recognition']:02X} is not 0x00 or 0xAA")
-    region = r["region"].to_bytes(3, "little").rstrip(b"\xff")
-    return CRM(r["recognition"] == 0xAA, r["charger_number"],
-               region.decode("ascii", errors="replace"))
+    raw_region = r["region"].to_bytes(3, "little")
+    region = raw_region.rstrip(b"\xff")
+    if any(b > 0x7E or b < 0x20 for b in region):
+        notes.append(Oddity("CRM", "region", raw_region, "not printable ASCII"))
+        region = b""
+    return CRM(r["recognition"] == 0xAA, r["charger_number"], region.decode("ascii"))
 
 
 def _enc_cts(m: CTS) -> bytes:
+    if m.timestamp is None:
+        return b"\xff" * int(_frame("CTS").length)
     year, month, day, hour, minute, second = m.timestamp
     if not (0 <= year <= 9999 and 1 <= month <= 12 and 1 <= day <= 31 and 0 <= hour <= 23
             and 0 <= minute <= 59 and 0 <= second <= 59):
@@ -250,12 +316,23 @@ def _enc_cts(m: CTS) -> bytes:
                          "year_high_bcd": _bcd(year // 100, "year")})
 
 
-def _dec_cts(d: bytes) -> CTS:
+def _dec_cts(d: bytes, notes: Notes) -> CTS:
+    """Time sync is information: a clock that is not BCD (or all 0xFF, "no time") gives
+    CTS(None) and a note, never a rejected message."""
     r = _unpack("CTS", d)
-    year = _from_bcd(r["year_high_bcd"], "year") * 100 + _from_bcd(r["year_low_bcd"], "year")
-    return CTS((year, _from_bcd(r["month_bcd"], "month"), _from_bcd(r["day_bcd"], "day"),
-                _from_bcd(r["hour_bcd"], "hour"), _from_bcd(r["minute_bcd"], "minute"),
-                _from_bcd(r["second_bcd"], "second")))
+    raw = bytes(d[:_frame("CTS").length])
+    if raw == b"\xff" * len(raw):
+        notes.append(Oddity("CTS", "timestamp", raw, "all 0xFF: no time sent"))
+        return CTS(None, raw=raw)
+    try:
+        year = _from_bcd(r["year_high_bcd"], "year") * 100 + _from_bcd(r["year_low_bcd"], "year")
+        stamp = (year, _from_bcd(r["month_bcd"], "month"), _from_bcd(r["day_bcd"], "day"),
+                 _from_bcd(r["hour_bcd"], "hour"), _from_bcd(r["minute_bcd"], "minute"),
+                 _from_bcd(r["second_bcd"], "second"))
+    except DecodeError as exc:
+        notes.append(Oddity("CTS", "timestamp", raw, str(exc)))
+        return CTS(None, raw=raw)
+    return CTS(stamp, raw=raw)
 
 
 def _enc_cml(m: CML) -> bytes:
@@ -265,8 +342,8 @@ def _enc_cml(m: CML) -> bytes:
                          "min_current": current_raw(-m.min_current_a, "CML.min_current")})
 
 
-def _dec_cml(d: bytes) -> CML:
-    r = _unpack("CML", d)
+def _dec_cml(d: bytes, notes: Notes) -> CML:
+    r = _unpack("CML", d, notes)
     a = abs(signed_current(r["max_current"]))
     b = abs(signed_current(r["min_current"]))
     return CML(r["max_voltage"] / 10, r["min_voltage"] / 10, max(a, b), min(a, b))
@@ -278,14 +355,14 @@ def _enc_bcl(m: BCL) -> bytes:
                          "mode": int(m.mode)})
 
 
-def _dec_bcl(d: bytes) -> BCL:
-    r = _unpack("BCL", d)
+def _dec_bcl(d: bytes, notes: Notes) -> BCL:
+    r = _unpack("BCL", d, notes)
     try:
         mode = ChargeMode(r["mode"])
     except ValueError:
         raise DecodeError(f"BCL: mode 0x{r['mode']:02X} is neither CV (1) nor CC (2)") from None
     # Signed per §4.5: a charge demand arrives negative and becomes positive here.
-    return BCL(r["voltage_demand"] / 10, -signed_current(r["current_demand"]), mode)
+    return BCL(r["voltage_demand"] / 10, charge_current(r["current_demand"]), mode)
 
 
 def _enc_ccs(m: CCS) -> bytes:
@@ -294,9 +371,9 @@ def _enc_ccs(m: CCS) -> bytes:
                          "charging_time": m.charging_min, "permitted": 1 if m.permitted else 0})
 
 
-def _dec_ccs(d: bytes) -> CCS:
-    r = _unpack("CCS", d)
-    return CCS(r["output_voltage"] / 10, -signed_current(r["output_current"]),
+def _dec_ccs(d: bytes, notes: Notes) -> CCS:
+    r = _unpack("CCS", d, notes)
+    return CCS(r["output_voltage"] / 10, charge_current(r["output_current"]),
                r["charging_time"], r["permitted"] == 1)
 
 
@@ -313,8 +390,10 @@ def _enc_bsm(m: BSM) -> bytes:
         "charge_permitted": int(m.charge_permitted)})
 
 
-def _dec_bsm(d: bytes) -> BSM:
-    r = _unpack("BSM", d)
+def _dec_bsm(d: bytes, notes: Notes) -> BSM:
+    r = _unpack("BSM", d, notes)
+    _note_undefined("BSM", r, d, notes)
+    # charge_permitted: 01 allows; 00 forbids (a pause), and 10/11 are not an allowance.
     return BSM(r["max_cell_voltage_index"] + 1, r["max_temperature"] - 50,
                r["max_temperature_index"] + 1, r["min_temperature"] - 50,
                r["min_temperature_index"] + 1, _level(r["cell_voltage_state"]),
@@ -327,8 +406,9 @@ def _enc_bst(m: BST) -> bytes:
                          **_set_flags(_BST_ERRORS, m.errors)})
 
 
-def _dec_bst(d: bytes) -> BST:
-    r = _unpack("BST", d)
+def _dec_bst(d: bytes, notes: Notes) -> BST:
+    r = _unpack("BST", d, notes)
+    _note_undefined("BST", r, d, notes)
     return BST(_flags(_BST_REASONS, r), _flags(_BST_FAULTS, r), _flags(_BST_ERRORS, r))
 
 
@@ -337,8 +417,9 @@ def _enc_cst(m: CST) -> bytes:
                          **_set_flags(_CST_ERRORS, m.errors)})
 
 
-def _dec_cst(d: bytes) -> CST:
-    r = _unpack("CST", d)
+def _dec_cst(d: bytes, notes: Notes) -> CST:
+    r = _unpack("CST", d, notes)
+    _note_undefined("CST", r, d, notes)
     return CST(_flags(_CST_REASONS, r), _flags(_CST_FAULTS, r), _flags(_CST_ERRORS, r))
 
 
@@ -350,8 +431,12 @@ def _enc_bsd(m: BSD) -> bytes:
                          "max_temperature": _r(m.max_temperature_c, 1, "BSD.max_temp", -50)})
 
 
-def _dec_bsd(d: bytes) -> BSD:
-    r = _unpack("BSD", d)
+def _dec_bsd(d: bytes, notes: Notes) -> BSD:
+    """End-of-session statistics: information, reported as sent (an end SOC over 100 % is
+    noted, not refused)."""
+    r = _unpack("BSD", d, notes)
+    if r["end_soc"] > 100:
+        notes.append(Oddity("BSD", "end_soc", bytes(d[:1]), "above 100 %"))
     return BSD(float(r["end_soc"]), r["min_cell_voltage"] / 100, r["max_cell_voltage"] / 100,
                float(r["min_temperature"] - 50), float(r["max_temperature"] - 50))
 
@@ -362,38 +447,49 @@ def _enc_csd(m: CSD) -> bytes:
                          "charger_number": m.charger_number})
 
 
-def _dec_csd(d: bytes) -> CSD:
-    r = _unpack("CSD", d)
+def _dec_csd(d: bytes, notes: Notes) -> CSD:
+    r = _unpack("CSD", d, notes)
     return CSD(r["charging_time"], r["energy"] / 10, r["charger_number"])
 
 
 def _ready_codec(name: str, cls: Callable[[Ready], Any]) -> tuple[Callable[[Any], bytes],
-                                                                 Callable[[bytes], Any]]:
+                                                                 Callable[[bytes, Notes], Any]]:
     return (lambda m: _pack(name, {"ready": int(m.ready)}),
-            lambda d: cls(_ready(_unpack(name, d)["ready"], name)))
+            lambda d, notes: cls(_ready(_unpack(name, d, notes)["ready"], name)))
+
+
+def _timeouts_codec(name: str, names: dict[str, Any], cls: Callable[[frozenset[Any]], Any],
+                    ) -> tuple[Callable[[Any], bytes], Callable[[bytes, Notes], Any]]:
+    def dec(d: bytes, notes: Notes) -> Any:
+        r = _unpack(name, d, notes)
+        _note_undefined(name, r, d, notes)
+        return cls(_flags(names, r))
+    return (lambda m: _pack(name, _set_flags(names, m.timeouts))), dec
 
 
 _BRO = _ready_codec("BRO", BRO)
 _CRO = _ready_codec("CRO", CRO)
+_BEM_CODEC = _timeouts_codec("BEM", _BEM, BEM)
+_CEM_CODEC = _timeouts_codec("CEM", _CEM, CEM)
 
 _ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
     CHM: _enc_chm,
     BHM: lambda m: _pack("BHM", {"max_charge_voltage": _r(m.max_charge_voltage_v, 0.1, "BHM")}),
     CRM: _enc_crm, BRM: encode_brm, BCP: encode_bcp, CTS: _enc_cts, CML: _enc_cml,
     BRO: _BRO[0], CRO: _CRO[0], BCL: _enc_bcl, BCS: encode_bcs, CCS: _enc_ccs, BSM: _enc_bsm,
+    BMV: encode_bmv, BMT: encode_bmt, BSP: encode_bsp,
     BST: _enc_bst, CST: _enc_cst, BSD: _enc_bsd, CSD: _enc_csd,
-    BEM: lambda m: _pack("BEM", _set_flags(_BEM, m.timeouts)),
-    CEM: lambda m: _pack("CEM", _set_flags(_CEM, m.timeouts)),
+    BEM: _BEM_CODEC[0], CEM: _CEM_CODEC[0],
 }
-_DECODERS: dict[type[Any], Callable[[bytes], Any]] = {
+_DECODERS: dict[type[Any], Callable[[bytes, Notes], Any]] = {
     CHM: _dec_chm,
-    BHM: lambda d: BHM(_unpack("BHM", d)["max_charge_voltage"] / 10),
+    BHM: lambda d, notes: BHM(_unpack("BHM", d, notes)["max_charge_voltage"] / 10),
     CRM: _dec_crm, BRM: decode_brm, BCP: decode_bcp, CTS: _dec_cts, CML: _dec_cml,
     BRO: _BRO[1], CRO: _CRO[1], BCL: _dec_bcl, BCS: decode_bcs, CCS: _dec_ccs, BSM: _dec_bsm,
+    BMV: decode_bmv, BMT: decode_bmt, BSP: decode_bsp,
     BST: _dec_bst, CST: _dec_cst, BSD: _dec_bsd, CSD: _dec_csd,
-    BEM: lambda d: BEM(_flags(_BEM, _unpack("BEM", d))),
-    CEM: lambda d: CEM(_flags(_CEM, _unpack("CEM", d))),
+    BEM: _BEM_CODEC[1], CEM: _CEM_CODEC[1],
 }
 
-__all__ = ["MULTI_PACKET", "PGN", "DecodeError", "EncodeError", "decode", "encode", "pgn_of",
-           "priority_of"]
+__all__ = ["MULTI_PACKET", "PGN", "DecodeError", "EncodeError", "Oddity", "UnknownPgn", "decode",
+           "decode_noting", "encode", "name_of", "pgn_of", "priority_of"]

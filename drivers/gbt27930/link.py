@@ -14,11 +14,12 @@ import can
 from agent.core.messages import GbtMessage
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.codec import (
-    MULTI_PACKET,
     DecodeError,
     EncodeError,
-    decode,
+    UnknownPgn,
+    decode_noting,
     encode,
+    name_of,
     priority_of,
 )
 from drivers.gbt27930.tp import PGN_TP_CM, PGN_TP_DT, TpReceiver, TpResult, TpSender
@@ -37,6 +38,23 @@ class Role(Enum):
 class LinkProblem:
     detail: str
     fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LinkNotice:
+    """What the peer sent that was not a clean message, for the core to count and show:
+    kind "rejected" (a field the charger acts on is out of range: the message is dropped),
+    "unknown_pgn" (not a GB/T 27930-2015 message), or "oddity" (an informational field
+    that did not decode, or reserved bits that are not 1: the message is still used)."""
+
+    kind: str
+    message: str
+    field: str
+    raw: bytes
+    detail: str
+
+
+Received = GbtMessage | LinkProblem | LinkNotice
 
 
 def can_id(priority: int, pgn: int, destination: int, source: int) -> int:
@@ -59,13 +77,17 @@ class GbtLink:
     # ---- sending -------------------------------------------------------------------
 
     def send(self, message: GbtMessage, t: float) -> None:
-        """Send now, or start a TP transfer for a multi-packet message."""
-        self._t = t
+        """Send now, or start a TP transfer for a message over 8 bytes."""
         pgn, payload = encode(message)
-        if type(message) in MULTI_PACKET:
+        self.send_payload(pgn, payload, t, priority_of(message))
+
+    def send_payload(self, pgn: int, payload: bytes, t: float, priority: int) -> None:
+        """Send a message's bytes as they are (the replaying BMS sends what a car sent)."""
+        self._t = t
+        if len(payload) > 8:
             self._apply(self._tx.send(pgn, payload, t))
         else:
-            self._frame(can_id(priority_of(message), pgn, self.peer, self.own), payload)
+            self._frame(can_id(priority, pgn, self.peer, self.own), payload)
 
     def _frame(self, arbitration_id: int, data: bytes) -> None:
         msg = can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=True)
@@ -87,10 +109,10 @@ class GbtLink:
 
     # ---- receiving -----------------------------------------------------------------
 
-    def poll(self, t: float) -> list[GbtMessage | LinkProblem]:
+    def poll(self, t: float) -> list[Received]:
         """Everything that arrived since the last poll, decoded; never raises."""
         self._t = t
-        out: list[GbtMessage | LinkProblem] = []
+        out: list[Received] = []
         while True:
             try:
                 frame = self.bus.recv(timeout=0)
@@ -99,22 +121,20 @@ class GbtLink:
                 break
             if frame is None:
                 break
-            item = self._on_frame(frame, t)
-            if item is not None:
-                out.append(item)
+            out.extend(self._on_frame(frame, t))
         self._apply(self._rx.on_time(t))
         self._apply(self._tx.on_time(t))
         out.extend(self._problems)
         self._problems = []
         return out
 
-    def _on_frame(self, frame: can.Message, t: float) -> GbtMessage | LinkProblem | None:
+    def _on_frame(self, frame: can.Message, t: float) -> list[Received]:
         ident = frame.arbitration_id
         if not frame.is_extended_id or frame.is_remote_frame or frame.is_error_frame:
-            return None
+            return []
         source, destination, pf = ident & 0xFF, (ident >> 8) & 0xFF, (ident >> 16) & 0xFF
         if source != self.peer or destination != self.own:
-            return None
+            return []
         data = bytes(frame.data)
         if self.log is not None:
             self.log.write(t, ident, data)
@@ -125,23 +145,33 @@ class GbtLink:
             return self._tp_result(self._rx.on_dt(data, t))
         return self._decode(pgn, data)
 
-    def _tp_cm(self, data: bytes, t: float) -> GbtMessage | LinkProblem | None:
+    def _tp_cm(self, data: bytes, t: float) -> list[Received]:
         if data[:1] in (b"\x11", b"\x13") or (data[:1] == b"\xff" and self._tx.busy):
             self._apply(self._tx.on_cm(data, t))  # answers to our own transfer
-            return None
+            return []
         return self._tp_result(self._rx.on_cm(data, t))
 
-    def _tp_result(self, res: TpResult) -> GbtMessage | LinkProblem | None:
+    def _tp_result(self, res: TpResult) -> list[Received]:
         self._apply(res)
         if res.completed is None:
-            return None
+            return []
         return self._decode(*res.completed)
 
-    def _decode(self, pgn: int, data: bytes) -> GbtMessage | LinkProblem:
-        try:
-            return decode(pgn, data)
-        except DecodeError as exc:
-            return LinkProblem(f"malformed frame PGN 0x{pgn:04X} {data.hex().upper()}: {exc}")
+    def _decode(self, pgn: int, data: bytes) -> list[Received]:
+        return decode_received(pgn, data)
 
 
-__all__ = ["EncodeError", "GbtLink", "LinkProblem", "Role", "can_id"]
+def decode_received(pgn: int, data: bytes) -> list[Received]:
+    """A whole message's bytes -> the message and its notices, or a notice alone."""
+    try:
+        message, notes = decode_noting(pgn, data)
+    except UnknownPgn as exc:
+        return [LinkNotice("unknown_pgn", name_of(pgn), "", data, str(exc))]
+    except DecodeError as exc:
+        return [LinkNotice("rejected", name_of(pgn), "", data, str(exc))]
+    return [message, *(LinkNotice("oddity", n.message, n.field, n.raw, n.detail)
+                       for n in notes)]
+
+
+__all__ = ["EncodeError", "GbtLink", "LinkNotice", "LinkProblem", "Received", "Role", "can_id",
+           "decode_received"]

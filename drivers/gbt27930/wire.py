@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 # GB/T 27930-2015 §4.5: current fields are 0.1 A/bit with a -400 A offset.
 CURRENT_OFFSET_A = -400.0
@@ -15,6 +16,24 @@ class DecodeError(ValueError):
 
 class EncodeError(ValueError):
     """A message whose values cannot be put on the wire (our fault)."""
+
+
+class UnknownPgn(DecodeError):
+    """A PGN that is not a GB/T 27930-2015 message (counted by the link, never acted on)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Oddity:
+    """An informational field that did not decode as the standard describes, or reserved
+    bits that are not 1 (§7.9). The message is still accepted; this says what was odd."""
+
+    message: str
+    field: str
+    raw: bytes
+    detail: str
+
+
+Notes = list[Oddity]
 
 
 def current_raw(gbt_signed_a: float, name: str) -> int:
@@ -30,6 +49,12 @@ def current_raw(gbt_signed_a: float, name: str) -> int:
 def signed_current(raw: int) -> float:
     """The standard's signed current (+ = discharge) for a raw 16-bit value."""
     return round(raw * CURRENT_SCALE_A + CURRENT_OFFSET_A, 1)
+
+
+def charge_current(raw: int) -> float:
+    """Our signed current (+ = into the vehicle) for a raw 16-bit value; raw 4000 is 0.0 A,
+    never -0.0 (which would print, compare in text, and serialise as a discharge)."""
+    return -signed_current(raw) + 0.0
 
 
 def u16(data: bytes, offset: int) -> int:
