@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,11 +29,47 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--fault", metavar="NAME",
                      help="inject a fault during the session and check the agent reaches the "
                           "safe state in time (exit 0 only then); --fault list shows them")
+    sim.add_argument("--replay-bms", metavar="CANDUMP",
+                     help="the car answers as the vehicle recorded in this candump trace did; "
+                          "reports how far the session got (exit 0 only if it finished)")
 
     run = sub.add_parser("run", help="run the agent against real interfaces")
     run.add_argument("--config", required=True, metavar="PILE_TOML")
     run.add_argument("--can-log", metavar="FILE", help="write the CAN traffic in candump format")
     return p
+
+
+def _writable(path: str | None) -> bool:
+    """Opening the file is the only honest test (root passes every permission check, a
+    full or read-only disk passes none of them); it is created here, and written later."""
+    if path is None:
+        return True
+    try:
+        with open(path, "a"):
+            return True
+    except OSError:
+        return False
+
+
+def _readable(path: str | None) -> bool:
+    return path is None or (Path(path).is_file() and os.access(path, os.R_OK))
+
+
+# Every bad value gets a sentence naming it and exit 2, before anything starts.
+SimCheck = tuple[Callable[[argparse.Namespace], bool], Callable[[argparse.Namespace], str]]
+SIM_CHECKS: tuple[SimCheck, ...] = (
+    (lambda a: math.isfinite(a.speed) and a.speed >= 0,
+     lambda a: f"--speed {a.speed}: must be a finite number >= 0 (0 = as fast as possible)"),
+    (lambda a: math.isfinite(a.max_sim_s) and a.max_sim_s > 0,
+     lambda a: f"--max-sim-s {a.max_sim_s}: must be a finite number > 0"),
+    (lambda a: 0.0 <= a.start_soc < a.target_soc <= 100.0,
+     lambda a: f"--start-soc {a.start_soc} / --target-soc {a.target_soc}: need "
+               "0 <= --start-soc < --target-soc <= 100"),
+    (lambda a: _writable(a.can_log),
+     lambda a: f"--can-log {a.can_log}: cannot write there"),
+    (lambda a: _readable(a.replay_bms),
+     lambda a: f"--replay-bms {a.replay_bms}: no readable file there"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,13 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{', '.join(SCENARIOS)}", file=sys.stderr)
             return 2
 
-        if not 0.0 <= args.start_soc < args.target_soc <= 100.0:
-            print("pile-agent sim: need 0 <= --start-soc < --target-soc <= 100", file=sys.stderr)
-            return 2
+        for ok, message in SIM_CHECKS:
+            if not ok(args):
+                print(f"pile-agent sim: {message(args)}", file=sys.stderr)
+                return 2
         options = SimOptions(
             speed=args.speed, can_log=args.can_log, start_soc_pct=args.start_soc,
             target_soc_pct=args.target_soc, max_sim_s=args.max_sim_s,
             json_summary=args.json, live=not args.quiet, fault=args.fault,
+            replay_bms=args.replay_bms,
         )
         return asyncio.run(run_sim_cli(options))
     from agent.runtime.config import ConfigError, load_config
@@ -63,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"pile-agent run: bad config: {exc}", file=sys.stderr)
+        return 2
+    if not _writable(args.can_log):
+        print(f"pile-agent run: --can-log {args.can_log}: cannot write there", file=sys.stderr)
         return 2
     return asyncio.run(run_pile(config, can_log=args.can_log))
 

@@ -16,6 +16,8 @@ from agent.core.messages import (
     BCS,
     BEM,
     BHM,
+    BMT,
+    BMV,
     BRM,
     BRO,
     BSD,
@@ -40,7 +42,8 @@ from hil.ev_battery import Battery, BatteryParams
 
 # Periods of the BMS's messages: GB/T 27930-2015 §10 message definitions [V].
 PERIOD_S = {"BHM": 0.25, "BRM": 0.25, "BCP": 0.5, "BRO": 0.25, "BCL": 0.05, "BCS": 0.25,
-            "BSM": 0.25, "BST": 0.01, "BSD": 0.25, "BEM": 0.25}
+            "BSM": 0.25, "BMV": 10.0, "BMT": 10.0, "BSP": 10.0, "BST": 0.01, "BSD": 0.25,
+            "BEM": 0.25}
 # GB/T 27930-2015 §8 / Fig. A.6 [V]: the BMS stops when CCS is silent 1 s; other
 # charger messages have the default 5 s.
 CCS_TIMEOUT_S = 1.0
@@ -137,12 +140,14 @@ class BmsSimulator:
         return [m for m in self._candidates(t)
                 if type(m).__name__ not in self.muted and self._due(type(m).__name__, t)]
 
+    def period_s(self, name: str) -> float:
+        return PERIOD_S[name]
+
     def _due(self, name: str, t: float) -> bool:
-        last = self._last.get(name)
-        if last is not None and t < last + PERIOD_S[name] - 1e-9:
+        last, period = self._last.get(name), self.period_s(name)
+        if last is not None and t < last + period - 1e-9:
             return False
-        self._last[name] = t if last is None or t - last >= 2 * PERIOD_S[name] else \
-            last + PERIOD_S[name]
+        self._last[name] = t if last is None or t - last >= 2 * period else last + period
         return True
 
     def _advance(self, t: float) -> None:
@@ -195,8 +200,16 @@ class BmsSimulator:
                 demand, mode = self.demand_a()
                 remaining = max(c.target_soc_pct - b.soc_pct, 0.0) * c.battery.capacity_ah \
                     * 0.6 / max(demand, 1.0)
+                cell_v = round(min(b.terminal_voltage_v() / c.battery.cells_in_series, 40.9), 2)
+                # Cell-level figures for the battery-health limits; a 10 mV spread, the
+                # highest cell last.
+                cells = (*(round(cell_v - 0.01 * (i % 2), 2)
+                           for i in range(c.battery.cells_in_series - 1)),
+                         round(cell_v + 0.01, 2))
                 return [
                     BCL(c.max_total_voltage_v, round(demand, 1), mode),
+                    BMV(cells, tuple(1 + i // 16 % 15 for i in range(len(cells)))),
+                    BMT(tuple(float(round(b.temperature_c) - k) for k in (0, 1, 1, 2))),
                     BCS(round(b.terminal_voltage_v(), 1), round(b.current_a, 1),
                         round(min(b.max_cell_voltage_v(), 40.95), 2), 1, round(b.soc_pct),
                         min(int(remaining), 600)),

@@ -21,7 +21,7 @@ from typing import IO, Any
 import can
 
 from agent.core.commands import Command, CurrentDecided, Notice, SessionReport, StateChanged
-from agent.core.events import Event, VehicleConnected
+from agent.core.events import Event, StopRequested, VehicleConnected
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
@@ -36,6 +36,7 @@ from drivers.safety_io.link import SafetyBusOwner
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.faults import SCENARIOS
 from hil.module_sim import ModuleParams, ModuleSim
+from hil.replay_bms import RawPayload, ReplayBms, load_recording
 from hil.safety_io_sim import SafetyIoSim
 
 STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
@@ -43,6 +44,11 @@ STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
 LOG_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 LINGER_S = 1.0
 PLUG_IN_AT_S = 0.2  # keep stepping after the session ends so the car sees CSD / CST
+# A recording with no energy transfer in it (session-a's ends in configuration): charge on
+# the simulated car's demand this long, then stop as an operator would.
+REPLAY_SYNTHESIZED_CHARGE_S = 10.0
+SESSION_ORDER = ("handshake", "insulation_check", "identification", "parameter_exchange",
+                 "precharge", "charging", "stopping", "welding_check", "finished")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class SimOptions:
     module: ModuleParams = field(default_factory=ModuleParams)
     fault: str | None = None  # a name from hil.faults.SCENARIOS
     fault_after_charging_s: float = 10.0
+    replay_bms: str | None = None  # a candump trace: the car answers as the recorded one did
 
 
 @dataclass
@@ -94,11 +101,19 @@ class SimResult:
     safe_at: float | None = None
     fault_verdict: str = ""
     fault_ok: bool = False
+    vehicle_data: dict[str, int] = field(default_factory=dict)
+    replay: dict[str, Any] | None = None
+
+    @property
+    def furthest_state(self) -> str:
+        reached = [s for _t, s in self.states if s in SESSION_ORDER]
+        return max(reached, key=SESSION_ORDER.index, default="idle")
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("trace")
         d["states"] = [f"{t:.2f} {s}" for t, s in self.states]
+        d["furthest_state"] = self.furthest_state
         return d
 
 
@@ -111,8 +126,10 @@ class SimulatedPile:
         self.clock = SimClock(options.speed)
         self.result = SimResult()
         self.module_sim = ModuleSim(options.module)
-        self.bms = BmsSimulator(VehicleConfig(start_soc_pct=options.start_soc_pct,
-                                              target_soc_pct=options.target_soc_pct))
+        self.bms = ReplayBms(load_recording(options.replay_bms)) if options.replay_bms else \
+            BmsSimulator(VehicleConfig(start_soc_pct=options.start_soc_pct,
+                                       target_soc_pct=options.target_soc_pct))
+        self._replay_stopped = False
         self.safety_io = SafetyIoSim(self.module_sim)
         self.session = GunSession(options.ratings, thermal=ThermalSupervisor(),
                                   require_safety_io=True)
@@ -176,6 +193,7 @@ class SimulatedPile:
                 self._say(f"[{t:8.2f} s] notice {kind}: {detail}")
             case SessionReport():
                 r.outcome, r.reason = command.outcome, command.reason
+                r.vehicle_data = dict(command.vehicle_data)
                 r.energy_kwh, r.sim_duration_s = command.energy_kwh, command.duration_s
                 r.start_soc_pct, r.end_soc_pct = command.start_soc_pct, command.end_soc_pct
 
@@ -210,6 +228,7 @@ class SimulatedPile:
                 # core rightly refuses a start (E-stop and temperatures unknown).
                 plugged = True
                 extra.append(VehicleConnected(t, wall_clock_s=LOG_EPOCH + t))
+            extra += self._replay_stop(t)
             if not self.agent_hung:
                 await self.runtime.step(t, extra)
             self._live_line(t)
@@ -223,9 +242,33 @@ class SimulatedPile:
             await self.clock.advance(STEP_S)
         self.result.wall_s = time.monotonic() - wall0
         self.result.battery_energy_in_kwh = self.bms.battery.energy_in_kwh
+        if isinstance(self.bms, ReplayBms):
+            self.result.replay = self.bms.summary()
         if self.result.outcome == "timeout":
             self.result.reason = f"no end of session within {self.options.max_sim_s} s"
         return self.result
+
+    def _replay_stop(self, t: float) -> list[Event]:
+        """The recorded session's end: once its energy transfer has been replayed, stop as
+        its charger did (or as an operator would, when the trace has none)."""
+        bms = self.bms
+        if not isinstance(bms, ReplayBms) or self._replay_stopped \
+                or self.session.state is not State.CHARGING or not bms.energy_transfer_over:
+            return []
+        rec = bms.recording
+        if "BCL" not in rec.payloads:
+            since = next((ts for ts, s in self.result.states if s == "charging"), t)
+            if t - since < REPLAY_SYNTHESIZED_CHARGE_S:
+                return []
+            why = (f"replay: the recording has no energy transfer; stopped after "
+                   f"{REPLAY_SYNTHESIZED_CHARGE_S:.0f} s on the simulated demand")
+        elif rec.charger_stop is not None:
+            reasons = ", ".join(sorted(r.value for r in rec.charger_stop.reasons)) or "none"
+            why = f"replay: the recording ends with its charger's CST ({reasons})"
+        else:
+            why = "replay: the recording's energy transfer is over"
+        self._replay_stopped = True
+        return [StopRequested(t, why)]
 
     # ---- fault injection ----------------------------------------------------------
 
@@ -299,7 +342,11 @@ class SimulatedPile:
             if not hasattr(item, "detail"):
                 self.bms.receive(item, t)  # type: ignore[arg-type]
         for message in self.bms.poll(t):
-            self.vehicle_link.send(message, t)
+            if isinstance(message, RawPayload):
+                self.vehicle_link.send_payload(message.pgn, message.payload, t,
+                                               message.priority)
+            else:
+                self.vehicle_link.send(message, t)
 
 
 async def run_sim(options: SimOptions, out: IO[str] | None = None) -> SimResult:
@@ -308,7 +355,8 @@ async def run_sim(options: SimOptions, out: IO[str] | None = None) -> SimResult:
 
 
 async def run_sim_cli(options: SimOptions) -> int:
-    result = await run_sim(options, sys.stdout)
+    # With --json, stdout carries the JSON alone (it can be piped); live lines go to stderr.
+    result = await run_sim(options, sys.stderr if options.json_summary else sys.stdout)
     summary = result.summary()
     if options.fault is not None:
         verdict = "PASS" if result.fault_ok else "FAIL"
@@ -320,6 +368,16 @@ async def run_sim_cli(options: SimOptions) -> int:
         return 0 if result.fault_ok else 1
     if options.json_summary:
         print(json.dumps(summary, indent=2))
+    elif result.replay is not None:
+        rp = result.replay
+        print(f"replay of {rp['recording']}: reached {result.furthest_state}; session "
+              f"{result.outcome}: {result.reason}\n"
+              f"  replayed as recorded: {_counts(rp['replayed'])}\n"
+              f"  synthesized (not in the recording): {_counts(rp['synthesized'])}\n"
+              f"  announced but never transferred in the recording: "
+              f"{_counts(rp['announced_never_sent'])}\n"
+              f"  periods: {rp['periods']}; delivered {result.energy_kwh:.2f} kWh, peak "
+              f"{result.max_current_a:.1f} A; vehicle data: {_counts(result.vehicle_data)}")
     else:
         soc = (f"{result.start_soc_pct:.1f} % -> {result.end_soc_pct:.1f} %"
                if result.start_soc_pct is not None and result.end_soc_pct is not None else "n/a")
@@ -329,4 +387,10 @@ async def run_sim_cli(options: SimOptions) -> int:
               f"peak {result.max_current_a:.1f} A\n"
               f"  simulated {result.sim_duration_s:.0f} s in {result.wall_s:.1f} s wall "
               f"({result.sim_duration_s / max(result.wall_s, 1e-9):.0f}x real time)")
+    if result.replay is not None:
+        return 0 if result.outcome == "finished" and result.furthest_state == "finished" else 1
     return 0 if result.outcome == "finished" else 1
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"

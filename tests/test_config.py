@@ -10,6 +10,7 @@ import pytest
 
 from agent.cli import main
 from agent.core.events import TemperatureReading
+from agent.core.ratings import GunRatings
 from agent.core.thermal_guard import CONNECTOR, MODULE, ThermalSupervisor
 from agent.runtime.config import ConfigError, load_config, parse_config
 
@@ -73,6 +74,10 @@ def test_a_configured_curve_is_the_one_the_thermal_guard_derates_by(tmp_path: Pa
 
 @pytest.mark.parametrize(("doc", "field"), [
     ({"gun": {"max_current_a": -5.0}}, "gun.max_current_a"),
+    # GB/T 27930 carries at most 400 A: every CML of such a gun would fail to encode.
+    ({"gun": {"max_current_a": 500.0}}, "gun.max_current_a 500.0 A is above the 400 A"),
+    ({"gun": {"min_current_a": 260.0}}, "gun.min_current_a 260.0 A is above max_current_a"),
+    ({"gun": {"min_current_a": -1.0}}, "gun.min_current_a"),
     ({"gun": {"max_currnet_a": 5.0}}, "gun.max_currnet_a"),
     ({"gun": {"max_voltage_v": "750"}}, "gun.max_voltage_v"),
     ({"gun": {"max_voltage_v": float("nan")}}, "gun.max_voltage_v"),
@@ -125,3 +130,30 @@ def test_the_readme_example_loads() -> None:
     block = readme.split("```toml", 1)[1].split("```", 1)[0]
     cfg = parse_config(tomllib.loads(block))
     assert cfg.safety_bus.enabled and dict(cfg.thermal.kinds)["connector"].trip_c == 105.0
+
+
+@pytest.mark.parametrize(("current_a", "ok"), [(399.9, True), (400.0, True), (400.1, False)])
+def test_the_gbt_current_ceiling_has_both_sides(current_a: float, ok: bool) -> None:
+    problems = GunRatings(max_current_a=current_a, max_power_w=400_000.0).problems()
+    assert (problems == []) is ok, problems
+
+
+@pytest.mark.parametrize("args", [
+    ["--speed", "-1"], ["--speed", "nan"], ["--speed", "inf"], ["--max-sim-s", "nan"],
+    ["--max-sim-s", "0"], ["--start-soc", "nan"], ["--start-soc", "90", "--target-soc", "80"],
+    ["--can-log", "/nonexistent-dir/session.log"], ["--can-log", "/"],
+    ["--replay-bms", "/nonexistent-dir/trace.log"],
+])
+def test_cli_sim_rejects_bad_flags_naming_the_value(
+        args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pile-agent sim: ") and args[0] in err and "Traceback" not in err
+
+
+def test_cli_run_rejects_an_unwritable_can_log(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "pile.toml"
+    path.write_text("[gun]\nmax_current_a = 200\n")
+    assert main(["run", "--config", str(path), "--can-log", "/nonexistent-dir/x.log"]) == 2
+    assert "--can-log /nonexistent-dir/x.log" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 
@@ -33,22 +34,37 @@ class GunRatings:
                 continue
             if isinstance(value, float) and not math.isfinite(value):
                 out.append(f"{f.name} must be a finite number, got {value!r}")
-        if self.min_voltage_v <= 0:
-            out.append(f"min_voltage_v must be > 0, got {self.min_voltage_v}")
-        if self.max_voltage_v <= self.min_voltage_v:
-            out.append("max_voltage_v must be above min_voltage_v")
-        if self.max_voltage_v > 1500:
-            out.append("max_voltage_v above 1500 V is outside DC low-voltage equipment")
-        if self.max_current_a <= 0:
-            out.append(f"max_current_a must be > 0, got {self.max_current_a}")
-        if self.min_current_a < 0:
-            out.append(f"min_current_a must be >= 0, got {self.min_current_a}")
-        if self.max_power_w <= 0:
-            out.append(f"max_power_w must be > 0, got {self.max_power_w}")
-        if not self.grid_limit_w > 0:
-            out.append(f"grid_limit_w must be > 0, got {self.grid_limit_w}")
-        if self.ramp_up_a_per_s < 20:
-            out.append("ramp_up_a_per_s below 20 A/s violates IEC 61851-23 101.2.1.3")
-        if not 0 <= self.charger_number <= 0xFFFFFFFF:
-            out.append("charger_number must fit in 32 bits")
-        return out
+        if out:
+            return out
+        return [message(self) for ok, message in RATING_CHECKS if not ok(self)]
+
+
+# GB/T 27930-2015 §4.5: currents are 0.1 A/bit with a -400 A offset and charging counts
+# negative, so CML (and CCS, BCL) carry at most 400 A of charging current.
+GBT_MAX_CHARGE_CURRENT_A = 400.0
+
+# Each check with the sentence a config error shows; a table, so the mutation check can
+# remove one at a time and expect a test to fail.
+RatingCheck = tuple[Callable[[GunRatings], bool], Callable[[GunRatings], str]]
+RATING_CHECKS: tuple[RatingCheck, ...] = (
+    (lambda r: r.min_voltage_v > 0, lambda r: f"min_voltage_v must be > 0, got {r.min_voltage_v}"),
+    (lambda r: r.max_voltage_v > r.min_voltage_v,
+     lambda r: "max_voltage_v must be above min_voltage_v"),
+    (lambda r: r.max_voltage_v <= 1500,
+     lambda r: "max_voltage_v above 1500 V is outside DC low-voltage equipment"),
+    (lambda r: r.max_current_a > 0, lambda r: f"max_current_a must be > 0, got {r.max_current_a}"),
+    (lambda r: r.max_current_a <= GBT_MAX_CHARGE_CURRENT_A,
+     lambda r: f"max_current_a {r.max_current_a} A is above the {GBT_MAX_CHARGE_CURRENT_A:.0f} A "
+               "GB/T 27930-2015 can carry (§4.5: 0.1 A/bit, -400 A offset): every CML would "
+               "fail to encode"),
+    (lambda r: r.min_current_a >= 0,
+     lambda r: f"min_current_a must be >= 0, got {r.min_current_a}"),
+    (lambda r: r.min_current_a <= r.max_current_a,
+     lambda r: f"min_current_a {r.min_current_a} A is above max_current_a {r.max_current_a} A"),
+    (lambda r: r.max_power_w > 0, lambda r: f"max_power_w must be > 0, got {r.max_power_w}"),
+    (lambda r: r.grid_limit_w > 0, lambda r: f"grid_limit_w must be > 0, got {r.grid_limit_w}"),
+    (lambda r: r.ramp_up_a_per_s >= 20,
+     lambda r: "ramp_up_a_per_s below 20 A/s violates IEC 61851-23 101.2.1.3"),
+    (lambda r: 0 <= r.charger_number <= 0xFFFFFFFF,
+     lambda r: "charger_number must fit in 32 bits"),
+)
