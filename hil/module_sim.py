@@ -84,7 +84,10 @@ class ModuleSim:
         # fault injection
         self.silent = False
         self.force_over_temperature = False
-        self.welded_contactor = False
+        self.welded_contactor = False  # both poles
+        self.welded_poles = 0  # bit 0: K1 (DC+) welded, bit 1: K2 (DC-)
+        self.reports_mismatch = True  # False: a module without its own mismatch fault bit
+        self.feedback = 0  # mirror contacts, bit per pole
         self.insulation_ohm = 10e6
         # physical state, readable by tests
         self.current_a = 0.0
@@ -161,10 +164,13 @@ class ModuleSim:
         decay = math.exp(-dt_s / (p.thermal_resistance_k_per_w * p.thermal_capacity_j_per_k))
         self.temperature_c = steady_c + (self.temperature_c - steady_c) * decay
         self._step_protections(dt_s)
-        self.contactors_closed = self.welded_contactor or self._get("contactor_command") == 1
-        self._set_fault(
-            "contactor_mismatch", self.contactors_closed != (self._get("contactor_command") == 1)
-        )
+        commanded = self._get("contactor_command") == 1
+        welded = 0b11 if self.welded_contactor else self.welded_poles & 0b11
+        self.feedback = 0b11 if commanded else welded
+        # Current flows only through both poles; one welded pole alone carries none.
+        self.contactors_closed = self.feedback == 0b11
+        self._set_fault("contactor_mismatch", self.reports_mismatch
+                        and self.feedback != (0b11 if commanded else 0))
         self.output_on = self._get("output_enable") == 1 and not (
             self.faults & (self._bit("over_temperature") | self._bit("watchdog_expired"))
         )
@@ -272,7 +278,7 @@ class ModuleSim:
         self._put("output_current", self.current_a)
         self._put("gun_voltage", self.gun_voltage_v)
         self._put("module_temperature", self.temperature_c)
-        self._put("contactor_feedback", 3 if self.contactors_closed else 0)
+        self._put("contactor_feedback", self.feedback)
         self._put("fault_word", self.faults)
         flags = self.regmap["state_flags"]
         self._put("state_flags", (flags.bit("output_on") if self.output_on else 0)

@@ -64,3 +64,14 @@ def decode_log(lines: Iterable[str]) -> list[tuple[str, dict[str, float]]]:
         elif pf in NAMES:
             out.append((NAMES[pf], fields_of(NAMES[pf], data)))
     return out
+
+
+def cml_raw(d: bytes) -> dict[str, float]:
+    """CML as laid out (SPN 2824-2827), each field where it stands, currents as raw counts:
+    a charging current is raw < 4000 (§4.5: discharge counts positive)."""
+    return {"max_voltage": _u16(d, 0) / 10, "min_voltage": _u16(d, 2) / 10,
+            "max_current_raw": _u16(d, 4), "min_current_raw": _u16(d, 6)}
+
+
+def charge_amps(raw: int) -> float:
+    return _charge_a(raw)

@@ -27,7 +27,6 @@ from agent.core.messages import (
     BHM,
     BRM,
     BRO,
-    BSM,
     CHM,
     CML,
     CRM,
@@ -36,6 +35,8 @@ from agent.core.messages import (
     ChargeMode,
     Ready,
 )
+
+GBT_MAX_CHARGE_A = 400.0
 
 
 @dataclass
@@ -46,7 +47,7 @@ class EvParams:
     battery_v: float = 360.0
     reported_v: float = 360.0  # what BCP claims (a liar differs from battery_v)
     demand_a: float = 150.0
-    demand_v: float = 410.0
+    demand_v: float = 410.0  # BCL voltage demand: below BCP's max (CV), or near it (CC)
     # The one message this EV never sends (its awaited-message watchdog must fire):
     # "BHM", "BRM", "BCP", "BRO", "BCL", "BCS", or "BRO_AA" (BRO stays 0x00, not ready).
     mute: str = ""
@@ -61,7 +62,10 @@ class Ev:
     contactors_closed: bool = False
     charging: bool = False
     bsm_permit: bool = True
-    bsm_over_temperature: bool = False
+    # A BSM alarm the car raises: the field, and its 2-bit value (01 set, 10 untrusted,
+    # 11 undefined): every non-normal encoding must stop the charge.
+    bsm_alarm: str = ""
+    bsm_alarm_bits: int = 0b01
     _last: dict[str, float] = field(default_factory=dict)
     _heard: set[str] = field(default_factory=set)
 
@@ -79,10 +83,12 @@ class Ev:
             return True
         return False
 
-    def speak(self, t: float) -> list[BmsMessage]:
+    def speak(self, t: float) -> list[BmsMessage | bytes]:
+        """What the car sends: messages, and BSM as its raw bytes (its alarm encodings are
+        what the charger's decoder must get right)."""
         if not self.talking:
             return []
-        out: list[BmsMessage] = []
+        out: list[BmsMessage | bytes] = []
         h, p = self._heard, self.p
         if "CHM" in h and "CRM_00" not in h and self._due("BHM", 0.25, t):
             out.append(BHM(p.bhm_max_v))
@@ -96,13 +102,32 @@ class Ev:
             out.append(BRO(Ready.READY if ready else Ready.NOT_READY))
         if self.charging:
             if self.send_bcl and self._due("BCL", 0.05, t):
-                out.append(BCL(p.demand_v, p.demand_a, ChargeMode.CONSTANT_CURRENT))
+                # GB/T 27930-2015 §4.5 carries at most 400 A of charging demand.
+                out.append(BCL(p.demand_v, min(p.demand_a, GBT_MAX_CHARGE_A),
+                               ChargeMode.CONSTANT_CURRENT))
             if self.send_bcs and self._due("BCS", 0.25, t):
                 out.append(BCS(p.battery_v, 0.0, 4.0, 1, 50.0, 30))
             if self._due("BSM", 0.25, t):
-                out.append(BSM(1, 30.0, 1, 28.0, 2, over_temperature=self.bsm_over_temperature,
-                               charge_permitted=self.bsm_permit))
+                out.append(bsm_bytes(self.bsm_permit, self.bsm_alarm, self.bsm_alarm_bits))
         return [m for m in out if type(m).__name__ != p.mute]
+
+
+# GB/T 27930-2015 BSM (PGN 0x1300) byte 6: cell voltage, SOC, over-current,
+# over-temperature; byte 7: insulation, connector, charge permitted, reserved (11); two bits
+# each, least significant first. Written here from the standard, not through the codec.
+BSM_ALARMS = {"cell_voltage": (5, 0), "soc": (5, 2), "over_current": (5, 4),
+              "over_temperature": (5, 6), "insulation": (6, 0), "connector": (6, 2)}
+
+
+def bsm_bytes(permit: bool, alarm: str = "", bits: int = 0b01) -> bytes:
+    data = bytearray([0, 30 + 50, 0, 28 + 50, 1, 0, 0b11 << 6 | (0b01 if permit else 0) << 4])
+    if alarm:
+        byte, shift = BSM_ALARMS[alarm]
+        data[byte] |= bits << shift
+    return bytes(data)
+
+
+BATTERY_OHM = 0.05  # the battery's internal resistance as the plant sees it
 
 
 @dataclass
@@ -127,10 +152,23 @@ class PlantModel:
     current_stuck: bool = False
     imd_dead: bool = False
     offset_v: float = 0.0
+    # The output reaches only this fraction of its voltage setpoint (a weak module), and
+    # follows it with this time constant (a slow one).
+    output_fraction: float = 1.0
+    voltage_tau_s: float = 0.02
+    # Welded poles: bit 0 K1, bit 1 K2 (`welded` = both).
+    welded_poles: int = 0
+
+    @property
+    def poles(self) -> int:
+        """Mirror contacts, a bit per pole."""
+        commanded = 0b11 if self.k12_cmd and not self.stuck_open else 0
+        return commanded | (0b11 if self.welded else self.welded_poles)
 
     @property
     def k12(self) -> bool:
-        return (self.k12_cmd and not self.stuck_open) or self.welded
+        """Both poles closed: the only way current flows."""
+        return self.poles == 0b11
 
     def apply(self, c: Command, t: float) -> None:
         match c:
@@ -147,8 +185,9 @@ class PlantModel:
         loaded = self.k12 and ev.contactors_closed
         before = self.current_a
         if self.enabled and loaded:
-            cv_ok = self.set_v > ev.p.battery_v
-            target = min(max(self.set_a, 0.0), self.capability_a) if cv_ok else 0.0
+            # CC up to the setpoint, CV at the voltage setpoint: I = (V_set - V_batt) / R.
+            cv_a = max((self.set_v - ev.p.battery_v) / BATTERY_OHM, 0.0)
+            target = min(max(self.set_a, 0.0), self.capability_a, cv_a)
             self.current_a += (target - self.current_a) * min(1.0, dt / 0.05)
             self.current_a = min(self.current_a, max(self.set_a, 0.0), self.capability_a)
         else:
@@ -156,15 +195,16 @@ class PlantModel:
         if loaded and self.current_stuck:
             self.current_a = max(self.current_a, before)  # follows rises, never a fall
         if loaded:
-            self.out_v = ev.p.battery_v + 0.05 * self.current_a
+            self.out_v = ev.p.battery_v + BATTERY_OHM * self.current_a
         elif self.enabled:
-            self.out_v += (self.set_v + self.offset_v - self.out_v) * min(1.0, dt / 0.02)
+            target_v = self.set_v * self.output_fraction + self.offset_v
+            self.out_v += (target_v - self.out_v) * min(1.0, dt / self.voltage_tau_s)
         else:
             self.out_v *= math.exp(-dt / (0.1 if self.bleeder else 0.5))
 
     def gun_v(self, ev: Ev) -> float:
         if ev.contactors_closed:
-            return ev.p.battery_v + 0.05 * self.current_a
+            return ev.p.battery_v + BATTERY_OHM * self.current_a
         return self.out_v if self.k12 else 0.0
 
     def status(self, t: float, ev: Ev) -> ModuleStatus:
@@ -173,7 +213,8 @@ class PlantModel:
         return ModuleStatus(
             t=t, output_voltage_v=self.out_v, output_current_a=self.current_a,
             gun_voltage_v=self.gun_v(ev), temperature_c=self.temperature_c,
-            contactors_closed=self.k12, fault_word=self.fault_word,
+            contactors_closed=self.k12, contactors_any_closed=self.poles != 0,
+            fault_word=self.fault_word,
             insulation_ohm=self.insulation_ohm if ready else None,
             capability_current_a=self.capability_a, capability_power_w=None)
 

@@ -28,6 +28,7 @@ from agent.core.commands import (
 from agent.core.events import (
     Event,
     FaultsCleared,
+    InsulationStatus,
     ModuleLinkLost,
     ModuleStatus,
     SafetyInputs,
@@ -40,12 +41,16 @@ from agent.core.events import (
     VehicleDisconnected,
     VehicleMessage,
 )
-from agent.core.messages import BST, CML, BmsStopReason
+from agent.core.messages import BST, CCS, CML, CRO, BmsStopReason
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
-from tests.safety_model import Ev, EvParams, PlantModel
+from agent.runtime.gun_runtime import vehicle_events
+from drivers.gbt27930.codec import encode
+from drivers.gbt27930.link import decode_received
+from tests.independent_gbt_decoder import charge_amps, cml_raw, fields_of
+from tests.safety_model import BSM_ALARMS, Ev, EvParams, PlantModel
 
 # The mutation check runs each mutant on fresh examples (no database), and for its summary
 # table stops at the first failing example instead of shrinking it (minutes per mutant).
@@ -63,7 +68,8 @@ LIVE = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
 MUTE = ("BHM", "BRM", "BCP", "BRO", "BRO_AA", "BCL", "BCS")
 # Plant failures that only a deadline or a single moment finds: the long budgets (stop
 # 10 s, insulation 25 s, precharge 60 s), the insulation verdict, a hung module bus owner.
-FLAWS = ("current_stuck", "imd_dead", "voltage_offset", "insulation_low", "module_frozen")
+FLAWS = ("current_stuck", "imd_dead", "voltage_offset", "voltage_offset_up", "output_weak",
+         "insulation_low", "module_frozen")
 POLL = 0.1
 BCL_TIMEOUT_S = 1.0  # GB/T 27930-2015 §8: BCL silent 1 s -> stop
 BCS_TIMEOUT_S = 5.0  # GB/T 27930-2015 §8: BCS 5 s
@@ -81,6 +87,10 @@ CABLE_CHECK_A = 2.0  # IEC 61851-23:2023 6.3.1.109 via EVerest
 PRECHARGE_A = 20.0  # GB/T 18487.1-2015 B.4.4
 STOP_BUDGET_S = 10.0  # GB/T 27930-2015 §8: <= 5 A within 10 s of BST
 CONNECTOR_TRIP_C = 105.0  # GB 44263-2024 §6.2.2
+BATTERY_V_TOLERANCE = 0.05  # GB/T 18487.1-2015 B.4.4: measured within +-5 % of BCP's
+INSULATION_AT_VOLTAGE = 0.95  # GB/T 18487.1-2015 B.4.3: measured at the test voltage
+GBT_CHARGE_RAW_MAX = 4000  # GB/T 27930-2015 §4.5: raw 4000 is 0 A, charging below it
+IMD_PERIOD_S = 1.0  # Bender isoCHA-class IMD: one measurement a second
 
 
 def connector_fraction(temp_c: float) -> float:
@@ -120,6 +130,10 @@ class SafetyWorld:
         self.last_bcs_t: float | None = None
         self.bsm_permit = True
         self.bcl_demand: float | None = None
+        self.bcl_voltage: float | None = None  # the BCL voltage demand the core heard
+        self.imd_low_t: float | None = None  # when the IMD last read <= 100 ohm/V
+        self.next_imd = 0.0
+        self.unlock_at_precharge = False
         self.bcp_max: float | None = None
         self.bcp_reported_v: float | None = None
         self.bhm_max: float | None = None
@@ -161,6 +175,7 @@ class SafetyWorld:
             self.plant.apply(c, self.t)
             msg = getattr(c, "message", None)
             if msg is not None:
+                self.check_advertised(msg)
                 self.ev.hear(msg)
                 if isinstance(msg, CML) and self.first_cml_t is None:
                     self.first_cml_t = self.t
@@ -174,9 +189,17 @@ class SafetyWorld:
 
     def on_state(self, c: StateChanged) -> None:
         self.state_since = self.t
+        if c.dest == "precharge" and self.unlock_at_precharge:
+            self.unlock_at_precharge = False
+            self.inputs = (False, False, True)  # the lock opens just before K1/K2 close
+            if not self.io_mode:
+                self.feed_inputs()
+        if c.dest == "fault" and "insulation fault while charging" in c.reason:
+            assert self.imd_low_t == self.t, f"I4 insulation fault on a good reading: {c.reason}"
         if c.dest == "handshake":
             self.bsm_permit = True
             self.bcl_demand = self.bcp_max = self.bcp_reported_v = self.bhm_max = None
+            self.bcl_voltage = None
             self.first_cml_t = self.first_bro_t = None
             assert not self.s.safety.latched, "started with a latched fault (I12)"
             assert not self.estop, "started with the E-stop pressed (I12)"
@@ -203,23 +226,51 @@ class SafetyWorld:
 
     def tick(self) -> None:
         self.t = round(self.t + TICK, 6)
-        for msg in self.ev.speak(self.t):
-            if type(msg).__name__ == "BSM":
-                self.bsm_permit = msg.charge_permitted  # type: ignore[attr-defined]
-            if type(msg).__name__ == "BCS":
-                self.last_bcs_t = self.t
-            if type(msg).__name__ == "BCL":
-                self.last_bcl_t, self.bcl_demand = self.t, msg.current_demand_a  # type: ignore[attr-defined]
-            if type(msg).__name__ == "BCP" and self.s.state is State.PARAMETER_EXCHANGE \
-                    and self.s.data.bcp is None:
-                self.bcp_max = msg.max_charge_current_a  # type: ignore[attr-defined]
-                self.bcp_reported_v = msg.battery_voltage_v  # type: ignore[attr-defined]
-            if type(msg).__name__ == "BHM":
-                self.bhm_max = msg.max_charge_voltage_v  # type: ignore[attr-defined]
-            if type(msg).__name__ == "BRO" and self.s.state is State.PARAMETER_EXCHANGE \
-                    and self.first_bro_t is None:
-                self.first_bro_t = self.t
-            self.feed(VehicleMessage(self.t, msg))
+        for item in self.ev.speak(self.t):
+            # Through the driver's own decoding, as on the bus: a codec that misreads a
+            # field is the world's to find too.
+            pgn, payload = (0x1300, item) if isinstance(item, bytes) else encode(item)
+            for event in vehicle_events(self.t, decode_received(pgn, payload)):
+                message = getattr(event, "message", None)
+                if not isinstance(event, VehicleMessage) or message is None:
+                    self.feed(event)
+                    continue
+                self.hear_vehicle(message if isinstance(item, bytes) else item, message, pgn,
+                                  payload)
+        self.step_plant()
+
+    def hear_vehicle(self, msg: object, heard: object, pgn: int, payload: bytes) -> None:
+        """Track what the car said (what it sent, not what the decoder made of it: a
+        decoder that misreads a field is the world's to find), then feed what was heard."""
+        if pgn == 0x1300:
+            # Charge permitted is 01 (SPN 3096); any other alarm bits stop the charge.
+            self.bsm_permit = (payload[6] >> 4) & 0b11 == 0b01
+            alarmed = any((payload[byte] >> shift) & 0b11
+                          for byte, shift in BSM_ALARMS.values())
+            charging = self.s.state is State.CHARGING
+            self.feed(VehicleMessage(self.t, heard))  # type: ignore[arg-type]
+            if alarmed and charging:
+                assert self.s.state in (State.STOPPING, State.FAULT), \
+                    f"BSM alarm {payload.hex()} ignored in {self.s.state.value}"
+            return
+        if type(msg).__name__ == "BCS":
+            self.last_bcs_t = self.t
+        if type(msg).__name__ == "BCL":
+            self.last_bcl_t, self.bcl_demand = self.t, msg.current_demand_a  # type: ignore[attr-defined]
+            self.bcl_voltage = msg.voltage_demand_v  # type: ignore[attr-defined]
+        if type(msg).__name__ == "BCP" and self.s.state is State.PARAMETER_EXCHANGE \
+                and self.s.data.bcp is None:
+            self.bcp_max = msg.max_charge_current_a  # type: ignore[attr-defined]
+            self.bcp_reported_v = msg.battery_voltage_v  # type: ignore[attr-defined]
+        if type(msg).__name__ == "BHM":
+            self.bhm_max = msg.max_charge_voltage_v  # type: ignore[attr-defined]
+        if type(msg).__name__ == "BRO" and self.s.state is State.PARAMETER_EXCHANGE \
+                and self.first_bro_t is None:
+            self.first_bro_t = self.t
+        self.feed(VehicleMessage(self.t, heard))  # type: ignore[arg-type]
+
+    def step_plant(self) -> None:
+        """The plant, the pollers and the tick, after the car has spoken."""
         self.plant.step(TICK, self.ev)
         if self.ev.contactors_closed and self.s.state in (State.STOPPING, State.WELDING_CHECK,
                                                           State.FINISHED, State.FAULT) \
@@ -266,12 +317,25 @@ class SafetyWorld:
         if self.io_mode == "silent":
             return
         self.feed_inputs()
+        if self.s.state is State.CHARGING and self.t >= self.next_imd - EPS:
+            self.read_imd()
         self.last_temp, self.sensor_open_seen = self.connector_c, self.sensor_open
         self.last_temp_t = self.t
         for pin in ("connector_dc_plus", "connector_dc_minus"):
             self.feed(TemperatureReading(self.t, pin, math.nan if self.sensor_open else
                                          self.connector_c,
                                          raw_ohm=1e6 if self.sensor_open else None))
+
+    def read_imd(self) -> None:
+        """The IMD's continuous monitoring while charging: <= 100 ohm/V at the output
+        voltage is an insulation fault at once (GB/T 18487.1-2015 B.5.1), both sides held."""
+        self.next_imd = self.t + IMD_PERIOD_S
+        ohm_per_v = self.plant.insulation_ohm / max(self.plant.set_v, 1.0)
+        self.imd_low_t = self.t if ohm_per_v <= INSULATION_FAULT_OHM_PER_V else None
+        self.feed(InsulationStatus(self.t, self.plant.insulation_ohm, measurement_done=True))
+        if self.imd_low_t is not None:
+            assert self.s.state is State.FAULT, \
+                f"I4 insulation {ohm_per_v:.1f} ohm/V while charging, {self.s.state.value}"
 
     def feed_inputs(self) -> None:
         self.estop, self.door, self.gun_unlocked = self.inputs
@@ -282,14 +346,17 @@ class SafetyWorld:
     def check_contactor_feedback(self, status: ModuleStatus) -> None:
         """I4/I5: K1/K2 feedback that disagrees with the command for longer than the
         feedback deadline (one poll of slack) ends the session: welded or not closing."""
-        if status.contactors_closed == self.plant.k12_cmd:
+        # Pole by pole: commanded closed, both must read closed; commanded open, neither.
+        agrees = status.contactors_closed if self.plant.k12_cmd else \
+            not status.any_contactor_closed
+        if agrees:
             self.feedback_mismatch_t = None
             return
         if self.feedback_mismatch_t is None:
             self.feedback_mismatch_t = status.t
         since = max(self.feedback_mismatch_t, self.k12_changed_t, self.service_t)
         if status.t - since > CONTACTOR_FEEDBACK_S + POLL + EPS:
-            what = "welded" if status.contactors_closed else "not closing"
+            what = "not closing" if self.plant.k12_cmd else "welded"
             assert self.s.state is State.FAULT, \
                 f"I4/I5 contactor {what} for {status.t - since:.2f} s in {self.s.state.value}"
 
@@ -316,8 +383,13 @@ class SafetyWorld:
             vmax = min(RATINGS.max_voltage_v, self.ev.p.bcp_max_v,
                        self.bhm_max if self.bhm_max is not None else math.inf)
             assert voltage_v <= vmax + EPS, "I3 voltage"
+            # I3: the car's voltage demand (CV) binds too, not only its BCP maximum
+            assert self.bcl_voltage is not None and voltage_v <= self.bcl_voltage + EPS, \
+                f"I3 voltage {voltage_v} V above the BCL demand {self.bcl_voltage} V"
         elif state is State.INSULATION_CHECK:
             assert amps <= CABLE_CHECK_A + EPS, "I1 state (cable check)"
+            assert voltage_v <= self.insulation_test_v() + EPS, \
+                f"I3 {voltage_v} V in the insulation check, test voltage {self.insulation_test_v()}"
         elif state is State.PRECHARGE:
             assert amps <= PRECHARGE_A + EPS, "I1 state (precharge)"
         elif state is not State.CHARGING:
@@ -329,10 +401,48 @@ class SafetyWorld:
         assert abs(amps) <= cap + EPS or (state in (State.INSULATION_CHECK, State.PRECHARGE) \
             and cap > PRECHARGE_A), f"I10 thermal: {amps} A at {self.last_temp} °C"
 
+    def insulation_test_v(self) -> float:
+        """GB/T 18487.1-2015 B.4.3: min(BHM max voltage, charger rated voltage)."""
+        return min(self.bhm_max if self.bhm_max is not None else math.inf,
+                   RATINGS.max_voltage_v)
+
+    def check_advertised(self, msg: object) -> None:
+        """What the charger tells the car is within its ratings and on the wire with the
+        standard's sign (GB/T 27930-2015 §4.5: charging counts negative, raw < 4000),
+        read back with the independent decoder, field by field where it stands."""
+        if not isinstance(msg, CML | CCS | CRO):
+            return
+        _pgn, payload = encode(msg)
+        if isinstance(msg, CML):
+            f = cml_raw(payload)
+            assert f["max_current_raw"] <= GBT_CHARGE_RAW_MAX and \
+                f["min_current_raw"] <= GBT_CHARGE_RAW_MAX, f"CML currents not charging: {f}"
+            max_a, min_a = charge_amps(int(f["max_current_raw"])), \
+                charge_amps(int(f["min_current_raw"]))
+            assert max_a <= RATINGS.max_current_a + EPS, f"CML max {max_a} A above the rating"
+            assert 0.0 <= min_a <= max_a, f"CML min {min_a} A above max {max_a} A"
+            assert 0.0 <= f["min_voltage"] <= f["max_voltage"] <= RATINGS.max_voltage_v + EPS, \
+                f"CML voltages {f}"
+        elif isinstance(msg, CCS):
+            f = fields_of("CCS", payload)
+            assert f["current"] == round(msg.output_current_a, 1) + 0.0, \
+                f"CCS current {msg.output_current_a} A on the wire as {f['current']} A"
+        else:
+            assert payload[0] in (0x00, 0xAA), f"CRO byte {payload[0]:#04x}"
+            if payload[0] == 0xAA:
+                assert self.plant.k12_cmd, "CRO(0xAA) (charger ready) with K1/K2 open"
+
     def check_command(self, c: Command) -> None:
         state = self.s.state
         if isinstance(c, SetContactors) and c.closed:
             assert not self.gun_unlocked, "I4 K1/K2 closed onto an unlocked gun"
+        if isinstance(c, StartInsulationTest):
+            # I4: at min(BHM, rating), and with the output there (not half-way up)
+            test_v = self.insulation_test_v()
+            assert abs(c.test_voltage_v - test_v) <= EPS, \
+                f"I4 insulation tested at {c.test_voltage_v} V, not {test_v} V"
+            assert self.last_status_out_v >= INSULATION_AT_VOLTAGE * test_v - EPS, \
+                f"I4 insulation measured at {self.last_status_out_v:.1f} V of {test_v} V"
         if isinstance(c, CurrentDecided) and c.bound_by.startswith("upstream/"):
             # I7/I13: an upstream limit binds only while a setpoint is valid; once it
             # expires the fallback applies (unlimited charging here)
@@ -355,7 +465,8 @@ class SafetyWorld:
             assert not ({"welding", "module_contactor_mismatch"} & set(self.s.safety.latched))
             assert self.bcp_reported_v is not None
             assert abs(self.last_status_gun_v - self.bcp_reported_v) <= \
-                0.05 * self.bcp_reported_v + EPS, "I4 battery voltage not within 5 %"
+                BATTERY_V_TOLERANCE * self.bcp_reported_v + EPS, \
+                "I4 battery voltage not within 5 %"
             gap = self.last_status_gun_v - self.last_status_out_v
             assert 1.0 - EPS <= gap <= 10.0 + EPS, f"I4 output {gap:.2f} V below the battery"
         elif isinstance(c, SetContactors) and not c.closed:
@@ -432,24 +543,35 @@ class SafetyWorld:
 
     def plug(self, bhm: float, bcp_max_a: float, bcp_max_v: float, battery_v: float,
              demand: float, lie: float, grid_kw: float, mute: str, require_io: bool,
-             flaw: str = "") -> None:
+             flaw: str = "", demand_v: float = 1.0) -> None:
+        """demand_v: the BCL voltage demand as a fraction of BCP's max total voltage (1.0:
+        a car in CC that asks its maximum; below: one in CV, or a CC car asking less)."""
         # The site's grid connection, below the rated power or not (I2).
         self.ratings = replace(RATINGS, grid_limit_w=grid_kw * 1000.0)
         # A pile with the safety bus configured needs it to start and to go on (I7).
         self.require_io = require_io
         self.s = GunSession(self.ratings, thermal=ThermalSupervisor(),
                             require_safety_io=require_io)
-        battery_v = min(battery_v, bcp_max_v - 5)
-        self.ev_lies = lie != 1.0
+        battery_v = round(min(battery_v, bcp_max_v - 5), 1)
+        reported_v = round(battery_v * lie, 1)
+        # A liar is a car whose BCP voltage is off by more than 5 % either way; 4 % is not.
+        self.ev_lies = abs(battery_v - reported_v) > BATTERY_V_TOLERANCE * reported_v
         self.ev = Ev(EvParams(bhm_max_v=round(bhm, 1), bcp_max_a=round(bcp_max_a, 1),
-                              bcp_max_v=round(bcp_max_v, 1), battery_v=round(battery_v, 1),
-                              reported_v=round(battery_v * lie, 1), demand_a=round(demand, 1),
-                              demand_v=round(bcp_max_v, 1), mute=mute))
+                              bcp_max_v=round(bcp_max_v, 1), battery_v=battery_v,
+                              reported_v=reported_v, demand_a=round(demand, 1),
+                              demand_v=self.cv_demand(bcp_max_v, battery_v, demand_v),
+                              mute=mute))
         if flaw:
             self.disturb(flaw)  # a plant that is broken from the start
         self.plugged = True
         self.feed_inputs()
         self.feed(VehicleConnected(self.t, wall_clock_s=1.7e9))
+
+    @staticmethod
+    def cv_demand(bcp_max_v: float, battery_v: float, fraction: float) -> float:
+        """A BCL voltage demand a car would send: a fraction of its BCP maximum, but above
+        its own battery (a car asking below its battery asks for nothing)."""
+        return round(min(bcp_max_v, max(bcp_max_v * fraction, battery_v + 10.0)), 1)
 
     def advance(self, ticks: int) -> None:
         for _ in range(ticks):
@@ -465,7 +587,7 @@ class SafetyWorld:
             case "bsm_pause" | "bsm_resume":
                 ev.bsm_permit = kind == "bsm_resume"
             case "bsm_over_temperature":
-                ev.bsm_over_temperature = True
+                ev.bsm_alarm, ev.bsm_alarm_bits = "over_temperature", 0b01
             case "bst":
                 self.feed(VehicleMessage(self.t, BST(frozenset({BmsStopReason.SOC_REACHED}))))
             case "unplug":
@@ -481,6 +603,16 @@ class SafetyWorld:
                 plant.fault_word = 1 << bit
             case "welded":
                 plant.welded = True
+            case "welded_k1" | "welded_k2":
+                plant.welded_poles |= 0b01 if kind == "welded_k1" else 0b10
+            case "gun_unlocked_in_precharge":
+                self.unlock_at_precharge = True
+            case "voltage_offset_up":
+                plant.offset_v = 8.0  # settles 3 V above the battery: never below it
+            case "insulation_drops":
+                self.insulation_drifts(80.0)  # 80 ohm/V: below the 100 ohm/V fault line
+            case "output_weak":
+                plant.output_fraction = 0.8  # never reaches the insulation test voltage
             case "insulation_low" | "insulation_warn":
                 plant.insulation_ohm = (50.0 if kind == "insulation_low" else 300.0) * 500.0
             case "estop" | "estop_released" | "door" | "gun_unlocked":
@@ -490,6 +622,7 @@ class SafetyWorld:
                     self.feed_inputs()
             case "service":
                 plant.welded, plant.fault_word, plant.stuck_open = False, 0, False
+                plant.welded_poles, plant.output_fraction = 0, 1.0
                 plant.current_stuck, plant.imd_dead, plant.offset_v = False, False, 0.0
                 self.connector_c, self.sensor_open = 40.0, False
                 self.service_t = self.t
@@ -514,6 +647,13 @@ class SafetyWorld:
                 self.connector_c = 40.0 if kind == "cool" else 110.0
             case "sensor_open" | "sensor_fixed":
                 self.sensor_open = kind == "sensor_open"
+
+    def bsm_alarm(self, alarm: str, bits: int) -> None:
+        self.ev.bsm_alarm, self.ev.bsm_alarm_bits = alarm, bits
+
+    def insulation_drifts(self, ohm_per_v: float) -> None:
+        """The pack's insulation at ohm_per_v of the present output voltage, for the IMD."""
+        self.plant.insulation_ohm = ohm_per_v * max(self.plant.set_v, 1.0)
 
     def upstream_setpoint(self, amps: float, ttl: float, age: float) -> None:
         issued, expires = self.t - age, self.t + ttl

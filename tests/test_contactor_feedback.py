@@ -86,3 +86,39 @@ def test_feedback_that_follows_within_the_deadline_is_not_a_fault() -> None:
     _run(s, 0.0, 0.9, closed=False)  # the relay answers just inside 1 s
     _run(s, 0.9, 1.5, closed=True)
     assert s.state is State.INSULATION_CHECK
+
+
+def test_one_welded_pole_of_two_is_found_through_the_register_codec() -> None:
+    """K1 welded, K2 healthy: the mirror contacts read 0b01. Decoded by the real register
+    codec (hil/plant.py polls the module simulator's registers), commanded open, that is a
+    weld; read as 'both closed' (0b11 only) it would pass as open. The module here has no
+    mismatch fault bit of its own: the agent's feedback watchdog must find it."""
+    from hil.ev_bms import VehicleConfig
+    from hil.plant import InProcessPile
+
+    for pole in (0b01, 0b10):
+        p = InProcessPile(vehicle=VehicleConfig(start_soc_pct=50.0, target_soc_pct=51.0))
+        p.module.welded_poles, p.module.reports_mismatch = pole, False
+        p.plug_in()
+        p.run_until(lambda q: q.session.state in (State.FINISHED, State.FAULT), 600)
+        assert p.session.state is State.FAULT, f"pole {pole:02b}: {p.session.state.value}"
+        assert "welding" in p.session.safety.latched, p.session.safety.latched
+
+
+def test_a_pole_that_does_not_close_is_found_through_the_register_codec() -> None:
+    from drivers.power_module.codec import contactor_poles
+
+    assert contactor_poles(0b11) == (True, True)
+    assert contactor_poles(0b01) == (False, True) and contactor_poles(0b10) == (False, True)
+    assert contactor_poles(0b00) == (False, False)
+    # Commanded closed, one pole open: "not closed", so the feedback watchdog fires.
+    s = GunSession(GunRatings())
+    s.act.contactors_closed, s.act.contactors_changed_at = True, 0.0
+    for i in range(200):
+        t = i * 0.01
+        if i % 10 == 0:
+            s.handle(ModuleStatus(t=t, output_voltage_v=0.0, output_current_a=0.0,
+                                  gun_voltage_v=0.0, temperature_c=30.0, contactors_closed=False,
+                                  fault_word=0, contactors_any_closed=True))
+        s.handle(Tick(t))
+    assert s.state is State.FAULT and "did not close" in s.data.outcome_reason

@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 )
 
 from agent.core.states import State
+from tests.safety_model import BSM_ALARMS
 from tests.safety_world import DATABASE, FLAWS, MUTE, PHASES, RATINGS, SafetyWorld
 
 # Examples that must run >= MIN_STEPS steps. Hypothesis ends some early on purpose (it
@@ -44,10 +45,11 @@ WAITING = {State.HANDSHAKE: 0.5, State.INSULATION_CHECK: 2.0, State.IDENTIFICATI
 DISTURBANCES = (
     "ev_silent", "ev_stops_bcl", "bsm_pause", "bsm_resume", "bsm_over_temperature",
     "bst", "unplug", "plug_again", "module_silent", "module_back", "module_fault",
-    "welded", "insulation_low", "insulation_warn", "estop", "estop_released", "door",
-    "service", "operator_stop", "module_frozen", "ev_stops_bcs", "cool",
-    "sensor_open", "sensor_fixed", "gun_unlocked", "io_silent", "io_lost", "io_back",
-    "contactor_stuck_open", "current_stuck", "imd_dead", "voltage_offset")
+    "welded", "welded_k1", "welded_k2", "insulation_low", "insulation_warn", "estop",
+    "estop_released", "door", "service", "operator_stop", "module_frozen", "ev_stops_bcs",
+    "cool", "sensor_open", "sensor_fixed", "gun_unlocked", "gun_unlocked_in_precharge",
+    "io_silent", "io_lost", "io_back", "contactor_stuck_open", "current_stuck", "imd_dead",
+    "voltage_offset", "voltage_offset_up", "output_weak")
 
 
 class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
@@ -84,7 +86,10 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
                 bcp_max_v=st.one_of(st.just(800.0), st.floats(250, 800)),
                 battery_v=st.floats(210, 700),
                 demand=st.one_of(st.just(400.0), st.floats(-50, 600)),
-                lie=st.sampled_from([1.0] * 7 + [1.08]),
+                # The BCL voltage demand, as a fraction of BCP's max: cars in CV ask less.
+                demand_v=st.one_of(st.just(1.0), st.floats(0.8, 1.0)),
+                # Both sides of the +-5 % window: 4 % off is honest, 6 % is a liar.
+                lie=st.sampled_from([1.0] * 14 + [0.94, 0.96, 1.04, 1.06]),
                 grid_kw=st.one_of(st.just(math.inf), st.floats(20, 200)),
                 # One EV in four never sends one of the messages the charger awaits.
                 mute=st.sampled_from(("",) * 21 + MUTE),
@@ -92,10 +97,10 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
                 # One plant in five is broken from the start in a way only a deadline finds.
                 flaw=st.sampled_from(("",) * 20 + FLAWS))
     def plug_in(self, bhm: float, bcp_max_a: float, bcp_max_v: float, battery_v: float,
-                demand: float, lie: float, grid_kw: float, mute: str, require_io: bool,
-                flaw: str) -> None:
+                demand: float, demand_v: float, lie: float, grid_kw: float, mute: str,
+                require_io: bool, flaw: str) -> None:
         self.plug(bhm, bcp_max_a, bcp_max_v, battery_v, demand, lie, grid_kw, mute, require_io,
-                  flaw)
+                  flaw, demand_v=demand_v)
 
     # Time is drawn far more often than disturbances, so most examples reach energy
     # transfer (about 3 s of simulated time) before things go wrong.
@@ -126,9 +131,28 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
             if (self.s.state, self.plant.k12_cmd) != waiting:
                 return
 
-    @rule(demand=st.floats(-100, 600))
-    def ev_changes_demand(self, demand: float) -> None:
+    # The car changes its demand, current and voltage (CC <-> CV), as real ones do.
+    @rule(demand=st.floats(-100, 600), voltage=st.floats(0.8, 1.0))
+    def ev_changes_demand(self, demand: float, voltage: float) -> None:
         self.ev.p.demand_a = round(demand, 1)
+        self.ev.p.demand_v = self.cv_demand(self.ev.p.bcp_max_v, self.ev.p.battery_v, voltage)
+
+    # Every BSM alarm, in every non-normal encoding (01 set, 10 untrusted, 11 undefined).
+    @rule(alarm=st.sampled_from(sorted(BSM_ALARMS)), bits=st.sampled_from([0b01, 0b10, 0b11]))
+    def ev_raises_an_alarm(self, alarm: str, bits: int) -> None:
+        self.bsm_alarm(alarm, bits)
+
+    # The pack's insulation drifts, on both sides of 100 ohm/V, for the IMD while charging.
+    @rule(ohm_per_v=st.one_of(st.sampled_from([95.0, 99.0, 101.0, 105.0]),
+                              st.floats(50, 600)))
+    def insulation_drifts_to(self, ohm_per_v: float) -> None:
+        self.insulation_drifts(ohm_per_v)
+
+    # A module whose output voltage follows its setpoint slowly (the rising output must not
+    # pass for a settled one: insulation test voltage, precharge window).
+    @rule(tau=st.floats(0.02, 1.0))
+    def module_voltage_lags(self, tau: float) -> None:
+        self.plant.voltage_tau_s = tau
 
     @rule(kind=st.sampled_from(DISTURBANCES), bit=st.sampled_from([0, 1, 4, 5]))
     def disturbance(self, kind: str, bit: int) -> None:

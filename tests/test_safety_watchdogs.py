@@ -16,12 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.states import State
+from tests.safety_model import BSM_ALARMS
 from tests.safety_world import DATABASE, MUTE, PHASES, TICK, SafetyWorld
 
 honest_cars = st.fixed_dictionaries({
     "bhm": st.floats(450, 800), "bcp_max_a": st.floats(60, 400),
     "bcp_max_v": st.floats(450, 800), "battery_v": st.floats(300, 440),
     "demand": st.floats(60, 400), "lie": st.just(1.0), "grid_kw": st.just(float("inf")),
+    "demand_v": st.floats(0.8, 1.0),
 })
 SETTINGS = settings(max_examples=10, deadline=None, database=DATABASE, phases=PHASES)
 
@@ -78,6 +80,16 @@ BREAKS: dict[str, tuple[State, tuple[str, ...], float, str, bool]] = {
     "gun lock opens": (C, ("gun_unlocked",), 0.1, "gun lock", True),
     "connector trips": (C, ("overheat",), 0.2, "trip", True),
     "connector sensor open": (C, ("sensor_open",), 0.2, "ohm", True),
+    "gun unlocked before precharge closes": (H, ("gun_unlocked_in_precharge",), 30.0,
+                                             "gun not locked", True),
+    "precharge output above the battery": (H, ("voltage_offset_up",), 62.0,
+                                           "precharge not done", True),
+    "output never reaches the test voltage": (H, ("output_weak",), 25.5,
+                                              "insulation check not done", True),
+    "K1 welded alone": (C, ("welded_k1", "operator_stop"), 4.0, "welded", True),
+    "K2 welded alone": (C, ("welded_k2", "operator_stop"), 4.0, "welded", True),
+    "insulation drops while charging": (C, ("insulation_drops",), 1.2,
+                                        "insulation fault while charging", True),
 }
 
 
@@ -90,7 +102,7 @@ def test_each_plant_failure_ends_in_fault_by_its_deadline(name: str, car: dict[s
     w = _world(car, lag, require_io=require_io)
     assert _run_until(w, lambda q: q.s.state is state, 30.0), f"never reached {state.value}"
     if state is State.CHARGING:
-        _run_until(w, lambda q: q.plant.current_a > 20.0, 10.0)
+        assert _run_until(w, lambda q: q.plant.current_a > 20.0, 10.0), "no current flows"
     _run_until(w, lambda q: False, after if state is State.CHARGING else 0.0)
     assert w.s.state is state
     for kind in disturbances:
@@ -114,3 +126,49 @@ def test_an_expired_upstream_limit_gives_way_to_the_fallback(car: dict[str, Any]
     _run_until(w, lambda q: False, 1.6)  # expired 0.1 s in; then 100 A/s up-ramp
     assert w.s.state is State.CHARGING
     assert w.plant.set_a > limit_a + 5.0, "the expired limit still holds the current down"
+
+
+@pytest.mark.parametrize("alarm", sorted(BSM_ALARMS))
+@pytest.mark.parametrize("bits", [0b01, 0b10, 0b11], ids=["01", "10", "11"])
+@SETTINGS
+@given(car=honest_cars, lag=st.integers(0, 9), after=st.floats(0.0, 2.0))
+def test_every_bsm_alarm_stops_the_charge_in_every_encoding(alarm: str, bits: int,
+                                                            car: dict[str, Any], lag: int,
+                                                            after: float) -> None:
+    """GB/T 27930-2015 BSM (SPN 3090-3095): any abnormal flag stops charging; 10 is
+    'untrusted' and 11 is not defined: neither is normal."""
+    w = _world(car, lag)
+    assert _run_until(w, lambda q: q.s.state is State.CHARGING, 30.0)
+    _run_until(w, lambda q: False, after)
+    w.bsm_alarm(alarm, bits)  # the world asserts the stop on the very BSM that carries it
+    assert _run_until(w, lambda q: q.s.state is not State.CHARGING, 0.3)
+    assert w.s.state in (State.STOPPING, State.FAULT)
+    assert "BSM reports" in w.s.data.outcome_reason or w.s.state is State.STOPPING
+
+
+@pytest.mark.parametrize(("lie", "refused"), [(0.94, True), (1.06, True), (0.96, False),
+                                              (1.04, False)])
+@SETTINGS
+@given(car=honest_cars, lag=st.integers(0, 9))
+def test_a_battery_voltage_off_by_over_5_percent_either_way_is_refused(
+        lie: float, refused: bool, car: dict[str, Any], lag: int) -> None:
+    """GB/T 18487.1-2015 B.4.4: measured within +-5 % of BCP's; both sides of the window."""
+    w = _world({**car, "lie": lie}, lag)
+    _run_until(w, lambda q: q.s.state in (State.CHARGING, State.FAULT), 30.0)
+    if refused:
+        _faulted_for(w, "differs from the reported")
+    else:
+        assert w.s.state is State.CHARGING, w.s.data.outcome_reason
+
+
+@SETTINGS
+@given(car=honest_cars, lag=st.integers(0, 9), fraction=st.floats(0.8, 0.97))
+def test_a_car_in_cv_gets_its_voltage_demand_not_its_maximum(
+        car: dict[str, Any], lag: int, fraction: float) -> None:
+    """I3: the BCL voltage demand binds the output, below BCP's maximum."""
+    w = _world({**car, "demand_v": fraction}, lag)
+    assert _run_until(w, lambda q: q.s.state is State.CHARGING and q.plant.enabled
+                      and q.bcl_voltage is not None, 30.0)
+    _run_until(w, lambda q: False, 1.0)
+    assert w.bcl_voltage is not None
+    assert w.plant.set_v == pytest.approx(min(w.bcl_voltage, w.insulation_test_v()))

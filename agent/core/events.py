@@ -64,6 +64,9 @@ class ModuleStatus:
     output_voltage_v is measured on the module side of K1/K2, gun_voltage_v on the
     vehicle side (it shows the battery once the vehicle has closed K5/K6).
     output_current_a is signed, + = into the vehicle.
+    contactors_closed: both poles (K1 and K2) read closed. contactors_any_closed: at least
+    one does (None: the module reports one feedback for both). A welded K1 alone reads
+    "not closed" but "any closed": commanded open, that is a weld.
     """
 
     t: float
@@ -76,6 +79,12 @@ class ModuleStatus:
     insulation_ohm: float | None = None
     capability_current_a: float | None = None
     capability_power_w: float | None = None
+    contactors_any_closed: bool | None = None
+
+    @property
+    def any_contactor_closed(self) -> bool:
+        return self.contactors_closed if self.contactors_any_closed is None \
+            else self.contactors_any_closed or self.contactors_closed
 
 
 @dataclass(frozen=True, slots=True)

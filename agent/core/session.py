@@ -200,7 +200,7 @@ class GunSession(SequenceSteps, SafetyHandling):
                     self.data.energy_kwh += power_w * dt / 3.6e6
         self.plant.status = status
         self.plant.sampled_at = sampled_at
-        self._check_contactor_feedback(status.contactors_closed, sampled_at)
+        self._check_contactor_feedback(status, sampled_at)
         if status.insulation_ohm is not None:
             self.plant.insulation_ohm = status.insulation_ohm
             self.plant.insulation_at = sampled_at
@@ -214,11 +214,14 @@ class GunSession(SequenceSteps, SafetyHandling):
                 faults=frozenset(f.cst for f in faults),
             )
 
-    def _check_contactor_feedback(self, closed: bool, sampled_at: float) -> None:
+    def _check_contactor_feedback(self, status: ModuleStatus, sampled_at: float) -> None:
         """K1/K2 feedback must follow the command within CONTACTOR_FEEDBACK, in every state
         (a pile whose contactor welded in the last session must not start the next). A sample
-        taken before a service clear does not count: it predates the repair."""
+        taken before a service clear does not count: it predates the repair. Pole by pole:
+        commanded closed, both must read closed; commanded open, neither may."""
         a, p = self.act, self.plant
+        closed = status.any_contactor_closed if not a.contactors_closed \
+            else status.contactors_closed
         if closed == a.contactors_closed:
             p.feedback_mismatch_since = None
             return

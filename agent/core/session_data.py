@@ -49,6 +49,8 @@ class SessionData:
     insulation_requested_at: float | None = None
     insulation_warning: bool = False
     precharge_target_v: float = 0.0
+    # The last output sample inside the window: (when it was sampled, volts).
+    precharge_last: tuple[float, float] | None = None
 
     charging_started_at: float | None = None
     paused_since: float | None = None

@@ -12,6 +12,24 @@ from agent.core import timing as T
 from agent.core.session_base import SessionBase
 from agent.core.states import State, Trigger
 
+# The windows of the sequence, each a function of its own so a test (and the mutation
+# check) can hold every side of it.
+
+def insulation_test_voltage(bhm_max_v: float, rated_v: float) -> float:
+    """GB/T 18487.1-2015 B.4.3: test at min(BHM max voltage, charger rated voltage)."""
+    return min(bhm_max_v, rated_v)
+
+
+def battery_voltage_plausible(measured_v: float, reported_v: float) -> bool:
+    """GB/T 18487.1-2015 B.4.4: the measured battery within +-5 % of BCP's, both sides."""
+    return abs(measured_v - reported_v) <= T.BATTERY_VOLTAGE_TOLERANCE * reported_v
+
+
+def precharge_gap_holds(battery_v: float, output_v: float) -> bool:
+    """GB/T 18487.1-2015 B.4.4: the output 1-10 V *below* the battery (never above: the
+    module would push current into the battery the moment K1/K2 close)."""
+    return T.PRECHARGE_BELOW_MIN_V <= battery_v - output_v <= T.PRECHARGE_BELOW_MAX_V
+
 
 class SequenceSteps(SessionBase):
     # ---- per state -------------------------------------------------------------
@@ -33,8 +51,7 @@ class SequenceSteps(SessionBase):
         d, st = self.data, self.plant.status
         if d.phase == "":
             bhm_v = d.bhm.max_charge_voltage_v if d.bhm else self.ratings.max_voltage_v
-            # GB/T 18487.1-2015 B.4.3: test at min(BHM max voltage, charger rated voltage).
-            d.insulation_voltage_v = min(bhm_v, self.ratings.max_voltage_v)
+            d.insulation_voltage_v = insulation_test_voltage(bhm_v, self.ratings.max_voltage_v)
             if self._gun_lock_refuses():
                 return
             self._command_bleeder(on=False)
@@ -48,7 +65,8 @@ class SequenceSteps(SessionBase):
             return
         if d.phase == "close" and st.contactors_closed:
             self._set_phase("ramp")
-        elif d.phase == "ramp" and st.output_voltage_v >= 0.95 * d.insulation_voltage_v:
+        elif d.phase == "ramp" and \
+                st.output_voltage_v >= T.INSULATION_AT_TEST_VOLTAGE * d.insulation_voltage_v:
             self._request_insulation_test(d.insulation_voltage_v)
             self._set_phase("measure")
         elif d.phase == "measure" and (ohm := self._insulation_result_ohm()) is not None:
@@ -67,7 +85,7 @@ class SequenceSteps(SessionBase):
                 self._set_phase("open")
             elif self._in_phase_for() > T.BLEED_DOWN.seconds + T.CONTACTOR_FEEDBACK.seconds:
                 self._fault("output did not bleed below 60 V after the insulation check")
-        elif d.phase == "open" and not st.contactors_closed:
+        elif d.phase == "open" and not st.any_contactor_closed:
             self._fire(Trigger.INSULATION_PASSED, "insulation check passed"
                        + (" with a warning (100-500 ohm/V)" if d.insulation_warning else ""))
 
@@ -84,7 +102,7 @@ class SequenceSteps(SessionBase):
         if d.phase == "check":
             reported = d.bcp.battery_voltage_v
             measured = st.gun_voltage_v
-            if abs(measured - reported) > T.BATTERY_VOLTAGE_TOLERANCE * reported:
+            if not battery_voltage_plausible(measured, reported):
                 self._fault(f"battery voltage {measured:.1f} V differs from the reported "
                             f"{reported:.1f} V by more than 5 % (GB/T 18487.1 B.4.4)")
                 return
@@ -94,8 +112,18 @@ class SequenceSteps(SessionBase):
             d.precharge_target_v = measured - T.PRECHARGE_BELOW_TARGET_V
             self._set_phase("match")
         elif d.phase == "match":
-            gap = st.gun_voltage_v - st.output_voltage_v
-            if T.PRECHARGE_BELOW_MIN_V <= gap <= T.PRECHARGE_BELOW_MAX_V:
+            # Close on a settled output, not on one passing through the window on its way
+            # to a point above the battery: two samples in a row in the window, and within
+            # PRECHARGE_SETTLED_V of each other.
+            at = self.plant.sampled_at
+            last = d.precharge_last
+            if last is not None and at == last[0]:
+                return  # the same sample again: the next poll decides
+            d.precharge_last = (at, st.output_voltage_v) if at is not None else None
+            if not precharge_gap_holds(st.gun_voltage_v, st.output_voltage_v):
+                d.precharge_last = None
+            elif last is not None and abs(st.output_voltage_v - last[1]) <= \
+                    T.PRECHARGE_SETTLED_V:
                 if self._gun_lock_refuses():
                     return
                 self._command_contactors(closed=True)
@@ -124,7 +152,7 @@ class SequenceSteps(SessionBase):
         if d.phase == "ramp" and abs(st.output_current_a) <= T.CONTACTOR_OPEN_CURRENT_A:
             self._command_contactors(closed=False)
             self._set_phase("open")
-        elif d.phase == "open" and not st.contactors_closed:
+        elif d.phase == "open" and not st.any_contactor_closed:
             # One that stays closed is welded: the feedback watchdog's (session.py).
             self._fire(Trigger.CURRENT_SETTLED, "current <= 5 A and K1/K2 open")
 
@@ -135,7 +163,7 @@ class SequenceSteps(SessionBase):
             self._set_phase("bleed")
             return
         if d.phase == "bleed":
-            if st is not None and self._fresh() and not st.contactors_closed \
+            if st is not None and self._fresh() and not st.any_contactor_closed \
                     and st.output_voltage_v < T.SAFE_VOLTAGE_V:
                 self._command_bleeder(on=False)
                 self._set_phase("statistics")

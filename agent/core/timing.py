@@ -75,6 +75,12 @@ CONTACTOR_OPEN_CURRENT_A = 5.0  # GB/T 18487.1-2015 B.4.6, IEC 61851-23 AA.3.5: 
 PRECHARGE_BELOW_MIN_V = 1.0  # GB/T 18487.1-2015 B.4.4: output 1-10 V below the battery
 PRECHARGE_BELOW_MAX_V = 10.0
 PRECHARGE_BELOW_TARGET_V = 5.0
+# The window must hold, not be passed through: two samples 100 ms apart within 0.5 V
+# (project rule on top of B.4.4; a module still rising would close with an inrush).
+PRECHARGE_SETTLED_V = 0.5
+# GB/T 18487.1-2015 B.4.3: measured at the test voltage; 95 % allows the module's voltage
+# regulation tolerance (State Grid module spec: +-0.5 % typical, start-up overshoot 5 %).
+INSULATION_AT_TEST_VOLTAGE = 0.95
 BATTERY_VOLTAGE_TOLERANCE = 0.05  # GB/T 18487.1-2015 B.4.4: within +-5 % of BCP voltage
 INSULATION_OK_OHM_PER_V = 500.0  # GB/T 18487.1-2015 B.5.1: > 500 ohm/V safe
 INSULATION_FAULT_OHM_PER_V = 100.0  # GB/T 18487.1-2015 B.5.1: <= 100 ohm/V stop

@@ -120,8 +120,10 @@ def decode_status(
             output_current_a=current_a,
             gun_voltage_v=value("gun_voltage"),
             temperature_c=value("module_temperature"),
-            # Either pole closed counts as closed: a welded K1 alone must not read as "open".
-            contactors_closed=int(value("contactor_feedback")) != 0,
+            # Pole by pole: both closed is "closed"; either closed is "any closed", so a
+            # welded K1 alone never reads as open.
+            contactors_closed=contactor_poles(int(value("contactor_feedback")))[0],
+            contactors_any_closed=contactor_poles(int(value("contactor_feedback")))[1],
             fault_word=int(value("fault_word")),
             insulation_ohm=insulation_ohm,
             capability_current_a=value("capability_current"),
@@ -129,6 +131,12 @@ def decode_status(
         )
     except (ValueError, TypeError) as exc:
         return DriverError(t, SOURCE, f"status rejected: {exc}")
+
+
+def contactor_poles(feedback: int) -> tuple[bool, bool]:
+    """(both K1 and K2 closed, at least one closed) from the mirror-contact bits."""
+    poles = feedback & 0b11
+    return poles == 0b11, poles != 0
 
 
 def decode_status_payload(
