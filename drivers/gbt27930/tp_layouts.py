@@ -44,9 +44,9 @@ def _note(notes: Notes | None, message: str, name: str, raw: bytes, detail: str)
 
 
 def _text(raw: bytes, name: str, notes: Notes | None) -> str:
-    """Printable ASCII, padding (0xFF, NUL, spaces) stripped; anything else is noted and
-    decodes as "" (the raw bytes stay in BRM.raw)."""
-    text = raw.rstrip(b"\xff\x00 ")
+    """Printable ASCII, padding (0xFF, or NUL as some vehicles send) stripped; anything
+    else is noted and decodes as "" (the raw bytes stay in BRM.raw)."""
+    text = raw.rstrip(b"\xff\x00")
     if any(b > 0x7E or b < 0x20 for b in text):
         _note(notes, "BRM", name, raw, "not printable ASCII; kept as raw bytes")
         return ""
