@@ -1,19 +1,21 @@
-"""Mutation check of the safety suite: remove one arbiter limit, or disable one watchdog or
-interlock, run the safety tests, and report whether they failed (they must), which test
-failed, and on what example.
+"""Mutation check of the safety suite: remove one arbiter limit, disable one watchdog or
+interlock, or bring back one of the blind spots an audit found (what the charger
+advertises, the car's voltage demand and alarms, both sides of the precharge and
+insulation windows, one welded pole, the gun lock in precharge, config and flags); run the
+tests, and report whether they failed (they must), which test caught it, and on what.
 
-    python -m tests.mutation_check                # all mutations, a summary table (~30 min)
+    python -m tests.mutation_check                # all mutations, a summary table
     python -m tests.mutation_check limit:EV_MAX   # one, with hypothesis's shrunk example
     python -m tests.mutation_check watchdog:BHM tests/test_safety_stateful.py   # one file
 
-The table stops each failing test at its first counterexample (SAFETY_NO_SHRINK=1);
-run one mutation on its own for the shrunk one.
+The table stops each failing test at its first counterexample (SAFETY_NO_SHRINK=1) and
+each mutant at its first failing test (-x): the safety suite runs first, so a mutant it
+catches is named with the suite's test. Run one mutation on its own for the shrunk example.
     MUTATION_LOGS=DIR python -m tests.mutation_check   # keep each mutant's full output
 
-The safety tests are the stateful suite (tests/test_safety_stateful.py: everything at
-once, at random) and the one-fault-at-a-time properties (tests/test_safety_watchdogs.py);
-both run on every mutant, and the table names each test that failed and the stateful
-suite's first error.
+The tests: the one-fault-at-a-time properties (tests/test_safety_watchdogs.py), the
+stateful suite (tests/test_safety_stateful.py: everything at once, at random), then the
+unit tests that hold the codecs, the config, the flags and the contactor poles.
 """
 
 from __future__ import annotations

@@ -98,3 +98,18 @@ def test_cli_replay_reports_how_far_it_got(trace: Path,
     assert main(["sim", "--quiet", "--replay-bms", str(trace)]) == 0
     out = capsys.readouterr().out
     assert "reached finished" in out and "replayed as recorded: " in out
+
+
+def test_recorded_periods_are_kept_when_the_trace_has_them(tmp_path: Path) -> None:
+    # A trace whose logger stamps advance: BCL every 100 ms (twice the standard's 50 ms).
+    lines = [f"({1000 + i * 0.1:.6f}) can0 181056F4#D80FD00702" for i in range(20)]
+    lines += [f"({1000 + i * 0.25:.6f}) can0 182756F4#D80F" for i in range(8)]
+    trace = tmp_path / "timed.log"
+    trace.write_text("\n".join(lines) + "\n")
+    rec = load_recording(trace)
+    assert rec.periods_s["BCL"] == pytest.approx(0.1)
+    assert rec.periods_s["BHM"] == pytest.approx(0.25)
+    from hil.replay_bms import ReplayBms
+
+    bms = ReplayBms(rec)
+    assert bms.period_s("BCL") == pytest.approx(0.1) and bms.period_s("BCS") == 0.25
