@@ -652,8 +652,11 @@ class SafetyWorld:
         self.ev.bsm_alarm, self.ev.bsm_alarm_bits = alarm, bits
 
     def insulation_drifts(self, ohm_per_v: float) -> None:
-        """The pack's insulation at ohm_per_v of the present output voltage, for the IMD."""
-        self.plant.insulation_ohm = ohm_per_v * max(self.plant.set_v, 1.0)
+        """The pack's insulation at ohm_per_v of the present output voltage (of the rated
+        voltage while the output is off), for the IMD."""
+        volts = self.plant.set_v if self.plant.enabled and self.plant.set_v > 0 else \
+            RATINGS.max_voltage_v
+        self.plant.insulation_ohm = ohm_per_v * volts
 
     def upstream_setpoint(self, amps: float, ttl: float, age: float) -> None:
         issued, expires = self.t - age, self.t + ttl

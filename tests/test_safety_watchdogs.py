@@ -172,3 +172,21 @@ def test_a_car_in_cv_gets_its_voltage_demand_not_its_maximum(
     _run_until(w, lambda q: False, 1.0)
     assert w.bcl_voltage is not None
     assert w.plant.set_v == pytest.approx(min(w.bcl_voltage, w.insulation_test_v()))
+
+
+@SETTINGS
+@given(car=honest_cars, lag=st.integers(0, 9), after=st.floats(0.0, 2.0),
+       pause=st.floats(0.5, 5.0))
+def test_a_bms_pause_holds_the_current_at_zero_until_it_resumes(
+        car: dict[str, Any], lag: int, after: float, pause: float) -> None:
+    """GB/T 27930-2015 BSM SPN 3096: charge not permitted (no alarm) pauses; 01 resumes.
+    The world checks the standing setpoint every tick while the BMS pauses."""
+    w = _world(car, lag)
+    assert _run_until(w, lambda q: q.s.state is State.CHARGING and q.plant.set_a > 0, 30.0)
+    _run_until(w, lambda q: False, after)
+    w.disturb("bsm_pause")
+    assert _run_until(w, lambda q: not q.bsm_permit, 0.3)
+    _run_until(w, lambda q: False, pause)  # every tick: no current while paused
+    assert w.s.state is State.CHARGING and w.plant.set_a == 0.0
+    w.disturb("bsm_resume")
+    assert _run_until(w, lambda q: q.plant.set_a > 0, 1.0), "never resumed"
