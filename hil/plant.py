@@ -26,9 +26,8 @@ from agent.core.events import Event, ModuleLinkLost, Tick, VehicleConnected
 from agent.core.messages import BmsMessage, ChargerMessage
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
-from agent.runtime.gun_runtime import vehicle_events
 from drivers.gbt27930.codec import decode, encode
-from drivers.gbt27930.link import decode_received
+from drivers.gbt27930.link import decode_received, events_from
 from drivers.power_module.codec import MODE_CHARGE, decode_status, encode_command
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.module_sim import ModuleParams, ModuleSim
@@ -93,7 +92,7 @@ class InProcessPile:
             if heard is not None:
                 pgn, payload = encode(heard)
                 # Through the link's own decoding: oddities and rejections become notices.
-                for event in vehicle_events(t, decode_received(pgn, self.vehicle_wire(
+                for event in events_from(t, decode_received(pgn, self.vehicle_wire(
                         pgn, payload))):
                     self.feed(event)
         self.bms.battery.current_a = 0.0

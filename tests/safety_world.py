@@ -46,9 +46,8 @@ from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
-from agent.runtime.gun_runtime import vehicle_events
 from drivers.gbt27930.codec import encode
-from drivers.gbt27930.link import decode_received
+from drivers.gbt27930.link import decode_received, events_from
 from tests.independent_gbt_decoder import charge_amps, cml_raw, fields_of
 from tests.safety_model import BSM_ALARMS, Ev, EvParams, PlantModel
 
@@ -230,7 +229,7 @@ class SafetyWorld:
             # Through the driver's own decoding, as on the bus: a codec that misreads a
             # field is the world's to find too.
             pgn, payload = (0x1300, item) if isinstance(item, bytes) else encode(item)
-            for event in vehicle_events(self.t, decode_received(pgn, payload)):
+            for event in events_from(self.t, decode_received(pgn, payload)):
                 message = getattr(event, "message", None)
                 if not isinstance(event, VehicleMessage) or message is None:
                     self.feed(event)

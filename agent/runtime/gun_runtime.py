@@ -18,10 +18,9 @@ from agent.core.commands import (
     StartInsulationTest,
     Transmit,
 )
-from agent.core.events import DriverError, Event, Tick, VehicleDataNotice, VehicleMessage
-from agent.core.messages import BmsMessage, ChargerMessage
+from agent.core.events import DriverError, Event, Tick
+from agent.core.messages import ChargerMessage
 from agent.core.session import GunSession
-from drivers.gbt27930.link import LinkNotice
 
 ModuleCommand = SetModuleOutput | SetContactors | SetBleeder | StartInsulationTest
 
@@ -29,7 +28,10 @@ ModuleCommand = SetModuleOutput | SetContactors | SetBleeder | StartInsulationTe
 class VehicleLink(Protocol):
     def send(self, message: ChargerMessage, t: float) -> None: ...
 
-    def poll(self, t: float) -> Sequence[object]: ...
+    def poll_events(self, t: float) -> Sequence[Event]:
+        """Everything received since the last call, as core events (messages, notices,
+        problems); the driver maps its own items."""
+        ...
 
 
 class ModuleOwner(Protocol):
@@ -45,25 +47,6 @@ class SafetyOwner(Protocol):
 
 
 Reporter = Callable[[Command], None]
-
-
-def vehicle_events(t: float, items: Iterable[object]) -> list[Event]:
-    """What the vehicle link received -> core events (messages, notices, problems)."""
-    events: list[Event] = []
-    for item in items:
-        if isinstance(item, BmsMessage):
-            events.append(VehicleMessage(t, item))
-        elif isinstance(item, LinkNotice):
-            events.append(VehicleDataNotice(t, item.kind, item.message, item.field,
-                                            item.raw.hex().upper(), item.detail))
-        elif isinstance(item, ChargerMessage):
-            events.append(DriverError(t, "can", f"charger message from the vehicle: {item}"))
-        else:
-            events.append(DriverError(
-                t, "can", str(getattr(item, "detail", item)),
-                fatal=bool(getattr(item, "fatal", False)),
-            ))
-    return events
 
 
 class GunRuntime:
@@ -116,10 +99,9 @@ class GunRuntime:
 
     def _poll_vehicle(self, t: float) -> list[Event]:
         try:
-            items = self.vehicle.poll(t)
+            return list(self.vehicle.poll_events(t))
         except Exception as exc:  # a driver bug becomes a fault the core acts on
             return [DriverError(t, "can", f"poll failed: {exc!r}", fatal=True)]
-        return vehicle_events(t, items)
 
     def _execute(self, command: Command) -> None:
         match command:

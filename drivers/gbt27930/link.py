@@ -11,7 +11,8 @@ from enum import Enum
 
 import can
 
-from agent.core.messages import GbtMessage
+from agent.core.events import DriverError, Event, VehicleDataNotice, VehicleMessage
+from agent.core.messages import BmsMessage, ChargerMessage, GbtMessage
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.codec import (
     DecodeError,
@@ -128,6 +129,10 @@ class GbtLink:
         self._problems = []
         return out
 
+    def poll_events(self, t: float) -> list[Event]:
+        """`poll`, as the core's events (the charger side's entry point)."""
+        return events_from(t, self.poll(t))
+
     def _on_frame(self, frame: can.Message, t: float) -> list[Received]:
         ident = frame.arbitration_id
         if not frame.is_extended_id or frame.is_remote_frame or frame.is_error_frame:
@@ -161,6 +166,23 @@ class GbtLink:
         return decode_received(pgn, data)
 
 
+def events_from(t: float, items: list[Received]) -> list[Event]:
+    """What the link received -> core events: messages, notices, problems. A message of the
+    charger's own kind from the vehicle is a driver problem, not a message."""
+    events: list[Event] = []
+    for item in items:
+        if isinstance(item, BmsMessage):
+            events.append(VehicleMessage(t, item))
+        elif isinstance(item, LinkNotice):
+            events.append(VehicleDataNotice(t, item.kind, item.message, item.field,
+                                            item.raw.hex().upper(), item.detail))
+        elif isinstance(item, ChargerMessage):
+            events.append(DriverError(t, "can", f"charger message from the vehicle: {item}"))
+        else:
+            events.append(DriverError(t, "can", item.detail, fatal=item.fatal))
+    return events
+
+
 def decode_received(pgn: int, data: bytes) -> list[Received]:
     """A whole message's bytes -> the message and its notices, or a notice alone."""
     try:
@@ -174,4 +196,4 @@ def decode_received(pgn: int, data: bytes) -> list[Received]:
 
 
 __all__ = ["EncodeError", "GbtLink", "LinkNotice", "LinkProblem", "Received", "Role", "can_id",
-           "decode_received"]
+           "decode_received", "events_from"]
