@@ -110,6 +110,7 @@ def decode_status(
 
         # Module convention: + = sourcing towards the vehicle, which is also ours.
         current_a = +value("output_current")
+        poles = contactor_poles(int(value("contactor_feedback")))
         insulation_ohm: float | None = None
         if value("insulation_done") == 1:
             kohm = value("insulation_resistance")
@@ -122,8 +123,7 @@ def decode_status(
             temperature_c=value("module_temperature"),
             # Pole by pole: both closed is "closed"; either closed is "any closed", so a
             # welded K1 alone never reads as open.
-            contactors_closed=contactor_poles(int(value("contactor_feedback")))[0],
-            contactors_any_closed=contactor_poles(int(value("contactor_feedback")))[1],
+            contactors_closed=poles[0], contactors_any_closed=poles[1],
             fault_word=int(value("fault_word")),
             insulation_ohm=insulation_ohm,
             capability_current_a=value("capability_current"),
