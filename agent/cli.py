@@ -91,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             if not ok(args):
                 print(f"pile-agent sim: {message(args)}", file=sys.stderr)
                 return 2
+        if args.replay_bms is not None:
+            from hil.replay_bms import RecordingError, load_recording
+
+            try:
+                load_recording(args.replay_bms)
+            except (RecordingError, OSError, UnicodeDecodeError) as exc:
+                print(f"pile-agent sim: --replay-bms: {exc}", file=sys.stderr)
+                return 2
         options = SimOptions(
             speed=args.speed, can_log=args.can_log, start_soc_pct=args.start_soc,
             target_soc_pct=args.target_soc, max_sim_s=args.max_sim_s,

@@ -75,7 +75,10 @@ def load_recording(path: str | Path) -> Recording:
         pf, dest, source = (ident >> 16) & 0xFF, (ident >> 8) & 0xFF, ident & 0xFF
         pgn = pf << 8
         if source == CHARGER_ADDRESS and TYPE_BY_PGN.get(pgn) is CST:
-            stop = decode(pgn, data)
+            try:
+                stop = decode(pgn, data)
+            except ValueError:
+                continue  # a garbled CST says nothing about how the session ended
             rec.charger_stop = stop if isinstance(stop, CST) else None
         if source != BMS_ADDRESS or dest != CHARGER_ADDRESS:
             continue
@@ -83,7 +86,8 @@ def load_recording(path: str | Path) -> Recording:
             if len(data) >= 8 and data[0] == CM_RTS:
                 size, tp_pgn = int.from_bytes(data[1:3], "little"), data[6] << 8
                 transfer = (tp_pgn, size, bytearray())
-                rec.announced.setdefault(name_of(tp_pgn), size)
+                if name_of(tp_pgn) not in rec.payloads:
+                    rec.announced.setdefault(name_of(tp_pgn), size)
             continue
         if pgn == PGN_TP_DT:
             if transfer is None or len(data) < 2:
@@ -103,7 +107,14 @@ def load_recording(path: str | Path) -> Recording:
         steps = [b - a for a, b in itertools.pairwise(stamps) if b > a]
         if len(steps) >= _MIN_INTERVALS:
             rec.periods_s[name] = statistics.median(steps)
+    if not rec.payloads and not rec.announced:
+        raise RecordingError(f"{path}: no GB/T 27930 frames from a BMS (source 0x{BMS_ADDRESS:02X} "
+                             f"to 0x{CHARGER_ADDRESS:02X}) in {rec.frames} candump lines")
     return rec
+
+
+class RecordingError(ValueError):
+    """A trace with nothing of a vehicle in it to replay."""
 
 
 def vehicle_config(rec: Recording) -> VehicleConfig:
@@ -119,7 +130,9 @@ def vehicle_config(rec: Recording) -> VehicleConfig:
         max_total = bhm.max_charge_voltage_v
     else:
         max_total = default.max_total_voltage_v
-    cells = max(1, round(max_total / max_cell))
+    # Series cells, kept to what a traction pack has (an odd BCP must not build a model of
+    # thousands of cells; the OCV scale below still matches the reported voltage).
+    cells = min(max(1, round(max_total / max_cell)), 400)
     soc = bcp.soc_pct if isinstance(bcp, BCP) else default.start_soc_pct
     if isinstance(bcp, BCP) and bcp.battery_voltage_v > 0:
         volts = bcp.battery_voltage_v

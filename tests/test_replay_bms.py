@@ -113,3 +113,13 @@ def test_recorded_periods_are_kept_when_the_trace_has_them(tmp_path: Path) -> No
 
     bms = ReplayBms(rec)
     assert bms.period_s("BCL") == pytest.approx(0.1) and bms.period_s("BCS") == 0.25
+
+
+def test_a_trace_with_no_vehicle_in_it_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "charger-only.log"
+    trace.write_text("(1.0) can0 1826F456#010100\nnot a candump line\n"
+                     "(1.1) can0 101AF456#FF\n")  # CHM, garbage, a garbled (short) CST
+    assert main(["sim", "--quiet", "--replay-bms", str(trace)]) == 2
+    err = capsys.readouterr().err
+    assert "no GB/T 27930 frames from a BMS" in err and "Traceback" not in err
