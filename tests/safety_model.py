@@ -35,6 +35,8 @@ from agent.core.messages import (
     ChargeMode,
     Ready,
 )
+from drivers.power_module.codec import decode_status
+from drivers.power_module.regmap import load_register_map
 
 GBT_MAX_CHARGE_A = 400.0
 
@@ -128,6 +130,7 @@ def bsm_bytes(permit: bool, alarm: str = "", bits: int = 0b01) -> bytes:
 
 
 BATTERY_OHM = 0.05  # the battery's internal resistance as the plant sees it
+REGMAP = load_register_map()
 
 
 @dataclass
@@ -208,15 +211,30 @@ class PlantModel:
         return self.out_v if self.k12 else 0.0
 
     def status(self, t: float, ev: Ev) -> ModuleStatus:
+        """One poll, as the bus carries it: the plant's figures written into the module's
+        registers and read back by the driver's own status decoder (a decoder that hides a
+        welded pole or misreads a current is the suite's to find)."""
         ready = self.insulation_ready_at is not None and t >= self.insulation_ready_at \
             and not self.imd_dead
-        return ModuleStatus(
-            t=t, output_voltage_v=self.out_v, output_current_a=self.current_a,
-            gun_voltage_v=self.gun_v(ev), temperature_c=self.temperature_c,
-            contactors_closed=self.k12, contactors_any_closed=self.poles != 0,
-            fault_word=self.fault_word,
-            insulation_ohm=self.insulation_ohm if ready else None,
-            capability_current_a=self.capability_a, capability_power_w=None)
+        values = {
+            "output_voltage": self.out_v, "output_current": self.current_a,
+            "gun_voltage": self.gun_v(ev), "module_temperature": self.temperature_c,
+            "contactor_feedback": self.poles, "fault_word": self.fault_word,
+            "insulation_done": 1 if ready else 0,
+            "insulation_resistance": self.insulation_ohm / 1000.0 if ready else 0.0,
+            "capability_current": self.capability_a,
+            "capability_power": REGMAP["capability_power"].maximum,  # no power limit of its own
+        }
+        block = [0] * len(REGMAP.span)
+        for name, value in values.items():
+            reg = REGMAP[name]
+            # Registers saturate: a figure beyond a register's range reads as its end.
+            words = reg.encode(min(max(value, reg.minimum), reg.maximum))
+            for i, word in enumerate(words):
+                block[reg.address - REGMAP.span.start + i] = word
+        status = decode_status(REGMAP, t, block)
+        assert isinstance(status, ModuleStatus), status
+        return status
 
 
 def transmitted(commands: list[Command]) -> list[object]:
