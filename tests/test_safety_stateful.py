@@ -187,8 +187,8 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
 
 
 # The examples run in chunks, each its own test with its own hypothesis run: one chunk
-# lasts about 20 s, so pytest-timeout's 300 s leaves a 15x margin on a loaded or slow
-# machine (a time-out is a slow machine, not a safety finding), and a failing example
+# lasts 26-32 s on an idle 2-core machine, so pytest-timeout's 300 s holds on one several
+# times slower (a time-out is a slow machine, not a safety finding), and a failing example
 # names its chunk.
 CHUNKS = 5
 SETTINGS = settings(
