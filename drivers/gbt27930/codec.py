@@ -103,9 +103,9 @@ PRIORITY: dict[type[Any], int] = {
     CEM: 2,
 }
 TYPE_BY_PGN: dict[int, type[Any]] = {pgn: cls for cls, pgn in PGN.items()}
-# Messages laid out in tp_layouts.py; J1939 TP carries them when they exceed 8 bytes
-# (BMV, BMT and BSP have the length the BMS gives them, and may fit one frame).
-MULTI_PACKET = frozenset({BRM, BCP, BCS, BMV, BMT, BSP})
+# BRM, BCP, BCS, BMV, BMT and BSP are laid out in tp_layouts.py; the link sends any payload
+# over 8 bytes through J1939 TP (BMV, BMT and BSP have the length the BMS gives them, and
+# may fit one frame).
 
 
 def pgn_of(message: GbtMessage) -> int:
@@ -491,5 +491,5 @@ _DECODERS: dict[type[Any], Callable[[bytes, Notes], Any]] = {
     BEM: _BEM_CODEC[1], CEM: _CEM_CODEC[1],
 }
 
-__all__ = ["MULTI_PACKET", "PGN", "DecodeError", "EncodeError", "Oddity", "UnknownPgn", "decode",
+__all__ = ["PGN", "DecodeError", "EncodeError", "Oddity", "UnknownPgn", "decode",
            "decode_noting", "encode", "name_of", "pgn_of", "priority_of"]

@@ -148,7 +148,7 @@ class GbtLink:
             return self._tp_cm(data, t)
         if pgn == PGN_TP_DT:
             return self._tp_result(self._rx.on_dt(data, t))
-        return self._decode(pgn, data)
+        return decode_received(pgn, data)
 
     def _tp_cm(self, data: bytes, t: float) -> list[Received]:
         if data[:1] in (b"\x11", b"\x13") or (data[:1] == b"\xff" and self._tx.busy):
@@ -160,10 +160,7 @@ class GbtLink:
         self._apply(res)
         if res.completed is None:
             return []
-        return self._decode(*res.completed)
-
-    def _decode(self, pgn: int, data: bytes) -> list[Received]:
-        return decode_received(pgn, data)
+        return decode_received(*res.completed)
 
 
 def events_from(t: float, items: list[Received]) -> list[Event]:
