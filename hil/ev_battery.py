@@ -34,7 +34,8 @@ class Battery:
         self.temperature_c = params.ambient_c
         self.contactors_closed = False  # vehicle K5/K6
         self.current_a = 0.0
-        self.energy_in_kwh = 0.0  # at the terminals, + = charged
+        self.energy_in_kwh = 0.0  # at the terminals, net, + = charged
+        self.energy_out_kwh = 0.0  # at the terminals, discharged (V2G), a magnitude
         self._socs = [p[0] for p in params.ocv_table]
 
     def cell_ocv_v(self) -> float:
@@ -67,7 +68,10 @@ class Battery:
         if not self.contactors_closed:
             current_a = 0.0
         p = self.params
-        self.energy_in_kwh += self.terminal_voltage_v(current_a) * current_a * dt_s / 3.6e6
+        kwh = self.terminal_voltage_v(current_a) * current_a * dt_s / 3.6e6
+        self.energy_in_kwh += kwh
+        if kwh < 0:
+            self.energy_out_kwh -= kwh
         self.soc_pct = min(max(self.soc_pct + current_a * dt_s / 36.0 / p.capacity_ah, 0.0),
                            100.0)
         heat_w = current_a**2 * p.resistance_ohm - p.cooling_w_per_k * (

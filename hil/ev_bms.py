@@ -14,6 +14,8 @@ from agent.core.messages import (
     BCL,
     BCP,
     BCS,
+    BDP,
+    BDS,
     BEM,
     BHM,
     BMT,
@@ -24,6 +26,7 @@ from agent.core.messages import (
     BSM,
     BST,
     CCS,
+    CDP,
     CHM,
     CML,
     CRM,
@@ -43,7 +46,9 @@ from hil.ev_battery import Battery, BatteryParams
 # Periods of the BMS's messages: GB/T 27930-2015 §10 message definitions [V].
 PERIOD_S = {"BHM": 0.25, "BRM": 0.25, "BCP": 0.5, "BRO": 0.25, "BCL": 0.05, "BCS": 0.25,
             "BSM": 0.25, "BMV": 10.0, "BMT": 10.0, "BSP": 10.0, "BST": 0.01, "BSD": 0.25,
-            "BEM": 0.25}
+            "BEM": 0.25,
+            # The V2G extension (docs/V2G.md): BDP as BCP's period, BDS as BCS's.
+            "BDP": 0.25, "BDS": 0.25}
 # GB/T 27930-2015 §8 / Fig. A.6 [V]: the BMS stops when CCS is silent 1 s; other
 # charger messages have the default 5 s.
 CCS_TIMEOUT_S = 1.0
@@ -65,6 +70,18 @@ class VehicleConfig:
     contactor_close_delay_s: float = 0.5
     battery_type: int = 0x06  # NCM
     vin: str = "LSIMPILEAGENT0001"
+    # V2G (the project's extension, docs/V2G.md). v2g=False is a 2015 car: it never answers
+    # the charger's CDP and charges only.
+    v2g: bool = False
+    consent: bool = True
+    max_discharge_current_a: float = 150.0
+    max_discharge_power_w: float = 60_000.0
+    min_discharge_cell_v: float = 3.40  # times the cells in series: the minimum pack voltage
+    soc_floor_pct: float = 30.0
+    energy_window_kwh: float = 40.0
+    # A V2G car parked for the grid does not end the session at its departure SOC: it asks
+    # for no more current and waits for the owner (stop_at_target=False).
+    stop_at_target: bool = True
 
     @property
     def max_total_voltage_v(self) -> float:
@@ -88,6 +105,8 @@ class BmsSimulator:
         self.charge_permitted = True
         self.demand_override_a: float | None = None
         self.muted: frozenset[str] = frozenset()  # messages it stops sending, e.g. {"BCS"}
+        self.consent = self.config.consent  # the owner may withdraw it mid-session
+        self._energy_out_at_start = 0.0
         self._stop_requested = False
 
     @property
@@ -178,7 +197,7 @@ class BmsSimulator:
             if t - max(ccs_t, self._phase_t) > CCS_TIMEOUT_S:
                 self.timeouts = frozenset({BemTimeout.CCS})
                 self._begin_stop(t)
-            elif b.soc_pct >= c.target_soc_pct or self._stop_requested:
+            elif (c.stop_at_target and b.soc_pct >= c.target_soc_pct) or self._stop_requested:
                 self.stop_reason = frozenset({BmsStopReason.SOC_REACHED})
                 self._begin_stop(t)
         if self.phase == "stopping" and b.contactors_closed and self._stop_t is not None and (
@@ -189,6 +208,8 @@ class BmsSimulator:
         b, c = self.battery, self.config
         if self.demand_override_a is not None:
             return self.demand_override_a, ChargeMode.CONSTANT_CURRENT
+        if not c.stop_at_target and b.soc_pct >= c.target_soc_pct:
+            return 0.0, ChargeMode.CONSTANT_VOLTAGE
         limit = c.max_charge_current_a
         if b.temperature_c > c.max_temperature_c - 10:
             limit *= 0.5  # the BMS halves its request near its temperature limit
@@ -196,6 +217,36 @@ class BmsSimulator:
         if cv_a < limit:
             return max(cv_a, 0.0), ChargeMode.CONSTANT_VOLTAGE
         return limit, ChargeMode.CONSTANT_CURRENT
+
+    # ---- V2G (the project's extension, docs/V2G.md) ------------------------------
+
+    def offered_v2g(self) -> bool:
+        seen = self.seen.get(CDP)
+        return self.config.v2g and seen is not None and isinstance(seen[1], CDP) \
+            and seen[1].offered
+
+    @property
+    def min_discharge_voltage_v(self) -> float:
+        return round(self.config.min_discharge_cell_v * self.config.battery.cells_in_series, 1)
+
+    def remaining_window_kwh(self) -> float:
+        given = self.battery.energy_out_kwh - self._energy_out_at_start
+        return max(self.config.energy_window_kwh - given, 0.0)
+
+    def _v2g_answer(self) -> list[BmsMessage]:
+        if not self.offered_v2g():
+            return []
+        self._energy_out_at_start = self.battery.energy_out_kwh
+        c = self.config
+        return [BDP(self.consent, c.max_discharge_current_a, c.max_discharge_power_w,
+                    self.min_discharge_voltage_v, c.soc_floor_pct, c.energy_window_kwh)]
+
+    def _v2g_status(self) -> list[BmsMessage]:
+        if not self.offered_v2g():
+            return []
+        c = self.config
+        return [BDS(self.consent, c.max_discharge_current_a,
+                    round(self.remaining_window_kwh(), 1), c.soc_floor_pct)]
 
     def _candidates(self, t: float) -> list[BmsMessage]:
         b, c = self.battery, self.config
@@ -211,7 +262,7 @@ class BmsSimulator:
                             c.max_total_voltage_v, c.max_temperature_c, round(b.soc_pct, 1),
                             round(b.terminal_voltage_v(), 1))]
             case "ready_wait":
-                return [BRO(Ready.NOT_READY)]
+                return [*self._v2g_answer(), BRO(Ready.NOT_READY)]
             case "ready":
                 return [BRO(Ready.READY)]
             case "charging":
@@ -227,6 +278,7 @@ class BmsSimulator:
                     BSM(1, round(b.temperature_c), 1, round(b.temperature_c) - 2, 2,
                         over_temperature=self.over_temperature,
                         charge_permitted=self.charge_permitted),
+                    *self._v2g_status(),
                 ]
             case "stopping":
                 msgs: list[BmsMessage] = []

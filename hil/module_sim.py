@@ -18,6 +18,11 @@ Model (one equivalent stack, not per-module):
   and keeps the gun coupled whatever the command.
 - insulation: result insulation_delay_s after a request, counted only while K1/K2 are closed
   and the gun is within 5 % of the test voltage.
+- bidirectional stage (V2G): in discharge mode the stack inverts into the grid within its
+  reverse capability (max_discharge_current_a / max_discharge_power_w, derated like the
+  forward one); AC power = DC power less conversion losses (efficiency). The grid's
+  frequency and voltage are inputs (`grid_frequency_hz`, `grid_voltage_pu`, `islanded`): outside
+  the protection band, or islanded, the stage trips its output at once and sets the fault bit.
 """
 
 from __future__ import annotations
@@ -61,6 +66,16 @@ class ModuleParams:
     bleeder_tau_s: float = 0.15
     insulation_delay_s: float = 1.0
     insulation_tolerance: float = 0.05
+    # Bidirectional stage: reverse capability (0 A: a charge-only stack) and efficiency.
+    max_discharge_current_a: float = 200.0
+    max_discharge_power_w: float = 120_000.0
+    efficiency: float = 0.96
+    # Grid protection band of the stage (GB/T 33593 / NB/T 33015 as commonly quoted,
+    # [unverified]; safety-limits.md §3.2): frequency 49.5-50.2 Hz, voltage 0.85-1.1 pu.
+    grid_frequency_min_hz: float = 49.5
+    grid_frequency_max_hz: float = 50.2
+    grid_voltage_min_pu: float = 0.85
+    grid_voltage_max_pu: float = 1.10
 
 
 class SimServer:
@@ -89,6 +104,10 @@ class ModuleSim:
         self.reports_mismatch = True  # False: a module without its own mismatch fault bit
         self.feedback = 0  # mirror contacts, bit per pole
         self.insulation_ohm = 10e6
+        # the grid, as the bidirectional stage sees it
+        self.grid_frequency_hz = 50.0
+        self.grid_voltage_pu = 1.0
+        self.islanded = False
         # physical state, readable by tests
         self.current_a = 0.0
         self.output_voltage_v = 0.0
@@ -153,6 +172,31 @@ class ModuleSim:
         f = self.derate_factor()
         return self.params.max_current_a * f, self.params.max_power_w * f
 
+    def reverse_capability(self) -> tuple[float, float]:
+        """(current A, power W) the stage can take back from the vehicle now."""
+        f = self.derate_factor()
+        return self.params.max_discharge_current_a * f, self.params.max_discharge_power_w * f
+
+    @property
+    def ac_power_w(self) -> float:
+        """AC side, + = drawn from the grid: losses add when charging, subtract when exporting."""
+        dc_w = self.current_a * self.output_voltage_v
+        eff = self.params.efficiency
+        return dc_w / eff if dc_w >= 0 else dc_w * eff
+
+    def _grid_trips(self) -> int:
+        p, bit = self.params, self._bit
+        word = 0
+        if self.islanded:
+            word |= bit("anti_islanding")
+        if not p.grid_frequency_min_hz <= self.grid_frequency_hz <= p.grid_frequency_max_hz:
+            word |= bit("grid_frequency")
+        if self.grid_voltage_pu > p.grid_voltage_max_pu:
+            word |= bit("grid_over_voltage")
+        if self.grid_voltage_pu < p.grid_voltage_min_pu:
+            word |= bit("grid_under_voltage")
+        return word
+
     def step(self, dt_s: float, vehicle: VehicleSide | None = None) -> None:
         if not (math.isfinite(dt_s) and dt_s > 0):
             raise ValueError(f"step: dt_s must be finite and > 0, got {dt_s!r}")
@@ -171,8 +215,12 @@ class ModuleSim:
         self.contactors_closed = self.feedback == 0b11
         self._set_fault("contactor_mismatch", self.reports_mismatch
                         and self.feedback != (0b11 if commanded else 0))
+        grid_bits = (self._bit("anti_islanding") | self._bit("grid_frequency")
+                     | self._bit("grid_over_voltage") | self._bit("grid_under_voltage"))
+        self.faults = (self.faults & ~grid_bits) | self._grid_trips()
         self.output_on = self._get("output_enable") == 1 and not (
-            self.faults & (self._bit("over_temperature") | self._bit("watchdog_expired"))
+            self.faults & (self._bit("over_temperature") | self._bit("watchdog_expired")
+                           | grid_bits)
         )
         loaded = self.contactors_closed and vehicle is not None and vehicle.contactors_closed
         if vehicle is not None and loaded:
@@ -207,8 +255,8 @@ class ModuleSim:
     def _step_loaded(self, dt_s: float, vehicle: VehicleSide) -> None:
         p = self.params
         ocv, r = vehicle.open_circuit_voltage_v, vehicle.internal_resistance_ohm
-        cap_i, cap_p = self.capability()
         sign = 1.0 if self._get("mode") == MODE_CHARGE else -1.0
+        cap_i, cap_p = self.capability() if sign > 0 else self.reverse_capability()
         if not self.output_on:
             self.current_a = 0.0
         else:
@@ -291,6 +339,11 @@ class ModuleSim:
         cap_i, cap_p = self.capability()
         self._put("capability_current", cap_i)
         self._put("capability_power", cap_p)
+        rev_i, rev_p = self.reverse_capability()
+        self._put("capability_discharge_current", rev_i)
+        self._put("capability_discharge_power", rev_p)
+        self._put("grid_frequency", self.grid_frequency_hz)
+        self._put("ac_power", self.ac_power_w)
 
     # -- Modbus side ------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ volts = tenths(0, 6553.5)
 # Charging currents on the wire grid: GB/T raw (400 - I) * 10 must stay in 0..65535.
 charge_a = tenths(-6153.5, 400)
 magnitude_a = tenths(0, 400)
+discharge_a = tenths(0, 6153.5)
+hundred_w = st.integers(0, 65535).map(lambda x: x * 100.0)
 temp_c = st.integers(-50, 205).map(float)
 flags = st.booleans()
 ascii_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E))
@@ -82,6 +84,11 @@ MESSAGES: dict[type[Any], st.SearchStrategy[Any]] = {
     m.CSD: st.builds(m.CSD, st.integers(0, 65535), tenths(0, 6553.5), st.integers(0, 2**32 - 1)),
     m.BEM: st.builds(m.BEM, subset(m.BemTimeout)),
     m.CEM: st.builds(m.CEM, subset(m.CemTimeout)),
+    # The V2G extension (docs/V2G.md): discharge limits are magnitudes in §4.5's + direction.
+    m.CDP: st.builds(m.CDP, flags, discharge_a, hundred_w, volts, st.integers(0, 255)),
+    m.BDP: st.builds(m.BDP, flags, discharge_a, hundred_w, volts, tenths(0, 100),
+                     tenths(0, 6553.5)),
+    m.BDS: st.builds(m.BDS, flags, discharge_a, tenths(0, 6553.5), tenths(0, 100)),
 }
 
 

@@ -2,7 +2,12 @@
 
 Every other part of the agent proposes limits; this module takes the minimum, applies
 the up-ramp, and says which limit bound. Currents are signed (+ = into the vehicle);
-limits are magnitudes that apply in the direction of the demand.
+limits are magnitudes that apply in the direction of the demand. The caller fills each
+candidate for that direction: charging takes the EV's charge limits, the charger's and the
+module's forward ratings and the grid import limit; discharging the EV's discharge
+limits, the reverse ratings and the export limit, plus consent, SOC and energy windows.
+An EV demand of -inf means "discharge, the vehicle gives only limits" (ISO 15118-20
+Dynamic BPT: the charger picks the power within them from the upstream setpoint).
 
 Any NaN, infinite-where-finite-is-required or negative limit is treated as "no
 permission": the decision is 0 A, bound by INVALID_INPUT (fail safe, never raise).
@@ -27,6 +32,13 @@ class Limit(Enum):
     GRID = "grid"
     THERMAL = "thermal"
     UPSTREAM = "upstream"
+    EV_POWER = "ev_power"
+    EV_MIN_VOLTAGE = "ev_min_voltage"
+    SOC_WINDOW = "soc_window"
+    ENERGY_WINDOW = "energy_window"
+    HEALTH = "health"
+    CONSENT = "consent"
+    DIRECTION = "direction"
     RAMP = "ramp"
 
 
@@ -44,6 +56,15 @@ class CurrentLimits:
     thermal_a: float = math.inf  # connector/cable/module derating
     upstream_a: float = math.inf  # central system / site EMS limit for this direction
     grid_limit_w: float = math.inf  # this gun's share of the site's grid connection
+    ev_power_w: float = math.inf  # EV max power in this direction (discharge: BDP)
+    # 0 once the pack is at the EV's minimum discharge voltage (discharge only).
+    ev_voltage_a: float = math.inf
+    soc_window_a: float = math.inf  # 0 at the SOC floor (discharge) or V2G ceiling (charge)
+    energy_window_a: float = math.inf  # 0 once the V2X energy window is used up
+    health_a: float = math.inf  # battery-health policy (C-rate, temperature, cells, per day)
+    # Discharge needs the vehicle's consent and an authorised upstream setpoint; else 0.
+    consent_a: float = math.inf
+    direction_a: float = math.inf  # 0 while a direction change passes through zero
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +108,13 @@ CANDIDATES: tuple[tuple[Limit, Callable[[CurrentLimits], float]], ...] = (
     (Limit.GRID, lambda lim: _amps_for(lim.grid_limit_w, lim)),
     (Limit.THERMAL, lambda lim: lim.thermal_a),
     (Limit.UPSTREAM, lambda lim: lim.upstream_a),
+    (Limit.EV_POWER, lambda lim: _amps_for(lim.ev_power_w, lim)),
+    (Limit.EV_MIN_VOLTAGE, lambda lim: lim.ev_voltage_a),
+    (Limit.SOC_WINDOW, lambda lim: lim.soc_window_a),
+    (Limit.ENERGY_WINDOW, lambda lim: lim.energy_window_a),
+    (Limit.HEALTH, lambda lim: lim.health_a),
+    (Limit.CONSENT, lambda lim: lim.consent_a),
+    (Limit.DIRECTION, lambda lim: lim.direction_a),
 )
 
 
@@ -111,10 +139,17 @@ def decide_current(
         limits.thermal_a,
         limits.upstream_a,
         limits.grid_limit_w,
+        limits.ev_power_w,
+        limits.ev_voltage_a,
+        limits.soc_window_a,
+        limits.energy_window_a,
+        limits.health_a,
+        limits.consent_a,
+        limits.direction_a,
     )
     if (
         any(_bad_magnitude(x) for x in magnitudes)
-        or not math.isfinite(limits.ev_demand_a)
+        or math.isnan(limits.ev_demand_a)
         or math.isnan(limits.voltage_v)
         or not math.isfinite(previous_a)
         or math.isnan(dt_s)
@@ -139,6 +174,16 @@ def decide_current(
     # The 1e-9 keeps 2.3 A (22.999999999999996 steps in binary) from losing a step.
     magnitude = math.floor(magnitude * STEPS_PER_A + 1e-9) / STEPS_PER_A
     return CurrentDecision(direction * magnitude if magnitude > 0.0 else 0.0, bound, ceiling)
+
+
+def decide_discharge_voltage(ev_min_v: float, charger_min_input_v: float) -> VoltageDecision:
+    """The voltage floor while discharging: the module never pulls the pack below the
+    highest of the EV's minimum discharge voltage and the charger's minimum DC input."""
+    candidates = ((ev_min_v, "ev_min_voltage"), (charger_min_input_v, "charger_min_input"))
+    if any(not math.isfinite(v) or v < 0.0 for v, _ in candidates):
+        return VoltageDecision(0.0, "invalid_input")
+    voltage, bound = max(candidates, key=lambda c: c[0])
+    return VoltageDecision(voltage, bound)
 
 
 def decide_voltage(

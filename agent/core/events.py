@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.core.health_policy import HealthPolicy
 from agent.core.messages import BmsMessage
 
 
@@ -80,6 +81,10 @@ class ModuleStatus:
     capability_current_a: float | None = None
     capability_power_w: float | None = None
     contactors_any_closed: bool | None = None
+    # What the stack can take back from the vehicle (inverter mode); None: not reported,
+    # which allows no discharge.
+    reverse_capability_current_a: float | None = None
+    reverse_capability_power_w: float | None = None
 
     @property
     def any_contactor_closed(self) -> bool:
@@ -183,6 +188,26 @@ class UpstreamLimit:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class OwnerPolicy:
+    """The owner's battery-health limits for this session (from upstream or the app)."""
+
+    t: float
+    policy: HealthPolicy
+    source: str = "upstream"
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyHistory:
+    """What this vehicle moved earlier today (the runtime reads it from the ledger once the
+    vehicle is identified): for the per-day battery-health limits."""
+
+    t: float
+    vin: str
+    discharged_kwh: float
+    throughput_kwh: float
+
+
 Event = (
     Tick
     | VehicleConnected
@@ -199,4 +224,6 @@ Event = (
     | SafetyIoLost
     | FaultsCleared
     | UpstreamLimit
+    | OwnerPolicy
+    | EnergyHistory
 )

@@ -338,6 +338,55 @@ class CEM:
     timeouts: frozenset[CemTimeout] = field(default_factory=frozenset)
 
 
-ChargerMessage = CHM | CRM | CTS | CML | CRO | CCS | CST | CSD | CEM
-BmsMessage = BHM | BRM | BCP | BRO | BCL | BCS | BSM | BMV | BMT | BSP | BST | BSD | BEM
+# ---- the project's V2G extension of GB/T 27930-2015 (non-normative; docs/V2G.md) ------
+# No public layout exists for discharge over the 2015 message set. These three messages are
+# this project's, shaped like GB/T 27930.2-2024's function negotiation and parameter phase and
+# carrying ISO 15118-20 Dynamic BPT's fields. Their PGNs are configuration.
+
+
+@dataclass(frozen=True, slots=True)
+class CDP:
+    """Charger discharge parameters, sent with CML: the charger's V2G offer.
+
+    offered=False tells a V2G vehicle that this gun (or this session) will not discharge.
+    Magnitudes; the DC input range's upper end is CML's max voltage."""
+
+    offered: bool
+    max_discharge_current_a: float
+    max_discharge_power_w: float
+    min_input_voltage_v: float
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BDP:
+    """BMS discharge parameters: the vehicle's answer to CDP (multi-packet, 11 bytes).
+
+    consent: the owner allows discharge in this session. energy_kwh: the V2X energy window,
+    how many kWh the vehicle may give in this session (above its SOC floor)."""
+
+    consent: bool
+    max_discharge_current_a: float
+    max_discharge_power_w: float
+    min_discharge_voltage_v: float
+    soc_floor_pct: float
+    energy_kwh: float
+
+
+@dataclass(frozen=True, slots=True)
+class BDS:
+    """BMS discharge status during energy transfer (250 ms): live consent and limits.
+
+    A BDS with consent=False withdraws consent at once; remaining_energy_kwh is what is left
+    of the V2X energy window."""
+
+    consent: bool
+    max_discharge_current_a: float
+    remaining_energy_kwh: float
+    soc_floor_pct: float
+
+
+ChargerMessage = CHM | CRM | CTS | CML | CRO | CCS | CST | CSD | CEM | CDP
+BmsMessage = (BHM | BRM | BCP | BRO | BCL | BCS | BSM | BMV | BMT | BSP | BST | BSD | BEM
+              | BDP | BDS)
 GbtMessage = ChargerMessage | BmsMessage

@@ -29,6 +29,12 @@ MODULE_FAULT_BITS: dict[int, ModuleFaultBit] = {
     4: ModuleFaultBit("watchdog_expired", False, False, ChargerFault.ENERGY_UNAVAILABLE),
     5: ModuleFaultBit("contactor_mismatch", True, True, ChargerFault.OTHER),
     6: ModuleFaultBit("input_fault", False, False, ChargerFault.ENERGY_UNAVAILABLE),
+    # Grid side of the bidirectional stage: the stage has already stopped inverting (its own
+    # protection), so the session ends with an error shutdown, not latched: the grid recovers.
+    7: ModuleFaultBit("grid_over_voltage", False, False, ChargerFault.ENERGY_UNAVAILABLE),
+    8: ModuleFaultBit("grid_under_voltage", False, False, ChargerFault.ENERGY_UNAVAILABLE),
+    9: ModuleFaultBit("grid_frequency", False, False, ChargerFault.ENERGY_UNAVAILABLE),
+    10: ModuleFaultBit("anti_islanding", False, False, ChargerFault.ENERGY_UNAVAILABLE),
 }
 
 

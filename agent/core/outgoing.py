@@ -13,6 +13,7 @@ from agent.core import timing as T
 from agent.core.events import ModuleStatus
 from agent.core.messages import (
     CCS,
+    CDP,
     CEM,
     CHM,
     CML,
@@ -23,7 +24,7 @@ from agent.core.messages import (
     ChargerMessage,
     Ready,
 )
-from agent.core.ratings import GunRatings
+from agent.core.ratings import GunRatings, offers_v2g
 from agent.core.session_data import SessionData
 from agent.core.states import State
 
@@ -41,7 +42,13 @@ def messages_for(
         case State.PARAMETER_EXCHANGE:
             cml = CML(r.max_voltage_v, r.min_voltage_v, r.max_current_a, r.min_current_a)
             cts = _cts(d, r, now)
-            return [cml] if cts is None else [cts, cml]
+            out: list[ChargerMessage] = [cml] if cts is None else [cts, cml]
+            if offers_v2g(r) and not d.vehicle_ready:
+                # The V2G offer (extension, docs/V2G.md): a gun that cannot discharge sends
+                # nothing, so its bus is exactly a 2015 charger's.
+                out.append(CDP(True, r.max_discharge_current_a, r.max_discharge_power_w,
+                               r.min_input_voltage_v))
+            return out
         case State.PRECHARGE:
             return [CRO(Ready.NOT_READY)]
         case State.CHARGING if d.bcl is None:

@@ -21,6 +21,14 @@ class GunRatings:
     # IEC 61851-23 101.2.1.3 asks the output to follow a request at >= 20 A/s; we ramp
     # faster than that but slowly enough to spare the battery and module a step.
     ramp_up_a_per_s: float = 100.0
+    # Discharge (V2G): 0 A means this gun never offers it (no CDP is sent: a 2015 pile).
+    max_discharge_current_a: float = 0.0
+    max_discharge_power_w: float = 0.0
+    # The DC input range's low end when discharging (the high end is max_voltage_v): the
+    # module's inverter cannot take energy from a pack below this.
+    min_input_voltage_v: float = 200.0
+    # This gun's share of the site's export limit (contract, transformer), if below the rest.
+    export_limit_w: float = math.inf
     charger_number: int = 1
     # CTS carries local time; China Standard Time is UTC+8.
     utc_offset_h: float = 8.0
@@ -30,7 +38,7 @@ class GunRatings:
         out: list[str] = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "grid_limit_w" and value == math.inf:
+            if f.name in ("grid_limit_w", "export_limit_w") and value == math.inf:
                 continue
             if isinstance(value, float) and not math.isfinite(value):
                 out.append(f"{f.name} must be a finite number, got {value!r}")
@@ -63,8 +71,25 @@ RATING_CHECKS: tuple[RatingCheck, ...] = (
      lambda r: f"min_current_a {r.min_current_a} A is above max_current_a {r.max_current_a} A"),
     (lambda r: r.max_power_w > 0, lambda r: f"max_power_w must be > 0, got {r.max_power_w}"),
     (lambda r: r.grid_limit_w > 0, lambda r: f"grid_limit_w must be > 0, got {r.grid_limit_w}"),
+    (lambda r: 0 <= r.max_discharge_current_a <= r.max_current_a,
+     lambda r: f"max_discharge_current_a must be 0..max_current_a, got "
+               f"{r.max_discharge_current_a}"),
+    (lambda r: 0 <= r.max_discharge_power_w <= r.max_power_w,
+     lambda r: f"max_discharge_power_w must be 0..max_power_w, got {r.max_discharge_power_w}"),
+    (lambda r: (r.max_discharge_current_a > 0) == (r.max_discharge_power_w > 0),
+     lambda r: "max_discharge_current_a and max_discharge_power_w are both 0 (no V2G) or "
+               "both > 0"),
+    (lambda r: r.min_voltage_v <= r.min_input_voltage_v < r.max_voltage_v,
+     lambda r: f"min_input_voltage_v {r.min_input_voltage_v} V must be within "
+               f"min_voltage_v..max_voltage_v"),
+    (lambda r: r.export_limit_w > 0,
+     lambda r: f"export_limit_w must be > 0, got {r.export_limit_w}"),
     (lambda r: r.ramp_up_a_per_s >= 20,
      lambda r: "ramp_up_a_per_s below 20 A/s violates IEC 61851-23 101.2.1.3"),
     (lambda r: 0 <= r.charger_number <= 0xFFFFFFFF,
      lambda r: "charger_number must fit in 32 bits"),
 )
+
+
+def offers_v2g(r: GunRatings) -> bool:
+    return r.max_discharge_current_a > 0 and r.max_discharge_power_w > 0

@@ -13,7 +13,6 @@ import math
 from transitions import Machine
 
 from agent.core import timing as T
-from agent.core.arbiter import CurrentLimits, decide_current, decide_voltage
 from agent.core.commands import (
     Command,
     Notice,
@@ -21,9 +20,11 @@ from agent.core.commands import (
 )
 from agent.core.events import (
     DriverError,
+    EnergyHistory,
     Event,
     ModuleLinkLost,
     ModuleStatus,
+    OwnerPolicy,
     StopRequested,
     Tick,
     VehicleConnected,
@@ -31,10 +32,14 @@ from agent.core.events import (
     VehicleDisconnected,
     VehicleMessage,
 )
+from agent.core.gbt_profile import v2g_answer_in_time
+from agent.core.health_policy import HealthPolicy
 from agent.core.messages import (
     BCL,
     BCP,
     BCS,
+    BDP,
+    BDS,
     BEM,
     BHM,
     BMT,
@@ -44,6 +49,7 @@ from agent.core.messages import (
     BSD,
     BSM,
     BST,
+    CDP,
     CST,
     BmsMessage,
     CemTimeout,
@@ -53,18 +59,20 @@ from agent.core.messages import (
 )
 from agent.core.module_faults import active_faults
 from agent.core.outgoing import PeriodicSender, messages_for
-from agent.core.ratings import GunRatings
+from agent.core.ratings import GunRatings, offers_v2g
 from agent.core.safety import SafetySupervisor, UpstreamPolicy
 from agent.core.safety_handling import SafetyHandling
 from agent.core.session_data import Actuators, Plant, SessionData
 from agent.core.states import STOPPABLE, TRANSITIONS, State, Trigger
 from agent.core.steps import SequenceSteps
 from agent.core.thermal_guard import ThermalSupervisor
+from agent.core.transfer_control import TransferControl
+from agent.core.vehicle_view import NO_VEHICLE
 
 _ENERGISED = (State.INSULATION_CHECK, State.PRECHARGE, State.CHARGING, State.STOPPING)
 
 
-class GunSession(SequenceSteps, SafetyHandling):
+class GunSession(SequenceSteps, SafetyHandling, TransferControl):
     def __init__(
         self,
         ratings: GunRatings,
@@ -72,8 +80,14 @@ class GunSession(SequenceSteps, SafetyHandling):
         upstream: UpstreamPolicy | None = None,
         thermal: ThermalSupervisor | None = None,
         require_safety_io: bool = False,
+        health: HealthPolicy | None = None,
+        owner_policies: dict[str, HealthPolicy] | None = None,
     ) -> None:
         self.ratings = ratings
+        self.operator_policy = health or HealthPolicy()
+        self.owner_policies = dict(owner_policies or {})
+        self.view = NO_VEHICLE
+        self.decision = None
         self.safety = SafetySupervisor(upstream or UpstreamPolicy(), ratings.max_current_a)
         self.thermal = thermal
         self.require_safety_io = require_safety_io
@@ -162,11 +176,24 @@ class GunSession(SequenceSteps, SafetyHandling):
                         self._out.append(Notice(self.now, "start_refused", why))
                         return
                     self.data = SessionData(started_at=self.now, wall_clock_at_start=wall)
+                    self.view = NO_VEHICLE
                     self._fire(Trigger.PLUGGED_IN, "vehicle connected")
             case VehicleDisconnected():
                 self._on_unplugged()
             case StopRequested(reason=reason):
                 self._stop(reason, CST(reasons=frozenset({ChargerStopReason.MANUAL})))
+            case OwnerPolicy(policy=policy, source=source):
+                problems = policy.problems()
+                if problems:
+                    self._out.append(Notice(self.now, "owner_policy_rejected",
+                                            f"{source}: " + "; ".join(problems)))
+                else:
+                    self.data.owner_policy = policy
+            case EnergyHistory(vin=vin, discharged_kwh=dis, throughput_kwh=thr):
+                brm = self.data.brm
+                if brm is not None and brm.vin == vin and math.isfinite(dis + thr):
+                    self.data.today_discharged_kwh = max(dis, 0.0)
+                    self.data.today_throughput_kwh = max(thr, 0.0)
 
     # ---- vehicle presence --------------------------------------------------------
 
@@ -197,7 +224,13 @@ class GunSession(SequenceSteps, SafetyHandling):
             if 0.0 < dt <= T.MODULE_STATUS_STALE.seconds:
                 power_w = status.output_voltage_v * status.output_current_a
                 if math.isfinite(power_w):
-                    self.data.energy_kwh += power_w * dt / 3.6e6
+                    kwh = power_w * dt / 3.6e6
+                    self.data.energy_kwh += kwh
+                    if kwh >= 0.0:
+                        self.data.charged_kwh += kwh
+                    else:
+                        self.data.discharged_kwh -= kwh
+                        self._count_outside_window(dt)
         self.plant.status = status
         self.plant.sampled_at = sampled_at
         self._check_contactor_feedback(status, sampled_at)
@@ -256,7 +289,13 @@ class GunSession(SequenceSteps, SafetyHandling):
                 if self.state is State.PARAMETER_EXCHANGE and d.bcp is not None:
                     d.bro_seen_at = d.bro_seen_at if d.bro_seen_at is not None else self.now
                     if ready is Ready.READY:
+                        d.vehicle_ready = True
                         self._fire(Trigger.VEHICLE_READY, "BRO(0xAA) received")
+            case BDP():
+                self._on_bdp(message)
+            case BDS():
+                if d.v2g_negotiated:
+                    d.bds = message
             case BCL():
                 d.bcl = message
             case BCS():
@@ -269,6 +308,8 @@ class GunSession(SequenceSteps, SafetyHandling):
                 self._stop("BMS sent BST", CST(reasons=frozenset({ChargerStopReason.BMS_STOPPED})))
             case BMV():
                 d.bmv = message
+                volts = [v for v in message.cell_voltages_v if v is not None]
+                d.bmv_range_v = (min(volts), max(volts)) if volts else None
             case BMT():
                 d.bmt = message
             case BSD():
@@ -289,6 +330,35 @@ class GunSession(SequenceSteps, SafetyHandling):
             return
         self.data.bcp = bcp
         self.data.start_soc_pct = bcp.soc_pct
+
+    def _on_bdp(self, bdp: BDP) -> None:
+        """The vehicle's answer to the V2G offer (extension, docs/V2G.md): it counts only in
+        parameter exchange, before BRO(0xAA) and within V2G_ANSWER of the first CDP."""
+        d = self.data
+        if d.v2g_negotiated:
+            return
+        if self.state is State.PARAMETER_EXCHANGE and offers_v2g(self.ratings) \
+                and v2g_answer_in_time(d, self.now):
+            d.bdp, d.v2g_negotiated = bdp, True
+            self._out.append(Notice(
+                self.now, "v2g_negotiated",
+                f"vehicle discharges up to {bdp.max_discharge_current_a:.1f} A / "
+                f"{bdp.max_discharge_power_w / 1000:.1f} kW, not below "
+                f"{bdp.min_discharge_voltage_v:.1f} V or {bdp.soc_floor_pct:.1f} % SOC, "
+                f"{bdp.energy_kwh:.1f} kWh window; consent "
+                f"{'given' if bdp.consent else 'not given'}"))
+        else:
+            self._out.append(Notice(self.now, "v2g_answer_ignored",
+                                    "BDP outside the V2G negotiation window: charge only"))
+
+    def _count_outside_window(self, dt: float) -> None:
+        """Seconds of discharge with the battery outside the policy's temperature window
+        (the health figures; the HEALTH candidate keeps this at 0)."""
+        p, cells = self.health_policy(), self.view.cells
+        hot = cells.max_temperature_c is not None and cells.max_temperature_c > p.max_temperature_c
+        cold = cells.min_temperature_c is not None and cells.min_temperature_c < p.min_temperature_c
+        if hot or cold:
+            self.data.outside_window_s += dt
 
     def _on_bsm(self, bsm: BSM) -> None:
         if self.state is not State.CHARGING:
@@ -352,69 +422,6 @@ class GunSession(SequenceSteps, SafetyHandling):
                 return "BCS", max(bcs, entered), frozenset({CemTimeout.BCS})
         return None
 
-    # ---- control: the only path to a module setpoint ---------------------------
-
-    def _control(self) -> None:
-        d, st = self.data, self.plant.status
-        target = self._energy_target()
-        if target is None:
-            # Output off is a decision of 0 A now: the next ramp starts from here (I6).
-            self.act.last_decision_t = self.now
-            if self.act.module_enabled:
-                self._command_module(enabled=False, voltage_v=0.0, current_a=0.0, bound="state")
-            return
-        state_limit_a, demand_a, voltage_v, vbound = target
-        measured_v = st.output_voltage_v if st is not None else 0.0
-        capability = st.capability_current_a if st and st.capability_current_a else math.inf
-        power_cap = st.capability_power_w if st and st.capability_power_w else math.inf
-        dt = 0.0 if self.act.last_decision_t is None else self.now - self.act.last_decision_t
-        decision = decide_current(
-            CurrentLimits(
-                state_a=state_limit_a,
-                ev_demand_a=demand_a,
-                ev_max_a=d.bcp.max_charge_current_a if d.bcp else math.inf,
-                charger_max_a=self.ratings.max_current_a,
-                module_capability_a=capability,
-                power_limit_w=min(self.ratings.max_power_w, power_cap),
-                # The commanded voltage bounds the real one in CC mode, so V_cmd * I <= P
-                # guarantees the power limit whatever the battery does (invariant I2).
-                voltage_v=max(measured_v, voltage_v),
-                thermal_a=self.thermal_limit_a,
-                upstream_a=self.safety.upstream_limit_a(self.now, charging=demand_a >= 0)[0],
-                grid_limit_w=self.ratings.grid_limit_w,
-            ),
-            previous_a=self.act.current_a,
-            dt_s=dt,
-            ramp_up_a_per_s=self.ratings.ramp_up_a_per_s,
-        )
-        self.act.last_decision_t = self.now
-        self._command_module(
-            enabled=True, voltage_v=voltage_v, current_a=decision.current_a,
-            bound=f"{decision.bound_by.value}/voltage:{vbound}",
-        )
-
-    def _energy_target(self) -> tuple[float, float, float, str] | None:
-        """(state limit A, demand A, voltage V, voltage bound) or None for output off."""
-        d = self.data
-        if self.state is State.INSULATION_CHECK and d.phase in ("ramp", "measure"):
-            cap = T.INSULATION_TEST_CURRENT_A
-            return cap, cap, d.insulation_voltage_v, "insulation_test"
-        if self.state is State.PRECHARGE and d.phase in ("match", "close"):
-            cap = T.PRECHARGE_CURRENT_A
-            return cap, cap, d.precharge_target_v, "precharge"
-        if self.state is State.CHARGING and d.bcl is not None and d.bcp is not None:
-            bhm_max = d.bhm.max_charge_voltage_v if d.bhm else math.inf
-            v = decide_voltage(d.bcl.voltage_demand_v, d.bcp.max_total_voltage_v, bhm_max,
-                               self.ratings.max_voltage_v)
-            paused = d.paused_since is not None
-            # GB/T 27930-2015 2015 vehicles are charge-only: a discharge demand is not honoured.
-            demand = max(d.bcl.current_demand_a, 0.0)
-            return (0.0 if paused else math.inf), demand, v.voltage_v, v.bound_by
-        if self.state is State.STOPPING and d.phase in ("", "ramp"):
-            # Hold the output enabled at 0 A so the module actively ramps down.
-            return 0.0, 0.0, self.act.voltage_v, "hold"
-        return None
-
     # ---- periodic messages -----------------------------------------------------
 
     def _send_periodic(self) -> None:
@@ -422,4 +429,7 @@ class GunSession(SequenceSteps, SafetyHandling):
         if self.state is State.PARAMETER_EXCHANGE and d.bcp is not None and d.first_cml_at is None:
             d.first_cml_at = self.now
         due = messages_for(self.state, d, self.ratings, self.plant.status, self.now)
-        self._out.extend(Transmit(m) for m in self._periodic.due(due, self.now))
+        sent = self._periodic.due(due, self.now)
+        if d.first_cdp_at is None and any(isinstance(m, CDP) for m in sent):
+            d.first_cdp_at = self.now
+        self._out.extend(Transmit(m) for m in sent)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from agent.core.direction import DirectionControl
 from agent.core.events import ModuleStatus
+from agent.core.health_policy import HealthPolicy
 from agent.core.messages import (
     BCL,
     BCP,
     BCS,
+    BDP,
+    BDS,
     BHM,
     BMT,
     BMV,
@@ -39,6 +43,13 @@ class SessionData:
     bsd: BSD | None = None
     bmv: BMV | None = None  # cell voltages and temperatures, for battery-health limits
     bmt: BMT | None = None
+    bmv_range_v: tuple[float, float] | None = None  # (min, max) cell of the last BMV
+    # The V2G extension (docs/V2G.md): the vehicle's answer to CDP and its live status.
+    bdp: BDP | None = None
+    bds: BDS | None = None
+    first_cdp_at: float | None = None
+    vehicle_ready: bool = False  # BRO(0xAA) seen: too late for a V2G answer
+    v2g_negotiated: bool = False
     vehicle_data: VehicleDataLog = field(default_factory=VehicleDataLog)
     last_rx: dict[str, float] = field(default_factory=dict)
     bro_seen_at: float | None = None
@@ -54,8 +65,23 @@ class SessionData:
 
     charging_started_at: float | None = None
     paused_since: float | None = None
-    energy_kwh: float = 0.0
+    energy_kwh: float = 0.0  # net, + = into the vehicle (integrated module V x I)
+    charged_kwh: float = 0.0
+    discharged_kwh: float = 0.0
     start_soc_pct: float | None = None
+    direction: DirectionControl = field(default_factory=DirectionControl)
+    # Why discharge stands at zero in this phase ("SOC floor 30.0 % reached"), once said.
+    discharge_held: str = ""
+    ev_min_voltage_reached: bool = False
+    consent_given: bool = False
+    owner_policy: HealthPolicy | None = None  # per session, from upstream
+    # Energy this vehicle moved today before this session (from the ledger).
+    today_discharged_kwh: float = 0.0
+    today_throughput_kwh: float = 0.0
+    # Health figures of the session.
+    peak_abs_current_a: float = 0.0
+    peak_power_w: float = 0.0
+    outside_window_s: float = 0.0
 
     stop_message: CST = field(default_factory=CST)
     cem_timeouts: frozenset[CemTimeout] = frozenset()

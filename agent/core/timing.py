@@ -27,6 +27,7 @@ PERIODS: dict[str, Timing] = {
     "CST": Timing(0.010, "GB/T 27930-2015 §10 (CST definition): period 10 ms"),
     "CSD": Timing(0.250, "GB/T 27930-2015 §10 (CSD definition): period 250 ms"),
     "CEM": Timing(0.250, "GB/T 27930-2015 §10 (CEM definition): period 250 ms"),
+    "CDP": Timing(0.250, "V2G extension (docs/V2G.md): sent with CML, at CML's 250 ms"),
 }
 
 # How long the charger waits for a BMS message: GB/T 27930-2015 §8 / Fig. A.6 [V].
@@ -93,4 +94,24 @@ SAFETY_IO_STALE = Timing(
 )
 HEARTBEAT_PERIOD = Timing(
     0.1, "safety-controller contract (drivers/safety_io): trips after 500 ms without a change"
+)
+
+# ---- V2G: the project's extension of GB/T 27930-2015 (docs/V2G.md) and two-way energy flow ----
+V2G_ANSWER = Timing(
+    5.0, "GB/T 27930-2015 §8 default message timeout 5 s, applied to BDP after the first CDP "
+    "(extension); a car that does not answer charges only"
+)
+V2G_STATUS = Timing(
+    1.0, "extension rule modelled on GB/T 27930-2015 Fig. A.6's BCL 1 s: a BDS older than this "
+    "withdraws consent, so discharge stops within the same budget as a silent demand"
+)
+# A direction change: ramp to <= 5 A (GB/T 18487.1-2023 Annex E normal stop: <= 5 A within
+# 5 s), hold zero, then a new energy-transfer phase (Annex E.5.1: no seamless switch).
+DIRECTION_CHANGE_BUDGET = Timing(
+    5.0, "GB/T 18487.1-2023 Annex E (normal stop of a two-way transfer: <= 5 A within 5 s)"
+)
+DIRECTION_CHANGE_CURRENT_A = 5.0  # GB/T 18487.1-2023 Annex E / B.4.6: the <= 5 A point
+DIRECTION_DWELL = Timing(
+    0.5, "GB/T 18487.1-2023 E.5.1 forbids a seamless switch; zero held 0.5 s (two BCS/BDS "
+    "periods) so the vehicle sees the old phase end before the new one starts"
 )

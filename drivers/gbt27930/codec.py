@@ -30,6 +30,8 @@ from agent.core.messages import (
     BCL,
     BCP,
     BCS,
+    BDP,
+    BDS,
     BEM,
     BHM,
     BMT,
@@ -41,6 +43,7 @@ from agent.core.messages import (
     BSP,
     BST,
     CCS,
+    CDP,
     CEM,
     CHM,
     CML,
@@ -63,14 +66,19 @@ from agent.core.messages import (
     Ready,
 )
 from drivers.gbt27930.tp_layouts import (
+    consent_byte,
+    consent_of,
     decode_bcp,
     decode_bcs,
+    decode_bdp,
     decode_bmt,
     decode_bmv,
     decode_brm,
     decode_bsp,
+    discharge_magnitude,
     encode_bcp,
     encode_bcs,
+    encode_bdp,
     encode_bmt,
     encode_bmv,
     encode_brm,
@@ -96,13 +104,43 @@ PGN: dict[type[Any], int] = {
     CML: 0x0800, BRO: 0x0900, CRO: 0x0A00, BCL: 0x1000, BCS: 0x1100, CCS: 0x1200,
     BSM: 0x1300, BMV: 0x1500, BMT: 0x1600, BSP: 0x1700, BST: 0x1900, CST: 0x1A00,
     BSD: 0x1C00, CSD: 0x1D00, BEM: 0x1E00, CEM: 0x1F00,
+    # The project's V2G extension (docs/V2G.md), not GB/T 27930-2015: default PGNs, which
+    # `assign_extension_pgns` replaces from config (a vehicle programme may assign others).
+    CDP: 0x3100, BDP: 0x3200, BDS: 0x3300,
 }
+EXTENSION: dict[str, type[Any]] = {"CDP": CDP, "BDP": BDP, "BDS": BDS}
 PRIORITY: dict[type[Any], int] = {
     CHM: 6, BHM: 6, CRM: 6, BRM: 7, BCP: 7, CTS: 6, CML: 6, BRO: 4, CRO: 4, BCL: 6,
     BCS: 7, CCS: 6, BSM: 6, BMV: 7, BMT: 7, BSP: 7, BST: 4, CST: 4, BSD: 6, CSD: 6, BEM: 2,
-    CEM: 2,
+    CEM: 2, CDP: 6, BDP: 7, BDS: 6,
 }
 TYPE_BY_PGN: dict[int, type[Any]] = {pgn: cls for cls, pgn in PGN.items()}
+
+
+def assign_extension_pgns(pgns: dict[str, int]) -> None:
+    """Put the V2G extension's messages on other PGNs ({"CDP": 0x3100, ...}); ValueError,
+    naming the message, for an unknown name, a PGN outside a PDU1 PF byte (0xXX00) or one
+    that another message already uses. The codec is one per process: so is the CAN layout."""
+    new = dict(PGN)
+    for name, pgn in pgns.items():
+        cls = EXTENSION.get(name)
+        if cls is None:
+            raise ValueError(f"v2g: {name} is not an extension message (CDP, BDP, BDS)")
+        if not (isinstance(pgn, int) and 0 <= pgn <= 0xFF00 and pgn & 0xFF == 0
+                and pgn >> 8 < 0xF0):
+            raise ValueError(f"v2g: PGN for {name} must be a PDU1 PGN 0x0000..0xEF00 (PF << 8),"
+                             f" got {pgn!r}")
+        new[cls] = pgn
+    used: dict[int, str] = {}
+    for cls, pgn in new.items():
+        if pgn in used or pgn in (0xEB00, 0xEC00):  # J1939 TP.DT / TP.CM
+            raise ValueError(f"v2g: PGN 0x{pgn:04X} of {cls.__name__} is already used by "
+                             f"{used.get(pgn, 'J1939 TP')}")
+        used[pgn] = cls.__name__
+    PGN.clear()
+    PGN.update(new)
+    TYPE_BY_PGN.clear()
+    TYPE_BY_PGN.update({pgn: cls for cls, pgn in PGN.items()})
 # BRM, BCP, BCS, BMV, BMT and BSP are laid out in tp_layouts.py; the link sends any payload
 # over 8 bytes through J1939 TP (BMV, BMT and BSP have the length the BMS gives them, and
 # may fit one frame).
@@ -452,6 +490,42 @@ def _dec_csd(d: bytes, notes: Notes) -> CSD:
     return CSD(r["charging_time"], r["energy"] / 10, r["charger_number"])
 
 
+def _enc_cdp(m: CDP) -> bytes:
+    return _pack("CDP", {
+        "offered": consent_byte(m.offered),
+        "max_discharge_current": current_raw(m.max_discharge_current_a,
+                                             "CDP.max_discharge_current"),
+        "max_discharge_power": _r(m.max_discharge_power_w, 100, "CDP.max_discharge_power"),
+        "min_input_voltage": _r(m.min_input_voltage_v, 0.1, "CDP.min_input_voltage"),
+        "version": m.version})
+
+
+def _dec_cdp(d: bytes, notes: Notes) -> CDP:
+    r = _unpack("CDP", d, notes)
+    return CDP(consent_of(r["offered"], "CDP"), discharge_magnitude(r["max_discharge_current"]),
+               r["max_discharge_power"] * 100.0, r["min_input_voltage"] / 10, r["version"])
+
+
+def _enc_bds(m: BDS) -> bytes:
+    return _pack("BDS", {
+        "consent": consent_byte(m.consent),
+        "max_discharge_current": current_raw(m.max_discharge_current_a,
+                                             "BDS.max_discharge_current"),
+        "remaining_energy": _r(m.remaining_energy_kwh, 0.1, "BDS.remaining_energy"),
+        "soc_floor": _r(m.soc_floor_pct, 0.1, "BDS.soc_floor")})
+
+
+def _dec_bds(d: bytes, notes: Notes) -> BDS:
+    """Consent and limits the charger acts on: a consent byte that is not 0xAA/0x00 or a
+    floor over 100 % rejects the message (its watchdog, and the last good BDS, then rule)."""
+    r = _unpack("BDS", d, notes)
+    floor = r["soc_floor"] / 10
+    if floor > 100:
+        raise DecodeError(f"BDS: SOC floor {floor} % above 100 %")
+    return BDS(consent_of(r["consent"], "BDS"), discharge_magnitude(r["max_discharge_current"]),
+               r["remaining_energy"] / 10, floor)
+
+
 def _ready_codec(name: str, cls: Callable[[Ready], Any]) -> tuple[Callable[[Any], bytes],
                                                                  Callable[[bytes, Notes], Any]]:
     return (lambda m: _pack(name, {"ready": int(m.ready)}),
@@ -480,6 +554,7 @@ _ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
     BMV: encode_bmv, BMT: encode_bmt, BSP: encode_bsp,
     BST: _enc_bst, CST: _enc_cst, BSD: _enc_bsd, CSD: _enc_csd,
     BEM: _BEM_CODEC[0], CEM: _CEM_CODEC[0],
+    CDP: _enc_cdp, BDP: encode_bdp, BDS: _enc_bds,
 }
 _DECODERS: dict[type[Any], Callable[[bytes, Notes], Any]] = {
     CHM: _dec_chm,
@@ -489,7 +564,20 @@ _DECODERS: dict[type[Any], Callable[[bytes, Notes], Any]] = {
     BMV: decode_bmv, BMT: decode_bmt, BSP: decode_bsp,
     BST: _dec_bst, CST: _dec_cst, BSD: _dec_bsd, CSD: _dec_csd,
     BEM: _BEM_CODEC[1], CEM: _CEM_CODEC[1],
+    CDP: _dec_cdp, BDP: decode_bdp, BDS: _dec_bds,
 }
 
-__all__ = ["PGN", "DecodeError", "EncodeError", "Oddity", "UnknownPgn", "decode",
-           "decode_noting", "encode", "name_of", "pgn_of", "priority_of"]
+__all__ = [
+    "PGN",
+    "DecodeError",
+    "EncodeError",
+    "Oddity",
+    "UnknownPgn",
+    "assign_extension_pgns",
+    "decode",
+    "decode_noting",
+    "encode",
+    "name_of",
+    "pgn_of",
+    "priority_of",
+]

@@ -13,7 +13,7 @@ range the standard defines rejects the message.
 
 from __future__ import annotations
 
-from agent.core.messages import BCP, BCS, BMT, BMV, BRM, BSP
+from agent.core.messages import BCP, BCS, BDP, BMT, BMV, BRM, BSP
 from drivers.gbt27930.wire import (
     DecodeError,
     EncodeError,
@@ -30,6 +30,7 @@ from drivers.gbt27930.wire import (
 BRM_LENGTH = 49
 BCP_LENGTH = 13
 BCS_LENGTH = 9
+BDP_LENGTH = 11  # the project's V2G extension (docs/V2G.md), not GB/T 27930-2015
 _YEAR_OFFSET = 1985  # BRM production year: 1 year/bit from 1985
 # BRM battery type (SPN 2566): 01 lead-acid, 02 NiMH, 03 LFP, 04 LMO, 05 LCO, 06 NCM,
 # 07 polymer Li-ion, 08 LTO, FF other.
@@ -229,3 +230,53 @@ def encode_bsp(m: BSP) -> bytes:
 
 def decode_bsp(data: bytes, notes: Notes | None = None) -> BSP:
     return BSP(bytes(data))
+
+
+# ---- BDP: the project's V2G extension (docs/V2G.md), not GB/T 27930-2015 ---------------
+# Consent is a safety field: only 0xAA (given) and 0x00 (not given) are accepted.
+CONSENT_GIVEN = 0xAA
+CONSENT_NOT_GIVEN = 0x00
+
+
+def consent_byte(consent: bool) -> int:
+    return CONSENT_GIVEN if consent else CONSENT_NOT_GIVEN
+
+
+def consent_of(raw: int, message: str) -> bool:
+    if raw not in (CONSENT_GIVEN, CONSENT_NOT_GIVEN):
+        raise DecodeError(f"{message}: consent byte 0x{raw:02X} is neither 0xAA nor 0x00")
+    return raw == CONSENT_GIVEN
+
+
+def discharge_magnitude(raw: int) -> float:
+    """A discharge current limit sent in §4.5's sign (+ = discharge); a vehicle that sends it
+    with the other sign means the same magnitude (tolerant, as CML's decoding is)."""
+    return abs(signed_current(raw))
+
+
+def encode_bdp(m: BDP) -> bytes:
+    if not 0 <= m.soc_floor_pct <= 100:
+        raise EncodeError("BDP.soc_floor: 0..100 %")
+    return b"".join([
+        bytes([consent_byte(m.consent)]),
+        put_u16(current_raw(m.max_discharge_current_a, "BDP.max_current"), "BDP.max_current"),
+        put_u16(scaled(m.max_discharge_power_w, 100, "BDP.max_power"), "BDP.max_power"),
+        put_u16(scaled(m.min_discharge_voltage_v, 0.1, "BDP.min_voltage"), "BDP.min_voltage"),
+        put_u16(scaled(m.soc_floor_pct, 0.1, "BDP.soc_floor"), "BDP.soc_floor"),
+        put_u16(scaled(m.energy_kwh, 0.1, "BDP.energy"), "BDP.energy"),
+    ])
+
+
+def decode_bdp(data: bytes, notes: Notes | None = None) -> BDP:
+    """Every field is one the charger acts on: a short message, a consent byte that is not
+    0xAA/0x00 or a SOC floor over 100 % rejects it (the session then stays charge-only)."""
+    d = bytes(data)
+    if len(d) < BDP_LENGTH:
+        raise DecodeError(f"BDP: {len(d)} bytes, need {BDP_LENGTH}")
+    floor = u16(d, 7) / 10
+    if floor > 100:
+        raise DecodeError(f"BDP: SOC floor {floor} % above 100 %")
+    if any(b != 0xFF for b in d[BDP_LENGTH:]):
+        _note(notes, "BDP", "length", d, f"{len(d)} bytes where {BDP_LENGTH} are defined")
+    return BDP(consent_of(d[0], "BDP"), discharge_magnitude(u16(d, 1)), u16(d, 3) * 100.0,
+               u16(d, 5) / 10, floor, u16(d, 9) / 10)

@@ -128,6 +128,8 @@ def decode_status(
             insulation_ohm=insulation_ohm,
             capability_current_a=value("capability_current"),
             capability_power_w=value("capability_power"),
+            reverse_capability_current_a=value("capability_discharge_current"),
+            reverse_capability_power_w=value("capability_discharge_power"),
         )
     except (ValueError, TypeError) as exc:
         return DriverError(t, SOURCE, f"status rejected: {exc}")
