@@ -121,8 +121,8 @@ def test_a_2015_car_that_never_answers_charges_only_and_without_delay() -> None:
     assert all(i >= 0.0 for _t, i in trace)
     # The same car on a charge-only gun reaches charging at the same moment.
     q = _pile(replace(V2G_CAR, v2g=False), gun=GunRatings())
-    entered = [t for t, _s, d in p.log.states if d == "charging"][0]
-    assert entered == [t for t, _s, d in q.log.states if d == "charging"][0]
+    entered = next(t for t, _s, d in p.log.states if d == "charging")
+    assert entered == next(t for t, _s, d in q.log.states if d == "charging")
     assert not any(isinstance(m, CDP) for _t, m in q.log.to_vehicle)
 
 
