@@ -33,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="the car answers as the vehicle recorded in this candump trace did; "
                           "reports how far the session got (exit 0 only if it finished)")
 
+    sim.add_argument("--scenario", metavar="NAME",
+                     help="a V2G scenario (--scenario list shows them); exit 0 only when its "
+                          "expectations hold")
+    sim.add_argument("--ledger", metavar="FILE", default=":memory:",
+                     help="keep the energy ledger in this SQLite file (default: in memory)")
+
+    rec = sub.add_parser("records", help="list, export and settle the energy ledger")
+    rec.add_argument("--ledger", metavar="FILE", required=True)
+    rec.add_argument("--format", choices=("text", "csv", "json"), default="text")
+    rec.add_argument("--tariff", metavar="PILE_TOML", help="[tariff] table to settle with")
+
     run = sub.add_parser("run", help="run the agent against real interfaces")
     run.add_argument("--config", required=True, metavar="PILE_TOML")
     run.add_argument("--can-log", metavar="FILE", help="write the CAN traffic in candump format")
@@ -67,6 +78,8 @@ SIM_CHECKS: tuple[SimCheck, ...] = (
                "0 <= --start-soc < --target-soc <= 100"),
     (lambda a: _writable(a.can_log),
      lambda a: f"--can-log {a.can_log}: cannot write there"),
+    (lambda a: a.ledger == ":memory:" or _writable(a.ledger),
+     lambda a: f"--ledger {a.ledger}: cannot write there"),
     (lambda a: _readable(a.replay_bms),
      lambda a: f"--replay-bms {a.replay_bms}: no readable file there"),
 )
@@ -74,9 +87,23 @@ SIM_CHECKS: tuple[SimCheck, ...] = (
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "records":
+        from agent.records_cli import run_records
+
+        return run_records(args.ledger, args.format, args.tariff)
     if args.command == "sim":
         from hil.faults import SCENARIOS
+        from hil.scenarios import SCENARIOS as V2G_SCENARIOS
         from hil.sim import SimOptions, run_sim_cli
+
+        if args.scenario == "list":
+            for v in V2G_SCENARIOS.values():
+                print(f"{v.name:20} {v.description}")
+            return 0
+        if args.scenario is not None and args.scenario not in V2G_SCENARIOS:
+            print(f"pile-agent sim: unknown scenario {args.scenario!r}; known: "
+                  f"{', '.join(V2G_SCENARIOS)}", file=sys.stderr)
+            return 2
 
         if args.fault == "list":
             for sc in SCENARIOS.values():
@@ -103,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             speed=args.speed, can_log=args.can_log, start_soc_pct=args.start_soc,
             target_soc_pct=args.target_soc, max_sim_s=args.max_sim_s,
             json_summary=args.json, live=not args.quiet, fault=args.fault,
-            replay_bms=args.replay_bms,
+            replay_bms=args.replay_bms, scenario=args.scenario, ledger=args.ledger,
         )
         return asyncio.run(run_sim_cli(options))
     from agent.runtime.config import ConfigError, load_config

@@ -65,6 +65,7 @@ class SafetyIoSim:
         self.door_open = False
         self.gun_unlocked = False
         self.force_connector_c: float | None = None
+        self._reads = 0
         self.open_sensor = False
         self.insulation_ohm = 10e6
         self.imd_device_fault = False
@@ -112,9 +113,15 @@ class SafetyIoSim:
 
     def _publish(self) -> None:
         self._stale = False
-        t = self.force_connector_c if self.force_connector_c is not None else self.connector_c
+        # A real PT1000 front end never reads bit-identical for minutes: +-0.05 K of
+        # deterministic measurement noise, so a steady current (a long V2G discharge at a
+        # constant setpoint) does not look like a stuck sensor. A forced reading has none.
+        self._reads += 1
+        noise = 0.05 * math.sin(self._reads * 2.39996)
+        t = self.force_connector_c if self.force_connector_c is not None \
+            else self.connector_c + noise
         for name, temp in (("connector_dc_plus_ohm", t), ("connector_dc_minus_ohm", t),
-                           ("cable_ohm", self.cable_c)):
+                           ("cable_ohm", self.cable_c + noise)):
             self.io.put(name, 6553.5 if self.open_sensor else ohm_from_celsius(temp))
         bits = self.io.map["inputs"]
         word = ((0 if self.estop_pressed else bits.bit("estop_loop_closed"))

@@ -28,6 +28,8 @@ from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
 from agent.runtime.clock import SimClock
 from agent.runtime.gun_runtime import GunRuntime
+from agent.ledger.store import Ledger
+from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.link import GbtLink, Role
 from drivers.power_module.link import ModuleLink, TcpTarget
@@ -35,9 +37,12 @@ from drivers.power_module.owner import ModuleBusOwner
 from drivers.safety_io.link import SafetyBusOwner
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.faults import SCENARIOS
+from hil.meter_sim import MeterSim
 from hil.module_sim import ModuleParams, ModuleSim
 from hil.replay_bms import RawPayload, ReplayBms, load_recording
 from hil.safety_io_sim import SafetyIoSim
+from hil.scenarios import SCENARIOS as V2G_SCENARIOS
+from hil.scenarios import Script
 
 STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
 # Fixed epoch for CAN-log timestamps, so two runs of one scenario give identical logs.
@@ -65,6 +70,8 @@ class SimOptions:
     fault: str | None = None  # a name from hil.faults.SCENARIOS
     fault_after_charging_s: float = 10.0
     replay_bms: str | None = None  # a candump trace: the car answers as the recorded one did
+    scenario: str | None = None  # a name from hil.scenarios.SCENARIOS (V2G)
+    ledger: str = ":memory:"  # the SQLite energy ledger (a file keeps the records)
 
 
 @dataclass
@@ -103,6 +110,16 @@ class SimResult:
     fault_ok: bool = False
     vehicle_data: dict[str, int] = field(default_factory=dict)
     replay: dict[str, Any] | None = None
+    scenario: str | None = None
+    scenario_failures: list[str] = field(default_factory=list)
+    scenario_script: list[str] = field(default_factory=list)
+    phases: list[tuple[float, str]] = field(default_factory=list)
+    current_trace: list[tuple[float, float]] = field(default_factory=list)
+    min_soc_pct: float = 100.0
+    ledger_to_vehicle_kwh: float | None = None
+    ledger_from_vehicle_kwh: float | None = None
+    battery_energy_out_kwh: float = 0.0
+    health: dict[str, Any] = field(default_factory=dict)
 
     @property
     def furthest_state(self) -> str:
@@ -112,6 +129,7 @@ class SimResult:
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("trace")
+        d.pop("current_trace")
         d["states"] = [f"{t:.2f} {s}" for t, s in self.states]
         d["furthest_state"] = self.furthest_state
         return d
@@ -126,13 +144,19 @@ class SimulatedPile:
         self.clock = SimClock(options.speed)
         self.result = SimResult()
         self.module_sim = ModuleSim(options.module)
-        self.bms = ReplayBms(load_recording(options.replay_bms)) if options.replay_bms else \
-            BmsSimulator(VehicleConfig(start_soc_pct=options.start_soc_pct,
-                                       target_soc_pct=options.target_soc_pct))
+        self.meter_sim = MeterSim(self.module_sim)
+        self.v2g = V2G_SCENARIOS[options.scenario] if options.scenario else None
+        self.script = Script()
+        ratings = self.v2g.ratings if self.v2g else options.ratings
+        if options.replay_bms:
+            self.bms: BmsSimulator | ReplayBms = ReplayBms(load_recording(options.replay_bms))
+        else:
+            self.bms = BmsSimulator(self.v2g.vehicle if self.v2g else VehicleConfig(
+                start_soc_pct=options.start_soc_pct, target_soc_pct=options.target_soc_pct))
         self._replay_stopped = False
         self.safety_io = SafetyIoSim(self.module_sim)
-        self.session = GunSession(options.ratings, thermal=ThermalSupervisor(),
-                                  require_safety_io=True)
+        self.session = GunSession(ratings, thermal=ThermalSupervisor(), require_safety_io=True)
+        self.ledger = Ledger(options.ledger)
         self.agent_hung = False  # fault injection: the agent process stops stepping
         self.injected_events: list[Event] = []
         self.scenario = SCENARIOS[options.fault] if options.fault else None
@@ -160,9 +184,15 @@ class SimulatedPile:
         self._stack.push_async_callback(io_server.stop)
         safety_bus = SafetyBusOwner(TcpTarget("127.0.0.1", io_port))
         self._stack.push_async_callback(safety_bus.close)
+        meter_server, meter_port = await self.meter_sim.start_tcp("127.0.0.1", 0)
+        self._stack.push_async_callback(meter_server.stop)
+        meter = MeterBusOwner(TcpTarget("127.0.0.1", meter_port))
+        self._stack.push_async_callback(meter.close)
+        self._stack.callback(self.ledger.close)
         self.vehicle_link = GbtLink(vehicle_bus, Role.BMS)
         self.runtime = GunRuntime(self.session, GbtLink(charger_bus, Role.CHARGER, log=log),
-                                  owner, self._on_report, safety=safety_bus)
+                                  owner, self._on_report, safety=safety_bus, meter=meter,
+                                  ledger=self.ledger)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -190,12 +220,17 @@ class SimulatedPile:
                 r.max_current_a = max(r.max_current_a, abs(i))
             case Notice(kind=kind, detail=detail):
                 r.notices.append((t, kind, detail))
+                if kind == "energy_transfer_phase":
+                    r.phases.append((t, detail.split()[2]))
                 self._say(f"[{t:8.2f} s] notice {kind}: {detail}")
             case SessionReport():
                 r.outcome, r.reason = command.outcome, command.reason
                 r.vehicle_data = dict(command.vehicle_data)
                 r.energy_kwh, r.sim_duration_s = command.energy_kwh, command.duration_s
                 r.start_soc_pct, r.end_soc_pct = command.start_soc_pct, command.end_soc_pct
+                r.ledger_to_vehicle_kwh = command.metered_to_vehicle_kwh
+                r.ledger_from_vehicle_kwh = command.metered_from_vehicle_kwh
+                r.health = dict(command.health)
 
     def _live_line(self, t: float) -> None:
         if t - self._last_live < 60.0:
@@ -221,6 +256,7 @@ class SimulatedPile:
             self._step_vehicle(t)
             self.bms.battery.current_a = 0.0  # the module sets it again if it is loaded
             self.module_sim.step(STEP_S, self.bms.battery)
+            self.meter_sim.step(STEP_S)
             self.safety_io.step(STEP_S, self.module_sim.current_a)
             extra, self.injected_events = self.injected_events, []
             if not plugged and t >= PLUG_IN_AT_S:
@@ -229,6 +265,9 @@ class SimulatedPile:
                 plugged = True
                 extra.append(VehicleConnected(t, wall_clock_s=LOG_EPOCH + t))
             extra += self._replay_stop(t)
+            if self.v2g is not None:
+                extra += self.v2g.step(self, self.script, t)
+                self._observe(t)
             if not self.agent_hung:
                 await self.runtime.step(t, extra)
             self._live_line(t)
@@ -244,9 +283,31 @@ class SimulatedPile:
         self.result.battery_energy_in_kwh = self.bms.battery.energy_in_kwh
         if isinstance(self.bms, ReplayBms):
             self.result.replay = self.bms.summary()
+        if self.v2g is not None:
+            self._judge_scenario()
         if self.result.outcome == "timeout":
             self.result.reason = f"no end of session within {self.options.max_sim_s} s"
         return self.result
+
+    def charging_since(self, t: float) -> float:
+        return next((ts for ts, s in self.result.states if s == "charging"), t)
+
+    def _observe(self, t: float) -> None:
+        r = self.result
+        r.current_trace.append((t, self.module_sim.current_a))
+        if self.session.state is State.CHARGING:
+            r.min_soc_pct = min(r.min_soc_pct, self.bms.battery.soc_pct)
+
+    def _judge_scenario(self) -> None:
+        r, v = self.result, self.v2g
+        assert v is not None
+        phases = self.session.data.direction.phases
+        if not r.phases or len(phases) > len(r.phases):
+            r.phases = [(t, d.value) for t, d in phases]
+        r.scenario = v.name
+        r.scenario_script = list(self.script.notes)
+        r.battery_energy_out_kwh = self.bms.battery.energy_out_kwh
+        r.scenario_failures = v.check(self, self.script)
 
     def _replay_stop(self, t: float) -> list[Event]:
         """The recorded session's end: once its energy transfer has been replayed, stop as
@@ -368,6 +429,8 @@ async def run_sim_cli(options: SimOptions) -> int:
         return 0 if result.fault_ok else 1
     if options.json_summary:
         print(json.dumps(summary, indent=2))
+    elif result.scenario is not None:
+        print(_scenario_text(result))
     elif result.replay is not None:
         rp = result.replay
         print(f"replay of {rp['recording']}: reached {result.furthest_state}; session "
@@ -387,7 +450,24 @@ async def run_sim_cli(options: SimOptions) -> int:
               f"peak {result.max_current_a:.1f} A\n"
               f"  simulated {result.sim_duration_s:.0f} s in {result.wall_s:.1f} s wall "
               f"({result.sim_duration_s / max(result.wall_s, 1e-9):.0f}x real time)")
+    if result.scenario is not None:
+        return 0 if not result.scenario_failures else 1
     return 0 if result.outcome == "finished" else 1
+
+
+def _scenario_text(result: SimResult) -> str:
+    verdict = "PASS" if not result.scenario_failures else "FAIL"
+    lines = [f"scenario {result.scenario}: {verdict}",
+             *(f"  {n}" for n in result.scenario_script),
+             f"  session {result.outcome}: {result.reason}",
+             "  phases: " + ", ".join(f"{d} @ {t:.0f} s" for t, d in result.phases),
+             f"  ledger: charged {result.ledger_to_vehicle_kwh or 0.0:.3f} kWh, discharged "
+             f"{result.ledger_from_vehicle_kwh or 0.0:.3f} kWh (battery gave "
+             f"{result.battery_energy_out_kwh:.3f} kWh)",
+             "  health: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                      for k, v in result.health.items()),
+             *(f"  FAILED: {f}" for f in result.scenario_failures)]
+    return "\n".join(lines)
 
 
 def _counts(counts: dict[str, int]) -> str:

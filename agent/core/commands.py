@@ -88,6 +88,23 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerInterval:
+    """A closed metering interval (quarter hour, direction change or session end): the runtime
+    writes it to the durable ledger before it reports anything. Energies are meter counter
+    differences in kWh; wall times are POSIX seconds (session clock where none is known)."""
+
+    seq: int
+    start_wall: float
+    end_wall: float
+    direction: str
+    to_vehicle_kwh: float
+    from_vehicle_kwh: float
+    meter_to_vehicle_kwh: float
+    meter_from_vehicle_kwh: float
+    closed_by: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionReport:
     """Reporting only: emitted once when a session reaches finished or fault."""
 
@@ -101,6 +118,16 @@ class SessionReport:
     # What the vehicle sent that was rejected, unknown or odd, and driver problems:
     # "rejected BCS": 3, "unknown_pgn PGN 0x1800": 12, "oddity BRM.manufacturer": 40.
     vehicle_data: dict[str, int] = field(default_factory=dict)
+    # Settlement and battery-health figures (V2G): metered energy both ways (None: no meter),
+    # what the module measured both ways, and the health figures.
+    vin: str = ""
+    start_wall: float | None = None
+    metered_to_vehicle_kwh: float | None = None
+    metered_from_vehicle_kwh: float | None = None
+    charged_kwh: float = 0.0
+    discharged_kwh: float = 0.0
+    peak_power_w: float = 0.0
+    health: dict[str, float | None] = field(default_factory=dict)
 
 
 Command = (
@@ -113,5 +140,6 @@ Command = (
     | StateChanged
     | CurrentDecided
     | Notice
+    | LedgerInterval
     | SessionReport
 )

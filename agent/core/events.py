@@ -189,6 +189,29 @@ class UpstreamLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class MeterReading:
+    """One poll of the gun's DC billing meter. Energies are the meter's own counters (they
+    only grow); current and power are signed, + = into the vehicle. Billing energy comes
+    from these counters, never from integrated setpoints."""
+
+    t: float
+    voltage_v: float
+    current_a: float
+    power_w: float
+    to_vehicle_kwh: float
+    from_vehicle_kwh: float
+
+
+@dataclass(frozen=True, slots=True)
+class MeterLost:
+    """The meter stopped answering: energy is still counted by the meter itself, but the
+    cross-check cannot run and the record is marked."""
+
+    t: float
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class OwnerPolicy:
     """The owner's battery-health limits for this session (from upstream or the app)."""
 
@@ -226,4 +249,6 @@ Event = (
     | UpstreamLimit
     | OwnerPolicy
     | EnergyHistory
+    | MeterReading
+    | MeterLost
 )

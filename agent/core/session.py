@@ -22,6 +22,8 @@ from agent.core.events import (
     DriverError,
     EnergyHistory,
     Event,
+    MeterLost,
+    MeterReading,
     ModuleLinkLost,
     ModuleStatus,
     OwnerPolicy,
@@ -189,6 +191,12 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                                             f"{source}: " + "; ".join(problems)))
                 else:
                     self.data.owner_policy = policy
+            case MeterReading():
+                self._on_meter(event)
+            case MeterLost(detail=detail):
+                if not self.data.metering.lost:
+                    self._out.append(Notice(self.now, "meter_lost", detail))
+                self.data.metering.lost = detail
             case EnergyHistory(vin=vin, discharged_kwh=dis, throughput_kwh=thr):
                 brm = self.data.brm
                 if brm is not None and brm.vin == vin and math.isfinite(dis + thr):
@@ -350,6 +358,33 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         else:
             self._out.append(Notice(self.now, "v2g_answer_ignored",
                                     "BDP outside the V2G negotiation window: charge only"))
+
+    def _on_meter(self, reading: MeterReading) -> None:
+        d = self.data
+        if self.state in (State.IDLE, State.FINISHED, State.FAULT):
+            return
+        closed = d.metering.on_reading(reading, self._wall(), d.direction.active.value,
+                                       self.state is State.CHARGING)
+        if closed is not None:
+            self._out.append(closed)
+        st = self.plant.status
+        others = []
+        if st is not None and self.plant.sampled_at is not None \
+                and abs(self.plant.sampled_at - reading.t) <= T.MODULE_STATUS_STALE.seconds:
+            others.append(st.output_current_a)
+        if d.bcs is not None and self.now - d.last_rx.get("BCS", -math.inf) <= 1.0:
+            others.append(d.bcs.measured_current_a)
+        if self.state is State.CHARGING and d.metering.cross_check(reading, others, self.now):
+            self._fault(f"DC meter reads {reading.current_a:.1f} A against "
+                        + ", ".join(f"{x:.1f} A" for x in others)
+                        + " (module, vehicle) for over 5 s: metering not trustworthy",
+                        code="meter_mismatch")
+
+    def _wall(self) -> float:
+        d = self.data
+        if d.wall_clock_at_start is None:
+            return self.now
+        return d.wall_clock_at_start + (self.now - d.started_at)
 
     def _count_outside_window(self, dt: float) -> None:
         """Seconds of discharge with the battery outside the policy's temperature window

@@ -175,10 +175,40 @@ class SessionBase:
         if d.reported:
             return
         d.reported = True
+        wall = self.now if d.wall_clock_at_start is None \
+            else d.wall_clock_at_start + (self.now - d.started_at)
+        last = d.metering.finish(wall, "session end")
+        if last is not None:
+            self._out.append(last)
+        metered = d.metering.last is not None
+        nominal = d.bcp.nominal_energy_kwh if d.bcp and d.bcp.nominal_energy_kwh > 0 else None
+        capacity = d.brm.rated_capacity_ah if d.brm and d.brm.rated_capacity_ah > 0 else None
+        throughput = d.charged_kwh + d.discharged_kwh
+        if metered:
+            throughput = d.metering.to_vehicle_kwh + d.metering.from_vehicle_kwh
+        cells = [d.bmv_range_v[0]] if d.bmv_range_v else []
+        if d.bsd is not None:
+            cells.append(d.bsd.min_cell_voltage_v)
+        temps = [t for t in (d.bsm.max_temperature_c if d.bsm else None,
+                             d.bsd.max_temperature_c if d.bsd else None) if t is not None]
         self._out.append(SessionReport(
             t=self.now, outcome=outcome, reason=d.outcome_reason, energy_kwh=d.energy_kwh,
             duration_s=self.now - d.started_at, start_soc_pct=d.start_soc_pct,
             end_soc_pct=d.end_soc_pct, vehicle_data=dict(d.vehicle_data.counts),
+            vin=d.brm.vin if d.brm else "",
+            start_wall=d.wall_clock_at_start,
+            metered_to_vehicle_kwh=d.metering.to_vehicle_kwh if metered else None,
+            metered_from_vehicle_kwh=d.metering.from_vehicle_kwh if metered else None,
+            charged_kwh=d.charged_kwh, discharged_kwh=d.discharged_kwh,
+            peak_power_w=d.peak_power_w,
+            health={
+                "equivalent_cycles": throughput / (2 * nominal) if nominal else None,
+                "max_c_rate": d.peak_abs_current_a / capacity if capacity else None,
+                "min_cell_v": min(cells) if cells else None,
+                "max_temperature_c": max(temps) if temps else None,
+                "outside_window_s": d.outside_window_s,
+                "energy_transfer_phases": float(len(d.direction.phases)),
+            },
         ))
 
     # ---- phases and freshness ----------------------------------------------------

@@ -23,6 +23,7 @@ from agent.core.messages import (
     CST,
     CemTimeout,
 )
+from agent.core.metering import Metering
 from agent.core.vehicle_data_log import VehicleDataLog
 
 
@@ -79,6 +80,7 @@ class SessionData:
     today_discharged_kwh: float = 0.0
     today_throughput_kwh: float = 0.0
     # Health figures of the session.
+    metering: Metering = field(default_factory=Metering)
     peak_abs_current_a: float = 0.0
     peak_power_w: float = 0.0
     outside_window_s: float = 0.0

@@ -12,15 +12,20 @@ from typing import Protocol
 from agent.core.commands import (
     Command,
     KickSafetyWatchdog,
+    LedgerInterval,
+    SessionReport,
     SetBleeder,
     SetContactors,
     SetModuleOutput,
     StartInsulationTest,
     Transmit,
 )
-from agent.core.events import DriverError, Event, Tick
+from agent.core.events import DriverError, EnergyHistory, Event, Tick
 from agent.core.messages import ChargerMessage
 from agent.core.session import GunSession
+from agent.ledger.store import Ledger, LedgerError
+
+DAY_S = 86_400.0
 
 ModuleCommand = SetModuleOutput | SetContactors | SetBleeder | StartInsulationTest
 
@@ -46,6 +51,10 @@ class SafetyOwner(Protocol):
     async def service(self, t: float) -> list[Event]: ...
 
 
+class Poller(Protocol):
+    async def service(self, t: float) -> list[Event]: ...
+
+
 Reporter = Callable[[Command], None]
 
 
@@ -59,6 +68,10 @@ class GunRuntime:
         *,
         module_period_s: float | None = 0.1,
         safety: SafetyOwner | None = None,
+        meter: Poller | None = None,
+        meter_period_s: float = 1.0,
+        ledger: Ledger | None = None,
+        gun: int = 1,
     ) -> None:
         """module_period_s: service the module bus from `step` at this period (lock-step
         simulation); None when the bus owner runs as its own task (real time)."""
@@ -72,6 +85,12 @@ class GunRuntime:
         self._module_dirty = False
         self.safety = safety
         self._next_safety_t = -1.0
+        self.meter = meter
+        self._meter_period_s = meter_period_s
+        self._next_meter_t = -1.0
+        self.ledger = ledger
+        self.gun = gun
+        self._history_for: float | None = None  # the session whose history was fed
 
     async def step(self, t: float, extra_events: Iterable[Event] = ()) -> None:
         """One control cycle: vehicle input, module exchange, extra events, then a tick."""
@@ -89,9 +108,32 @@ class GunRuntime:
             self._next_safety_t = t + period
             for event in await self.safety.service(t):
                 self.feed(event)
+        if self.meter is not None and period is not None and t >= self._next_meter_t - 1e-9:
+            self._next_meter_t = t + self._meter_period_s
+            for event in await self.meter.service(t):
+                self.feed(event)
         for event in extra_events:
             self.feed(event)
+        self._feed_history(t)
         self.feed(Tick(t))
+
+    def session_key(self) -> str:
+        d = self.session.data
+        start = d.wall_clock_at_start if d.wall_clock_at_start is not None else d.started_at
+        return f"gun{self.gun}-{start:.3f}"
+
+    def _feed_history(self, t: float) -> None:
+        """Once the vehicle is identified, what it moved earlier today, from the ledger (the
+        per-day battery-health limits)."""
+        d = self.session.data
+        if self.ledger is None or d.brm is None or not d.brm.vin \
+                or self._history_for == d.started_at:
+            return
+        self._history_for = d.started_at
+        wall = d.wall_clock_at_start if d.wall_clock_at_start is not None else 0.0
+        day_start = wall - (wall + 8 * 3600) % DAY_S  # local midnight, China Standard Time
+        dis, thr = self.ledger.discharged_today(d.brm.vin, day_start)
+        self.feed(EnergyHistory(t, d.brm.vin, dis, thr))
 
     def feed(self, event: Event) -> None:
         for command in self.session.handle(event):
@@ -115,5 +157,18 @@ class GunRuntime:
             case SetModuleOutput() | SetContactors() | SetBleeder() | StartInsulationTest():
                 self.module.submit(command)
                 self._module_dirty = True
+            case LedgerInterval() | SessionReport() if self.ledger is not None:
+                # Durable first: a record is on disk before anyone hears of it.
+                try:
+                    if isinstance(command, LedgerInterval):
+                        self.ledger.write_interval(self.session_key(), self.gun, command)
+                    else:
+                        d = self.session.data
+                        end = None if d.wall_clock_at_start is None else \
+                            d.wall_clock_at_start + (command.t - d.started_at)
+                        self.ledger.write_session(self.session_key(), self.gun, command, end)
+                except LedgerError as exc:
+                    self.feed(DriverError(self.now, "ledger", str(exc), fatal=True))
+                self._report(command)
             case _:
                 self._report(command)

@@ -60,7 +60,7 @@ class LinkConfig:
     watchdog_timeout_ms: int = WATCHDOG_TIMEOUT_MS
 
 
-def _make_client(target: TcpTarget | RtuTarget, timeout_s: float) -> Any:
+def make_client(target: TcpTarget | RtuTarget, timeout_s: float) -> Any:
     # retries=0 and reconnect_delay=0: pymodbus must neither retry nor reconnect behind our
     # back; ModuleBusOwner decides both, so timing stays visible in one place.
     if isinstance(target, TcpTarget):
@@ -104,7 +104,7 @@ class ModuleLink:
     async def connect(self) -> None:
         """Open the transport and arm the module's watchdog. Raises ModuleLinkError."""
         await self.close()
-        self._client = _make_client(self.target, self.config.request_timeout_s)
+        self._client = make_client(self.target, self.config.request_timeout_s)
         try:
             ok = await asyncio.wait_for(self._client.connect(), self._guard_s)
         except (TimeoutError, OSError) as exc:

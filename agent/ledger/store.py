@@ -1,0 +1,121 @@
+"""The durable energy ledger: SQLite (stdlib), WAL, synchronous=FULL.
+
+Every closed metering interval and every finished session is written here, each in its own
+transaction, before it is reported anywhere: a record the agent has reported is on disk, and
+kill -9 or a power cut at any moment leaves every committed record whole and no record half
+written (SQLite's atomic commit; WAL with synchronous=FULL syncs the log on each commit).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import asdict
+from pathlib import Path
+
+from agent.core.commands import LedgerInterval, SessionReport
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS intervals (
+    session_key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    gun INTEGER NOT NULL,
+    start_wall REAL NOT NULL,
+    end_wall REAL NOT NULL,
+    direction TEXT NOT NULL,
+    to_vehicle_kwh REAL NOT NULL,
+    from_vehicle_kwh REAL NOT NULL,
+    meter_to_vehicle_kwh REAL NOT NULL,
+    meter_from_vehicle_kwh REAL NOT NULL,
+    closed_by TEXT NOT NULL,
+    PRIMARY KEY (session_key, seq)
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_key TEXT PRIMARY KEY,
+    gun INTEGER NOT NULL,
+    vin TEXT NOT NULL,
+    start_wall REAL,
+    end_wall REAL,
+    start_soc_pct REAL,
+    end_soc_pct REAL,
+    to_vehicle_kwh REAL,
+    from_vehicle_kwh REAL,
+    peak_power_w REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    stop_reason TEXT NOT NULL,
+    health_json TEXT NOT NULL
+);
+"""
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be opened or written (disk full, read-only, corrupt file)."""
+
+
+class Ledger:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _commit(self, sql: str, row: tuple[object, ...]) -> None:
+        try:
+            with self._db:  # one transaction: the row is whole on disk or absent
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(sql, row)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path}: {exc}") from exc
+
+    def write_interval(self, session_key: str, gun: int, i: LedgerInterval) -> None:
+        self._commit(
+            "INSERT OR REPLACE INTO intervals VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (session_key, i.seq, gun, i.start_wall, i.end_wall, i.direction, i.to_vehicle_kwh,
+             i.from_vehicle_kwh, i.meter_to_vehicle_kwh, i.meter_from_vehicle_kwh, i.closed_by))
+
+    def write_session(self, session_key: str, gun: int, r: SessionReport,
+                      end_wall: float | None) -> None:
+        self._commit(
+            "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (session_key, gun, r.vin, r.start_wall, end_wall, r.start_soc_pct, r.end_soc_pct,
+             r.metered_to_vehicle_kwh, r.metered_from_vehicle_kwh, r.peak_power_w, r.outcome,
+             r.reason, json.dumps(r.health, sort_keys=True)))
+
+    def sessions(self) -> list[dict[str, object]]:
+        return self._rows("SELECT * FROM sessions ORDER BY start_wall, session_key")
+
+    def intervals(self, session_key: str | None = None) -> list[dict[str, object]]:
+        if session_key is None:
+            return self._rows("SELECT * FROM intervals ORDER BY start_wall, session_key, seq")
+        return self._rows("SELECT * FROM intervals WHERE session_key = ? ORDER BY seq",
+                          (session_key,))
+
+    def discharged_today(self, vin: str, day_start_wall: float) -> tuple[float, float]:
+        """(discharged kWh, throughput kWh) of this vehicle's intervals since day_start_wall."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(i.from_vehicle_kwh), 0), "
+            "COALESCE(SUM(i.to_vehicle_kwh + i.from_vehicle_kwh), 0) FROM intervals i "
+            "JOIN sessions s ON s.session_key = i.session_key "
+            "WHERE s.vin = ? AND i.end_wall >= ?", (vin, day_start_wall)).fetchone()
+        return float(row[0]), float(row[1])
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[dict[str, object]]:
+        with closing(self._db.execute(sql, args)) as cur:
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def __iter__(self) -> Iterator[dict[str, object]]:
+        return iter(self.sessions())
+
+
+def interval_dict(i: LedgerInterval) -> dict[str, object]:
+    return asdict(i)

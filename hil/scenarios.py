@@ -1,0 +1,254 @@
+"""V2G scenarios for `pile-agent sim --scenario NAME`: a car, a gun and a script of upstream
+setpoints, run over the real transports, each with the expectations it must meet.
+
+The script plays the site EMS / VPP: it sends signed current setpoints (- = discharge),
+refreshed every REFRESH_S with a validity of 2 x REFRESH_S, as a dispatch platform would.
+A scenario passes only when every expectation holds; `check` says which did not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from agent.core.events import Event, StopRequested, UpstreamLimit
+from agent.core.ratings import GunRatings
+from agent.core.states import State
+from hil.ev_bms import VehicleConfig
+
+if TYPE_CHECKING:
+    from hil.sim import SimulatedPile
+
+REFRESH_S = 30.0
+V2G_GUN = GunRatings(max_discharge_current_a=200.0, max_discharge_power_w=100_000.0)
+
+
+@dataclass
+class Script:
+    """What the EMS does: setpoint(t) -> signed A or None (no setpoint), and when it ends."""
+
+    stage: str = "charge"
+    stage_since: float = 0.0
+    last_sent: float = -1e9
+    sent: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    vehicle: VehicleConfig
+    step: Callable[[SimulatedPile, Script, float], list[Event]]
+    check: Callable[[SimulatedPile, Script], list[str]]
+    ratings: GunRatings = V2G_GUN
+    max_sim_s: float = 3600.0
+
+
+def _send(pile: SimulatedPile, script: Script, t: float, amps: float | None) -> list[Event]:
+    if amps is None:
+        return []
+    if amps == script.sent and t - script.last_sent < REFRESH_S:
+        return []
+    script.sent, script.last_sent = amps, t
+    return [UpstreamLimit(t, "ems", amps, t + 2 * REFRESH_S)]
+
+
+def _go(script: Script, stage: str, t: float) -> None:
+    script.stage, script.stage_since = stage, t
+    script.notes.append(f"{t:8.1f} s  EMS: {stage}")
+
+
+def _soc(pile: SimulatedPile) -> float:
+    return pile.bms.battery.soc_pct
+
+
+def _held(pile: SimulatedPile, text: str) -> bool:
+    return any(kind == "discharge_held" and text in detail
+               for _t, kind, detail in pile.result.notices)
+
+
+def _charging(pile: SimulatedPile) -> bool:
+    return pile.session.state is State.CHARGING
+
+
+# ---- v2g-peak-shaving ---------------------------------------------------------------
+
+def _peak_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
+    if not _charging(pile):
+        return []
+    if s.stage == "charge" and _soc(pile) >= 80.0:
+        _go(s, "evening peak: discharge 150 A", t)
+    elif s.stage.startswith("evening") and _held(pile, "SOC floor"):
+        pile.bms.config = replace(pile.bms.config, target_soc_pct=70.0)
+        _go(s, "night: charge back to the departure SOC (70 %)", t)
+    elif s.stage.startswith("night") and _soc(pile) >= 70.0:
+        _go(s, "owner departs", t)
+        return [StopRequested(t, "owner departs at 70 %")]
+    if s.stage.startswith("evening"):
+        return _send(pile, s, t, -150.0)
+    if s.stage.startswith("night"):
+        return _send(pile, s, t, 250.0)
+    return []
+
+
+def _common(pile: SimulatedPile) -> list[str]:
+    r = pile.result
+    out = []
+    if r.outcome != "finished":
+        out.append(f"session {r.outcome}: {r.reason}")
+    return out
+
+
+def _ledger_matches_battery(pile: SimulatedPile) -> list[str]:
+    r = pile.result
+    battery = pile.bms.battery.energy_out_kwh
+    ledger = r.ledger_from_vehicle_kwh
+    if ledger is None or battery <= 0:
+        return [f"no discharge metered (ledger {ledger}, battery {battery:.3f} kWh)"]
+    err = abs(ledger - battery) / battery
+    if err > 0.005:
+        return [f"ledger discharged {ledger:.3f} kWh vs battery {battery:.3f} kWh: "
+                f"{err * 100:.2f} % > 0.5 %"]
+    return []
+
+
+def _peak_check(pile: SimulatedPile, s: Script) -> list[str]:
+    out = _common(pile) + _ledger_matches_battery(pile)
+    phases = [d for _t, d in pile.result.phases]
+    if phases[:3] != ["charge", "discharge", "charge"]:
+        out.append(f"energy-transfer phases {phases}, expected charge, discharge, charge")
+    if pile.result.min_soc_pct < pile.bms.config.soc_floor_pct - 1.0:
+        out.append(f"SOC fell to {pile.result.min_soc_pct:.1f} %")
+    if _soc(pile) < 69.5:
+        out.append(f"left at {_soc(pile):.1f} %, departure SOC 70 %")
+    return out
+
+
+# ---- consent-withdrawn ------------------------------------------------------------------
+
+def _consent_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
+    if not _charging(pile):
+        return []
+    if s.stage == "charge" and t - pile.charging_since(t) > 5.0:
+        _go(s, "discharge 100 A", t)
+    elif s.stage.startswith("discharge") and t - s.stage_since > 60.0:
+        pile.bms.consent = False
+        _go(s, "owner withdraws consent", t)
+    elif s.stage.startswith("owner") and t - s.stage_since > 30.0:
+        _go(s, "end", t)
+        return [StopRequested(t, "scenario over")]
+    return _send(pile, s, t, -100.0) if s.stage != "charge" else []
+
+
+def _consent_check(pile: SimulatedPile, s: Script) -> list[str]:
+    out = _common(pile) + _ledger_matches_battery(pile)
+    withdrawn = next((float(n.split()[0]) for n in s.notes if "withdraws" in n), None)
+    if withdrawn is None:
+        return [*out, "consent was never withdrawn"]
+    late = [(t, i) for t, i in pile.result.current_trace if t > withdrawn + 1.0 and i < -5.0]
+    if late:
+        out.append(f"discharging {late[0][1]:.1f} A at {late[0][0]:.1f} s, consent withdrawn "
+                   f"at {withdrawn:.1f} s")
+    if not any(k == "consent_withdrawn" for _t, k, _d in pile.result.notices):
+        out.append("no consent_withdrawn notice")
+    return out
+
+
+# ---- soc-floor -----------------------------------------------------------------------
+
+def _floor_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
+    if not _charging(pile):
+        return []
+    if s.stage == "charge":
+        _go(s, "discharge 200 A until the floor", t)
+    elif _held(pile, "SOC floor") and s.stage.startswith("discharge"):
+        _go(s, "held at the floor", t)
+    elif s.stage.startswith("held") and t - s.stage_since > 60.0:
+        _go(s, "end", t)
+        return [StopRequested(t, "scenario over")]
+    return _send(pile, s, t, -200.0)
+
+
+def _floor_check(pile: SimulatedPile, s: Script) -> list[str]:
+    out = _common(pile) + _ledger_matches_battery(pile)
+    floor = pile.bms.config.soc_floor_pct
+    if pile.result.min_soc_pct < floor - 0.5:
+        out.append(f"SOC {pile.result.min_soc_pct:.2f} % below the {floor} % floor "
+                   "(BCS resolution is 1 %)")
+    if not _held(pile, "SOC floor"):
+        out.append("discharge was never held at the floor")
+    return out
+
+
+# ---- direction-changes -------------------------------------------------------------------
+
+def _flip_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
+    if not _charging(pile):
+        return []
+    since = pile.charging_since(t)
+    k = int((t - since) // 120.0)
+    if k >= 6:
+        if s.stage != "end":
+            _go(s, "end", t)
+            return [StopRequested(t, "scenario over")]
+        return []
+    amps = -120.0 if k % 2 == 0 else 120.0
+    if s.sent != amps:
+        _go(s, f"setpoint {amps:+.0f} A", t)
+    return _send(pile, s, t, amps)
+
+
+def _flip_check(pile: SimulatedPile, s: Script) -> list[str]:
+    out = _common(pile) + _ledger_matches_battery(pile)
+    phases = [d for _t, d in pile.result.phases]
+    if len(phases) < 6:
+        out.append(f"{len(phases)} energy-transfer phases, expected >= 6")
+    # Each sign change of the measured current passed through <= 5 A.
+    prev = 0.0
+    for t, i in pile.result.current_trace:
+        if prev * i < 0 and min(abs(prev), abs(i)) > 5.0:
+            out.append(f"current jumped from {prev:.1f} A to {i:.1f} A at {t:.2f} s")
+            break
+        if abs(i) > 5.0:
+            prev = i
+    return out
+
+
+# ---- charge-only-car ----------------------------------------------------------------------
+
+def _charge_only_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
+    if _charging(pile) and s.stage == "charge":
+        _go(s, "EMS asks for a discharge the car cannot give", t)
+    return _send(pile, s, t, -150.0) if s.stage != "charge" else []
+
+
+def _charge_only_check(pile: SimulatedPile, s: Script) -> list[str]:
+    out = _common(pile)
+    if any(i < -1e-9 for _t, i in pile.result.current_trace):
+        out.append("a 2015 car was discharged")
+    if pile.session.data.v2g_negotiated:
+        out.append("V2G negotiated with a car that never answers")
+    if _soc(pile) < pile.bms.config.target_soc_pct:
+        out.append("the car did not charge to its target")
+    return out
+
+
+_V2G_CAR = VehicleConfig(start_soc_pct=70.0, target_soc_pct=80.0, v2g=True,
+                         stop_at_target=False, soc_floor_pct=60.0, energy_window_kwh=30.0)
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("v2g-peak-shaving",
+             "charge to 80 %, discharge 150 A at the evening peak down to the 60 % floor, "
+             "charge back to the 70 % departure SOC", _V2G_CAR, _peak_step, _peak_check),
+    Scenario("consent-withdrawn", "discharging at 100 A, the owner withdraws consent",
+             replace(_V2G_CAR, start_soc_pct=75.0), _consent_step, _consent_check),
+    Scenario("soc-floor", "discharge at 200 A from 62 % until the 60 % floor",
+             replace(_V2G_CAR, start_soc_pct=62.0), _floor_step, _floor_check),
+    Scenario("direction-changes", "the setpoint flips between -120 A and +120 A every 2 min",
+             replace(_V2G_CAR, start_soc_pct=72.0), _flip_step, _flip_check),
+    Scenario("charge-only-car", "a GB/T 27930-2015 car that never answers the V2G offer",
+             VehicleConfig(start_soc_pct=70.0, target_soc_pct=75.0), _charge_only_step,
+             _charge_only_check),
+)}
