@@ -206,13 +206,15 @@ def _flip_check(pile: SimulatedPile, s: Script) -> list[str]:
     if len(phases) < 6:
         out.append(f"{len(phases)} energy-transfer phases, expected >= 6")
     # Each sign change of the measured current passed through <= 5 A.
-    prev = 0.0
+    prev, low_seen = 0.0, True
     for t, i in pile.result.current_trace:
-        if prev * i < 0 and min(abs(prev), abs(i)) > 5.0:
+        if abs(i) <= 5.0:
+            low_seen = True
+            continue
+        if prev * i < 0 and not low_seen:
             out.append(f"current jumped from {prev:.1f} A to {i:.1f} A at {t:.2f} s")
             break
-        if abs(i) > 5.0:
-            prev = i
+        prev, low_seen = i, False
     return out
 
 
@@ -221,7 +223,11 @@ def _flip_check(pile: SimulatedPile, s: Script) -> list[str]:
 def _charge_only_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
     if _charging(pile) and s.stage == "charge":
         _go(s, "EMS asks for a discharge the car cannot give", t)
-    return _send(pile, s, t, -150.0) if s.stage != "charge" else []
+    elif s.stage.startswith("EMS asks") and t - s.stage_since > 60.0:
+        _go(s, "EMS allows charging at 250 A", t)
+    if s.stage.startswith("EMS asks"):
+        return _send(pile, s, t, -150.0)
+    return _send(pile, s, t, 250.0) if s.stage.startswith("EMS allows") else []
 
 
 def _charge_only_check(pile: SimulatedPile, s: Script) -> list[str]:

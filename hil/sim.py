@@ -26,9 +26,9 @@ from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
+from agent.ledger.store import Ledger
 from agent.runtime.clock import SimClock
 from agent.runtime.gun_runtime import GunRuntime
-from agent.ledger.store import Ledger
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.link import GbtLink, Role

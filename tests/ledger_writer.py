@@ -1,0 +1,28 @@
+"""A process that writes metering intervals to a ledger as fast as it can and says, after each
+commit, which one it committed: tests/test_ledger.py kills it with SIGKILL at random moments."""
+
+from __future__ import annotations
+
+import sys
+
+from agent.core.commands import LedgerInterval
+from agent.ledger.store import Ledger
+
+
+def main(path: str, first_seq: int) -> None:
+    ledger = Ledger(path)
+    seq = first_seq
+    while True:
+        # A meter that moves 0.25 kWh to the vehicle and 0.125 kWh back per interval: the
+        # counters at the end of interval n are n/4 and n/8 kWh.
+        ledger.write_interval("kill-test", 1, LedgerInterval(
+            seq=seq, start_wall=seq * 900.0, end_wall=(seq + 1) * 900.0,
+            direction="charge" if seq % 2 else "discharge", to_vehicle_kwh=0.25,
+            from_vehicle_kwh=0.125, meter_to_vehicle_kwh=(seq + 1) * 0.25,
+            meter_from_vehicle_kwh=(seq + 1) * 0.125, closed_by="quarter hour"))
+        print(seq, flush=True)
+        seq += 1
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

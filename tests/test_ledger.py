@@ -1,0 +1,147 @@
+"""The durable energy ledger: kill -9 at random moments loses no committed record and leaves
+none half written; records lists, exports and settles; the meter over Modbus RTU."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.core.commands import LedgerInterval
+from agent.ledger.settlement import Tariff, settle
+from agent.ledger.store import Ledger
+from drivers.dc_meter.link import MeterBusOwner
+from drivers.power_module.link import RtuTarget
+from hil.meter_sim import MeterSim
+from hil.module_sim import ModuleSim
+from tests.test_module_link import PtyNullModem
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_kill_9_at_random_moments_loses_no_committed_interval(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    rng = random.Random(20261202)
+    committed: set[int] = set()
+    next_seq = 0
+    for _round in range(12):
+        proc = subprocess.Popen([sys.executable, "-m", "tests.ledger_writer", str(path),
+                                 str(next_seq)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # it is running and has committed at least once
+        assert first.strip()
+        time.sleep(rng.uniform(0.0, 0.15))
+        os.kill(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        said = [int(x) for x in (first + out).split()]
+        committed.update(said)
+        next_seq = max(said) + 1 + rng.randint(0, 3)  # a gap, as a restart after a loss
+    ledger = Ledger(path)
+    rows = ledger.intervals("kill-test")
+    ledger.close()
+    stored = {int(r["seq"]) for r in rows}  # type: ignore[call-overload]
+    assert committed <= stored, sorted(committed - stored)[:5]
+    # Every row whole: its counters agree with its own sequence number.
+    for r in rows:
+        n = int(r["seq"]) + 1  # type: ignore[call-overload]
+        assert r["to_vehicle_kwh"] == 0.25 and r["from_vehicle_kwh"] == 0.125
+        assert r["meter_to_vehicle_kwh"] == n * 0.25
+        assert r["meter_from_vehicle_kwh"] == n * 0.125
+        assert r["direction"] in ("charge", "discharge") and r["closed_by"] == "quarter hour"
+    assert len(stored) >= 12
+
+
+def _interval(seq: int, start: float, to_kwh: float, from_kwh: float) -> LedgerInterval:
+    return LedgerInterval(seq, start, start + 900.0, "charge" if to_kwh else "discharge",
+                          to_kwh, from_kwh, 0.0, 0.0, "quarter hour")
+
+
+def test_settlement_prices_each_interval_at_its_time_of_use_band(tmp_path: Path) -> None:
+    # 2026-01-01 00:00 UTC is 08:00 China Standard Time.
+    midnight_cst = 1_767_225_600.0 - 8 * 3600
+    tariff = Tariff(charge=((0, 8, 0.4), (8, 24, 1.0)), discharge=((0, 18, 0.0), (18, 24, 4.0)))
+    rows: list[dict[str, object]] = [
+            {"start_wall": midnight_cst + 2 * 3600, "to_vehicle_kwh": 10.0,
+             "from_vehicle_kwh": 0.0},
+            {"start_wall": midnight_cst + 19 * 3600, "to_vehicle_kwh": 0.0,
+             "from_vehicle_kwh": 5.0},
+            {"start_wall": midnight_cst + 12 * 3600, "to_vehicle_kwh": 2.0,
+             "from_vehicle_kwh": 1.0}]
+    s = settle(rows, tariff, 1)
+    assert s.charge_cost_cny == pytest.approx(10 * 0.4 + 2 * 1.0)
+    assert s.discharge_revenue_cny == pytest.approx(5 * 4.0)
+    assert s.net_cny == pytest.approx(20.0 - 6.0)
+    assert Tariff(charge=((0, 8, 0.4),)).problems()
+    assert Tariff(charge=((0, 12, 0.4), (10, 24, 1.0))).problems()
+
+
+def test_records_lists_exports_and_settles(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "l.sqlite"
+    ledger = Ledger(path)
+    ledger.write_interval("s1", 1, _interval(1, 1_767_225_600.0, 3.0, 0.0))
+    ledger.write_interval("s1", 1, _interval(2, 1_767_226_500.0, 0.0, 2.0))
+    ledger.close()
+    toml = tmp_path / "pile.toml"
+    toml.write_text("[tariff]\ncharge = [[0, 24, 0.5]]\ndischarge = [[0, 24, 4.0]]\n")
+    assert main(["records", "--ledger", str(path), "--tariff", str(toml)]) == 0
+    text = capsys.readouterr().out
+    assert "charging cost" in text and "1.50 CNY" in text and "8.00 CNY" in text
+    assert main(["records", "--ledger", str(path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [i["seq"] for i in doc["intervals"]] == [1, 2]
+    assert main(["records", "--ledger", str(path), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("session_key,seq")
+    toml.write_text("[tariff]\ncharge = [[0, 12, 0.5]]\n")
+    assert main(["records", "--ledger", str(path), "--tariff", str(toml)]) == 2
+    assert "end at 12.0 h" in capsys.readouterr().err
+    assert main(["records", "--ledger", str(tmp_path / "none.sqlite")]) == 2
+
+
+def test_the_meter_over_modbus_rtu() -> None:
+    async def body() -> None:
+        modem = PtyNullModem()
+        modem.start()
+        module = ModuleSim()
+        meter = MeterSim(module)
+        module.current_a, module.output_voltage_v, module.gun_voltage_v = -120.0, 380.0, 380.0
+        meter.step(3600.0)  # an hour at -120 A, 380 V: 45.6 kWh from the vehicle
+        server = await meter.start_rtu(modem.paths[0], baudrate=9600)
+        owner = MeterBusOwner(RtuTarget(modem.paths[1], baudrate=9600))
+        try:
+            events = await owner.service(1.0)
+            reading = events[0]
+            assert type(reading).__name__ == "MeterReading", events
+            assert reading.current_a == pytest.approx(-120.0)  # type: ignore[union-attr]
+            assert reading.from_vehicle_kwh == pytest.approx(45.6)  # type: ignore[union-attr]
+            assert reading.to_vehicle_kwh == 0.0  # type: ignore[union-attr]
+        finally:
+            await owner.close()
+            await server.stop()
+            modem.close()
+
+    asyncio.run(body())
+
+
+def test_the_meter_cross_check_needs_a_persistent_disagreement() -> None:
+    from agent.core.events import MeterReading
+    from agent.core.metering import Metering
+
+    m = Metering()
+    reading = MeterReading(0.0, 380.0, -100.0, -38000.0, 1.0, 2.0)
+    # A ramp: the module reads 20 A off for 3 s, then agrees: no fault.
+    assert not any(m.cross_check(reading, [-80.0], t) for t in (0.0, 1.0, 2.0, 3.0))
+    assert not m.cross_check(reading, [-99.0], 4.0)
+    # Within 2 % (or 2 A) is agreement; 10 % off for more than 5 s is a fault.
+    assert not any(m.cross_check(reading, [-101.5], t) for t in range(5, 20))
+    verdicts = [m.cross_check(reading, [-90.0], float(t)) for t in range(20, 27)]
+    assert verdicts == [False] * 6 + [True]
