@@ -7,10 +7,11 @@ dispatch) and at each direction change, and one at the end. Each closed interval
 `LedgerInterval` command, which the runtime writes to the durable ledger before anything
 is reported.
 
-The cross-check: the meter's current against the module's and the vehicle's (BCS). A
-difference above max(METER_MISMATCH_A, METER_MISMATCH_FRACTION) that persists for
-METER_MISMATCH_PERSIST is a fault: one of three measurements is wrong, and settlement
-cannot rest on it. Ramps and sampling skew make short differences normal.
+The cross-check: the meter's current against the module's. A difference above
+max(METER_MISMATCH_A, METER_MISMATCH_FRACTION) that persists for METER_MISMATCH_PERSIST is a
+fault: one of the charger's two instruments is wrong, and settlement cannot rest on it.
+Against the vehicle's BCS current the same persistent difference is a notice. Ramps and
+sampling skew make short differences normal.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Metering:
     interval_direction: str = "charge"
     seq: int = 0
     mismatch_since: float | None = None
+    vehicle_mismatch_since: float | None = None
+    vehicle_mismatch_said: bool = False
     lost: str = ""
 
     @property
@@ -102,6 +105,21 @@ class Metering:
                 self.mismatch_since = now
             return now - self.mismatch_since > METER_MISMATCH_PERSIST.seconds
         self.mismatch_since = None
+        return False
+
+    def vehicle_disagrees(self, r: MeterReading, bcs_a: float, now: float) -> bool:
+        """True once (per session) when the vehicle's own current (BCS) has disagreed with
+        the meter for METER_MISMATCH_PERSIST: a notice, not a fault (a BMS Hall sensor is
+        not a billing instrument, and a replayed car reports its recorded charger's current)."""
+        if not (math.isfinite(bcs_a) and disagree(r.current_a, bcs_a)):
+            self.vehicle_mismatch_since = None
+            return False
+        if self.vehicle_mismatch_since is None:
+            self.vehicle_mismatch_since = now
+        if now - self.vehicle_mismatch_since > METER_MISMATCH_PERSIST.seconds \
+                and not self.vehicle_mismatch_said:
+            self.vehicle_mismatch_said = True
+            return True
         return False
 
     def _open(self, r: MeterReading, wall: float, direction: str) -> None:

@@ -372,13 +372,17 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         if st is not None and self.plant.sampled_at is not None \
                 and abs(self.plant.sampled_at - reading.t) <= T.MODULE_STATUS_STALE.seconds:
             others.append(st.output_current_a)
-        if d.bcs is not None and self.now - d.last_rx.get("BCS", -math.inf) <= 1.0:
-            others.append(d.bcs.measured_current_a)
-        if self.state is State.CHARGING and d.metering.cross_check(reading, others, self.now):
-            self._fault(f"DC meter reads {reading.current_a:.1f} A against "
+        if self.state is not State.CHARGING:
+            return
+        if d.bcs is not None and self.now - d.last_rx.get("BCS", -math.inf) <= 1.0 \
+                and d.metering.vehicle_disagrees(reading, d.bcs.measured_current_a, self.now):
+            self._out.append(Notice(self.now, "meter_vehicle_mismatch",
+                                    f"DC meter {reading.current_a:.1f} A, vehicle (BCS) "
+                                    f"{d.bcs.measured_current_a:.1f} A for over 5 s"))
+        if d.metering.cross_check(reading, others, self.now):
+            self._fault(f"DC meter reads {reading.current_a:.1f} A against the module's "
                         + ", ".join(f"{x:.1f} A" for x in others)
-                        + " (module, vehicle) for over 5 s: metering not trustworthy",
-                        code="meter_mismatch")
+                        + " for over 5 s: metering not trustworthy", code="meter_mismatch")
 
     def _wall(self) -> float:
         d = self.data
