@@ -85,6 +85,19 @@ SIM_CHECKS: tuple[SimCheck, ...] = (
 )
 
 
+def _list_or_check(flag: str, name: str | None, known: dict[str, str]) -> int | None:
+    """`--flag list` prints the table (exit 0); an unknown name is exit 2; else None."""
+    if name == "list":
+        for key, description in known.items():
+            print(f"{key:26} {description}")
+        return 0
+    if name is not None and name not in known:
+        print(f"pile-agent sim: unknown {flag} {name!r}; known: {', '.join(known)}",
+              file=sys.stderr)
+        return 2
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "records":
@@ -96,23 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         from hil.scenarios import SCENARIOS as V2G_SCENARIOS
         from hil.sim import SimOptions, run_sim_cli
 
-        if args.scenario == "list":
-            for v in V2G_SCENARIOS.values():
-                print(f"{v.name:20} {v.description}")
-            return 0
-        if args.scenario is not None and args.scenario not in V2G_SCENARIOS:
-            print(f"pile-agent sim: unknown scenario {args.scenario!r}; known: "
-                  f"{', '.join(V2G_SCENARIOS)}", file=sys.stderr)
-            return 2
 
-        if args.fault == "list":
-            for sc in SCENARIOS.values():
-                print(f"{sc.name:26} {sc.description}")
-            return 0
-        if args.fault is not None and args.fault not in SCENARIOS:
-            print(f"pile-agent sim: unknown fault {args.fault!r}; known: "
-                  f"{', '.join(SCENARIOS)}", file=sys.stderr)
-            return 2
+        for flag, name, table in (("fault", args.fault, SCENARIOS),
+                                  ("scenario", args.scenario, V2G_SCENARIOS)):
+            code = _list_or_check(flag, name, {k: v.description for k, v in table.items()})
+            if code is not None:
+                return code
 
         for ok, message in SIM_CHECKS:
             if not ok(args):

@@ -220,8 +220,6 @@ class SimulatedPile:
                 r.max_current_a = max(r.max_current_a, abs(i))
             case Notice(kind=kind, detail=detail):
                 r.notices.append((t, kind, detail))
-                if kind == "energy_transfer_phase":
-                    r.phases.append((t, detail.split()[2]))
                 self._say(f"[{t:8.2f} s] notice {kind}: {detail}")
             case SessionReport():
                 r.outcome, r.reason = command.outcome, command.reason
@@ -231,6 +229,7 @@ class SimulatedPile:
                 r.ledger_to_vehicle_kwh = command.metered_to_vehicle_kwh
                 r.ledger_from_vehicle_kwh = command.metered_from_vehicle_kwh
                 r.health = dict(command.health)
+                r.phases = [(ts, d.value) for ts, d in self.session.data.direction.phases]
 
     def _live_line(self, t: float) -> None:
         if t - self._last_live < 60.0:
@@ -301,9 +300,6 @@ class SimulatedPile:
     def _judge_scenario(self) -> None:
         r, v = self.result, self.v2g
         assert v is not None
-        phases = self.session.data.direction.phases
-        if not r.phases or len(phases) > len(r.phases):
-            r.phases = [(t, d.value) for t, d in phases]
         r.scenario = v.name
         r.scenario_script = list(self.script.notes)
         r.battery_energy_out_kwh = self.bms.battery.energy_out_kwh

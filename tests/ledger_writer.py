@@ -11,11 +11,14 @@ from agent.ledger.store import Ledger
 
 def main(path: str, first_seq: int) -> None:
     ledger = Ledger(path)
-    seq = first_seq
+    # As a restarted agent would: carry on after what is already on disk (the last commit
+    # may have landed after the parent last heard of one).
+    stored = [int(r["seq"]) for r in ledger.intervals("kill-test")]  # type: ignore[call-overload]
+    seq = max([first_seq, *(n + 1 for n in stored)])
     while True:
         # A meter that moves 0.25 kWh to the vehicle and 0.125 kWh back per interval: the
         # counters at the end of interval n are n/4 and n/8 kWh.
-        ledger.write_interval("kill-test", 1, LedgerInterval(
+        ledger.write_interval("kill-test", 1, "LKILLTEST00000001", LedgerInterval(
             seq=seq, start_wall=seq * 900.0, end_wall=(seq + 1) * 900.0,
             direction="charge" if seq % 2 else "discharge", to_vehicle_kwh=0.25,
             from_vehicle_kwh=0.125, meter_to_vehicle_kwh=(seq + 1) * 0.25,

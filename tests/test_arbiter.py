@@ -20,11 +20,13 @@ STEP = 1.0 / STEPS_PER_A
 amps = st.floats(min_value=0.0, max_value=2000.0, allow_nan=False)
 maybe_inf = st.one_of(amps, st.just(math.inf))
 signed = st.floats(min_value=-2000.0, max_value=2000.0, allow_nan=False)
+# A discharge that gives limits only (Dynamic BPT) arrives as -inf.
+demand = st.one_of(signed, st.just(-math.inf))
 volts = st.floats(min_value=0.0, max_value=1500.0, allow_nan=False)
 limits_st = st.builds(
     CurrentLimits,
     state_a=maybe_inf,
-    ev_demand_a=signed,
+    ev_demand_a=demand,
     ev_max_a=maybe_inf,
     charger_max_a=amps,
     module_capability_a=maybe_inf,
@@ -33,6 +35,13 @@ limits_st = st.builds(
     thermal_a=maybe_inf,
     upstream_a=maybe_inf,
     grid_limit_w=st.one_of(st.floats(min_value=0.0, max_value=1e6), st.just(math.inf)),
+    ev_power_w=st.one_of(st.floats(min_value=0.0, max_value=1e6), st.just(math.inf)),
+    ev_voltage_a=maybe_inf,
+    soc_window_a=maybe_inf,
+    energy_window_a=maybe_inf,
+    health_a=maybe_inf,
+    consent_a=maybe_inf,
+    direction_a=maybe_inf,
 )
 
 
@@ -47,6 +56,13 @@ def _ceiling(lim: CurrentLimits) -> float:
         lim.thermal_a,
         lim.upstream_a,
         lim.grid_limit_w / max(lim.voltage_v, 1.0),
+        lim.ev_power_w / max(lim.voltage_v, 1.0),
+        lim.ev_voltage_a,
+        lim.soc_window_a,
+        lim.energy_window_a,
+        lim.health_a,
+        lim.consent_a,
+        lim.direction_a,
     )
 
 
@@ -56,7 +72,7 @@ def test_current_never_exceeds_any_limit(
 ) -> None:
     d = decide_current(lim, prev, dt, ramp)
     assert abs(d.current_a) <= _ceiling(lim) + 1e-9
-    power_w = min(lim.power_limit_w, lim.grid_limit_w)
+    power_w = min(lim.power_limit_w, lim.grid_limit_w, lim.ev_power_w)
     assert abs(d.current_a) * lim.voltage_v <= power_w * (1 + 1e-9) + 1e-6
     if d.current_a != 0.0:
         assert math.copysign(1.0, d.current_a) == math.copysign(1.0, lim.ev_demand_a)
@@ -105,6 +121,13 @@ def test_each_limit_can_bind() -> None:
         Limit.THERMAL: {"thermal_a": 10.0},
         Limit.UPSTREAM: {"upstream_a": 5.0},
         Limit.GRID: {"grid_limit_w": 1000.0},
+        Limit.EV_POWER: {"ev_power_w": 800.0},
+        Limit.EV_MIN_VOLTAGE: {"ev_voltage_a": 0.0},
+        Limit.SOC_WINDOW: {"soc_window_a": 0.0},
+        Limit.ENERGY_WINDOW: {"energy_window_a": 0.0},
+        Limit.HEALTH: {"health_a": 1.5},
+        Limit.CONSENT: {"consent_a": 0.0},
+        Limit.DIRECTION: {"direction_a": 0.0},
     }
     for expected, override in cases.items():
         d = decide_current(CurrentLimits(**{**base, **override}), 1000.0, 0.01, 100.0)
@@ -115,7 +138,9 @@ def test_each_limit_can_bind() -> None:
 
 @given(st.sampled_from(["state_a", "ev_max_a", "charger_max_a", "module_capability_a",
                         "power_limit_w", "ev_demand_a", "voltage_v",
-                        "thermal_a", "upstream_a", "grid_limit_w"]))
+                        "thermal_a", "upstream_a", "grid_limit_w", "ev_power_w",
+                        "ev_voltage_a", "soc_window_a", "energy_window_a", "health_a",
+                        "consent_a", "direction_a"]))
 def test_nan_anywhere_means_zero(field: str) -> None:
     base = dict(state_a=math.inf, ev_demand_a=100.0, ev_max_a=200.0, charger_max_a=250.0,
                 module_capability_a=300.0, power_limit_w=1e6, voltage_v=400.0)
@@ -131,3 +156,24 @@ def test_voltage_is_min_of_limits(a: float, b: float, c: float, d: float) -> Non
 
 def test_voltage_nan_is_zero() -> None:
     assert decide_voltage(math.nan, 500.0, 500.0, 750.0).voltage_v == 0.0
+
+
+def test_a_discharge_that_gives_limits_only_is_bound_by_them() -> None:
+    """Dynamic BPT: demand -inf, the others bound; all of them inf is no permission."""
+    lim = CurrentLimits(state_a=math.inf, ev_demand_a=-math.inf, ev_max_a=150.0,
+                        charger_max_a=200.0, module_capability_a=math.inf,
+                        power_limit_w=math.inf, voltage_v=400.0, upstream_a=120.0)
+    d = decide_current(lim, -120.0, 0.01, 100.0)
+    assert d.current_a == -120.0 and d.bound_by is Limit.UPSTREAM
+    unbounded = CurrentLimits(state_a=math.inf, ev_demand_a=-math.inf, ev_max_a=math.inf,
+                              charger_max_a=math.inf, module_capability_a=math.inf,
+                              power_limit_w=math.inf, voltage_v=400.0)
+    assert decide_current(unbounded, 0.0, 0.01, 100.0).bound_by is Limit.INVALID_INPUT
+
+
+def test_the_discharge_voltage_floor_is_the_highest_floor() -> None:
+    from agent.core.arbiter import decide_discharge_voltage
+
+    assert decide_discharge_voltage(326.4, 200.0).voltage_v == 326.4
+    assert decide_discharge_voltage(150.0, 200.0).bound_by == "charger_min_input"
+    assert decide_discharge_voltage(math.nan, 200.0).bound_by == "invalid_input"

@@ -18,7 +18,7 @@ import pytest
 from agent.cli import main
 from agent.core.commands import LedgerInterval
 from agent.ledger.settlement import Tariff, settle
-from agent.ledger.store import Ledger
+from agent.ledger.store import Ledger, LedgerError
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.power_module.link import RtuTarget
 from hil.meter_sim import MeterSim
@@ -88,8 +88,12 @@ def test_records_lists_exports_and_settles(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "l.sqlite"
     ledger = Ledger(path)
-    ledger.write_interval("s1", 1, _interval(1, 1_767_225_600.0, 3.0, 0.0))
-    ledger.write_interval("s1", 1, _interval(2, 1_767_226_500.0, 0.0, 2.0))
+    ledger.write_interval("s1", 1, "LVIN", _interval(1, 1_767_225_600.0, 3.0, 0.0))
+    ledger.write_interval("s1", 1, "LVIN", _interval(2, 1_767_226_500.0, 0.0, 2.0))
+    with pytest.raises(LedgerError, match="UNIQUE"):  # a settled record is never replaced
+        ledger.write_interval("s1", 1, "LVIN", _interval(2, 1_767_226_500.0, 9.0, 9.0))
+    assert ledger.discharged_today("LVIN", 1_767_225_600.0) == (2.0, 5.0)
+    assert ledger.discharged_today("OTHER", 0.0) == (0.0, 0.0)
     ledger.close()
     toml = tmp_path / "pile.toml"
     toml.write_text("[tariff]\ncharge = [[0, 24, 0.5]]\ndischarge = [[0, 24, 4.0]]\n")
@@ -139,9 +143,32 @@ def test_the_meter_cross_check_needs_a_persistent_disagreement() -> None:
     m = Metering()
     reading = MeterReading(0.0, 380.0, -100.0, -38000.0, 1.0, 2.0)
     # A ramp: the module reads 20 A off for 3 s, then agrees: no fault.
-    assert not any(m.cross_check(reading, [-80.0], t) for t in (0.0, 1.0, 2.0, 3.0))
-    assert not m.cross_check(reading, [-99.0], 4.0)
+    assert not any(m.cross_check(reading, -80.0, t) for t in (0.0, 1.0, 2.0, 3.0))
+    assert not m.cross_check(reading, -99.0, 4.0)
     # Within 2 % (or 2 A) is agreement; 10 % off for more than 5 s is a fault.
-    assert not any(m.cross_check(reading, [-101.5], t) for t in range(5, 20))
-    verdicts = [m.cross_check(reading, [-90.0], float(t)) for t in range(20, 27)]
+    assert not any(m.cross_check(reading, -101.5, t) for t in range(5, 20))
+    verdicts = [m.cross_check(reading, -90.0, float(t)) for t in range(20, 27)]
     assert verdicts == [False] * 6 + [True]
+    # No module reading to compare with: no verdict either way.
+    assert not m.cross_check(reading, None, 30.0)
+
+
+def test_a_meter_whose_counters_go_backwards_is_re_based_not_lost() -> None:
+    from agent.core.events import MeterReading
+    from agent.core.metering import Metering
+
+    m = Metering()
+
+    def at(t: float, to_kwh: float, from_kwh: float) -> object:
+        return m.on_reading(MeterReading(t, 380.0, 10.0, 3800.0, to_kwh, from_kwh),
+                            1000.0 + t, "charge", True)
+
+    assert at(0.0, 100.0, 50.0) is None
+    assert at(60.0, 101.0, 50.0) is None
+    closed = at(120.0, 0.0, 0.0)  # the meter was swapped
+    assert closed is not None and closed.to_vehicle_kwh == 1.0  # type: ignore[attr-defined]
+    assert at(180.0, 0.5, 0.25) is None
+    assert m.to_vehicle_kwh == 1.5 and m.from_vehicle_kwh == 0.25
+    assert "backwards" in m.note
+    last = m.finish(1200.0, "session end")
+    assert last is not None and last.to_vehicle_kwh == 0.5

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agent.core.commands import Notice, SetModuleOutput
-from agent.core.events import OwnerPolicy, UpstreamLimit
+from agent.core.events import EnergyHistory, OwnerPolicy, UpstreamLimit
 from agent.core.health_policy import HealthPolicy
 from agent.core.messages import BDP, CCS, CDP
 from agent.core.ratings import GunRatings
@@ -203,3 +203,21 @@ def test_a_gun_that_cannot_discharge_sends_no_offer() -> None:
     p = _pile(gun=GunRatings())
     assert not any(isinstance(m, CDP) for _t, m in p.log.to_vehicle)
     assert not p.session.data.v2g_negotiated
+
+
+def test_a_day_s_discharge_budget_counts_what_the_ledger_says_was_done_earlier() -> None:
+    gun = GunSession(V2G_GUN, health=HealthPolicy(max_discharge_kwh_per_day=20.0))
+    p = _pile(session=gun)
+    p.step([EnergyHistory(p.t, V2G_CAR.vin, discharged_kwh=19.8, throughput_kwh=25.0)])
+    _setpoint(p, -150.0)
+    _run(p, 40)
+    # 0.2 kWh left of the day's 20 kWh: about 8 s at 150 A and 370 V, then held.
+    assert 0.15 <= p.bms.battery.energy_out_kwh <= 0.3
+    assert p.module.current_a > -5.0
+    assert any("20.0 kWh a day" in n.detail for n in _notices(p, "discharge_held"))
+    # History for another vehicle is not this one's.
+    q = _pile(session=GunSession(V2G_GUN, health=HealthPolicy(max_discharge_kwh_per_day=20.0)))
+    q.step([EnergyHistory(q.t, "SOMEONE ELSE", discharged_kwh=19.8, throughput_kwh=25.0)])
+    _setpoint(q, -150.0)
+    _run(q, 30)
+    assert q.bms.battery.energy_out_kwh > 0.3

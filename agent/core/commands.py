@@ -121,6 +121,8 @@ class SessionReport:
     # Settlement and battery-health figures (V2G): metered energy both ways (None: no meter),
     # what the module measured both ways, and the health figures.
     vin: str = ""
+    # What made the metering incomplete ("meter silent", "counters went backwards"), or "".
+    metering_note: str = ""
     start_wall: float | None = None
     metered_to_vehicle_kwh: float | None = None
     metered_from_vehicle_kwh: float | None = None

@@ -179,7 +179,9 @@ class UpstreamLimit:
     """A limit or setpoint from upstream (OCPP central system, site EMS).
 
     Signed current in A (+ = into the vehicle); valid until `expires_at` (session
-    clock). NaN, out-of-range, stale or too-frequent limits are rejected by the core.
+    clock). Positive: a charge limit. Negative: an authorised discharge setpoint of that
+    magnitude (the only way discharge is authorised; docs/V2G.md). NaN, out-of-range,
+    stale or too-frequent limits are rejected by the core.
     """
 
     t: float

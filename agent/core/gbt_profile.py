@@ -21,10 +21,9 @@ from agent.core.vehicle_view import Cells, ChargeLimits, DischargeLimits, Vehicl
 
 
 def v2g_answer_in_time(d: SessionData, now: float) -> bool:
-    """A BDP arriving now still negotiates V2G: the offer went out, no BRO(0xAA) yet, and
-    within V2G_ANSWER of the first CDP."""
-    return (d.first_cdp_at is not None and not d.vehicle_ready
-            and now - d.first_cdp_at <= T.V2G_ANSWER.seconds)
+    """A BDP arriving now still negotiates V2G: the offer went out within V2G_ANSWER (the
+    session asks only in parameter exchange, which BRO(0xAA) ends)."""
+    return d.first_cdp_at is not None and now - d.first_cdp_at <= T.V2G_ANSWER.seconds
 
 
 def _cells(d: SessionData) -> Cells:

@@ -49,19 +49,23 @@ class Metering:
     mismatch_since: float | None = None
     vehicle_mismatch_since: float | None = None
     vehicle_mismatch_said: bool = False
-    lost: str = ""
+    # Energy counted before the meter's counters were re-based (a meter replaced or reset
+    # mid-session), and what made the metering incomplete, for the record.
+    banked_to_kwh: float = 0.0
+    banked_from_kwh: float = 0.0
+    note: str = ""
 
     @property
     def to_vehicle_kwh(self) -> float:
         if self.first is None or self.last is None:
-            return 0.0
-        return max(self.last.to_vehicle_kwh - self.first.to_vehicle_kwh, 0.0)
+            return self.banked_to_kwh
+        return self.banked_to_kwh + self.last.to_vehicle_kwh - self.first.to_vehicle_kwh
 
     @property
     def from_vehicle_kwh(self) -> float:
         if self.first is None or self.last is None:
-            return 0.0
-        return max(self.last.from_vehicle_kwh - self.first.from_vehicle_kwh, 0.0)
+            return self.banked_from_kwh
+        return self.banked_from_kwh + self.last.from_vehicle_kwh - self.first.from_vehicle_kwh
 
     def on_reading(self, r: MeterReading, wall: float, direction: str,
                    in_transfer: bool) -> LedgerInterval | None:
@@ -70,10 +74,16 @@ class Metering:
             return None
         if self.last is not None and (r.to_vehicle_kwh < self.last.to_vehicle_kwh
                                       or r.from_vehicle_kwh < self.last.from_vehicle_kwh):
-            # A counter that runs backwards is a replaced or reset meter: keep what was
-            # billed, start a new base (the record notes it).
-            self.lost = "meter counters went backwards"
-            return None
+            # A counter that runs backwards is a replaced or reset meter: bank what was
+            # counted, close the open interval at the last good reading, and re-base on this
+            # one (the record notes it; the energy between the two readings is unknown).
+            self.note = "meter counters went backwards; re-based"
+            closed = self.finish(wall, "meter re-based")
+            self.banked_to_kwh, self.banked_from_kwh = self.to_vehicle_kwh, self.from_vehicle_kwh
+            self.first = self.last = r
+            if in_transfer:
+                self._open(r, wall, direction)
+            return closed
         self.last = r
         if self.first is None:
             self.first = r
@@ -97,10 +107,11 @@ class Metering:
         self.interval_start = None
         return closed
 
-    def cross_check(self, r: MeterReading, others: list[float], now: float) -> bool:
-        """True once the meter has disagreed with the module or the vehicle for
-        METER_MISMATCH_PERSIST."""
-        if any(disagree(r.current_a, x) for x in others if math.isfinite(x)):
+    def cross_check(self, r: MeterReading, module_a: float | None, now: float) -> bool:
+        """True once the meter has disagreed with the module's current for
+        METER_MISMATCH_PERSIST (a module reading older than the meter's is no witness)."""
+        if module_a is not None and math.isfinite(module_a) \
+                and disagree(r.current_a, module_a):
             if self.mismatch_since is None:
                 self.mismatch_since = now
             return now - self.mismatch_since > METER_MISMATCH_PERSIST.seconds

@@ -43,7 +43,7 @@ def messages_for(
             cml = CML(r.max_voltage_v, r.min_voltage_v, r.max_current_a, r.min_current_a)
             cts = _cts(d, r, now)
             out: list[ChargerMessage] = [cml] if cts is None else [cts, cml]
-            if offers_v2g(r) and not d.vehicle_ready:
+            if offers_v2g(r):
                 # The V2G offer (extension, docs/V2G.md): a gun that cannot discharge sends
                 # nothing, so its bus is exactly a 2015 charger's.
                 out.append(CDP(True, r.max_discharge_current_a, r.max_discharge_power_w,

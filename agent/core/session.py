@@ -194,9 +194,9 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
             case MeterReading():
                 self._on_meter(event)
             case MeterLost(detail=detail):
-                if not self.data.metering.lost:
+                if self._at_stake() and not self.data.metering.note:
                     self._out.append(Notice(self.now, "meter_lost", detail))
-                self.data.metering.lost = detail
+                    self.data.metering.note = f"meter lost: {detail}"
             case EnergyHistory(vin=vin, discharged_kwh=dis, throughput_kwh=thr):
                 brm = self.data.brm
                 if brm is not None and brm.vin == vin and math.isfinite(dis + thr):
@@ -233,7 +233,6 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                 power_w = status.output_voltage_v * status.output_current_a
                 if math.isfinite(power_w):
                     kwh = power_w * dt / 3.6e6
-                    self.data.energy_kwh += kwh
                     if kwh >= 0.0:
                         self.data.charged_kwh += kwh
                     else:
@@ -241,6 +240,7 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                         self._count_outside_window(dt)
         self.plant.status = status
         self.plant.sampled_at = sampled_at
+        self._track_figures(status)
         self._check_contactor_feedback(status, sampled_at)
         if status.insulation_ohm is not None:
             self.plant.insulation_ohm = status.insulation_ohm
@@ -297,7 +297,6 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                 if self.state is State.PARAMETER_EXCHANGE and d.bcp is not None:
                     d.bro_seen_at = d.bro_seen_at if d.bro_seen_at is not None else self.now
                     if ready is Ready.READY:
-                        d.vehicle_ready = True
                         self._fire(Trigger.VEHICLE_READY, "BRO(0xAA) received")
             case BDP():
                 self._on_bdp(message)
@@ -367,28 +366,21 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                                        self.state is State.CHARGING)
         if closed is not None:
             self._out.append(closed)
-        st = self.plant.status
-        others = []
-        if st is not None and self.plant.sampled_at is not None \
-                and abs(self.plant.sampled_at - reading.t) <= T.MODULE_STATUS_STALE.seconds:
-            others.append(st.output_current_a)
         if self.state is not State.CHARGING:
             return
-        if d.bcs is not None and self.now - d.last_rx.get("BCS", -math.inf) <= 1.0 \
+        if d.bcs is not None and self.now - d.last_rx.get("BCS", -math.inf) \
+                <= T.TIMEOUTS["BCL"].seconds \
                 and d.metering.vehicle_disagrees(reading, d.bcs.measured_current_a, self.now):
             self._out.append(Notice(self.now, "meter_vehicle_mismatch",
                                     f"DC meter {reading.current_a:.1f} A, vehicle (BCS) "
                                     f"{d.bcs.measured_current_a:.1f} A for over 5 s"))
-        if d.metering.cross_check(reading, others, self.now):
+        st, at = self.plant.status, self.plant.sampled_at
+        module_a = st.output_current_a if st is not None and at is not None \
+            and abs(at - reading.t) <= T.MODULE_STATUS_STALE.seconds else None
+        if d.metering.cross_check(reading, module_a, self.now):
             self._fault(f"DC meter reads {reading.current_a:.1f} A against the module's "
-                        + ", ".join(f"{x:.1f} A" for x in others)
-                        + " for over 5 s: metering not trustworthy", code="meter_mismatch")
-
-    def _wall(self) -> float:
-        d = self.data
-        if d.wall_clock_at_start is None:
-            return self.now
-        return d.wall_clock_at_start + (self.now - d.started_at)
+                        f"{module_a:.1f} A for over 5 s: metering not trustworthy",
+                        code="meter_mismatch")
 
     def _count_outside_window(self, dt: float) -> None:
         """Seconds of discharge with the battery outside the policy's temperature window

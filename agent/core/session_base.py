@@ -175,9 +175,7 @@ class SessionBase:
         if d.reported:
             return
         d.reported = True
-        wall = self.now if d.wall_clock_at_start is None \
-            else d.wall_clock_at_start + (self.now - d.started_at)
-        last = d.metering.finish(wall, "session end")
+        last = d.metering.finish(self._wall(), "session end")
         if last is not None:
             self._out.append(last)
         metered = d.metering.last is not None
@@ -195,7 +193,7 @@ class SessionBase:
             t=self.now, outcome=outcome, reason=d.outcome_reason, energy_kwh=d.energy_kwh,
             duration_s=self.now - d.started_at, start_soc_pct=d.start_soc_pct,
             end_soc_pct=d.end_soc_pct, vehicle_data=dict(d.vehicle_data.counts),
-            vin=d.brm.vin if d.brm else "",
+            vin=d.brm.vin if d.brm else "", metering_note=d.metering.note,
             start_wall=d.wall_clock_at_start,
             metered_to_vehicle_kwh=d.metering.to_vehicle_kwh if metered else None,
             metered_from_vehicle_kwh=d.metering.from_vehicle_kwh if metered else None,
@@ -212,6 +210,14 @@ class SessionBase:
         ))
 
     # ---- phases and freshness ----------------------------------------------------
+
+    def _wall(self) -> float:
+        """POSIX time now, when the runtime gave the wall clock at plug-in (settlement and
+        tariffs need it); the session clock otherwise."""
+        d = self.data
+        if d.wall_clock_at_start is None:
+            return self.now
+        return d.wall_clock_at_start + (self.now - d.started_at)
 
     def _set_phase(self, phase: str) -> None:
         self.data.phase = phase

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from agent.core.arbiter import Limit
 from agent.core.direction import DirectionControl
 from agent.core.events import ModuleStatus
 from agent.core.health_policy import HealthPolicy
@@ -49,7 +50,6 @@ class SessionData:
     bdp: BDP | None = None
     bds: BDS | None = None
     first_cdp_at: float | None = None
-    vehicle_ready: bool = False  # BRO(0xAA) seen: too late for a V2G answer
     v2g_negotiated: bool = False
     vehicle_data: VehicleDataLog = field(default_factory=VehicleDataLog)
     last_rx: dict[str, float] = field(default_factory=dict)
@@ -66,21 +66,23 @@ class SessionData:
 
     charging_started_at: float | None = None
     paused_since: float | None = None
-    energy_kwh: float = 0.0  # net, + = into the vehicle (integrated module V x I)
-    charged_kwh: float = 0.0
+    charged_kwh: float = 0.0  # integrated module V x I, each direction
     discharged_kwh: float = 0.0
     start_soc_pct: float | None = None
     direction: DirectionControl = field(default_factory=DirectionControl)
-    # Why discharge stands at zero in this phase ("SOC floor 30.0 % reached"), once said.
-    discharge_held: str = ""
+    # The limit that holds discharge at zero in this phase, once said (None: none).
+    discharge_held: Limit | None = None
     ev_min_voltage_reached: bool = False
     consent_given: bool = False
     owner_policy: HealthPolicy | None = None  # per session, from upstream
+    # The combined (strictest) policy and the (VIN, owner policy) it was combined for.
+    policy: HealthPolicy | None = None
+    policy_for: tuple[str, HealthPolicy | None] | None = None
     # Energy this vehicle moved today before this session (from the ledger).
     today_discharged_kwh: float = 0.0
     today_throughput_kwh: float = 0.0
-    # Health figures of the session.
     metering: Metering = field(default_factory=Metering)
+    # Health figures of the session.
     peak_abs_current_a: float = 0.0
     peak_power_w: float = 0.0
     outside_window_s: float = 0.0
@@ -91,6 +93,11 @@ class SessionData:
     fault_at: float | None = None
     reported: bool = False
     outcome_reason: str = ""
+
+    @property
+    def energy_kwh(self) -> float:
+        """Net energy, + = into the vehicle."""
+        return self.charged_kwh - self.discharged_kwh
 
     @property
     def end_soc_pct(self) -> float | None:

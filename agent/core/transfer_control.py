@@ -25,6 +25,7 @@ from agent.core.arbiter import (
 )
 from agent.core.commands import Notice
 from agent.core.direction import Direction, Outcome
+from agent.core.events import ModuleStatus
 from agent.core.gbt_profile import view_of
 from agent.core.health_policy import (
     EnergyUse,
@@ -36,7 +37,7 @@ from agent.core.health_policy import (
 from agent.core.ratings import offers_v2g
 from agent.core.session_base import SessionBase
 from agent.core.states import State
-from agent.core.vehicle_view import NO_VEHICLE, VehicleView
+from agent.core.vehicle_view import VehicleView
 
 # When one of these bounds a discharge at zero, discharge is held, and the reason is said
 # once (a stop reason of the phase: "SOC floor reached", "V2X energy window used up", ...).
@@ -54,10 +55,16 @@ class TransferControl(SessionBase):
     # ---- what the vehicle and the parties allow ---------------------------------
 
     def health_policy(self) -> HealthPolicy:
-        """Operator's (per pile), owner's (per VIN, and per session) policies: strictest."""
-        vin = self.data.brm.vin if self.data.brm else ""
-        return strictest(self.operator_policy, self.owner_policies.get(vin),
-                         self.data.owner_policy)
+        """Operator's (per pile), owner's (per VIN, and per session) policies: strictest.
+        Combined once per change of its inputs, not on every 10 ms tick."""
+        d = self.data
+        vin = d.brm.vin if d.brm else ""
+        key = (vin, d.owner_policy)
+        if d.policy_for != key or d.policy is None:
+            d.policy_for = key
+            d.policy = strictest(self.operator_policy, self.owner_policies.get(vin),
+                                 d.owner_policy)
+        return d.policy
 
     def _upstream_discharge_a(self) -> float:
         """The authorised discharge setpoint's magnitude (0: none, or expired: upstream
@@ -73,7 +80,7 @@ class TransferControl(SessionBase):
     # ---- control ------------------------------------------------------------------
 
     def _control(self) -> None:
-        d, st = self.data, self.plant.status
+        d = self.data
         if self.state is State.CHARGING and d.bcl is not None and d.bcp is not None:
             transfer = self._transfer_limits()
             if transfer is None:
@@ -102,8 +109,6 @@ class TransferControl(SessionBase):
             enabled=True, voltage_v=voltage.voltage_v, current_a=decision.current_a,
             bound=f"{decision.bound_by.value}/voltage:{voltage.bound_by}",
         )
-        if st is not None:
-            self._track_figures(st.output_current_a, st.output_voltage_v)
 
     def _sequence_target(self) -> tuple[float, float, float, str] | None:
         """(state limit A, demand A, voltage V, voltage bound) outside energy transfer, or
@@ -135,7 +140,7 @@ class TransferControl(SessionBase):
                         f"({T.DIRECTION_CHANGE_BUDGET.source})", code="direction_change")
             return None
         if outcome is Outcome.NEW_PHASE:
-            d.discharge_held, d.ev_min_voltage_reached = "", False
+            d.discharge_held, d.ev_min_voltage_reached = None, False
             n = len(d.direction.phases)
             self._out.append(Notice(self.now, "energy_transfer_phase",
                                     f"phase {n}: {d.direction.active.value} "
@@ -233,14 +238,13 @@ class TransferControl(SessionBase):
                                     f"{T.V2G_STATUS.seconds} s"))
 
     def _say_why_discharge_holds(self, decision: CurrentDecision) -> None:
+        """Once per phase and cause: the reason is worded only when the cause changes."""
         d = self.data
         if d.direction.active is not Direction.DISCHARGE or decision.ceiling_a > 0.0 \
-                or decision.bound_by not in _HOLDS:
+                or decision.bound_by not in _HOLDS or decision.bound_by is d.discharge_held:
             return
-        reason = self._hold_reason(decision.bound_by)
-        if reason != d.discharge_held:
-            d.discharge_held = reason
-            self._out.append(Notice(self.now, "discharge_held", reason))
+        d.discharge_held = decision.bound_by
+        self._out.append(Notice(self.now, "discharge_held", self._hold_reason(decision.bound_by)))
 
     def _hold_reason(self, bound: Limit) -> str:
         view, policy = self.view, self.health_policy()
@@ -260,12 +264,9 @@ class TransferControl(SessionBase):
                 return "battery health: " + discharge_health_limit(policy, view, used)[1]
         return "upstream discharge setpoint expired or zero"
 
-    def _track_figures(self, current_a: float, voltage_v: float) -> None:
-        d = self.data
-        if not (math.isfinite(current_a) and math.isfinite(voltage_v)):
-            return
-        d.peak_abs_current_a = max(d.peak_abs_current_a, abs(current_a))
-        d.peak_power_w = max(d.peak_power_w, abs(current_a * voltage_v))
-
-    def _view(self) -> VehicleView:
-        return view_of(self.data, self.now) if self.data.bcp is not None else NO_VEHICLE
+    def _track_figures(self, status: ModuleStatus) -> None:
+        """Peak current and power of the session (health figures), per module sample."""
+        d, i, v = self.data, status.output_current_a, status.output_voltage_v
+        if math.isfinite(i) and math.isfinite(v):
+            d.peak_abs_current_a = max(d.peak_abs_current_a, abs(i))
+            d.peak_power_w = max(d.peak_power_w, abs(i * v))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import asdict
 from pathlib import Path
 
 from agent.core.commands import LedgerInterval, SessionReport
@@ -22,6 +20,7 @@ CREATE TABLE IF NOT EXISTS intervals (
     session_key TEXT NOT NULL,
     seq INTEGER NOT NULL,
     gun INTEGER NOT NULL,
+    vin TEXT NOT NULL,
     start_wall REAL NOT NULL,
     end_wall REAL NOT NULL,
     direction TEXT NOT NULL,
@@ -45,6 +44,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     peak_power_w REAL NOT NULL,
     outcome TEXT NOT NULL,
     stop_reason TEXT NOT NULL,
+    metering_note TEXT NOT NULL,
     health_json TEXT NOT NULL
 );
 """
@@ -76,19 +76,21 @@ class Ledger:
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger {self.path}: {exc}") from exc
 
-    def write_interval(self, session_key: str, gun: int, i: LedgerInterval) -> None:
+    # Plain INSERT: a settled record is never silently replaced; a second write of the same
+    # key is an error the runtime turns into a fault.
+    def write_interval(self, session_key: str, gun: int, vin: str, i: LedgerInterval) -> None:
         self._commit(
-            "INSERT OR REPLACE INTO intervals VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (session_key, i.seq, gun, i.start_wall, i.end_wall, i.direction, i.to_vehicle_kwh,
+            "INSERT INTO intervals VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (session_key, i.seq, gun, vin, i.start_wall, i.end_wall, i.direction, i.to_vehicle_kwh,
              i.from_vehicle_kwh, i.meter_to_vehicle_kwh, i.meter_from_vehicle_kwh, i.closed_by))
 
-    def write_session(self, session_key: str, gun: int, r: SessionReport,
-                      end_wall: float | None) -> None:
+    def write_session(self, session_key: str, gun: int, r: SessionReport) -> None:
+        end_wall = None if r.start_wall is None else r.start_wall + r.duration_s
         self._commit(
-            "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (session_key, gun, r.vin, r.start_wall, end_wall, r.start_soc_pct, r.end_soc_pct,
              r.metered_to_vehicle_kwh, r.metered_from_vehicle_kwh, r.peak_power_w, r.outcome,
-             r.reason, json.dumps(r.health, sort_keys=True)))
+             r.reason, r.metering_note, json.dumps(r.health, sort_keys=True)))
 
     def sessions(self) -> list[dict[str, object]]:
         return self._rows("SELECT * FROM sessions ORDER BY start_wall, session_key")
@@ -100,22 +102,15 @@ class Ledger:
                           (session_key,))
 
     def discharged_today(self, vin: str, day_start_wall: float) -> tuple[float, float]:
-        """(discharged kWh, throughput kWh) of this vehicle's intervals since day_start_wall."""
+        """(discharged kWh, throughput kWh) of this vehicle's intervals since day_start_wall
+        (intervals carry the VIN: a session cut short by a power loss still counts)."""
         row = self._db.execute(
-            "SELECT COALESCE(SUM(i.from_vehicle_kwh), 0), "
-            "COALESCE(SUM(i.to_vehicle_kwh + i.from_vehicle_kwh), 0) FROM intervals i "
-            "JOIN sessions s ON s.session_key = i.session_key "
-            "WHERE s.vin = ? AND i.end_wall >= ?", (vin, day_start_wall)).fetchone()
+            "SELECT COALESCE(SUM(from_vehicle_kwh), 0), "
+            "COALESCE(SUM(to_vehicle_kwh + from_vehicle_kwh), 0) FROM intervals "
+            "WHERE vin = ? AND end_wall >= ?", (vin, day_start_wall)).fetchone()
         return float(row[0]), float(row[1])
 
     def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[dict[str, object]]:
         with closing(self._db.execute(sql, args)) as cur:
             names = [c[0] for c in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-    def __iter__(self) -> Iterator[dict[str, object]]:
-        return iter(self.sessions())
-
-
-def interval_dict(i: LedgerInterval) -> dict[str, object]:
-    return asdict(i)

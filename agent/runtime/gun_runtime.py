@@ -13,6 +13,7 @@ from agent.core.commands import (
     Command,
     KickSafetyWatchdog,
     LedgerInterval,
+    Notice,
     SessionReport,
     SetBleeder,
     SetContactors,
@@ -131,7 +132,8 @@ class GunRuntime:
             return
         self._history_for = d.started_at
         wall = d.wall_clock_at_start if d.wall_clock_at_start is not None else 0.0
-        day_start = wall - (wall + 8 * 3600) % DAY_S  # local midnight, China Standard Time
+        offset_s = self.session.ratings.utc_offset_h * 3600
+        day_start = wall - (wall + offset_s) % DAY_S  # local midnight
         dis, thr = self.ledger.discharged_today(d.brm.vin, day_start)
         self.feed(EnergyHistory(t, d.brm.vin, dis, thr))
 
@@ -161,13 +163,15 @@ class GunRuntime:
                 # Durable first: a record is on disk before anyone hears of it.
                 try:
                     if isinstance(command, LedgerInterval):
-                        self.ledger.write_interval(self.session_key(), self.gun, command)
+                        brm = self.session.data.brm
+                        self.ledger.write_interval(self.session_key(), self.gun,
+                                                   brm.vin if brm else "", command)
                     else:
-                        d = self.session.data
-                        end = None if d.wall_clock_at_start is None else \
-                            d.wall_clock_at_start + (command.t - d.started_at)
-                        self.ledger.write_session(self.session_key(), self.gun, command, end)
+                        self.ledger.write_session(self.session_key(), self.gun, command)
                 except LedgerError as exc:
+                    # Not durable: the session (if it is still running) ends, and the report
+                    # below says the record is only in memory.
+                    self._report(Notice(self.now, "ledger_write_failed", str(exc)))
                     self.feed(DriverError(self.now, "ledger", str(exc), fatal=True))
                 self._report(command)
             case _:
