@@ -73,6 +73,10 @@ class SessionData:
     # The limit that holds discharge at zero in this phase, once said (None: none).
     discharge_held: Limit | None = None
     ev_min_voltage_reached: bool = False
+    # The highest pack voltage seen in this discharge phase: it bounds the terminal voltage
+    # for the rest of the phase (a pack under discharge only sags), so a power limit turned
+    # into amps with it holds whatever the current does next.
+    discharge_peak_v: float = 0.0
     consent_given: bool = False
     owner_policy: HealthPolicy | None = None  # per session, from upstream
     # The combined (strictest) policy and the (VIN, owner policy) it was combined for.

@@ -140,7 +140,7 @@ class TransferControl(SessionBase):
                         f"({T.DIRECTION_CHANGE_BUDGET.source})", code="direction_change")
             return None
         if outcome is Outcome.NEW_PHASE:
-            d.discharge_held, d.ev_min_voltage_reached = None, False
+            d.discharge_held, d.ev_min_voltage_reached, d.discharge_peak_v = None, False, 0.0
             n = len(d.direction.phases)
             self._out.append(Notice(self.now, "energy_transfer_phase",
                                     f"phase {n}: {d.direction.active.value} "
@@ -192,6 +192,10 @@ class TransferControl(SessionBase):
                                          r.min_input_voltage_v)
         measured_v = st.output_voltage_v if st is not None else 0.0
         battery_v = st.gun_voltage_v if st is not None else 0.0
+        # The terminal voltage rises when the discharge current falls: the power limits are
+        # turned into amps at the highest voltage of the phase, not the present one (I2).
+        d.discharge_peak_v = max(d.discharge_peak_v, *(v for v in (
+            measured_v, battery_v, view.battery_voltage_v or 0.0) if math.isfinite(v)))
         if ev is not None and battery_v <= ev.min_voltage_v and d.charging_started_at \
                 is not None:
             d.ev_min_voltage_reached = True
@@ -210,7 +214,7 @@ class TransferControl(SessionBase):
             module_capability_a=(st.reverse_capability_current_a or 0.0) if st else 0.0,
             power_limit_w=min(r.max_discharge_power_w,
                               (st.reverse_capability_power_w or 0.0) if st else 0.0),
-            voltage_v=max(measured_v, floor.voltage_v),
+            voltage_v=max(d.discharge_peak_v, floor.voltage_v),
             thermal_a=self.thermal_limit_a,
             upstream_a=upstream_a,
             grid_limit_w=min(r.grid_limit_w, r.export_limit_w),
