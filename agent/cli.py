@@ -99,6 +99,16 @@ def _list_or_check(flag: str, name: str | None, known: dict[str, str]) -> int | 
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`pile-agent sim --fault list | head`): not an error of ours.
+        # Python's recipe: point stdout at devnull so the exit flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "records":
         from agent.records_cli import run_records

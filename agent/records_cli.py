@@ -11,9 +11,8 @@ import json
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
 
-from agent.ledger.settlement import Band, Tariff, settle
+from agent.ledger.settlement import Tariff, parse_tariff, settle
 from agent.ledger.store import Ledger, LedgerError
 
 
@@ -25,24 +24,10 @@ def load_tariff(path: str | None) -> Tariff:
         doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    table: dict[str, Any] = doc.get("tariff", {})
-
-    def bands(name: str, default: tuple[Band, ...]) -> tuple[Band, ...]:
-        raw = table.get(name)
-        if raw is None:
-            return default
-        try:
-            return tuple((float(a), float(b), float(c)) for a, b, c in raw)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"tariff.{name}: bands are [start_h, end_h, CNY/kWh]") from exc
-
-    base = Tariff()
-    tariff = Tariff(bands("charge", base.charge), bands("discharge", base.discharge),
-                    float(table.get("utc_offset_h", base.utc_offset_h)))
-    problems = tariff.problems()
-    if problems:
-        raise ValueError("; ".join(problems))
-    return tariff
+    table = doc.get("tariff", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: [tariff] must be a table")
+    return parse_tariff(table)
 
 
 def run_records(ledger_path: str, fmt: str, tariff_path: str | None) -> int:

@@ -109,10 +109,73 @@ def test_a_configured_curve_is_the_one_the_thermal_guard_derates_by(tmp_path: Pa
     ({"thermal": {"silent_s": 60.0}}, "thermal.silent_s"),
     ({"thermal": {"short_ohm": 5000.0}}, "thermal.short_ohm"),
     ({"thermal": {"silent_s": 1.5}}, "[thermal]"),  # no safety bus: never applied
+    ({"v2g": {"bds_pgn": 0x1000}}, "already used by BCL"),
+    ({"v2g": {"cdp_pgn": 0x3200}}, "already used by"),
+    ({"v2g": {"bdp_pgn": 0x32FF}}, "PGN for BDP"),
+    ({"v2g": {"bdp_pgn": 0xEB00}}, "J1939 TP"),
+    ({"v2g": {"bds": 0x3300}}, "v2g.bds"),
+    ({"health": {"soc_floor_pct": 120.0}}, "health.soc_floor_pct"),
+    ({"health": {"soc_floor_pct": 50.0, "soc_ceiling_pct": 40.0}}, "health.soc_floor_pct"),
+    ({"health": {"max_discharge_c_rate": 0.0}}, "health.max_discharge_c_rate"),
+    ({"health": {"max_discharge_kwh_per_day": float("nan")}},
+     "health.max_discharge_kwh_per_day"),
+    ({"health": {"owner": {"LSVAU2180N2183294": {"min_cell_v": -1.0}}}},
+     "health.owner.LSVAU2180N2183294.min_cell_v"),
+    ({"health": {"owner": {"LSVAU2180N2183294": {"soc_flor_pct": 30.0}}}},
+     "health.owner.LSVAU2180N2183294.soc_flor_pct"),
+    ({"health": {"owner": 5}}, "health.owner"),
+    ({"meter": {"enabled": True}}, "meter.serial_port"),
+    ({"meter": {"transport": "udp"}}, "meter.transport"),
+    ({"meter": {"unit_id": 300}}, "meter: unit_id"),
+    ({"meter": {"poll_period_s": 0.0}}, "meter: unit_id"),
+    ({"ledger": {"path": ""}}, "ledger.path"),
+    ({"tariff": {"charge": [[0, 8, 0.4], [9, 24, 0.8]]}}, "tariff.charge"),
+    ({"tariff": {"discharge": [[0, 24, -1.0]]}}, "tariff.discharge"),
+    ({"tariff": {"discharge": "4 CNY"}}, "tariff.discharge"),
+    ({"tariff": {"utc_offset_h": 30}}, "tariff.utc_offset_h"),
+    ({"tariff": {"peak": []}}, "tariff.peak"),
 ])
 def test_bad_fields_are_named(doc: dict[str, dict[str, object]], field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
         parse_config(doc)
+
+
+def test_v2g_health_meter_ledger_and_tariff_sections_load() -> None:
+    cfg = parse_config(tomllib.loads("""
+[gun]
+max_discharge_current_a = 200.0
+max_discharge_power_w = 120000.0
+[v2g]
+cdp_pgn = 0x3400
+bdp_pgn = 0x3500
+bds_pgn = 0x3600
+[health]
+soc_floor_pct = 30.0
+max_discharge_kwh_per_day = 40.0
+[health.owner.LSVAU2180N2183294]
+soc_floor_pct = 50.0
+max_discharge_c_rate = 0.5
+[meter]
+enabled = true
+serial_port = "/dev/ttyS2"
+unit_id = 3
+[ledger]
+path = "/var/lib/pile-agent/ledger.sqlite"
+[tariff]
+charge = [[0, 8, 0.4], [8, 24, 1.0]]
+discharge = [[0, 18, 0.0], [18, 22, 4.0], [22, 24, 0.0]]
+"""))
+    assert cfg.extension_pgns() == {"CDP": 0x3400, "BDP": 0x3500, "BDS": 0x3600}
+    assert cfg.health.soc_floor_pct == 30.0 and cfg.health.max_discharge_kwh_per_day == 40.0
+    owner = cfg.owners["LSVAU2180N2183294"]
+    assert owner.soc_floor_pct == 50.0 and owner.max_discharge_c_rate == 0.5
+    assert cfg.meter.enabled and cfg.meter.serial_port == "/dev/ttyS2" and cfg.meter.unit_id == 3
+    assert cfg.ledger.path.endswith("ledger.sqlite")
+    assert cfg.tariff.price(cfg.tariff.discharge, 1.7e9 + 0) in (0.0, 4.0)
+    # Validating the PGNs leaves the codec on its defaults: the agent moves them at start-up.
+    from agent.core.messages import CDP
+    from drivers.gbt27930.codec import PGN
+    assert PGN[CDP] == 0x3100
 
 
 def test_unreadable_and_invalid_files_are_clear_errors(tmp_path: Path) -> None:

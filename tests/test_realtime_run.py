@@ -8,19 +8,22 @@ import contextlib
 import io
 import time
 import uuid
+from pathlib import Path
 
 import can
 
+from agent.ledger.store import Ledger
 from agent.runtime.config import parse_config
 from agent.runtime.realtime import run_pile
 from drivers.gbt27930.link import GbtLink, LinkNotice, LinkProblem, Role
 from hil.ev_bms import BmsSimulator, VehicleConfig
+from hil.meter_sim import MeterSim
 from hil.module_sim import ModuleSim
 from hil.safety_io_sim import SafetyIoSim
 
 
 async def _world(channel: str, bms: BmsSimulator, module: ModuleSim, safety: SafetyIoSim,
-                 stop: asyncio.Event) -> None:
+                 meter: MeterSim, stop: asyncio.Event) -> None:
     """The car and the pile's physics, stepped every 10 ms of wall time."""
     with can.Bus(interface="virtual", channel=channel) as bus:
         link = GbtLink(bus, Role.BMS)
@@ -37,10 +40,11 @@ async def _world(channel: str, bms: BmsSimulator, module: ModuleSim, safety: Saf
             bms.battery.current_a = 0.0
             module.step(dt, bms.battery)
             safety.step(dt, module.current_a)
+            meter.step(dt)
             await asyncio.sleep(0.01)
 
 
-def test_run_completes_a_session_in_real_time() -> None:
+def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
     async def body() -> tuple[int, str]:
         channel = f"rt-{uuid.uuid4().hex[:8]}"
         bms = BmsSimulator(VehicleConfig(start_soc_pct=79.8, target_soc_pct=80.0))
@@ -48,14 +52,19 @@ def test_run_completes_a_session_in_real_time() -> None:
         safety = SafetyIoSim(module)
         module_server, module_port = await module.start_tcp()
         safety_server, safety_port = await safety.start_tcp()
+        meter = MeterSim(module)
+        meter_server, meter_port = await meter.start_tcp("127.0.0.1", 0)
         config = parse_config({
             "can": {"interface": "virtual", "channel": channel},
             "modbus": {"transport": "tcp", "host": "127.0.0.1", "port": module_port},
             "safety_bus": {"enabled": True, "transport": "tcp", "host": "127.0.0.1",
                            "port": safety_port},
+            "meter": {"enabled": True, "transport": "tcp", "host": "127.0.0.1",
+                      "port": meter_port},
+            "ledger": {"path": str(tmp_path / "ledger.sqlite")},
         })
         stop = asyncio.Event()
-        world = asyncio.create_task(_world(channel, bms, module, safety, stop))
+        world = asyncio.create_task(_world(channel, bms, module, safety, meter, stop))
         out = io.StringIO()
         try:
             rc = await asyncio.wait_for(run_pile(config, out=out), 90.0)
@@ -65,9 +74,19 @@ def test_run_completes_a_session_in_real_time() -> None:
                 await world
             await module_server.stop()
             await safety_server.stop()
+            await meter_server.stop()
         return rc, out.getvalue()
 
     rc, output = asyncio.run(body())
     assert rc == 0, output
     for state in ("insulation_check", "precharge", "charging", "stopping", "finished"):
         assert f"-> {state}" in output, output
+    # The session is on disk, with the meter's energy (config [ledger], [meter]).
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        sessions = ledger.sessions()
+    finally:
+        ledger.close()
+    assert len(sessions) == 1 and sessions[0]["outcome"] == "finished", sessions
+    assert sessions[0]["to_vehicle_kwh"] is not None and float(sessions[0]["to_vehicle_kwh"]) > 0, \
+        sessions

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 Band = tuple[float, float, float]  # start hour, end hour, CNY/kWh
 
@@ -47,6 +48,37 @@ class Tariff:
             if start <= hour < end:
                 return price
         return bands[-1][2]
+
+
+def parse_tariff(table: dict[str, Any]) -> Tariff:
+    """[tariff] charge = [[0, 8, 0.4], ...], discharge = [[...]], utc_offset_h = 8;
+    ValueError naming the field."""
+    unknown = set(table) - {"charge", "discharge", "utc_offset_h"}
+    if unknown:
+        raise ValueError(f"tariff.{sorted(unknown)[0]}: unknown setting (known: charge, "
+                         "discharge, utc_offset_h)")
+
+    def bands(name: str, default: tuple[Band, ...]) -> tuple[Band, ...]:
+        raw = table.get(name)
+        if raw is None:
+            return default
+        try:
+            return tuple((float(a), float(b), float(c)) for a, b, c in raw)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"tariff.{name}: bands are [start_h, end_h, CNY/kWh]") from exc
+
+    base = Tariff()
+    offset = table.get("utc_offset_h", base.utc_offset_h)
+    if isinstance(offset, bool) or not isinstance(offset, int | float) \
+            or not -12 <= offset <= 14:
+        raise ValueError(f"tariff.utc_offset_h: must be a number of hours -12..14, got "
+                         f"{offset!r}")
+    tariff = Tariff(bands("charge", base.charge), bands("discharge", base.discharge),
+                    float(offset))
+    problems = tariff.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tariff
 
 
 @dataclass

@@ -8,8 +8,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from agent.core.health_policy import HealthPolicy
 from agent.core.ratings import GunRatings
 from agent.core.thermal_guard import DeratingCurve, SensorLimits, ThermalConfig
+from agent.ledger.settlement import Tariff, parse_tariff
+from drivers.gbt27930.codec import EXTENSION as GBT_EXTENSION
+from drivers.gbt27930.codec import PGN, assign_extension_pgns
 
 
 class ConfigError(ValueError):
@@ -53,15 +57,56 @@ class SafetyBusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MeterConfig:
+    """The DC energy meter (drivers/dc_meter): billing energy comes from it."""
+
+    enabled: bool = False
+    transport: str = "rtu"
+    host: str = "127.0.0.1"
+    port: int = 502
+    serial_port: str = ""
+    baudrate: int = 9_600  # Acrel DJSF1352-class default line: 9600 8N1
+    parity: str = "N"
+    unit_id: int = 1
+    poll_period_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class V2gConfig:
+    """Where the V2G extension's messages sit on the bus (docs/V2G.md): a vehicle
+    programme may assign other PGNs than the project's defaults."""
+
+    cdp_pgn: int = 0x3100
+    bdp_pgn: int = 0x3200
+    bds_pgn: int = 0x3300
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    path: str = "pile-ledger.sqlite"  # SQLite (WAL, synchronous=FULL); relative to the cwd
+
+
+@dataclass(frozen=True, slots=True)
 class PileConfig:
     can: CanConfig = field(default_factory=CanConfig)
     modbus: ModbusConfig = field(default_factory=ModbusConfig)
     gun: GunRatings = field(default_factory=GunRatings)
     safety_bus: SafetyBusConfig = field(default_factory=SafetyBusConfig)
     thermal: ThermalConfig = field(default_factory=ThermalConfig)
+    meter: MeterConfig = field(default_factory=MeterConfig)
+    v2g: V2gConfig = field(default_factory=V2gConfig)
+    # The operator's battery-health policy for this pile, and owners' per VIN.
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    owners: dict[str, HealthPolicy] = field(default_factory=dict)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    tariff: Tariff = field(default_factory=Tariff)
+
+    def extension_pgns(self) -> dict[str, int]:
+        return {"CDP": self.v2g.cdp_pgn, "BDP": self.v2g.bdp_pgn, "BDS": self.v2g.bds_pgn}
 
 
-SECTIONS = ("can", "modbus", "gun", "safety_bus", "thermal")
+SECTIONS = ("can", "modbus", "gun", "safety_bus", "thermal", "meter", "v2g", "health",
+            "ledger", "tariff")
 
 
 def _build(cls: type[Any], table: object, section: str, base: Any = None) -> Any:
@@ -124,7 +169,65 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
         # curves would be read and silently never applied.
         raise ConfigError("[thermal]: needs [safety_bus] enabled = true (the PT1000s are "
                           "read from the I/O board)")
-    return PileConfig(can=can, modbus=modbus, gun=gun, safety_bus=bus, thermal=thermal)
+    meter = _build(MeterConfig, doc.get("meter", {}), "meter")
+    if meter.transport not in ("tcp", "rtu"):
+        raise ConfigError(f"meter.transport: must be 'tcp' or 'rtu', got {meter.transport!r}")
+    if meter.enabled and meter.transport == "rtu" and not meter.serial_port:
+        raise ConfigError("meter.serial_port: required when meter.transport = 'rtu'")
+    if not 1 <= meter.unit_id <= 247 or meter.parity not in ("N", "E", "O") \
+            or not 0 < meter.poll_period_s <= 60:
+        raise ConfigError("meter: unit_id must be 1-247, parity N, E or O, poll_period_s "
+                          "in (0, 60]")
+    v2g = parse_v2g(doc.get("v2g", {}))
+    health, owners = parse_health(doc.get("health", {}))
+    ledger = _build(LedgerConfig, doc.get("ledger", {}), "ledger")
+    if not ledger.path:
+        raise ConfigError("ledger.path: required (every kWh is settled from it)")
+    tariff_table = doc.get("tariff", {})
+    if not isinstance(tariff_table, dict):
+        raise ConfigError("[tariff] must be a table")
+    try:
+        tariff = parse_tariff(tariff_table)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return PileConfig(can=can, modbus=modbus, gun=gun, safety_bus=bus, thermal=thermal,
+                      meter=meter, v2g=v2g, health=health, owners=owners, ledger=ledger,
+                      tariff=tariff)
+
+
+def parse_v2g(table: object) -> V2gConfig:
+    """The extension's PGNs, checked against each other and the standard's (the codec
+    refuses a collision; the check runs on a copy, the codec is changed at start-up)."""
+    v2g: V2gConfig = _build(V2gConfig, table, "v2g")
+    pgns = {"CDP": v2g.cdp_pgn, "BDP": v2g.bdp_pgn, "BDS": v2g.bds_pgn}
+    saved = dict(PGN)
+    try:
+        assign_extension_pgns(pgns)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    finally:
+        assign_extension_pgns({name: saved[cls] for name, cls in GBT_EXTENSION.items()})
+    return v2g
+
+
+def parse_health(table: object) -> tuple[HealthPolicy, dict[str, HealthPolicy]]:
+    """[health]: the operator's policy; [health.owner."VIN"]: an owner's, per vehicle."""
+    if not isinstance(table, dict):
+        raise ConfigError("[health] must be a table")
+    rest = {k: v for k, v in table.items() if k != "owner"}
+    operator: HealthPolicy = _build(HealthPolicy, rest, "health")
+    for problem in operator.problems():
+        raise ConfigError(f"health.{problem}")
+    owners: dict[str, HealthPolicy] = {}
+    raw_owners = table.get("owner", {})
+    if not isinstance(raw_owners, dict):
+        raise ConfigError("[health.owner] must be a table of VIN = { ... }")
+    for vin, policy_table in raw_owners.items():
+        policy: HealthPolicy = _build(HealthPolicy, policy_table, f"health.owner.{vin}")
+        for problem in policy.problems():
+            raise ConfigError(f"health.owner.{vin}.{problem}")
+        owners[vin] = policy
+    return operator, owners
 
 
 def parse_thermal(table: object) -> ThermalConfig:

@@ -22,10 +22,13 @@ from agent.core.commands import Command, Notice, SessionReport, StateChanged
 from agent.core.events import Event, VehicleConnected
 from agent.core.session import GunSession
 from agent.core.thermal_guard import ThermalSupervisor
+from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import MonotonicClock
 from agent.runtime.config import PileConfig
 from agent.runtime.gun_runtime import GunRuntime
+from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
+from drivers.gbt27930.codec import assign_extension_pgns
 from drivers.gbt27930.link import GbtLink, Role
 from drivers.power_module.link import LinkConfig, ModuleLink, RtuTarget, TcpTarget
 from drivers.power_module.owner import ModuleBusOwner
@@ -76,21 +79,40 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
             TcpTarget(sb.host, sb.port) if sb.transport == "tcp"
             else RtuTarget(sb.serial_port, baudrate=sb.baudrate, parity=sb.parity))
         safety = SafetyBusOwner(bus_target, io_unit=sb.io_unit, imd_unit=sb.imd_unit)
+    mc = config.meter
+    meter = None
+    if mc.enabled:
+        meter = MeterBusOwner(TcpTarget(mc.host, mc.port) if mc.transport == "tcp"
+                              else RtuTarget(mc.serial_port, baudrate=mc.baudrate,
+                                             parity=mc.parity), unit_id=mc.unit_id)
+    try:
+        ledger = Ledger(config.ledger.path)
+    except LedgerError as exc:
+        print(f"pile-agent run: ledger {config.ledger.path}: {exc}", file=sys.stderr)
+        bus.shutdown()
+        return 2
+    assign_extension_pgns(config.extension_pgns())  # validated with the config
     reports, report = _printer(out)
     clock = MonotonicClock()
     inbox: list[Event] = []
     with contextlib.ExitStack() as stack:
         stack.callback(bus.shutdown)
+        stack.callback(ledger.close)
         log = None
         if can_log:
             log = CandumpWriter(stack.enter_context(open(can_log, "w")), channel="can0",
                                 epoch=time.time() - clock.now())
         thermal = ThermalSupervisor(config.thermal) if safety else None
-        session = GunSession(config.gun, thermal=thermal, require_safety_io=safety is not None)
+        session = GunSession(config.gun, thermal=thermal, require_safety_io=safety is not None,
+                             health=config.health, owner_policies=config.owners)
         runtime = GunRuntime(session, GbtLink(bus, Role.CHARGER, log=log), owner,
-                             report, module_period_s=None, safety=safety)
+                             report, module_period_s=None, safety=safety, meter=meter,
+                             meter_period_s=mc.poll_period_s, ledger=ledger,
+                             gun=config.gun.charger_number)
         owner_task = asyncio.create_task(owner.run(clock, inbox.append))
         safety_task = asyncio.create_task(safety.run(clock, inbox.append)) if safety else None
+        meter_task = asyncio.create_task(meter.run(clock, inbox.append, mc.poll_period_s)) \
+            if meter else None
         try:
             plugged = False
             while not reports:
@@ -101,7 +123,7 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                 await runtime.step(clock.now(), events)
                 await clock.sleep(CONTROL_PERIOD_S - (clock.now() % CONTROL_PERIOD_S))
         finally:
-            for task in (owner_task, safety_task):
+            for task in (owner_task, safety_task, meter_task):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -109,4 +131,6 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
             await owner.close()
             if safety is not None:
                 await safety.close()
+            if meter is not None:
+                await meter.close()
     return 0 if reports[-1].outcome == "finished" else 1

@@ -4,11 +4,13 @@ turns every answer or failure into an event. Thin: it decides nothing."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from agent.core.events import DriverError, Event, MeterLost
 from drivers.dc_meter.codec import decode_reading, load_meter_map
 from drivers.power_module.link import RtuTarget, TcpTarget, make_client
+from drivers.power_module.owner import Clock
 from drivers.power_module.regmap import RegisterMap
 
 # 1 s: the meter's energy registers change by at most 0.17 Wh per second per kW; the
@@ -24,6 +26,14 @@ class MeterBusOwner:
         self.unit_id = unit_id
         self.regmap = regmap or load_meter_map()
         self._client: Any = None
+
+    async def run(self, clock: Clock, events_out: Callable[[Event], None],
+                  period_s: float = POLL_PERIOD_S) -> None:
+        """Real time: the meter's own task, so a slow RS-485 line never delays control."""
+        while True:
+            for event in await self.service(clock.now()):
+                events_out(event)
+            await clock.sleep(period_s)
 
     async def close(self) -> None:
         client, self._client = self._client, None
