@@ -35,16 +35,28 @@ from unittest import mock
 
 from agent import cli
 from agent.core import arbiter, outgoing, ratings, steps, thermal_guard, timing
-from agent.core import session as session_module
-from agent.core.arbiter import Limit
-from agent.core.events import Event, InsulationStatus, ModuleLinkLost, SafetyInputs, SafetyIoLost
-from agent.core.messages import BSM, CML, Level
+from agent.core import transfer_control as transfer_module
+from agent.core.arbiter import Limit, VoltageDecision
+from agent.core.events import (
+    EnergyHistory,
+    Event,
+    InsulationStatus,
+    ModuleLinkLost,
+    ModuleStatus,
+    SafetyInputs,
+    SafetyIoLost,
+)
+from agent.core.health_policy import HealthPolicy
+from agent.core.messages import BSM, CCS, CDP, CML, Level
 from agent.core.ratings import GunRatings
 from agent.core.safety import Fault, SafetySupervisor
 from agent.core.safety_handling import SafetyHandling
 from agent.core.session import GunSession
 from agent.core.session_base import SessionBase
+from agent.core.session_data import SessionData
 from agent.core.states import State
+from agent.core.transfer_control import TransferControl
+from agent.core.vehicle_view import VehicleView
 from drivers.gbt27930 import codec as gbt_codec
 from drivers.gbt27930.wire import current_raw
 from drivers.power_module import codec as module_codec
@@ -52,9 +64,11 @@ from drivers.power_module import codec as module_codec
 INF = timing.Timing(math.inf, "mutation: disabled")
 # The safety suite first (the table then names it when it catches a mutant), then the unit
 # tests that hold the codecs, the config and the sequence windows on every side.
-SAFETY_TESTS = ["tests/test_safety_watchdogs.py", "tests/test_safety_stateful.py",
+SAFETY_TESTS = ["tests/test_safety_watchdogs.py", "tests/test_v2g_watchdogs.py",
+                "tests/test_safety_stateful.py",
                 "tests/test_vehicle_data.py", "tests/test_contactor_feedback.py",
-                "tests/test_config.py", "tests/test_gbt_codec_roundtrip.py"]
+                "tests/test_config.py", "tests/test_gbt_codec_roundtrip.py",
+                "tests/test_v2g_session.py", "tests/test_arbiter.py"]
 Mutation = Callable[[], AbstractContextManager[object]]
 
 
@@ -135,7 +149,7 @@ def _cml_max_current_with_discharge_sign() -> AbstractContextManager[object]:
 def _voltage_from_bcp_max() -> AbstractContextManager[object]:
     def decide(demand: float, ev_max: float, bhm: float, charger: float) -> object:
         return arbiter.decide_voltage(ev_max, ev_max, bhm, charger)
-    return mock.patch.object(session_module, "decide_voltage", decide)
+    return mock.patch.object(transfer_module, "decide_voltage", decide)
 
 
 def _bsm_ignores_insulation() -> AbstractContextManager[object]:
@@ -211,6 +225,100 @@ BLIND_SPOTS: dict[str, Mutation] = {
     "cli:can-log": partial(_without_sim_check, "--can-log"),
 }
 
+def _upstream_discharge_never_expires() -> AbstractContextManager[object]:
+    original = SafetySupervisor.upstream_limit_a
+
+    def upstream_limit_a(self: SafetySupervisor, now: float, charging: bool) -> tuple[float, bool]:
+        return original(self, now if charging else -math.inf, charging)
+
+    return mock.patch.object(SafetySupervisor, "upstream_limit_a", upstream_limit_a)
+
+
+def _grid_trips_ignored() -> AbstractContextManager[object]:
+    """The module's grid-side trips (fault bits 7-10) read as if clear."""
+    original = GunSession._on_module_status
+
+    def on_status(self: GunSession, status: ModuleStatus) -> None:
+        original(self, dataclasses.replace(status, fault_word=status.fault_word & ~0x0780))
+    return mock.patch.object(GunSession, "_on_module_status", on_status)
+
+
+def _discharge_limits_changed(change: Callable[[TransferControl, arbiter.CurrentLimits],
+                                               arbiter.CurrentLimits]
+                              ) -> AbstractContextManager[object]:
+    original = TransferControl._discharge_limits
+
+    def limits(self: TransferControl, state_limit_a: float, view: VehicleView
+               ) -> tuple[arbiter.CurrentLimits, VoltageDecision]:
+        lim, voltage = original(self, state_limit_a, view)
+        return change(self, lim), voltage
+    return mock.patch.object(TransferControl, "_discharge_limits", limits)
+
+
+def _view_changed(change: Callable[[SessionData], SessionData]) -> AbstractContextManager[object]:
+    """The vehicle view built from changed session data (what the profile reads wrong)."""
+    original = transfer_module.view_of
+
+    def view_of(d: SessionData, now: float) -> VehicleView:
+        return original(change(d), now)
+    return mock.patch.object(transfer_module, "view_of", view_of)
+
+
+def _bds_does_not_narrow(d: SessionData) -> SessionData:
+    if d.bds is None or d.bdp is None:
+        return d
+    wide = dataclasses.replace(d.bds, max_discharge_current_a=d.bdp.max_discharge_current_a,
+                               soc_floor_pct=d.bdp.soc_floor_pct)
+    return dataclasses.replace(d, bds=wide)
+
+
+def _owner_policies_ignored() -> AbstractContextManager[object]:
+    def health_policy(self: TransferControl) -> HealthPolicy:
+        return self.operator_policy
+    return mock.patch.object(TransferControl, "health_policy", health_policy)
+
+
+def _ccs_discharge_sent_as_charge() -> AbstractContextManager[object]:
+    original = gbt_codec._ENCODERS[CCS]
+
+    def encode(m: CCS) -> bytes:
+        return original(dataclasses.replace(m, output_current_a=abs(m.output_current_a)))
+    return mock.patch.dict(gbt_codec._ENCODERS, {CCS: encode})
+
+
+# Discharge (issue 8): each V2G interlock and each limit the arbiter does not hold as a
+# candidate of its own (the limit:* mutants above cover the seven discharge candidates).
+V2G: dict[str, Mutation] = {
+    "v2g:bds-staleness": partial(_no_deadline, "V2G_STATUS"),
+    "v2g:bdp-answer-window": partial(_no_deadline, "V2G_ANSWER"),
+    "v2g:direction-budget": partial(_no_deadline, "DIRECTION_CHANGE_BUDGET"),
+    "v2g:direction-dwell": lambda: mock.patch.object(
+        timing, "DIRECTION_DWELL", timing.Timing(0.0, "mutation: no dwell")),
+    "v2g:direction-5a": lambda: mock.patch.object(timing, "DIRECTION_CHANGE_CURRENT_A", 1e9),
+    "v2g:upstream-expiry": _upstream_discharge_never_expires,
+    "v2g:grid-trips": _grid_trips_ignored,
+    "v2g:voltage-floor": lambda: mock.patch.object(
+        transfer_module, "decide_discharge_voltage",
+        lambda ev_min, charger_min: arbiter.decide_discharge_voltage(0.0, charger_min)),
+    "v2g:export-limit": partial(_discharge_limits_changed, lambda s, lim: dataclasses.replace(
+        lim, grid_limit_w=s.ratings.grid_limit_w)),
+    "v2g:module-reverse-capability": partial(
+        _discharge_limits_changed, lambda s, lim: dataclasses.replace(
+            lim, module_capability_a=math.inf, power_limit_w=s.ratings.max_discharge_power_w)),
+    "v2g:charger-discharge-rating": partial(
+        _discharge_limits_changed, lambda s, lim: dataclasses.replace(
+            lim, charger_max_a=s.ratings.max_current_a)),
+    "v2g:bds-does-not-narrow": partial(_view_changed, _bds_does_not_narrow),
+    "v2g:consent-ignored": partial(_view_changed, lambda d: dataclasses.replace(
+        d, bdp=d.bdp and dataclasses.replace(d.bdp, consent=True),
+        bds=d.bds and dataclasses.replace(d.bds, consent=True))),
+    "v2g:owner-policy-ignored": _owner_policies_ignored,
+    "v2g:energy-history-ignored": partial(_ignore_event, EnergyHistory),
+    "advertised:cdp-above-rating": lambda: mock.patch.object(
+        outgoing, "CDP", lambda o, a, w, v, *rest: CDP(o, a * 1.2, w, v)),
+    "advertised:ccs-discharge-sign": _ccs_discharge_sent_as_charge,
+}
+
 _CONNECTOR_NO_TRIP = (("connector", dataclasses.replace(thermal_guard.CONNECTOR, trip_c=math.inf)),
                       ("cable", thermal_guard.CABLE), ("module", thermal_guard.MODULE))
 
@@ -239,15 +347,16 @@ MUTATIONS: dict[str, Mutation] = {
         timing, "INSULATION_FAULT_OHM_PER_V", 0.0),
     "interlock:thermal-trip": partial(_thermal, kinds=_CONNECTOR_NO_TRIP),
     **BLIND_SPOTS,
+    **V2G,
 }
 
 
 def run_one(name: str, tests: list[str]) -> int:
     import pytest
 
-    # The session module imported decide_current by name; patch that reference too (after
-    # the mutation, so it picks up a mutated function).
-    with MUTATIONS[name](), mock.patch.object(session_module, "decide_current",
+    # The energy-transfer control imported decide_current by name; patch that reference
+    # too (after the mutation, so it picks up a mutated function).
+    with MUTATIONS[name](), mock.patch.object(transfer_module, "decide_current",
                                               arbiter.decide_current):
         # No pytest-timeout here: shrinking a stateful counterexample takes minutes.
         # -x: the first test that catches the mutant names it; the rest need not run.

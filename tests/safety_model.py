@@ -24,9 +24,12 @@ from agent.core.messages import (
     BCL,
     BCP,
     BCS,
+    BDP,
+    BDS,
     BHM,
     BRM,
     BRO,
+    CDP,
     CHM,
     CML,
     CRM,
@@ -39,6 +42,7 @@ from drivers.power_module.codec import decode_status
 from drivers.power_module.regmap import load_register_map
 
 GBT_MAX_CHARGE_A = 400.0
+VIN = "LSAFETYSUITE00001"
 
 
 @dataclass
@@ -53,6 +57,20 @@ class EvParams:
     # The one message this EV never sends (its awaited-message watchdog must fire):
     # "BHM", "BRM", "BCP", "BRO", "BCL", "BCS", or "BRO_AA" (BRO stays 0x00, not ready).
     mute: str = ""
+    # V2G (the project's GB/T 27930 extension, docs/V2G.md). v2g=False is a 2015 car that
+    # never answers the charger's CDP. bdp_delay_s: how long after the offer it answers
+    # (past V2G_ANSWER = 5 s the answer must be ignored: the session is charge-only).
+    v2g: bool = False
+    bdp_delay_s: float = 0.0
+    bdp_consent: bool = True
+    discharge_max_a: float = 150.0
+    discharge_max_w: float = 60_000.0
+    discharge_min_v: float = 300.0
+    soc_floor_pct: float = 30.0
+    window_kwh: float = 10.0
+    soc_pct: float = 50.0
+    capacity_ah: float = 150.0  # BRM rated capacity: the C-rate's base
+    temperature_c: float = 30.0  # BSM highest battery temperature (lowest: 2 °C less)
 
 
 @dataclass
@@ -68,13 +86,27 @@ class Ev:
     # 11 undefined): every non-normal encoding must stop the charge.
     bsm_alarm: str = ""
     bsm_alarm_bits: int = 0b01
+    # V2G, live: the owner's consent in BDS, whether BDS is sent, energy given so far.
+    consent: bool = True
+    send_bds: bool = True
+    # BDS narrows the BDP's limits live (a warm pack, the owner's app): current, SOC floor.
+    bds_max_a: float = math.inf
+    bds_floor_pct: float = 0.0
+    soc: float = 50.0
+    energy_out_kwh: float = 0.0
+    offered_at: float | None = None  # when this car first heard CDP(offered)
     _last: dict[str, float] = field(default_factory=dict)
     _heard: set[str] = field(default_factory=set)
 
-    def hear(self, message: object) -> None:
+    def __post_init__(self) -> None:
+        self.consent, self.soc = self.p.bdp_consent, self.p.soc_pct
+
+    def hear(self, message: object, t: float = 0.0) -> None:
         name = type(message).__name__
         if isinstance(message, CRM):
             name += "_AA" if message.recognized else "_00"
+        if isinstance(message, CDP) and message.offered and self.offered_at is None:
+            self.offered_at = t
         if isinstance(message, CRO) and message.ready is Ready.READY:
             self.charging = True
         self._heard.add(name)
@@ -95,11 +127,19 @@ class Ev:
         if "CHM" in h and "CRM_00" not in h and self._due("BHM", 0.25, t):
             out.append(BHM(p.bhm_max_v))
         if "CRM_00" in h and "CRM_AA" not in h and self._due("BRM", 0.25, t):
-            out.append(BRM((1, 1, 0), 3, 150.0, 350.0))
+            out.append(BRM((1, 1, 0), 3, p.capacity_ah, 350.0, vin=VIN))
         if "CRM_AA" in h and "CML" not in h and self._due("BCP", 0.5, t):
-            out.append(BCP(4.2, p.bcp_max_a, 60.0, p.bcp_max_v, 55.0, 50.0, p.reported_v))
+            out.append(BCP(4.2, p.bcp_max_a, 60.0, p.bcp_max_v, 55.0, self.reported_soc(),
+                           p.reported_v))
         if "CML" in h and not self.charging and self._due("BRO", 0.25, t):
-            ready = p.mute != "BRO_AA"
+            # A V2G car answers the offer (BDP) before it says ready; a late answer is
+            # still sent, and BRO(0xAA) waits for it.
+            answering = self.answers_v2g()
+            answered = answering and t - (self.offered_at or t) >= p.bdp_delay_s
+            if answered:
+                out.append(BDP(self.consent, p.discharge_max_a, p.discharge_max_w,
+                               p.discharge_min_v, p.soc_floor_pct, p.window_kwh))
+            ready = p.mute != "BRO_AA" and (answered or not answering)
             self.contactors_closed = ready
             out.append(BRO(Ready.READY if ready else Ready.NOT_READY))
         if self.charging:
@@ -108,10 +148,25 @@ class Ev:
                 out.append(BCL(p.demand_v, min(p.demand_a, GBT_MAX_CHARGE_A),
                                ChargeMode.CONSTANT_CURRENT))
             if self.send_bcs and self._due("BCS", 0.25, t):
-                out.append(BCS(p.battery_v, 0.0, 4.0, 1, 50.0, 30))
+                out.append(BCS(p.battery_v, 0.0, 4.0, 1, self.reported_soc(), 30))
             if self._due("BSM", 0.25, t):
-                out.append(bsm_bytes(self.bsm_permit, self.bsm_alarm, self.bsm_alarm_bits))
+                out.append(bsm_bytes(self.bsm_permit, self.bsm_alarm, self.bsm_alarm_bits,
+                                     p.temperature_c))
+            if self.answers_v2g() and self.send_bds and self._due("BDS", 0.25, t):
+                out.append(BDS(self.consent, min(p.discharge_max_a, self.bds_max_a),
+                               self.remaining_kwh(), max(p.soc_floor_pct, self.bds_floor_pct)))
         return [m for m in out if type(m).__name__ != p.mute]
+
+    def answers_v2g(self) -> bool:
+        return self.p.v2g and self.offered_at is not None
+
+    def reported_soc(self) -> float:
+        """BCS carries SOC in whole percent (GB/T 27930-2015 SPN 3078)."""
+        return float(min(max(round(self.soc), 0), 100))
+
+    def remaining_kwh(self) -> float:
+        """What is left of the V2X energy window, as BDS carries it (0.1 kWh)."""
+        return math.floor(max(self.p.window_kwh - self.energy_out_kwh, 0.0) * 10) / 10
 
 
 # GB/T 27930-2015 BSM (PGN 0x1300) byte 6: cell voltage, SOC, over-current,
@@ -121,8 +176,10 @@ BSM_ALARMS = {"cell_voltage": (5, 0), "soc": (5, 2), "over_current": (5, 4),
               "over_temperature": (5, 6), "insulation": (6, 0), "connector": (6, 2)}
 
 
-def bsm_bytes(permit: bool, alarm: str = "", bits: int = 0b01) -> bytes:
-    data = bytearray([0, 30 + 50, 0, 28 + 50, 1, 0, 0b11 << 6 | (0b01 if permit else 0) << 4])
+def bsm_bytes(permit: bool, alarm: str = "", bits: int = 0b01, temp_c: float = 30.0) -> bytes:
+    """Byte 1: highest battery temperature, byte 3: lowest (1 °C/bit, -50 °C offset)."""
+    hot = round(temp_c)
+    data = bytearray([0, hot + 50, 0, hot - 2 + 50, 1, 0, 0b11 << 6 | (0b01 if permit else 0) << 4])
     if alarm:
         byte, shift = BSM_ALARMS[alarm]
         data[byte] |= bits << shift
@@ -144,6 +201,9 @@ class PlantModel:
     current_a: float = 0.0
     out_v: float = 0.0
     capability_a: float = 300.0  # a module stack may outrate the gun and cable
+    # Reverse (inverter) capability: what the stack can take from the vehicle now.
+    reverse_a: float = 300.0
+    reverse_w: float = 200_000.0
     insulation_ohm: float = 5e6
     insulation_ready_at: float | None = None
     fault_word: int = 0
@@ -187,18 +247,30 @@ class PlantModel:
     def step(self, dt: float, ev: Ev) -> None:
         loaded = self.k12 and ev.contactors_closed
         before = self.current_a
-        if self.enabled and loaded:
+        battery_v = ev.p.battery_v
+        if self.enabled and loaded and self.set_a >= 0.0:
             # CC up to the setpoint, CV at the voltage setpoint: I = (V_set - V_batt) / R.
-            cv_a = max((self.set_v - ev.p.battery_v) / BATTERY_OHM, 0.0)
-            target = min(max(self.set_a, 0.0), self.capability_a, cv_a)
+            cv_a = max((self.set_v - battery_v) / BATTERY_OHM, 0.0)
+            target = min(self.set_a, self.capability_a, cv_a)
             self.current_a += (target - self.current_a) * min(1.0, dt / 0.05)
-            self.current_a = min(self.current_a, max(self.set_a, 0.0), self.capability_a)
+            self.current_a = min(self.current_a, self.set_a, self.capability_a)
+        elif self.enabled and loaded:
+            # Inverter mode: current drawn from the pack up to the setpoint's magnitude, and
+            # only while the pack stays above the voltage floor (the setpoint voltage).
+            floor_a = max((battery_v - self.set_v) / BATTERY_OHM, 0.0)
+            target = -min(-self.set_a, self.reverse_a, floor_a)
+            self.current_a += (target - self.current_a) * min(1.0, dt / 0.05)
+            self.current_a = max(self.current_a, self.set_a, -self.reverse_a)
         else:
             self.current_a = 0.0 if not loaded else self.current_a * max(0.0, 1 - dt / 0.05)
-        if loaded and self.current_stuck:
-            self.current_a = max(self.current_a, before)  # follows rises, never a fall
+        if loaded and self.current_stuck and abs(self.current_a) < abs(before):
+            self.current_a = before  # follows a rise of magnitude, never a fall
         if loaded:
-            self.out_v = ev.p.battery_v + BATTERY_OHM * self.current_a
+            self.out_v = battery_v + BATTERY_OHM * self.current_a
+            # The pack: SOC and the energy it gave (the V2X energy window).
+            ev.soc += self.current_a * dt / 3600.0 / ev.p.capacity_ah * 100.0
+            if self.current_a < 0.0:
+                ev.energy_out_kwh -= self.current_a * self.out_v * dt / 3.6e6
         elif self.enabled:
             target_v = self.set_v * self.output_fraction + self.offset_v
             self.out_v += (target_v - self.out_v) * min(1.0, dt / self.voltage_tau_s)
@@ -224,6 +296,8 @@ class PlantModel:
             "insulation_resistance": self.insulation_ohm / 1000.0 if ready else 0.0,
             "capability_current": self.capability_a,
             "capability_power": REGMAP["capability_power"].maximum,  # no power limit of its own
+            "capability_discharge_current": self.reverse_a,
+            "capability_discharge_power": self.reverse_w,
         }
         block = [0] * len(REGMAP.span)
         for name, value in values.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from hypothesis import Phase, settings
 
@@ -26,11 +26,13 @@ from agent.core.commands import (
     StateChanged,
 )
 from agent.core.events import (
+    EnergyHistory,
     Event,
     FaultsCleared,
     InsulationStatus,
     ModuleLinkLost,
     ModuleStatus,
+    OwnerPolicy,
     SafetyInputs,
     SafetyIoLost,
     StopRequested,
@@ -41,7 +43,8 @@ from agent.core.events import (
     VehicleDisconnected,
     VehicleMessage,
 )
-from agent.core.messages import BST, CCS, CML, CRO, BmsStopReason
+from agent.core.health_policy import HealthPolicy
+from agent.core.messages import BDP, BDS, BST, CCS, CDP, CML, CRO, BmsStopReason
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
@@ -49,7 +52,7 @@ from agent.core.thermal_guard import ThermalSupervisor
 from drivers.gbt27930.codec import encode
 from drivers.gbt27930.link import decode_received, events_from
 from tests.independent_gbt_decoder import charge_amps, cml_raw, fields_of
-from tests.safety_model import BSM_ALARMS, Ev, EvParams, PlantModel
+from tests.safety_model import BSM_ALARMS, VIN, Ev, EvParams, PlantModel
 
 # The mutation check runs each mutant on fresh examples (no database), and for its summary
 # table stops at the first failing example instead of shrinking it (minutes per mutant).
@@ -90,11 +93,51 @@ BATTERY_V_TOLERANCE = 0.05  # GB/T 18487.1-2015 B.4.4: measured within +-5 % of 
 INSULATION_AT_VOLTAGE = 0.95  # GB/T 18487.1-2015 B.4.3: measured at the test voltage
 GBT_CHARGE_RAW_MAX = 4000  # GB/T 27930-2015 §4.5: raw 4000 is 0 A, charging below it
 IMD_PERIOD_S = 1.0  # Bender isoCHA-class IMD: one measurement a second
+# V2G (the project's extension, docs/V2G.md; docs/SAFETY.md D1-D6)
+V2G_ANSWER_S = 5.0  # BDP within 5 s of the first CDP, or the session is charge-only
+V2G_STATUS_S = 1.0  # a BDS older than this is no consent
+DIRECTION_BUDGET_S = 5.0  # GB/T 18487.1-2023 Annex E: <= 5 A within 5 s of a change
+DIRECTION_A = 5.0  # ... measured
+DIRECTION_DWELL_S = 0.5  # zero held before the new phase (E.5.1)
+NOMINAL_KWH = 60.0  # the world's BCP nominal energy: equivalent cycles' base
+# The session's energy (the core integrates polled samples, the world every tick) agrees
+# to within this: a second at full power.
+ENERGY_SLACK_KWH = 0.05
 
 
 def connector_fraction(temp_c: float) -> float:
     """Connector derating: full to 80 °C, none at 90 °C (GB/T 18487.1-2023 Table C.14)."""
     return min(1.0, max(0.0, (90.0 - temp_c) / 10.0))
+
+
+@dataclass(frozen=True)
+class V2gSetup:
+    """What a plug-in draws for V2G: the gun, the car's answer, the owner's or operator's
+    battery-health policy and what this car did earlier today."""
+
+    gun_a: float = 0.0  # the gun's discharge rating (0: charge-only, no CDP)
+    gun_w: float = 0.0
+    min_input_v: float = 200.0
+    export_w: float = math.inf
+    car: bool = False  # answers CDP with BDP (a 2015 car never does)
+    bdp_delay_s: float = 0.0
+    consent: bool = True
+    max_a: float = 150.0
+    max_w: float = 60_000.0
+    min_v_fraction: float = 0.9  # the EV's minimum discharge voltage / its battery voltage
+    soc_floor: float = 30.0
+    soc_above_floor: float = 5.0
+    window_kwh: float = 10.0
+    capacity_ah: float = 150.0
+    temp_c: float = 30.0
+    policy: HealthPolicy = field(default_factory=HealthPolicy)
+    policy_source: str = "operator"  # or "owner_vin" (config), "owner_session" (the app)
+    history: tuple[float, float] = (0.0, 0.0)
+    # A site EMS that refreshes its setpoint every ems_period_s, each valid ems_ttl_s (None:
+    # no EMS; upstream speaks only through the suite's rules).
+    ems_a: float | None = None
+    ems_period_s: float = 2.0
+    ems_ttl_s: float = 5.0
 
 
 class SafetyWorld:
@@ -162,6 +205,32 @@ class SafetyWorld:
         self.reached_charging = False
         self.steps = -1  # invariants also run once after initialize
         self.max_amps = self.max_power_w = 0.0
+        # V2G: the operator's health policy and today's history; what the car answered and
+        # reports (as sent); the module's reverse capability; the direction of the latest
+        # nonzero command and since when zero has been commanded.
+        self.policy = HealthPolicy()
+        self.policy_source = "operator"
+        self.ems: V2gSetup = V2gSetup()
+        self.ems_a: float | None = None
+        self.next_ems = 0.0
+        self.history = (0.0, 0.0)  # (kWh discharged, kWh throughput) earlier today
+        self.first_cdp_t: float | None = None
+        self.bdp: BDP | None = None
+        self.bdp_in_time = False
+        self.bds: BDS | None = None
+        self.bds_t = -1e9
+        self.reported_soc: float | None = None
+        self.bsm_temp: float | None = None
+        self.last_status_rev_a = 0.0
+        self.last_status_rev_w = 0.0
+        self.last_sign = 0.0
+        self.zero_since: float | None = None
+        self.low_since_zero = False
+        self.want_other_since: float | None = None
+        self.low_since_want = False
+        self.session_in_kwh = self.session_out_kwh = 0.0
+        self.discharged = False  # some session discharged (coverage)
+        self.direction_changes = 0
 
     # ---- feeding the core --------------------------------------------------------
 
@@ -175,7 +244,7 @@ class SafetyWorld:
             msg = getattr(c, "message", None)
             if msg is not None:
                 self.check_advertised(msg)
-                self.ev.hear(msg)
+                self.ev.hear(msg, self.t)
                 if isinstance(msg, CML) and self.first_cml_t is None:
                     self.first_cml_t = self.t
             if isinstance(c, StartInsulationTest):
@@ -205,6 +274,13 @@ class SafetyWorld:
             self.insulation_passed = False
             self.stopping_since_plug = False
             self.session_started_t = self.t
+            self.first_cdp_t, self.bdp, self.bdp_in_time, self.bds = None, None, False, None
+            self.bds_t, self.reported_soc, self.bsm_temp = -1e9, None, None
+            self.last_sign, self.zero_since, self.want_other_since = 0.0, None, None
+            self.session_in_kwh = self.session_out_kwh = 0.0
+        if c.dest == "parameter_exchange":
+            # The runtime reads today's energy for this VIN from the ledger after BRM.
+            self.feed(EnergyHistory(self.t, VIN, *self.history))
         if c.source == "insulation_check" and c.dest == "identification":
             # I4: on this session's measurement, not a result read before it was asked for
             ready = self.plant.insulation_ready_at
@@ -244,6 +320,7 @@ class SafetyWorld:
         if pgn == 0x1300:
             # Charge permitted is 01 (SPN 3096); any other alarm bits stop the charge.
             self.bsm_permit = (payload[6] >> 4) & 0b11 == 0b01
+            self.bsm_temp = float(payload[1] - 50)
             alarmed = any((payload[byte] >> shift) & 0b11
                           for byte, shift in BSM_ALARMS.values())
             charging = self.s.state is State.CHARGING
@@ -254,11 +331,21 @@ class SafetyWorld:
             return
         if type(msg).__name__ == "BCS":
             self.last_bcs_t = self.t
+            self.reported_soc = msg.soc_pct  # type: ignore[attr-defined]
+        if isinstance(msg, BDP) and self.s.state is State.PARAMETER_EXCHANGE \
+                and self.bdp is None:
+            self.bdp = msg
+            # D1: it counts only if the offer went out on a V2G gun within 5 s
+            self.bdp_in_time = self.first_cdp_t is not None \
+                and self.t - self.first_cdp_t <= V2G_ANSWER_S
+        if isinstance(msg, BDS):
+            self.bds, self.bds_t = msg, self.t
         if type(msg).__name__ == "BCL":
             self.last_bcl_t, self.bcl_demand = self.t, msg.current_demand_a  # type: ignore[attr-defined]
             self.bcl_voltage = msg.voltage_demand_v  # type: ignore[attr-defined]
         if type(msg).__name__ == "BCP" and self.s.state is State.PARAMETER_EXCHANGE \
                 and self.s.data.bcp is None:
+            self.reported_soc = msg.soc_pct  # type: ignore[attr-defined]  # until a BCS
             self.bcp_max = msg.max_charge_current_a  # type: ignore[attr-defined]
             self.bcp_reported_v = msg.battery_voltage_v  # type: ignore[attr-defined]
         if type(msg).__name__ == "BHM":
@@ -270,7 +357,15 @@ class SafetyWorld:
 
     def step_plant(self) -> None:
         """The plant, the pollers and the tick, after the car has spoken."""
+        if self.ems_a is not None and self.t >= self.next_ems - EPS:
+            self.next_ems = self.t + self.ems.ems_period_s
+            self.upstream_setpoint(self.ems_a, self.ems.ems_ttl_s, 0.0)
+        out_before = self.ev.energy_out_kwh
+        soc_before = self.ev.soc
         self.plant.step(TICK, self.ev)
+        self.session_out_kwh += self.ev.energy_out_kwh - out_before
+        if self.ev.soc > soc_before:
+            self.session_in_kwh += self.plant.current_a * self.plant.out_v * TICK / 3.6e6
         if self.ev.contactors_closed and self.s.state in (State.STOPPING, State.WELDING_CHECK,
                                                           State.FINISHED, State.FAULT) \
                 and self.plant.current_a <= 5.0:
@@ -296,11 +391,21 @@ class SafetyWorld:
             self.last_status_gun_v, self.last_status_out_v = st_.gun_voltage_v, \
                 st_.output_voltage_v
             self.last_status_cap = st_.capability_current_a or math.inf
+            self.last_status_rev_a = st_.reverse_capability_current_a or 0.0
+            self.last_status_rev_w = st_.reverse_capability_power_w or 0.0
+            if self.zero_since is not None and st_.t > self.zero_since \
+                    and abs(st_.output_current_a) <= DIRECTION_A + EPS:
+                self.low_since_zero = True
+            live = self.s.state not in (State.IDLE, State.FINISHED, State.FAULT)
             if self.insulation_asked_t is not None and st_.t > self.insulation_asked_t \
                     and st_.insulation_ohm is not None:
                 self.insulation_latest_ohm = st_.insulation_ohm
             self.feed(st_)
             self.check_contactor_feedback(st_)
+            if st_.fault_word and live:
+                # D6 (grid trips) and every other module fault: the session ends at once
+                assert self.s.state is State.FAULT, \
+                    f"module fault word {st_.fault_word:#06x} ignored in {self.s.state.value}"
         self.feed(Tick(self.t))
         self.check_setpoint(self.plant.set_a if self.plant.enabled else 0.0, self.plant.set_v)
         self.check_watchdogs()
@@ -369,8 +474,11 @@ class SafetyWorld:
         # I1 / I2 / I3: every limit, whatever the state
         assert abs(amps) <= RATINGS.max_current_a + EPS, "I1 rating"
         power_w = min(RATINGS.max_power_w, self.ratings.grid_limit_w)
-        assert abs(amps) * voltage_v <= power_w * (1 + EPS), "I2 power (rated, grid)"
-        assert abs(amps) <= self.last_status_cap + EPS, "I1 module capability"
+        if amps >= 0.0:
+            assert amps * voltage_v <= power_w * (1 + EPS), "I2 power (rated, grid)"
+            assert amps <= self.last_status_cap + EPS, "I1 module capability"
+        else:
+            self.check_discharge(-amps, voltage_v)
         if state is State.CHARGING and amps > 0:
             # GB/T 27930-2015 BSM: charge not permitted (and no abnormal flag) = pause
             assert self.bsm_permit, "I1 state: current while the BMS pauses"
@@ -378,19 +486,24 @@ class SafetyWorld:
                 "I1 EV demand"
             assert self.bcp_max is not None and amps <= self.bcp_max + EPS, "I1 EV max"
             if self.upstream is not None and self.t < self.upstream[1]:
-                assert amps <= self.upstream[0] + EPS, "I1/I13 upstream limit"
+                assert amps <= max(self.upstream[0], 0.0) + EPS, "I1/I13 upstream limit"
             vmax = min(RATINGS.max_voltage_v, self.ev.p.bcp_max_v,
                        self.bhm_max if self.bhm_max is not None else math.inf)
             assert voltage_v <= vmax + EPS, "I3 voltage"
             # I3: the car's voltage demand (CV) binds too, not only its BCP maximum
             assert self.bcl_voltage is not None and voltage_v <= self.bcl_voltage + EPS, \
                 f"I3 voltage {voltage_v} V above the BCL demand {self.bcl_voltage} V"
+            # A V2G session charges no further than the health policy's SOC ceiling.
+            if self.v2g_negotiated() and self.reported_soc is not None:
+                assert self.reported_soc < self.policy.soc_ceiling_pct, \
+                    f"charging at {self.reported_soc} % SOC, ceiling " \
+                    f"{self.policy.soc_ceiling_pct} %"
         elif state is State.INSULATION_CHECK:
-            assert amps <= CABLE_CHECK_A + EPS, "I1 state (cable check)"
+            assert 0.0 <= amps <= CABLE_CHECK_A + EPS, "I1 state (cable check)"
             assert voltage_v <= self.insulation_test_v() + EPS, \
                 f"I3 {voltage_v} V in the insulation check, test voltage {self.insulation_test_v()}"
         elif state is State.PRECHARGE:
-            assert amps <= PRECHARGE_A + EPS, "I1 state (precharge)"
+            assert 0.0 <= amps <= PRECHARGE_A + EPS, "I1 state (precharge)"
         elif state is not State.CHARGING:
             assert amps == 0.0, f"I1 state: {amps} A in {state.value}"
         # I10: never above the connector derating at the latest reading
@@ -399,6 +512,73 @@ class SafetyWorld:
             cap = 0.0
         assert abs(amps) <= cap + EPS or (state in (State.INSULATION_CHECK, State.PRECHARGE) \
             and cap > PRECHARGE_A), f"I10 thermal: {amps} A at {self.last_temp} °C"
+
+    def v2g_negotiated(self) -> bool:
+        return self.bdp is not None and self.bdp_in_time
+
+    def check_discharge(self, amps: float, voltage_v: float) -> None:
+        """D1-D4 on a discharge setpoint of `amps` (a magnitude), against what the car, the
+        module, the gun's ratings, upstream and the health policy allowed (docs/SAFETY.md)."""
+        t, r, p = self.t, self.ratings, self.policy
+        # D1: energy transfer, a gun that offers V2G, the car's BDP in time with consent,
+        # a live BDS with consent, and an authorised upstream discharge setpoint
+        assert self.s.state is State.CHARGING, f"D1 discharge in {self.s.state.value}"
+        assert r.max_discharge_current_a > 0, "D1 discharge on a charge-only gun"
+        bdp, bds = self.bdp, self.bds
+        assert bdp is not None and self.bdp_in_time, "D1 discharge without a BDP in time"
+        assert bdp.consent, "D1 discharge without the BDP's consent"
+        assert bds is not None and bds.consent and t - self.bds_t <= V2G_STATUS_S + EPS, \
+            "D1 discharge without a live BDS consent"
+        up = self.upstream
+        assert up is not None and up[0] < 0 and t < up[1], \
+            "D1/D4 discharge without a valid upstream discharge setpoint"
+        # D3: every discharge limit
+        assert amps <= -up[0] + EPS, f"D3 {amps} A above the upstream setpoint {up[0]} A"
+        if self.bcl_demand is not None and self.bcl_demand < 0:
+            assert amps <= -self.bcl_demand + EPS, "D3 above the car's discharge request"
+        limit_a = min(bdp.max_discharge_current_a, bds.max_discharge_current_a,
+                      r.max_discharge_current_a, self.last_status_rev_a)
+        assert amps <= limit_a + EPS, f"D3 {amps} A above the discharge limit {limit_a} A"
+        power_w = min(bdp.max_discharge_power_w, r.max_discharge_power_w, r.grid_limit_w,
+                      r.export_limit_w, self.last_status_rev_w)
+        volts = max(voltage_v, self.last_status_out_v)
+        assert amps * volts <= power_w * (1 + EPS), \
+            f"D3 {amps * volts:.0f} W above the discharge power limit {power_w:.0f} W"
+        # D2: the voltage floor, the EV's minimum voltage, the SOC floor
+        floor_v = max(bdp.min_discharge_voltage_v, r.min_input_voltage_v)
+        assert voltage_v >= floor_v - EPS, f"D2 voltage floor {voltage_v} V below {floor_v} V"
+        assert self.last_status_gun_v > bdp.min_discharge_voltage_v, \
+            f"D2 discharging at {self.last_status_gun_v} V, EV minimum " \
+            f"{bdp.min_discharge_voltage_v} V"
+        soc_floor = max(bdp.soc_floor_pct, bds.soc_floor_pct, p.soc_floor_pct)
+        assert self.reported_soc is not None and self.reported_soc > soc_floor, \
+            f"D2 discharging at {self.reported_soc} % SOC, floor {soc_floor} %"
+        # D3: the V2X energy window and the health policy
+        assert bds.remaining_energy_kwh > 0.0, "D3 V2X energy window used up"
+        assert self.session_out_kwh <= bdp.energy_kwh + ENERGY_SLACK_KWH, \
+            f"D3 {self.session_out_kwh:.3f} kWh out of a {bdp.energy_kwh} kWh window"
+        assert amps <= p.max_discharge_c_rate * self.ev.p.capacity_ah + EPS, "D3 C-rate"
+        if self.bsm_temp is not None:
+            assert p.min_temperature_c <= self.bsm_temp - 2 and \
+                self.bsm_temp <= p.max_temperature_c, \
+                f"D3 discharging at {self.bsm_temp} °C, window {p.min_temperature_c}.." \
+                f"{p.max_temperature_c} °C"
+        day_out = self.history[0] + self.session_out_kwh
+        assert day_out <= p.max_discharge_kwh_per_day + ENERGY_SLACK_KWH, \
+            f"D3 {day_out:.3f} kWh discharged today, limit {p.max_discharge_kwh_per_day}"
+        cycles = (self.history[1] + self.session_in_kwh + self.session_out_kwh) \
+            / (2 * NOMINAL_KWH)
+        assert cycles <= p.max_cycles_per_day + ENERGY_SLACK_KWH / (2 * NOMINAL_KWH), \
+            f"D3 {cycles:.4f} equivalent cycles today, limit {p.max_cycles_per_day}"
+
+    def wanted_direction(self) -> float:
+        """+1 charge, -1 discharge: what the core must be heading for (docs/V2G.md)."""
+        up, bdp, bds = self.upstream, self.bdp, self.bds
+        discharge = self.ratings.max_discharge_current_a > 0 and bdp is not None \
+            and self.bdp_in_time and bdp.consent and bds is not None and bds.consent \
+            and self.t - self.bds_t <= V2G_STATUS_S \
+            and up is not None and up[0] < 0 and self.t < up[1]
+        return -1.0 if discharge else 1.0
 
     def insulation_test_v(self) -> float:
         """GB/T 18487.1-2015 B.4.3: min(BHM max voltage, charger rated voltage)."""
@@ -409,6 +589,18 @@ class SafetyWorld:
         """What the charger tells the car is within its ratings and on the wire with the
         standard's sign (GB/T 27930-2015 §4.5: charging counts negative, raw < 4000),
         read back with the independent decoder, field by field where it stands."""
+        if isinstance(msg, CDP):
+            # D1: only a gun that can discharge offers it, and never beyond its ratings
+            r = self.ratings
+            assert r.max_discharge_current_a > 0, "CDP sent by a charge-only gun"
+            if msg.offered and self.first_cdp_t is None:
+                self.first_cdp_t = self.t
+            assert msg.max_discharge_current_a <= r.max_discharge_current_a + EPS \
+                and msg.max_discharge_power_w <= r.max_discharge_power_w + EPS \
+                and msg.min_input_voltage_v >= r.min_input_voltage_v - EPS, \
+                f"CDP {msg} beyond the gun's discharge ratings"
+            encode(msg)  # and it goes on the wire
+            return
         if not isinstance(msg, CML | CCS | CRO):
             return
         _pgn, payload = encode(msg)
@@ -442,9 +634,11 @@ class SafetyWorld:
                 f"I4 insulation tested at {c.test_voltage_v} V, not {test_v} V"
             assert self.last_status_out_v >= INSULATION_AT_VOLTAGE * test_v - EPS, \
                 f"I4 insulation measured at {self.last_status_out_v:.1f} V of {test_v} V"
-        if isinstance(c, CurrentDecided) and c.bound_by.startswith("upstream/"):
-            # I7/I13: an upstream limit binds only while a setpoint is valid; once it
-            # expires the fallback applies (unlimited charging here)
+        if isinstance(c, CurrentDecided) and c.bound_by.startswith("upstream/") \
+                and c.current_a > 0:
+            # I7/I13: an upstream limit binds a charge only while a setpoint is valid; once
+            # it expires the fallback applies (unlimited charging here). A discharge held at
+            # zero by an expired setpoint is D4, checked on every setpoint.
             assert self.upstream is not None and self.t < self.upstream[1], \
                 "I7 expired upstream setpoint still applied"
         if isinstance(c, SetModuleOutput):
@@ -452,12 +646,16 @@ class SafetyWorld:
             self.check_setpoint(amps, c.voltage_v)
             self.max_amps = max(self.max_amps, abs(amps))
             self.max_power_w = max(self.max_power_w, abs(amps) * c.voltage_v)
-            # I6: up-ramp; I14: never rises once stopping started this session
-            if amps > self.prev_cmd_a + EPS:
+            # I6: up-ramp of the magnitude, in either direction (a sign change starts from
+            # zero); I14: never rises once stopping started this session
+            before = self.prev_cmd_a if self.prev_cmd_a * amps > 0 else 0.0
+            if abs(amps) > abs(before) + EPS:
                 dt = self.t - self.prev_cmd_t
-                assert amps - self.prev_cmd_a <= RATINGS.ramp_up_a_per_s * dt + 1e-3, "I6 ramp"
+                assert abs(amps) - abs(before) <= RATINGS.ramp_up_a_per_s * dt + 1e-3, \
+                    "I6 ramp"
                 assert not self.stopping_since_plug or state is State.HANDSHAKE, "I14"
             self.prev_cmd_a, self.prev_cmd_t = amps, self.t
+            self.check_direction_change(amps)
         elif isinstance(c, SetContactors) and c.closed and state is State.PRECHARGE:
             # I4: onto the battery only after insulation OK, voltage checked, output below
             assert self.insulation_passed, "I4 insulation not checked this session"
@@ -477,6 +675,41 @@ class SafetyWorld:
             assert low or d.fault_emergency or budget or self.s.act.internal_error, \
                 f"I5 opened at {self.last_status_a:.1f} A in {state.value}"
 
+    def check_direction_change(self, amps: float) -> None:
+        """D5: a command whose sign differs from the last nonzero one comes only after zero
+        was commanded for 0.5 s and a sample taken since read <= 5 A."""
+        sign = math.copysign(1.0, amps) if amps != 0.0 else 0.0
+        if sign == 0.0:
+            if self.zero_since is None:
+                self.zero_since, self.low_since_zero = self.t, False
+            return
+        if self.last_sign and sign != self.last_sign:
+            assert self.zero_since is not None \
+                and self.t - self.zero_since >= DIRECTION_DWELL_S - EPS, \
+                f"D5 direction change without {DIRECTION_DWELL_S} s at zero"
+            assert self.low_since_zero, f"D5 direction change with no sample <= {DIRECTION_A} A"
+            self.direction_changes += 1
+        if sign < 0:
+            self.discharged = True
+        self.last_sign, self.zero_since = sign, None
+
+    def check_direction_budget(self) -> None:
+        """D5: once the core must change direction, the current is <= 5 A within 5 s or
+        the session faults (a module whose current does not follow cannot reverse)."""
+        active = self.last_sign or 1.0  # energy transfer starts in the charge direction
+        if self.s.state is not State.CHARGING or self.wanted_direction() == active:
+            self.want_other_since = None
+            return
+        if self.want_other_since is None:
+            self.want_other_since, self.low_since_want = self.t, False
+        if abs(self.last_status_a) <= DIRECTION_A + EPS:
+            self.low_since_want = True
+        # One poll and the largest delivery lag of slack.
+        assert self.low_since_want or self.t - self.want_other_since <= \
+            DIRECTION_BUDGET_S + POLL + 0.1 + TICK + EPS, \
+            f"D5 direction change: {self.last_status_a:.1f} A after " \
+            f"{self.t - self.want_other_since:.2f} s, still charging"
+
     def check_watchdogs(self) -> None:
         s, t, late = self.s, self.t, TICK + EPS
         # I7: BCL silent 1 s, BCS silent 5 s -> no longer charging
@@ -486,6 +719,7 @@ class SafetyWorld:
             since = max(self.last_bcs_t or 0.0, self.state_since)
             assert t - since <= BCS_TIMEOUT_S + late, "I7 BCS watchdog"
         self.check_awaited_messages()
+        self.check_direction_budget()
         # I7: module silent -> de-energised, well before the module's own timeout; an error
         # shutdown still ramping down with K1/K2 closed counts too
         ramping_down = s.state is State.FAULT and self.plant.k12_cmd
@@ -542,15 +776,28 @@ class SafetyWorld:
 
     def plug(self, bhm: float, bcp_max_a: float, bcp_max_v: float, battery_v: float,
              demand: float, lie: float, grid_kw: float, mute: str, require_io: bool,
-             flaw: str = "", demand_v: float = 1.0) -> None:
+             flaw: str = "", demand_v: float = 1.0, v2g: V2gSetup | None = None) -> None:
         """demand_v: the BCL voltage demand as a fraction of BCP's max total voltage (1.0:
-        a car in CC that asks its maximum; below: one in CV, or a CC car asking less)."""
-        # The site's grid connection, below the rated power or not (I2).
-        self.ratings = replace(RATINGS, grid_limit_w=grid_kw * 1000.0)
+        a car in CC that asks its maximum; below: one in CV, or a CC car asking less).
+        v2g: the gun's discharge ratings, the car's V2G answer and the health policy (None:
+        a charge-only gun and a 2015 car)."""
+        v = v2g or V2gSetup()
+        # The site's grid connection, below the rated power or not (I2), and its export
+        # share (D3).
+        self.ratings = replace(RATINGS, grid_limit_w=grid_kw * 1000.0,
+                               max_discharge_current_a=v.gun_a, max_discharge_power_w=v.gun_w,
+                               min_input_voltage_v=v.min_input_v, export_limit_w=v.export_w)
+        assert not self.ratings.problems(), self.ratings.problems()
+        assert not v.policy.problems(), v.policy.problems()
+        self.policy, self.policy_source, self.history = v.policy, v.policy_source, v.history
+        self.ems, self.ems_a, self.next_ems = v, v.ems_a, 0.0
         # A pile with the safety bus configured needs it to start and to go on (I7).
         self.require_io = require_io
         self.s = GunSession(self.ratings, thermal=ThermalSupervisor(),
-                            require_safety_io=require_io)
+                            require_safety_io=require_io,
+                            health=v.policy if v.policy_source == "operator" else None,
+                            owner_policies={VIN: v.policy} if v.policy_source == "owner_vin"
+                            else None)
         battery_v = round(min(battery_v, bcp_max_v - 5), 1)
         reported_v = round(battery_v * lie, 1)
         # A liar is a car whose BCP voltage is off by more than 5 % either way; 4 % is not.
@@ -559,12 +806,24 @@ class SafetyWorld:
                               bcp_max_v=round(bcp_max_v, 1), battery_v=battery_v,
                               reported_v=reported_v, demand_a=round(demand, 1),
                               demand_v=self.cv_demand(bcp_max_v, battery_v, demand_v),
-                              mute=mute))
+                              mute=mute, v2g=v.car, bdp_delay_s=v.bdp_delay_s,
+                              bdp_consent=v.consent, discharge_max_a=round(v.max_a, 1),
+                              discharge_max_w=round(v.max_w, -1),
+                              discharge_min_v=round(battery_v * v.min_v_fraction, 1),
+                              soc_floor_pct=round(v.soc_floor, 1),
+                              window_kwh=round(v.window_kwh, 1),
+                              soc_pct=min(v.soc_floor + v.soc_above_floor, 100.0),
+                              capacity_ah=round(v.capacity_ah, 1), temperature_c=v.temp_c))
         if flaw:
             self.disturb(flaw)  # a plant that is broken from the start
         self.plugged = True
         self.feed_inputs()
+        self.connect()
+
+    def connect(self) -> None:
         self.feed(VehicleConnected(self.t, wall_clock_s=1.7e9))
+        if self.policy_source == "owner_session":
+            self.feed(OwnerPolicy(self.t, self.policy, "app"))
 
     @staticmethod
     def cv_demand(bcp_max_v: float, battery_v: float, fraction: float) -> float:
@@ -595,7 +854,7 @@ class SafetyWorld:
             case "plug_again" if not self.plugged:
                 self.ev = Ev(ev.p)
                 self.plugged = True
-                self.feed(VehicleConnected(self.t, wall_clock_s=1.7e9))
+                self.connect()
             case "module_silent" | "module_back":
                 self.module_silent = kind == "module_silent"
             case "module_fault":
@@ -646,6 +905,12 @@ class SafetyWorld:
                 self.connector_c = 40.0 if kind == "cool" else 110.0
             case "sensor_open" | "sensor_fixed":
                 self.sensor_open = kind == "sensor_open"
+            case "consent_withdrawn" | "consent_given":
+                ev.consent = kind == "consent_given"
+            case "ems_silent":
+                self.ems_a = None  # its last setpoint expires (D4)
+            case "ev_stops_bds" | "ev_resumes_bds":
+                ev.send_bds = kind == "ev_resumes_bds"
 
     def bsm_alarm(self, alarm: str, bits: int) -> None:
         self.ev.bsm_alarm, self.ev.bsm_alarm_bits = alarm, bits
@@ -658,12 +923,15 @@ class SafetyWorld:
         self.plant.insulation_ohm = ohm_per_v * volts
 
     def upstream_setpoint(self, amps: float, ttl: float, age: float) -> None:
+        """Signed: + a charge limit, - an authorised discharge setpoint. Vetted as the spec
+        says (I13), with the same arithmetic as the core: a boundary case must not be
+        accepted on one side and refused on the other."""
         issued, expires = self.t - age, self.t + ttl
         policy = self.s.safety.policy
         valid = (math.isfinite(amps) and abs(amps) <= RATINGS.max_current_a
-                 and age <= policy.max_delivery_age_s and expires > self.t
-                 and ttl <= policy.max_validity_s
-                 and self.t - self.upstream_accepted_t >= policy.min_interval_s)
+                 and not self.t - issued > policy.max_delivery_age_s and expires > self.t
+                 and not expires - self.t > policy.max_validity_s
+                 and not self.t - self.upstream_accepted_t < policy.min_interval_s)
         if valid:
-            self.upstream, self.upstream_accepted_t = (max(amps, 0.0), expires), self.t
+            self.upstream, self.upstream_accepted_t = (amps, expires), self.t
         self.feed(UpstreamLimit(issued, "ems", amps, expires_at=expires))

@@ -24,14 +24,15 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from agent.core.health_policy import HealthPolicy
 from agent.core.states import State
 from tests.safety_model import BSM_ALARMS
-from tests.safety_world import DATABASE, FLAWS, MUTE, PHASES, RATINGS, SafetyWorld
+from tests.safety_world import DATABASE, FLAWS, MUTE, PHASES, RATINGS, SafetyWorld, V2gSetup
 
 # Examples that must run >= MIN_STEPS steps. Hypothesis ends some early on purpose (it
-# explores the rare "stop here" branch of its step loop: 7-17 % of examples here), so
-# each chunk is given 45 % more (the count varies more in a chunk than in the whole) and
-# the test checks that enough of them were long.
+# explores the rare "stop here" branch of its step loop: 18-23 % of examples since the
+# V2G draws, 35 % in one mutant's run), so each chunk is given 60 % more (the count varies
+# more in a chunk than in the whole) and the test checks that enough of them were long.
 EXAMPLES = int(os.environ.get("SAFETY_EXAMPLES", "500"))
 MIN_STEPS = 100
 LONG_EXAMPLES = {"count": 0}
@@ -49,7 +50,85 @@ DISTURBANCES = (
     "estop_released", "door", "service", "operator_stop", "module_frozen", "ev_stops_bcs",
     "cool", "sensor_open", "sensor_fixed", "gun_unlocked", "gun_unlocked_in_precharge",
     "io_silent", "io_lost", "io_back", "contactor_stuck_open", "current_stuck", "imd_dead",
-    "voltage_offset", "voltage_offset_up", "output_weak")
+    "voltage_offset", "voltage_offset_up", "output_weak", "consent_withdrawn",
+    "consent_given", "ev_stops_bds", "ev_resumes_bds", "ems_silent")
+# Module fault bits: over-temperature, over-voltage, watchdog, contactor mismatch, and the
+# grid trips that must end a discharge at once (D6: over/under voltage, frequency, islanding).
+FAULT_BITS = [0, 1, 4, 5, 7, 8, 9, 10]
+
+
+def _maybe(draw: st.DrawFn, strategy: st.SearchStrategy[float], unset: float) -> float:
+    """A limit set in one policy in three (unset: the party does not limit it)."""
+    return draw(strategy) if draw(st.integers(0, 2)) == 2 else unset
+
+
+def _loose(draw: st.DrawFn, loose: float, tight: float) -> float:
+    """A limit between its loosest and tightest value, drawn as the distance from the
+    loosest: hypothesis leans to its simplest draw (0), which is then the case where the
+    limit lets a session discharge, and the other limits get their turn to bind."""
+    return loose + (tight - loose) * draw(st.floats(0, 1))
+
+
+@st.composite
+def v2g_setups(draw: st.DrawFn) -> V2gSetup:
+    """One gun in four is charge-only, one car in four a 2015 car; the rest draw every
+    discharge limit on both sides of where it binds, the BDP answer on both sides of its
+    5 s window, a health policy from either party, and today's history. The policy's
+    limits are drawn around the car's state, so that they bind within an example (a few
+    kWh, a few minutes) rather than block it from the start."""
+    # (Hypothesis leans to small integers: the common case is the one drawn at 0.)
+    gun_a = _loose(draw, RATINGS.max_current_a, 20) if draw(st.integers(0, 3)) < 3 else 0.0
+    soc_floor = draw(st.floats(5, 60))
+    # Each drawn as a distance from where it binds: hypothesis's simplest draw (0) is then
+    # the case that lets a session discharge, and shrinking moves towards it.
+    soc = soc_floor + 10 - draw(st.floats(0, 12))
+    temp = draw(st.floats(10, 50))
+    history = draw(st.tuples(st.floats(0, 2), st.floats(0, 4)))
+    period = draw(st.floats(1, 10))
+    car = draw(st.integers(0, 3)) < 3
+    discharge = st.floats(0, 245).map(lambda x: x - 250)
+    charge = st.floats(0, 250).map(lambda x: 250 - x)
+    policy_floor = _maybe(draw, st.floats(max(soc - 8, 0), min(soc + 2, 90)), 0.0)
+    return V2gSetup(
+        gun_a=gun_a,
+        gun_w=_loose(draw, RATINGS.max_power_w, 10_000) if gun_a else 0.0,
+        min_input_v=_loose(draw, RATINGS.min_voltage_v, 450),
+        export_w=_maybe(draw, st.floats(0, 140_000).map(lambda x: 150_000 - x), math.inf),
+        car=car,
+        # The car answers on its BRO cadence (250 ms): 4.5 s is in time, 5.3 s is late.
+        bdp_delay_s=draw(st.sampled_from([0.0] * 6 + [0.5, 4.5, 5.3, 7.0])),
+        consent=draw(st.integers(0, 9)) < 9,
+        max_a=_loose(draw, 250, 10),
+        max_w=_loose(draw, 150_000, 5_000),
+        min_v_fraction=_loose(draw, 0.7, 1.02),
+        soc_floor=soc_floor,
+        soc_above_floor=soc - soc_floor,
+        # The V2X energy window: one that lasts, and ones used up within an example.
+        window_kwh=draw(st.sampled_from([5.0, 2.0, 0.5, 0.2, 0.1])),
+        capacity_ah=_loose(draw, 200, 20),
+        temp_c=temp,
+        policy=HealthPolicy(
+            soc_floor_pct=policy_floor,
+            soc_ceiling_pct=_maybe(draw, st.floats(0, 100 - max(soc - 3, policy_floor + 1))
+                                   .map(lambda x: 100 - x), 100.0),
+            max_discharge_c_rate=_maybe(draw, st.floats(0.2, 3), math.inf),
+            max_discharge_kwh_per_day=_maybe(draw, st.floats(0, 1.6).map(
+                lambda x: max(history[0] + 1.5 - x, 0.0)), math.inf),
+            max_cycles_per_day=_maybe(draw, st.floats(0, 0.021).map(
+                lambda x: max(history[1] / 120 + 0.02 - x, 0.0)), math.inf),
+            min_temperature_c=_maybe(draw, st.floats(temp - 15, temp - 1), -math.inf),
+            max_temperature_c=_maybe(draw, st.floats(0, 15.5).map(lambda x: temp + 15 - x),
+                                     math.inf)),
+        policy_source=draw(st.sampled_from(("operator", "owner_vin", "owner_session"))),
+        history=history,
+        # Three sites in four have an EMS refreshing a setpoint (on a V2G gun with a V2G car
+        # it asks for discharge two times in three); its period and validity on both sides
+        # of each other.
+        ems_a=draw(st.one_of(discharge, discharge, charge) if gun_a and car else charge)
+        if draw(st.integers(0, 3)) < 3 else None,
+        ems_period_s=period,
+        ems_ttl_s=period * _loose(draw, 3.0, 0.8),
+    )
 
 
 class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
@@ -62,6 +141,8 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
         # COVERAGE counts them (the corners where the rating and the power limit bind).
         event("reached charging" if self.reached_charging else "never charged")
         for name, reached in (("charging", self.reached_charging),
+                              ("discharged", self.discharged),
+                              ("direction_changed", self.direction_changes > 0),
                               ("at_rated_current", self.max_amps >= RATINGS.max_current_a - 1),
                               ("at_rated_power", self.max_power_w >= RATINGS.max_power_w * 0.99)):
             COVERAGE[name] = COVERAGE.get(name, 0) + reached
@@ -95,12 +176,13 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
                 mute=st.sampled_from(("",) * 21 + MUTE),
                 require_io=st.booleans(),
                 # One plant in five is broken from the start in a way only a deadline finds.
-                flaw=st.sampled_from(("",) * (4 * len(FLAWS)) + FLAWS))
+                flaw=st.sampled_from(("",) * (4 * len(FLAWS)) + FLAWS),
+                v2g=v2g_setups())
     def plug_in(self, bhm: float, bcp_max_a: float, bcp_max_v: float, battery_v: float,
                 demand: float, demand_v: float, lie: float, grid_kw: float, mute: str,
-                require_io: bool, flaw: str) -> None:
+                require_io: bool, flaw: str, v2g: V2gSetup) -> None:
         self.plug(bhm, bcp_max_a, bcp_max_v, battery_v, demand, lie, grid_kw, mute, require_io,
-                  flaw, demand_v=demand_v)
+                  flaw, demand_v=demand_v, v2g=v2g)
 
     # Time is drawn far more often than disturbances, so most examples reach energy
     # transfer (about 3 s of simulated time) before things go wrong.
@@ -148,7 +230,7 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
     # non-normal encoding (01 set, 10 untrusted, 11 undefined), and the pack's insulation
     # on both sides of 100 ohm/V (for the IMD while charging).
     @rule(kind=st.sampled_from((*DISTURBANCES, "bsm_alarm", "insulation_drifts")),
-          bit=st.sampled_from([0, 1, 4, 5]), data=st.data())
+          bit=st.sampled_from(FAULT_BITS), data=st.data())
     def disturbance(self, kind: str, bit: int, data: st.DataObject) -> None:
         if kind == "bsm_alarm":
             self.bsm_alarm(data.draw(st.sampled_from(sorted(BSM_ALARMS)), label="alarm"),
@@ -185,6 +267,39 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
     def upstream_caps(self, amps: float, ttl: float) -> None:
         self.upstream_setpoint(amps, ttl, 0.0)
 
+    # A valid discharge setpoint (the only authorisation to discharge, D1), often enough
+    # for V2G sessions to discharge, flip direction and meet their limits; some expire (D4).
+    @rule(amps=st.one_of(st.just(-250.0), st.floats(-250, -0.1)), ttl=st.floats(0.5, 60))
+    def upstream_discharges(self, amps: float, ttl: float) -> None:
+        self.upstream_setpoint(amps, ttl, 0.0)
+
+    # The pack: warmer or colder (the health policy's temperature window), its SOC moved
+    # (both sides of the floor and the ceiling), its voltage near the EV's minimum (D2).
+    @rule(temp=st.floats(0, 60), soc=st.floats(-5, 5), volts=st.floats(0.97, 1.2))
+    def battery_changes(self, temp: float, soc: float, volts: float) -> None:
+        p = self.ev.p
+        p.temperature_c = temp
+        self.ev.soc = min(max(self.ev.soc + soc, 0.0), 100.0)
+        if self.s.state is State.CHARGING:  # not across the precharge's voltage check
+            lie = p.reported_v / p.battery_v
+            p.battery_v = round(min(max(p.discharge_min_v * volts, 150.0), p.bcp_max_v - 5), 1)
+            p.reported_v = round(p.battery_v * lie, 1)
+
+    # The EMS asks for another setpoint: a flip of sign is a direction change (D5).
+    @rule(amps=st.floats(-250, 250))
+    def ems_changes(self, amps: float) -> None:
+        self.ems_a = amps
+
+    # The car narrows its discharge limits live in BDS: a lower current, a higher floor.
+    @rule(amps=st.floats(0, 250), floor=st.floats(0, 20))
+    def ev_narrows_discharge(self, amps: float, floor: float) -> None:
+        self.ev.bds_max_a = round(250 - amps, 1)
+        self.ev.bds_floor_pct = round(max(self.ev.soc - 10 + floor, 0.0), 1)
+
+    @rule(amps=st.floats(0, 330), watts=st.floats(0, 200_000))
+    def module_reverse_derates(self, amps: float, watts: float) -> None:
+        self.plant.reverse_a, self.plant.reverse_w = 330 - amps, 200_000 - watts
+
 
 # The examples run in chunks, each its own test with its own hypothesis run: one chunk
 # lasts 26-32 s on an idle 2-core machine, so pytest-timeout's 300 s holds on one several
@@ -192,7 +307,7 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
 # names its chunk.
 CHUNKS = 5
 SETTINGS = settings(
-    max_examples=-(-EXAMPLES * 145 // 100 // CHUNKS), stateful_step_count=110, deadline=None,
+    max_examples=-(-EXAMPLES * 160 // 100 // CHUNKS), stateful_step_count=110, deadline=None,
     database=DATABASE, phases=PHASES,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

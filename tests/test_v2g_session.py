@@ -183,6 +183,28 @@ def test_a_grid_trip_while_discharging_ends_the_session() -> None:
     assert abs(p.module.current_a) <= 5.0
 
 
+def test_a_module_whose_current_does_not_reverse_faults_within_the_budget() -> None:
+    """GB/T 18487.1-2023 Annex E: <= 5 A within 5 s of a direction change, or the session
+    ends; a module stuck at -100 A must not hold the pile in a change forever."""
+    p = _pile()
+    _setpoint(p, -100.0)
+    _run(p, 6)
+    assert p.module.current_a < -90.0
+    step = p.module.step
+
+    def stuck(dt_s: float, vehicle: object = None) -> None:
+        step(dt_s, vehicle)  # type: ignore[arg-type]
+        p.module.current_a = -100.0
+        p.module._put("output_current", -100.0)
+
+    p.module.step = stuck  # type: ignore[method-assign]
+    _setpoint(p, 100.0)
+    asked = p.t
+    assert p.run_until(lambda q: q.session.state is State.FAULT, 10)
+    assert 5.0 <= p.t - asked <= 5.0 + 0.2 + 0.05, p.t - asked  # budget, one poll, a step
+    assert "direction change" in p.session.data.outcome_reason
+
+
 def test_the_owners_c_rate_and_temperature_window_bind() -> None:
     p = _pile()
     p.step([OwnerPolicy(p.t, HealthPolicy(max_discharge_c_rate=0.5))])
