@@ -808,7 +808,7 @@ class SafetyWorld:
                               demand_v=self.cv_demand(bcp_max_v, battery_v, demand_v),
                               mute=mute, v2g=v.car, bdp_delay_s=v.bdp_delay_s,
                               bdp_consent=v.consent, discharge_max_a=round(v.max_a, 1),
-                              discharge_max_w=round(v.max_w, -1),
+                              discharge_max_w=round(v.max_w, -2),  # BDP: 100 W a bit
                               discharge_min_v=round(battery_v * v.min_v_fraction, 1),
                               soc_floor_pct=round(v.soc_floor, 1),
                               window_kwh=round(v.window_kwh, 1),
