@@ -595,11 +595,18 @@ class SafetyWorld:
             assert r.max_discharge_current_a > 0, "CDP sent by a charge-only gun"
             if msg.offered and self.first_cdp_t is None:
                 self.first_cdp_t = self.t
-            assert msg.max_discharge_current_a <= r.max_discharge_current_a + EPS \
-                and msg.max_discharge_power_w <= r.max_discharge_power_w + EPS \
-                and msg.min_input_voltage_v >= r.min_input_voltage_v - EPS, \
-                f"CDP {msg} beyond the gun's discharge ratings"
-            encode(msg)  # and it goes on the wire
+            # Read back from the wire as laid out (docs/V2G.md: bytes 1-2 current 0.1 A/bit,
+            # -400 A offset, + = discharge; 3-4 power 0.1 kW/bit; 5-6 DC input floor 0.1 V/bit):
+            # a rating that is no multiple of a bit must not be rounded up past itself.
+            _pgn, payload = encode(msg)
+            amps = int.from_bytes(payload[1:3], "little") / 10 - 400
+            watts = int.from_bytes(payload[3:5], "little") * 100
+            volts = int.from_bytes(payload[5:7], "little") / 10
+            assert amps <= r.max_discharge_current_a + EPS \
+                and watts <= r.max_discharge_power_w + EPS \
+                and volts >= r.min_input_voltage_v - EPS, \
+                f"CDP {amps} A, {watts} W, {volts} V on the wire beyond the gun's discharge " \
+                f"ratings"
             return
         if not isinstance(msg, CML | CCS | CRO):
             return

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from agent.core.messages import CDP
 from agent.core.states import State
 from tests.safety_world import SafetyWorld, V2gSetup
 
@@ -66,3 +67,26 @@ def test_the_export_limit_and_the_module_reverse_capability_bind() -> None:
     w.advance(100)
     assert 40.0 < _discharging_a(w) <= 42.0 + 1e-6, w.plant.current_a
     assert w.s.decision is not None and w.s.decision.bound_by.value == "module_capability"
+
+
+
+def test_ratings_that_are_no_multiple_of_a_bit_are_offered_on_their_safe_side() -> None:
+    """CDP carries 0.1 A, 0.1 kW and 0.1 V a bit: a 42.26 A / 47,475.8 W gun with a
+    380.905 V input floor offers 42.2 A, 47.4 kW and 381.0 V, never more current or power
+    or a lower floor (the world also reads each CDP back from its bytes)."""
+    w = _world(replace(V2G, gun_a=42.26, gun_w=47_475.8, min_input_v=380.905))
+    heard: list[CDP] = []
+    hear = w.ev.hear
+
+    def record(message: object, t: float = 0.0) -> None:
+        if isinstance(message, CDP):
+            heard.append(message)
+        hear(message, t)
+
+    w.ev.hear = record  # type: ignore[method-assign]
+    w.advance(300)
+    assert heard
+    for m in heard:
+        assert m.max_discharge_current_a == pytest.approx(42.2)
+        assert m.max_discharge_power_w == pytest.approx(47_400.0)
+        assert m.min_input_voltage_v == pytest.approx(381.0)

@@ -7,6 +7,7 @@ without drift.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 from agent.core import timing as T
@@ -29,6 +30,16 @@ from agent.core.session_data import SessionData
 from agent.core.states import State
 
 
+# CDP carries 0.1 A, 0.1 kW and 0.1 V a bit (docs/V2G.md): a rating that is no multiple of a
+# bit is advertised on the safe side of itself, never rounded past it on the wire.
+def _down(x: float, step: float) -> float:
+    return math.floor(x / step + 1e-9) * step
+
+
+def _up(x: float, step: float) -> float:
+    return math.ceil(x / step - 1e-9) * step
+
+
 def messages_for(
     state: State, d: SessionData, r: GunRatings, st: ModuleStatus | None, now: float
 ) -> list[ChargerMessage]:
@@ -46,8 +57,9 @@ def messages_for(
             if offers_v2g(r):
                 # The V2G offer (extension, docs/V2G.md): a gun that cannot discharge sends
                 # nothing, so its bus is exactly a 2015 charger's.
-                out.append(CDP(True, r.max_discharge_current_a, r.max_discharge_power_w,
-                               r.min_input_voltage_v))
+                out.append(CDP(True, _down(r.max_discharge_current_a, 0.1),
+                               _down(r.max_discharge_power_w, 100.0),
+                               _up(r.min_input_voltage_v, 0.1)))
             return out
         case State.PRECHARGE:
             return [CRO(Ready.NOT_READY)]
