@@ -12,8 +12,7 @@ from agent.core.health_policy import HealthPolicy
 from agent.core.ratings import GunRatings
 from agent.core.thermal_guard import DeratingCurve, SensorLimits, ThermalConfig
 from agent.ledger.settlement import Tariff, parse_tariff
-from drivers.gbt27930.codec import EXTENSION as GBT_EXTENSION
-from drivers.gbt27930.codec import PGN, assign_extension_pgns
+from drivers.gbt27930.codec import extension_pgn_table
 
 
 class ConfigError(ValueError):
@@ -196,17 +195,14 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
 
 
 def parse_v2g(table: object) -> V2gConfig:
-    """The extension's PGNs, checked against each other and the standard's (the codec
-    refuses a collision; the check runs on a copy, the codec is changed at start-up)."""
+    """The extension's PGNs, checked against each other and the standard's by the codec's
+    own table builder (nothing is applied here: the agent moves them at start-up)."""
     v2g: V2gConfig = _build(V2gConfig, table, "v2g")
     pgns = {"CDP": v2g.cdp_pgn, "BDP": v2g.bdp_pgn, "BDS": v2g.bds_pgn}
-    saved = dict(PGN)
     try:
-        assign_extension_pgns(pgns)
+        extension_pgn_table(pgns)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    finally:
-        assign_extension_pgns({name: saved[cls] for name, cls in GBT_EXTENSION.items()})
     return v2g
 
 

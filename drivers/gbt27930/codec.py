@@ -118,9 +118,19 @@ TYPE_BY_PGN: dict[int, type[Any]] = {pgn: cls for cls, pgn in PGN.items()}
 
 
 def assign_extension_pgns(pgns: dict[str, int]) -> None:
-    """Put the V2G extension's messages on other PGNs ({"CDP": 0x3100, ...}); ValueError,
+    """Put the V2G extension's messages on other PGNs ({"CDP": 0x3100, ...}); ValueError as
+    `extension_pgn_table`. The codec is one per process: so is the CAN layout."""
+    new = extension_pgn_table(pgns)
+    PGN.clear()
+    PGN.update(new)
+    TYPE_BY_PGN.clear()
+    TYPE_BY_PGN.update({pgn: cls for cls, pgn in PGN.items()})
+
+
+def extension_pgn_table(pgns: dict[str, int]) -> dict[type[Any], int]:
+    """The PGN table with the extension's messages moved, without applying it; ValueError,
     naming the message, for an unknown name, a PGN outside a PDU1 PF byte (0xXX00) or one
-    that another message already uses. The codec is one per process: so is the CAN layout."""
+    that another message already uses (config validation calls this)."""
     new = dict(PGN)
     for name, pgn in pgns.items():
         cls = EXTENSION.get(name)
@@ -137,10 +147,7 @@ def assign_extension_pgns(pgns: dict[str, int]) -> None:
             raise ValueError(f"v2g: PGN 0x{pgn:04X} of {cls.__name__} is already used by "
                              f"{used.get(pgn, 'J1939 TP')}")
         used[pgn] = cls.__name__
-    PGN.clear()
-    PGN.update(new)
-    TYPE_BY_PGN.clear()
-    TYPE_BY_PGN.update({pgn: cls for cls, pgn in PGN.items()})
+    return new
 # BRM, BCP, BCS, BMV, BMT and BSP are laid out in tp_layouts.py; the link sends any payload
 # over 8 bytes through J1939 TP (BMV, BMT and BSP have the length the BMS gives them, and
 # may fit one frame).
