@@ -66,6 +66,12 @@ class TransferControl(SessionBase):
                                  d.owner_policy)
         return d.policy
 
+    def _energy_use(self) -> EnergyUse:
+        """This vehicle's energy today: the ledger's earlier sessions plus this one."""
+        d = self.data
+        return EnergyUse(d.today_discharged_kwh + d.discharged_kwh,
+                         d.today_throughput_kwh + d.charged_kwh + d.discharged_kwh)
+
     def _upstream_discharge_a(self) -> float:
         """The authorised discharge setpoint's magnitude (0: none, or expired: upstream
         silent never sustains a discharge)."""
@@ -201,8 +207,6 @@ class TransferControl(SessionBase):
             d.ev_min_voltage_reached = True
         upstream_a = self._upstream_discharge_a()
         authorised = ev is not None and view.consent and upstream_a > 0.0
-        used = EnergyUse(d.today_discharged_kwh + d.discharged_kwh,
-                         d.today_throughput_kwh + d.charged_kwh + d.discharged_kwh)
         window = ev.remaining_energy_kwh if ev is not None else None
         limits = CurrentLimits(
             state_a=state_limit_a,
@@ -222,7 +226,7 @@ class TransferControl(SessionBase):
             ev_voltage_a=0.0 if d.ev_min_voltage_reached else math.inf,
             soc_window_a=soc_window_limit(policy, view, Direction.DISCHARGE)[0],
             energy_window_a=0.0 if window is not None and window <= 0.0 else math.inf,
-            health_a=discharge_health_limit(policy, view, used)[0],
+            health_a=discharge_health_limit(policy, view, self._energy_use())[0],
             consent_a=math.inf if authorised else 0.0,
             direction_a=d.direction.limit_a(),
         )
@@ -252,7 +256,6 @@ class TransferControl(SessionBase):
 
     def _hold_reason(self, bound: Limit) -> str:
         view, policy = self.view, self.health_policy()
-        d = self.data
         match bound:
             case Limit.SOC_WINDOW:
                 return soc_window_limit(policy, view, Direction.DISCHARGE)[1]
@@ -263,9 +266,8 @@ class TransferControl(SessionBase):
             case Limit.EV_MIN_VOLTAGE:
                 return "EV minimum discharge voltage reached"
             case Limit.HEALTH:
-                used = EnergyUse(d.today_discharged_kwh + d.discharged_kwh,
-                                 d.today_throughput_kwh + d.charged_kwh + d.discharged_kwh)
-                return "battery health: " + discharge_health_limit(policy, view, used)[1]
+                return "battery health: " + discharge_health_limit(
+                    policy, view, self._energy_use())[1]
         return "upstream discharge setpoint expired or zero"
 
     def _track_figures(self, status: ModuleStatus) -> None:
