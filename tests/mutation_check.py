@@ -56,6 +56,7 @@ from agent.core.session_base import SessionBase
 from agent.core.session_data import SessionData
 from agent.core.states import State
 from agent.core.transfer_control import TransferControl
+from agent.core.upstream import UpstreamArbiter
 from agent.core.vehicle_view import VehicleView
 from drivers.gbt27930 import codec as gbt_codec
 from drivers.gbt27930.wire import current_raw
@@ -117,12 +118,13 @@ def _thermal(**changes: object) -> AbstractContextManager[object]:
 
 
 def _upstream_never_expires() -> AbstractContextManager[object]:
-    original = SafetySupervisor.upstream_limit_a
+    original = UpstreamArbiter.limit_a
 
-    def upstream_limit_a(self: SafetySupervisor, now: float, charging: bool) -> tuple[float, bool]:
-        return original(self, -math.inf, charging)
+    def limit_a(self: UpstreamArbiter, now: float, charging: bool, volts: float,
+                target_volts: float | None = None) -> tuple[float, bool]:
+        return original(self, -math.inf, charging, volts, target_volts)
 
-    return mock.patch.object(SafetySupervisor, "upstream_limit_a", upstream_limit_a)
+    return mock.patch.object(UpstreamArbiter, "limit_a", limit_a)
 
 
 def _no_ramp(decide: Callable[..., arbiter.CurrentDecision]) -> Callable[..., object]:
@@ -226,12 +228,13 @@ BLIND_SPOTS: dict[str, Mutation] = {
 }
 
 def _upstream_discharge_never_expires() -> AbstractContextManager[object]:
-    original = SafetySupervisor.upstream_limit_a
+    original = UpstreamArbiter.limit_a
 
-    def upstream_limit_a(self: SafetySupervisor, now: float, charging: bool) -> tuple[float, bool]:
-        return original(self, now if charging else -math.inf, charging)
+    def limit_a(self: UpstreamArbiter, now: float, charging: bool, volts: float,
+                target_volts: float | None = None) -> tuple[float, bool]:
+        return original(self, now if charging else -math.inf, charging, volts, target_volts)
 
-    return mock.patch.object(SafetySupervisor, "upstream_limit_a", upstream_limit_a)
+    return mock.patch.object(UpstreamArbiter, "limit_a", limit_a)
 
 
 def _grid_trips_ignored() -> AbstractContextManager[object]:

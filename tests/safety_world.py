@@ -934,7 +934,7 @@ class SafetyWorld:
         says (I13), with the same arithmetic as the core: a boundary case must not be
         accepted on one side and refused on the other."""
         issued, expires = self.t - age, self.t + ttl
-        policy = self.s.safety.policy
+        policy = self.s.upstream.policy
         valid = (math.isfinite(amps) and abs(amps) <= RATINGS.max_current_a
                  and not self.t - issued > policy.max_delivery_age_s and expires > self.t
                  and not expires - self.t > policy.max_validity_s

@@ -5,6 +5,7 @@ The core never reads a clock: time only moves when an event says so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from agent.core.health_policy import HealthPolicy
@@ -85,6 +86,10 @@ class ModuleStatus:
     # which allows no discharge.
     reverse_capability_current_a: float | None = None
     reverse_capability_power_w: float | None = None
+    # AC grid frequency at the bidirectional stage (None: not reported): frequency response.
+    grid_frequency_hz: float | None = None
+    # AC-side active power, + = drawn from the grid (towards the vehicle); None: unknown.
+    ac_power_w: float | None = None
 
     @property
     def any_contactor_closed(self) -> bool:
@@ -191,6 +196,48 @@ class UpstreamLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamSetpoint:
+    """One upstream source's offer (OCPP 2.1 charging-schedule period, SunSpec WSet, a
+    local schedule), signed + = into the vehicle, in A or W, valid until `expires_at`.
+
+    setpoint: the power or current asked for (None: limits only). charge_limit and
+    discharge_limit: magnitudes (inf: none given). freq_watt_curve: OCPP 2.1
+    v2xFreqWattCurve points (Hz, value), added to `baseline` (LocalFrequency mode).
+    Vetted by `agent/core/upstream.py`; the reason of a refusal is said in a Notice.
+    """
+
+    t: float
+    source: str
+    expires_at: float
+    setpoint: float | None = None
+    charge_limit: float = math.inf
+    discharge_limit: float = math.inf
+    unit: str = "A"
+    freq_watt_curve: tuple[tuple[float, float], ...] = ()
+    baseline: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCleared:
+    """A source withdraws its offer (OCPP ClearChargingProfile, the EMS disabling WSet)."""
+
+    t: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class DroopSet:
+    """Frequency droop settings from upstream (SunSpec model 711): on or off, the dead band
+    each side of nominal (Hz) and the droop (per unit). Vetted like the configured droop."""
+
+    t: float
+    source: str
+    enabled: bool
+    dead_band_hz: float
+    droop: float
+
+
+@dataclass(frozen=True, slots=True)
 class MeterReading:
     """One poll of the gun's DC billing meter. Energies are the meter's own counters (they
     only grow); current and power are signed, + = into the vehicle. Billing energy comes
@@ -249,6 +296,9 @@ Event = (
     | SafetyIoLost
     | FaultsCleared
     | UpstreamLimit
+    | UpstreamSetpoint
+    | UpstreamCleared
+    | DroopSet
     | OwnerPolicy
     | EnergyHistory
     | MeterReading

@@ -1,16 +1,15 @@
-"""Protocol-independent safety state of one gun: faults, latches, inputs, upstream limits.
+"""Protocol-independent safety state of one gun: faults, latches, inputs.
 
-The session asks this object whether a start is allowed, which faults are active and
-what the upstream limit is; it tells it what it measured. Nothing here commands
+The session asks this object whether a start is allowed and which faults are active; it
+tells it what it measured (upstream offers go to `agent/core/upstream.py`). Nothing here commands
 anything: faults become state changes in the session, limits go to the arbiter.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from agent.core.events import SafetyInputs, UpstreamLimit
+from agent.core.events import SafetyInputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,37 +20,10 @@ class Fault:
     latched: bool  # blocks a new session until cleared by service (invariant I12)
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamPolicy:
-    """How upstream setpoints are vetted (invariant I13)."""
-
-    # OCPP 2.1 answers RateLimitExceeded to profiles sent too often; one per second is
-    # well inside AGC cadence (a few seconds) and keeps the module from chattering.
-    min_interval_s: float = 1.0
-    # A setpoint that claims validity longer than this is treated as out of range:
-    # upstream must refresh (OCPP 2.1 dynUpdateInterval / maxOfflineDuration).
-    max_validity_s: float = 900.0
-    # A setpoint that reaches us later than this after it was issued is stale.
-    max_delivery_age_s: float = 5.0
-    # After expiry (upstream offline past its validity) charging falls back to this
-    # limit; discharge always falls back to 0 A (never sustained discharge, I7).
-    fallback_charge_a: float = math.inf
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamDecision:
-    accepted: bool
-    reason: str
-
-
 class SafetySupervisor:
-    def __init__(self, policy: UpstreamPolicy, rated_current_a: float) -> None:
-        self.policy = policy
-        self.rated_current_a = rated_current_a
+    def __init__(self) -> None:
         self.latched: dict[str, Fault] = {}
         self.inputs: SafetyInputs | None = None
-        self._upstream: UpstreamLimit | None = None
-        self._upstream_accepted_at: float | None = None
 
     # ---- faults ----------------------------------------------------------------
 
@@ -101,32 +73,3 @@ class SafetySupervisor:
         if i.door_open:
             return Fault("door_open", "cabinet door open", emergency=True, latched=False)
         return None
-
-    # ---- upstream --------------------------------------------------------------
-
-    def on_upstream(self, sp: UpstreamLimit, now: float) -> UpstreamDecision:
-        p = self.policy
-        if not (math.isfinite(sp.current_a) and math.isfinite(sp.expires_at)
-                and math.isfinite(sp.t)):
-            return UpstreamDecision(False, "not a finite number")
-        if abs(sp.current_a) > self.rated_current_a:
-            return UpstreamDecision(
-                False, f"|{sp.current_a} A| above the rated {self.rated_current_a} A")
-        if now - sp.t > p.max_delivery_age_s or sp.expires_at <= now:
-            return UpstreamDecision(False, "stale: issued too long ago or already expired")
-        if sp.expires_at - now > p.max_validity_s:
-            return UpstreamDecision(False, f"validity over {p.max_validity_s} s")
-        last = self._upstream_accepted_at
-        if last is not None and now - last < p.min_interval_s:
-            return UpstreamDecision(False, "too frequent (rate limit)")
-        self._upstream = sp
-        self._upstream_accepted_at = now
-        return UpstreamDecision(True, "accepted")
-
-    def upstream_limit_a(self, now: float, charging: bool) -> tuple[float, bool]:
-        """(limit magnitude for the direction, whether the fallback applies)."""
-        sp = self._upstream
-        if sp is None or now >= sp.expires_at:
-            return (self.policy.fallback_charge_a if charging else 0.0), True
-        signed = sp.current_a if charging else -sp.current_a
-        return max(signed, 0.0), False

@@ -11,13 +11,16 @@ import math
 from agent.core import timing as T
 from agent.core.commands import KickSafetyWatchdog, Notice
 from agent.core.events import (
+    DroopSet,
     Event,
     FaultsCleared,
     InsulationStatus,
     SafetyInputs,
     SafetyIoLost,
     TemperatureReading,
+    UpstreamCleared,
     UpstreamLimit,
+    UpstreamSetpoint,
 )
 from agent.core.messages import ChargerFault
 from agent.core.session_base import SessionBase
@@ -58,10 +61,18 @@ class SafetyHandling(SessionBase):
                     self.thermal.update(event, self._measured_current())
             case FaultsCleared(by=by):
                 self._clear_faults(by)
-            case UpstreamLimit():
-                decision = self.safety.on_upstream(event, self.now)
+            case UpstreamLimit() | UpstreamSetpoint():
+                decision = self.upstream.offer(event, self.now)
                 kind = "setpoint_accepted" if decision.accepted else "setpoint_rejected"
                 self._out.append(Notice(self.now, kind, f"{event.source}: {decision.reason}"))
+            case DroopSet():
+                decision = self.upstream.set_droop(event)
+                kind = "setpoint_accepted" if decision.accepted else "setpoint_rejected"
+                self._out.append(Notice(self.now, kind, f"{event.source}: {decision.reason}"))
+            case UpstreamCleared():
+                decision = self.upstream.clear(event)
+                self._out.append(Notice(self.now, "setpoint_cleared",
+                                        f"{event.source}: {decision.reason}"))
             case _:
                 return False
         return True

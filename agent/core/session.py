@@ -62,13 +62,14 @@ from agent.core.messages import (
 from agent.core.module_faults import active_faults
 from agent.core.outgoing import PeriodicSender, messages_for
 from agent.core.ratings import GunRatings, offers_v2g
-from agent.core.safety import SafetySupervisor, UpstreamPolicy
+from agent.core.safety import SafetySupervisor
 from agent.core.safety_handling import SafetyHandling
 from agent.core.session_data import Actuators, Plant, SessionData
 from agent.core.states import STOPPABLE, TRANSITIONS, State, Trigger
 from agent.core.steps import SequenceSteps
 from agent.core.thermal_guard import ThermalSupervisor
 from agent.core.transfer_control import TransferControl
+from agent.core.upstream import UpstreamArbiter, UpstreamPolicy
 from agent.core.vehicle_view import NO_VEHICLE
 
 _ENERGISED = (State.INSULATION_CHECK, State.PRECHARGE, State.CHARGING, State.STOPPING)
@@ -90,7 +91,10 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         self.owner_policies = dict(owner_policies or {})
         self.view = NO_VEHICLE
         self.decision = None
-        self.safety = SafetySupervisor(upstream or UpstreamPolicy(), ratings.max_current_a)
+        self.safety = SafetySupervisor()
+        self.upstream = UpstreamArbiter(
+            upstream or UpstreamPolicy(), ratings.max_current_a,
+            max(ratings.max_power_w, ratings.max_discharge_power_w), ratings.min_voltage_v)
         self.thermal = thermal
         self.require_safety_io = require_safety_io
         self.thermal_limit_a = math.inf
@@ -240,6 +244,8 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                         self._count_outside_window(dt)
         self.plant.status = status
         self.plant.sampled_at = sampled_at
+        if status.grid_frequency_hz is not None:
+            self.upstream.on_frequency(status.grid_frequency_hz, sampled_at)
         self._track_figures(status)
         self._check_contactor_feedback(status, sampled_at)
         if status.insulation_ohm is not None:

@@ -27,6 +27,7 @@ from agent.core.ratings import GunRatings
 from agent.core.safety import Fault, SafetySupervisor
 from agent.core.session_data import Actuators, Plant, SessionData
 from agent.core.states import STOPPABLE, State, Trigger, next_state
+from agent.core.upstream import UpstreamArbiter
 
 
 class SessionBase:
@@ -34,6 +35,7 @@ class SessionBase:
     trigger: Callable[..., bool]  # attached by transitions.Machine
     ratings: GunRatings
     safety: SafetySupervisor
+    upstream: UpstreamArbiter
     now: float
     data: SessionData
     act: Actuators

@@ -74,8 +74,14 @@ class TransferControl(SessionBase):
 
     def _upstream_discharge_a(self) -> float:
         """The authorised discharge setpoint's magnitude (0: none, or expired: upstream
-        silent never sustains a discharge)."""
-        return self.safety.upstream_limit_a(self.now, charging=False)[0]
+        silent never sustains a discharge). Power limits are turned into amps at the phase's
+        highest pack voltage, as the other discharge power limits (I2); a setpoint at the
+        measured voltage."""
+        d, st = self.data, self.plant.status
+        measured = st.output_voltage_v if st is not None else 0.0
+        return self.upstream.limit_a(self.now, charging=False,
+                                     volts=max(d.discharge_peak_v, measured),
+                                     target_volts=measured or d.discharge_peak_v)[0]
 
     def _wanted_direction(self, view: VehicleView) -> Direction:
         if offers_v2g(self.ratings) and view.v2g and view.consent \
@@ -183,7 +189,9 @@ class TransferControl(SessionBase):
             # guarantees the power limit whatever the battery does (invariant I2).
             voltage_v=max(measured_v, voltage_v),
             thermal_a=self.thermal_limit_a,
-            upstream_a=self.safety.upstream_limit_a(self.now, charging=True)[0],
+            upstream_a=self.upstream.limit_a(self.now, charging=True,
+                                             volts=max(measured_v, voltage_v),
+                                             target_volts=measured_v or voltage_v)[0],
             grid_limit_w=r.grid_limit_w,
             soc_window_a=soc_a,
             direction_a=self.data.direction.limit_a() if in_transfer else math.inf,

@@ -130,6 +130,9 @@ def decode_status(
             capability_power_w=value("capability_power"),
             reverse_capability_current_a=value("capability_discharge_current"),
             reverse_capability_power_w=value("capability_discharge_power"),
+            # 0 Hz: the stage is not synchronised to a grid, so nothing is measured.
+            grid_frequency_hz=value("grid_frequency") or None,
+            ac_power_w=value("ac_power"),
         )
     except (ValueError, TypeError) as exc:
         return DriverError(t, SOURCE, f"status rejected: {exc}")
