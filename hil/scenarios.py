@@ -8,13 +8,17 @@ A scenario passes only when every expectation holds; `check` says which did not.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from agent.core.events import Event, StopRequested, UpstreamLimit
+from agent.core.events import Event, StopRequested, UpstreamLimit, UpstreamSetpoint
+from agent.core.frequency_watt import FrequencyDroop
 from agent.core.ratings import GunRatings
 from agent.core.states import State
+from agent.core.upstream import UpstreamPolicy
+from drivers.sunspec.ems_controls import EmsSettings
 from hil.ev_bms import VehicleConfig
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ class Script:
     last_sent: float = -1e9
     sent: float | None = None
     notes: list[str] = field(default_factory=list)
+    power: list[tuple[float, float]] = field(default_factory=list)  # (t, DC W at the gun)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,10 @@ class Scenario:
     check: Callable[[SimulatedPile, Script], list[str]]
     ratings: GunRatings = V2G_GUN
     max_sim_s: float = 3600.0
+    upstream: UpstreamPolicy = field(default_factory=UpstreamPolicy)
+    # The agent's SunSpec server for the site EMS, and the VPP's moves through it.
+    ems: EmsSettings | None = None
+    vpp: Callable[[SimulatedPile, Script, float], Awaitable[None]] | None = None
 
 
 def _send(pile: SimulatedPile, script: Script, t: float, amps: float | None) -> list[Event]:
@@ -241,6 +250,125 @@ def _charge_only_check(pile: SimulatedPile, s: Script) -> list[str]:
     return out
 
 
+# ---- frequency-step ---------------------------------------------------------------------
+
+STEP_FROM_HZ, STEP_TO_HZ = 50.00, 49.80
+FREQ_DROOP = FrequencyDroop(rated_w=V2G_GUN.max_discharge_power_w)
+DISCHARGE_W = 40_000.0
+
+
+def _freq_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
+    if not _charging(pile):
+        return []
+    m = pile.module_sim
+    s.power.append((t, m.current_a * m.output_voltage_v))
+    if s.stage == "charge":
+        _go(s, f"VPP: discharge {DISCHARGE_W / 1000:.0f} kW", t)
+    elif s.stage.startswith("VPP") and t - s.stage_since > 60.0:
+        m.grid_frequency_hz = STEP_TO_HZ
+        _go(s, f"grid frequency {STEP_FROM_HZ:.2f} -> {STEP_TO_HZ:.2f} Hz", t)
+    elif s.stage.startswith("grid") and t - s.stage_since > 30.0:
+        _go(s, "end", t)
+        return [StopRequested(t, "scenario over")]
+    if s.stage == "end" or t - s.last_sent < REFRESH_S:
+        return []
+    s.last_sent = t
+    return [UpstreamSetpoint(t, "ems", t + 2 * REFRESH_S, setpoint=-DISCHARGE_W, unit="W")]
+
+
+def frequency_step_response(s: Script) -> tuple[float, float, float] | None:
+    """(power before, power after, seconds to reach 90 % of the change) of the step."""
+    stepped = next((float(n.split()[0]) for n in s.notes if "Hz" in n), None)
+    if stepped is None:
+        return None
+    before = [p for t, p in s.power if stepped - 10.0 <= t < stepped]
+    after = [p for t, p in s.power if stepped + 20.0 <= t < stepped + 29.0]
+    if not before or not after:
+        return None
+    p0, p1 = sum(before) / len(before), sum(after) / len(after)
+    reached = next((t for t, p in s.power if t >= stepped
+                    and abs(p - p1) <= 0.1 * abs(p1 - p0)), None)
+    return p0, p1, (reached - stepped) if reached is not None else math.inf
+
+
+def _freq_check(pile: SimulatedPile, s: Script) -> list[str]:
+    out = _common(pile) + _ledger_matches_battery(pile)
+    response = frequency_step_response(s)
+    if response is None:
+        return [*out, "the frequency step never happened"]
+    p0, p1, seconds = response
+    expected = FREQ_DROOP.offset_w(STEP_TO_HZ) or 0.0
+    s.notes.append(f"{'':8} response: {p0 / 1000:.2f} kW -> {p1 / 1000:.2f} kW "
+                   f"(droop asks {expected / 1000:+.2f} kW) in {seconds:.2f} s to 90 %")
+    if abs((p1 - p0) - expected) > 0.1 * abs(expected):
+        out.append(f"power moved {(p1 - p0) / 1000:+.2f} kW, droop asks "
+                   f"{expected / 1000:+.2f} kW")
+    if seconds > 1.0:
+        out.append(f"power reached 90 % of its change in {seconds:.2f} s > 1 s "
+                   "(GB/T 40595-2021)")
+    return out
+
+
+# ---- upstream-lost ----------------------------------------------------------------------
+
+LOST_DISPATCH_W, LOST_REVERT_S, LOST_REFRESH_S = 40_000, 10, 5.0
+
+
+async def _lost_vpp(pile: SimulatedPile, s: Script, t: float) -> None:
+    """The VPP over Modbus TCP: dispatch 40 kW with a 10 s reversion time, refresh every
+    5 s, read the pile's power back, then lose the link mid-discharge."""
+    vpp = pile.vpp
+    if vpp is None or not _charging(pile):
+        return
+    if s.stage == "charge" and t - pile.charging_since(t) > 3.0:
+        _go(s, f"VPP dispatches {LOST_DISPATCH_W / 1000:.0f} kW over SunSpec "
+               f"(WSetRvrtTms {LOST_REVERT_S} s)", t)
+    elif s.stage.startswith("VPP dispatches") and t - s.stage_since > 60.0:
+        vpp.drop()
+        _go(s, "the VPP's link drops", t)
+    if s.stage.startswith("VPP dispatches"):
+        if t - s.last_sent >= LOST_REFRESH_S:
+            await vpp.dispatch(LOST_DISPATCH_W, LOST_REVERT_S)
+            s.last_sent = t
+        if t - s.stage_since >= 30.0 and not any("reads" in n for n in s.notes):
+            seen = await vpp.read_power_w()
+            s.notes.append(f"{t:8.1f} s  VPP reads W = {seen} W (SunSpec: + = injection)")
+
+
+def _lost_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
+    if s.stage.startswith("the VPP's link") and t - s.stage_since > 60.0:
+        _go(s, "end", t)
+        return [StopRequested(t, "scenario over")]
+    return []
+
+
+def _lost_check(pile: SimulatedPile, s: Script) -> list[str]:
+    out = _common(pile) + _ledger_matches_battery(pile)
+    dropped = next((float(n.split()[0]) for n in s.notes if "link drops" in n), None)
+    if dropped is None:
+        return [*out, "the link never dropped"]
+    last_write = s.last_sent
+    allowed = last_write + LOST_REVERT_S + 2.0  # reversion, then the ramp to zero
+    late = [(t, i) for t, i in pile.result.current_trace if t > allowed and i < -5.0]
+    if late:
+        out.append(f"still discharging {late[0][1]:.1f} A at {late[0][0]:.1f} s; last VPP "
+                   f"write {last_write:.1f} s, reversion {LOST_REVERT_S} s")
+    stopped = next((t for t, i in pile.result.current_trace if t > dropped and i >= -5.0),
+                   None)
+    if stopped is not None:
+        s.notes.append(f"{'':8} discharge stopped {stopped - last_write:.1f} s after the last "
+                       f"write ({LOST_REVERT_S} s reversion)")
+    seen = next((n for n in s.notes if "reads" in n), "")
+    m = seen.split("W = ")[1].split(" W")[0] if "W = " in seen else "None"
+    # The setpoint is met on the DC side; 701 W is the AC side, lower by the conversion
+    # losses (4 % in the module simulator).
+    if m == "None" or not 0.90 * LOST_DISPATCH_W <= float(m) <= LOST_DISPATCH_W:
+        out.append(f"the VPP read {m} W, dispatched {LOST_DISPATCH_W} W")
+    if [d for _t, d in pile.result.phases][-1:] != ["charge"]:
+        out.append("charging did not resume on the fallback after the reversion")
+    return out
+
+
 _V2G_CAR = VehicleConfig(start_soc_pct=70.0, target_soc_pct=80.0, v2g=True,
                          stop_at_target=False, soc_floor_pct=60.0, energy_window_kwh=30.0)
 
@@ -257,4 +385,16 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("charge-only-car", "a GB/T 27930-2015 car that never answers the V2G offer",
              VehicleConfig(start_soc_pct=70.0, target_soc_pct=75.0), _charge_only_step,
              _charge_only_check),
+    Scenario("frequency-step",
+             f"discharging {DISCHARGE_W / 1000:.0f} kW for the VPP, the grid frequency steps "
+             f"{STEP_FROM_HZ:.2f} -> {STEP_TO_HZ:.2f} Hz: the droop (5 %, dead band 36 mHz) "
+             "raises the discharge within 1 s",
+             replace(_V2G_CAR, start_soc_pct=75.0), _freq_step, _freq_check,
+             upstream=UpstreamPolicy(droop=FREQ_DROOP)),
+    Scenario("upstream-lost",
+             f"the VPP dispatches {LOST_DISPATCH_W / 1000:.0f} kW over SunSpec Modbus TCP, then "
+             f"its link drops mid-discharge: the discharge stops within the {LOST_REVERT_S} s "
+             "reversion time and charging resumes on the fallback",
+             replace(_V2G_CAR, start_soc_pct=75.0), _lost_step, _lost_check,
+             ems=EmsSettings(allow_discharge=True), vpp=_lost_vpp),
 )}

@@ -28,6 +28,7 @@ from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
 from agent.ledger.store import Ledger
 from agent.runtime.clock import SimClock
+from agent.runtime.ems_view import ems_snapshot
 from agent.runtime.gun_runtime import GunRuntime
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
@@ -35,6 +36,9 @@ from drivers.gbt27930.link import GbtLink, Role
 from drivers.power_module.link import ModuleLink, TcpTarget
 from drivers.power_module.owner import ModuleBusOwner
 from drivers.safety_io.link import SafetyBusOwner
+from drivers.sunspec.codec import layout, load_map
+from drivers.sunspec.ems_controls import EmsControls, EmsSettings
+from drivers.sunspec.server import SunSpecServer
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.faults import SCENARIOS
 from hil.meter_sim import MeterSim
@@ -43,6 +47,7 @@ from hil.replay_bms import RawPayload, ReplayBms, load_recording
 from hil.safety_io_sim import SafetyIoSim
 from hil.scenarios import SCENARIOS as V2G_SCENARIOS
 from hil.scenarios import Script
+from hil.vpp_sim import ModbusVpp
 
 STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
 # Fixed epoch for CAN-log timestamps, so two runs of one scenario give identical logs.
@@ -155,7 +160,8 @@ class SimulatedPile:
                 start_soc_pct=options.start_soc_pct, target_soc_pct=options.target_soc_pct))
         self._replay_stopped = False
         self.safety_io = SafetyIoSim(self.module_sim)
-        self.session = GunSession(ratings, thermal=ThermalSupervisor(), require_safety_io=True)
+        self.session = GunSession(ratings, thermal=ThermalSupervisor(), require_safety_io=True,
+                                  upstream=self.v2g.upstream if self.v2g else None)
         self.ledger = Ledger(options.ledger)
         self.agent_hung = False  # fault injection: the agent process stops stepping
         self.injected_events: list[Event] = []
@@ -163,6 +169,8 @@ class SimulatedPile:
         self._worst_a = 0.0
         self._stack = AsyncExitStack()
         self._last_live = -1e9
+        self.ems: SunSpecServer | None = None
+        self.vpp: ModbusVpp | None = None
 
     async def __aenter__(self) -> SimulatedPile:
         # Bus failures reach the core as events; pymodbus's own error logging is noise here.
@@ -190,10 +198,25 @@ class SimulatedPile:
         self._stack.push_async_callback(meter.close)
         self._stack.callback(self.ledger.close)
         self.vehicle_link = GbtLink(vehicle_bus, Role.BMS)
+        if self.v2g is not None and self.v2g.ems is not None:
+            await self._serve_ems(self.v2g.ems)
         self.runtime = GunRuntime(self.session, GbtLink(charger_bus, Role.CHARGER, log=log),
                                   owner, self._on_report, safety=safety_bus, meter=meter,
                                   ledger=self.ledger)
         return self
+
+    async def _serve_ems(self, settings: EmsSettings) -> None:
+        """The agent's SunSpec server, and the VPP that dispatches through it."""
+        base, models = load_map()
+        lay = layout(base, models, n_ports=1)
+        self.ems = SunSpecServer(lay, EmsControls(settings),
+                                 lambda: ems_snapshot(self.session, "sim", int(self.clock.now())),
+                                 self.clock.now)
+        port = await self.ems.start("127.0.0.1", 0)
+        self._stack.push_async_callback(self.ems.stop)
+        self.vpp = ModbusVpp(lay, port=port)
+        await self.vpp.connect()
+        self._stack.callback(self.vpp.drop)
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -265,6 +288,10 @@ class SimulatedPile:
                 extra.append(VehicleConnected(t, wall_clock_s=LOG_EPOCH + t))
             extra += self._replay_stop(t)
             if self.v2g is not None:
+                if self.v2g.vpp is not None:
+                    await self.v2g.vpp(self, self.script, t)
+                if self.ems is not None:
+                    extra += self.ems.events(t)
                 extra += self.v2g.step(self, self.script, t)
                 self._observe(t)
             if not self.agent_hung:
@@ -301,9 +328,9 @@ class SimulatedPile:
         r, v = self.result, self.v2g
         assert v is not None
         r.scenario = v.name
-        r.scenario_script = list(self.script.notes)
         r.battery_energy_out_kwh = self.bms.battery.energy_out_kwh
         r.scenario_failures = v.check(self, self.script)
+        r.scenario_script = list(self.script.notes)  # with what the check measured
 
     def _replay_stop(self, t: float) -> list[Event]:
         """The recorded session's end: once its energy transfer has been replayed, stop as

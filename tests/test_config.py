@@ -134,6 +134,18 @@ def test_a_configured_curve_is_the_one_the_thermal_guard_derates_by(tmp_path: Pa
     ({"tariff": {"discharge": "4 CNY"}}, "tariff.discharge"),
     ({"tariff": {"utc_offset_h": 30}}, "tariff.utc_offset_h"),
     ({"tariff": {"peak": []}}, "tariff.peak"),
+    ({"upstream": {"fallback_charge_a": -1.0}}, "upstream.fallback_charge_a"),
+    ({"upstream": {"fallback_charge_a": 10_000.0}}, "upstream.fallback_charge_a"),
+    ({"upstream": {"min_interval_s": 0.0}}, "upstream: min_interval_s"),
+    ({"upstream": {"frequency_droop": True, "droop_pct": 50.0}}, "upstream.droop"),
+    ({"upstream": {"frequency_droop": True, "dead_band_hz": -0.1}}, "upstream.dead_band_hz"),
+    ({"upstream": {"droop": True}}, "upstream.droop"),
+    ({"ems": {"host": "localhost"}}, "ems.host"),
+    ({"ems": {"allowed_writers": ["10.0.0.300"]}}, "ems.allowed_writers"),
+    ({"ems": {"allowed_writers": "127.0.0.1"}}, "ems.allowed_writers"),
+    ({"ems": {"port": 0}}, "ems: port"),
+    ({"ems": {"default_validity_s": 3600.0}}, "ems: default_validity_s"),
+    ({"ems": {"allow_discharge": "yes"}}, "ems.allow_discharge"),
 ])
 def test_bad_fields_are_named(doc: dict[str, dict[str, object]], field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -176,6 +188,27 @@ discharge = [[0, 18, 0.0], [18, 22, 4.0], [22, 24, 0.0]]
     from agent.core.messages import CDP
     from drivers.gbt27930.codec import PGN
     assert PGN[CDP] == 0x3100
+
+
+def test_the_upstream_section_sets_the_policy_and_the_droop() -> None:
+    cfg = parse_config({"gun": {"max_discharge_current_a": 200.0,
+                                "max_discharge_power_w": 120_000.0},
+                        "upstream": {"fallback_charge_a": 32.0, "frequency_droop": True,
+                                     "droop_pct": 4.0}})
+    policy = cfg.upstream.policy(cfg.gun)
+    assert policy.fallback_charge_a == 32.0
+    assert policy.droop is not None and policy.droop.rated_w == 120_000.0
+    assert policy.droop.droop == 0.04
+    assert parse_config({}).upstream.policy(cfg.gun).droop is None
+
+
+def test_the_ems_section_opens_the_sunspec_server_to_named_writers() -> None:
+    cfg = parse_config({"ems": {"enabled": True, "host": "0.0.0.0", "port": 1502,
+                                "allowed_writers": ["10.1.2.3", "::1"],
+                                "allow_discharge": True}})
+    assert cfg.ems.allowed_writers == ("10.1.2.3", "::1") and cfg.ems.allow_discharge
+    assert parse_config({}).ems.host == "127.0.0.1"
+    assert not parse_config({}).ems.allow_discharge
 
 
 def test_unreadable_and_invalid_files_are_clear_errors(tmp_path: Path) -> None:

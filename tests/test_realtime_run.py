@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import socket
 import time
 import uuid
 from pathlib import Path
 
 import can
+from pymodbus.client import AsyncModbusTcpClient
 
 from agent.ledger.store import Ledger
 from agent.runtime.config import parse_config
 from agent.runtime.realtime import run_pile
 from drivers.gbt27930.link import GbtLink, LinkNotice, LinkProblem, Role
+from drivers.sunspec.codec import layout, load_map
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.meter_sim import MeterSim
 from hil.module_sim import ModuleSim
@@ -44,9 +47,36 @@ async def _world(channel: str, bms: BmsSimulator, module: ModuleSim, safety: Saf
             await asyncio.sleep(0.01)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _site_ems(port: int, seen: list[object]) -> None:
+    """The site EMS: waits for the pile's SunSpec server, reads the map's marker and writes
+    a 100 kW charge limit (702 WChaRteMax, W_SF 1)."""
+    lay = layout(*load_map(), n_ports=1)
+    for _ in range(200):
+        client = AsyncModbusTcpClient("127.0.0.1", port=port)
+        if await client.connect():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        seen.append("never connected")
+        return
+    seen.append((await client.read_holding_registers(lay.base, count=2)).registers)
+    rq = await client.write_register(lay.address_of("WChaRteMax"), 10_000)
+    seen.append(rq.isError())
+    client.close()
+
+
 def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
+    ems_seen: list[object] = []
+
     async def body() -> tuple[int, str]:
         channel = f"rt-{uuid.uuid4().hex[:8]}"
+        ems_port = _free_port()
         bms = BmsSimulator(VehicleConfig(start_soc_pct=79.8, target_soc_pct=80.0))
         module = ModuleSim()
         safety = SafetyIoSim(module)
@@ -62,9 +92,11 @@ def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
             "meter": {"enabled": True, "transport": "tcp", "host": "127.0.0.1",
                       "port": meter_port},
             "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+            "ems": {"enabled": True, "port": ems_port},
         })
         stop = asyncio.Event()
         world = asyncio.create_task(_world(channel, bms, module, safety, meter, stop))
+        ems = asyncio.create_task(_site_ems(ems_port, ems_seen))
         out = io.StringIO()
         try:
             rc = await asyncio.wait_for(run_pile(config, out=out), 90.0)
@@ -72,6 +104,7 @@ def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
             stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await world
+            await ems
             await module_server.stop()
             await safety_server.stop()
             await meter_server.stop()
@@ -79,6 +112,9 @@ def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
 
     rc, output = asyncio.run(body())
     assert rc == 0, output
+    # [ems]: the site EMS read the SunSpec marker and its limit reached the core.
+    assert ems_seen == [[0x5375, 0x6E53], False], ems_seen
+    assert "notice setpoint_accepted: ems: accepted" in output, output
     for state in ("insulation_check", "precharge", "charging", "stopping", "finished"):
         assert f"-> {state}" in output, output
     # The session is on disk, with the meter's energy (config [ledger], [meter]).

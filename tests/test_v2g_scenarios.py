@@ -38,3 +38,26 @@ def test_a_charge_only_car_still_charges(tmp_path: Path) -> None:
     result, _log = _run("charge-only-car", tmp_path)
     assert result.scenario_failures == [], result.scenario_failures  # type: ignore[attr-defined]
     assert result.outcome == "finished"  # type: ignore[attr-defined]
+
+
+def test_a_frequency_step_moves_the_discharge_by_the_droop_within_a_second(
+        tmp_path: Path) -> None:
+    result, _log = _run("frequency-step", tmp_path)
+    assert result.scenario_failures == [], result.scenario_failures  # type: ignore[attr-defined]
+    response = next(n for n in result.scenario_script if "response" in n)  # type: ignore[attr-defined]
+    m = re.search(r"(-?[\d.]+) kW -> (-?[\d.]+) kW .* in ([\d.]+) s", response)
+    assert m is not None, response
+    before, after, seconds = (float(g) for g in m.groups())
+    # 50.00 -> 49.80 Hz, 36 mHz dead band, 5 % droop of 100 kW: 6.56 kW more discharge.
+    assert abs((after - before) - -6.56) < 0.33
+    assert seconds <= 1.0
+
+
+def test_the_vpp_link_drops_mid_discharge_and_the_discharge_stops_on_reversion(
+        tmp_path: Path) -> None:
+    result, _log = _run("upstream-lost", tmp_path)
+    assert result.scenario_failures == [], result.scenario_failures  # type: ignore[attr-defined]
+    script = "\n".join(result.scenario_script)  # type: ignore[attr-defined]
+    m = re.search(r"discharge stopped ([\d.]+) s after the last write", script)
+    assert m is not None and 10.0 <= float(m.group(1)) <= 12.0, script
+    assert [d for _t, d in result.phases] == ["charge", "discharge", "charge"]  # type: ignore[attr-defined]

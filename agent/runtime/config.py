@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from agent.core.frequency_watt import FrequencyDroop
 from agent.core.health_policy import HealthPolicy
 from agent.core.ratings import GunRatings
 from agent.core.thermal_guard import DeratingCurve, SensorLimits, ThermalConfig
+from agent.core.upstream import UpstreamPolicy
 from agent.ledger.settlement import Tariff, parse_tariff
 from drivers.gbt27930.codec import extension_pgn_table
 
@@ -81,6 +84,83 @@ class V2gConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """How upstream offers are vetted and what happens when upstream falls silent
+    (agent/core/upstream.py); local frequency response (SunSpec model 711)."""
+
+    fallback_charge_a: float = math.inf  # charging with no live offer; discharge: 0 A
+    min_interval_s: float = 1.0
+    max_validity_s: float = 900.0
+    max_delivery_age_s: float = 5.0
+    frequency_droop: bool = False
+    droop_pct: float = 5.0  # IEEE 1547-2018 default, GB/T 40595-2021 [V]
+    dead_band_hz: float = 0.036
+
+    def policy(self, gun: GunRatings) -> UpstreamPolicy:
+        droop = FrequencyDroop(rated_w=gun.max_discharge_power_w or gun.max_power_w,
+                               dead_band_hz=self.dead_band_hz, droop=self.droop_pct / 100.0)
+        return UpstreamPolicy(
+            min_interval_s=self.min_interval_s, max_validity_s=self.max_validity_s,
+            max_delivery_age_s=self.max_delivery_age_s,
+            fallback_charge_a=self.fallback_charge_a,
+            droop=droop if self.frequency_droop else None)
+
+
+def parse_upstream(table: object, gun: GunRatings) -> UpstreamConfig:
+    up: UpstreamConfig = _build(UpstreamConfig, table, "upstream")
+    if "fallback_charge_a" in (table if isinstance(table, dict) else {}) \
+            and not 0 <= up.fallback_charge_a <= gun.max_current_a:
+        raise ConfigError(f"upstream.fallback_charge_a: must be 0..{gun.max_current_a} A")
+    if not 0.1 <= up.min_interval_s <= 60 or not 1 <= up.max_validity_s <= 86_400 \
+            or not 0.1 <= up.max_delivery_age_s <= 60:
+        raise ConfigError("upstream: min_interval_s must be 0.1-60, max_validity_s 1-86400, "
+                          "max_delivery_age_s 0.1-60")
+    droop = up.policy(gun).droop
+    for problem in droop.problems() if droop is not None else []:
+        raise ConfigError(f"upstream.{problem}")
+    return up
+
+
+@dataclass(frozen=True, slots=True)
+class EmsConfig:
+    """The SunSpec Modbus TCP server for the site EMS / VPP (drivers/sunspec)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback unless the operator opens it
+    port: int = 502
+    unit_id: int = 1
+    allowed_writers: tuple[str, ...] = ("127.0.0.1",)  # client addresses that may write
+    allow_discharge: bool = False  # WSet injection (discharge) refused unless true
+    default_validity_s: float = 60.0  # a WSet without WSetRvrtTms lapses after this
+    heartbeat_timeout_s: float = 0.0  # 715 ControllerHb watched when > 0
+
+
+def parse_ems(table: object) -> EmsConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("[ems] must be a table")
+    writers = table.get("allowed_writers", ["127.0.0.1"])
+    if not isinstance(writers, list) or not all(isinstance(w, str) for w in writers):
+        raise ConfigError("ems.allowed_writers: a list of IP addresses")
+    for w in writers:
+        try:
+            ipaddress.ip_address(w)
+        except ValueError as exc:
+            raise ConfigError(f"ems.allowed_writers: {w!r} is not an IP address") from exc
+    rest = {k: v for k, v in table.items() if k != "allowed_writers"}
+    ems: EmsConfig = replace(_build(EmsConfig, rest, "ems"), allowed_writers=tuple(writers))
+    try:
+        ipaddress.ip_address(ems.host)
+    except ValueError as exc:
+        raise ConfigError(f"ems.host: {ems.host!r} is not an IP address") from exc
+    if not 0 < ems.port < 65536 or not 1 <= ems.unit_id <= 247:
+        raise ConfigError("ems: port must be 1-65535 and unit_id 1-247")
+    if not 1 <= ems.default_validity_s <= 900 or not 0 <= ems.heartbeat_timeout_s <= 3600:
+        raise ConfigError("ems: default_validity_s must be 1-900 (the upstream validity "
+                          "ceiling), heartbeat_timeout_s 0-3600")
+    return ems
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerConfig:
     path: str = "pile-ledger.sqlite"  # SQLite (WAL, synchronous=FULL); relative to the cwd
 
@@ -99,13 +179,15 @@ class PileConfig:
     owners: dict[str, HealthPolicy] = field(default_factory=dict)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     tariff: Tariff = field(default_factory=Tariff)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    ems: EmsConfig = field(default_factory=EmsConfig)
 
     def extension_pgns(self) -> dict[str, int]:
         return {"CDP": self.v2g.cdp_pgn, "BDP": self.v2g.bdp_pgn, "BDS": self.v2g.bds_pgn}
 
 
 SECTIONS = ("can", "modbus", "gun", "safety_bus", "thermal", "meter", "v2g", "health",
-            "ledger", "tariff")
+            "ledger", "tariff", "upstream", "ems")
 
 
 def _build(cls: type[Any], table: object, section: str, base: Any = None) -> Any:
@@ -189,9 +271,11 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
         tariff = parse_tariff(tariff_table)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    upstream = parse_upstream(doc.get("upstream", {}), gun)
+    ems = parse_ems(doc.get("ems", {}))
     return PileConfig(can=can, modbus=modbus, gun=gun, safety_bus=bus, thermal=thermal,
                       meter=meter, v2g=v2g, health=health, owners=owners, ledger=ledger,
-                      tariff=tariff)
+                      tariff=tariff, upstream=upstream, ems=ems)
 
 
 def parse_v2g(table: object) -> V2gConfig:

@@ -25,6 +25,7 @@ from agent.core.thermal_guard import ThermalSupervisor
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import MonotonicClock
 from agent.runtime.config import PileConfig
+from agent.runtime.ems_view import ems_snapshot
 from agent.runtime.gun_runtime import GunRuntime
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
@@ -33,6 +34,9 @@ from drivers.gbt27930.link import GbtLink, Role
 from drivers.power_module.link import LinkConfig, ModuleLink, RtuTarget, TcpTarget
 from drivers.power_module.owner import ModuleBusOwner
 from drivers.safety_io.link import SafetyBusOwner
+from drivers.sunspec.codec import layout, load_map
+from drivers.sunspec.ems_controls import EmsControls, EmsSettings
+from drivers.sunspec.server import SunSpecServer
 
 CONTROL_PERIOD_S = 0.01  # a fifth of the fastest GB/T 27930 period (BCL/CCS 50 ms)
 
@@ -52,6 +56,30 @@ def _printer(out: IO[str]) -> tuple[list[SessionReport], Callable[[Command], Non
                       f"{command.energy_kwh:.2f} kWh", file=out, flush=True)
 
     return reports, report
+
+
+async def _start_ems(config: PileConfig, session: GunSession,
+                     clock: MonotonicClock) -> SunSpecServer | str | None:
+    """The SunSpec server for the site EMS, if configured (an error text if it cannot
+    listen)."""
+    e = config.ems
+    if not e.enabled:
+        return None
+    base, models = load_map()
+    serial = f"{config.gun.charger_number}"
+    server = SunSpecServer(
+        layout(base, models, n_ports=1),
+        EmsControls(EmsSettings(allow_discharge=e.allow_discharge,
+                                default_validity_s=e.default_validity_s,
+                                heartbeat_timeout_s=e.heartbeat_timeout_s,
+                                min_interval_s=config.upstream.min_interval_s)),
+        lambda: ems_snapshot(session, serial, int(clock.now())), clock.now,
+        allowed_writers=e.allowed_writers, unit_id=e.unit_id)
+    try:
+        await server.start(e.host, e.port)
+    except OSError as exc:
+        return f"cannot serve the EMS on {e.host}:{e.port}: {exc}"
+    return server
 
 
 async def run_pile(config: PileConfig, can_log: str | None = None,
@@ -104,11 +132,16 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                                 epoch=time.time() - clock.now())
         thermal = ThermalSupervisor(config.thermal) if safety else None
         session = GunSession(config.gun, thermal=thermal, require_safety_io=safety is not None,
-                             health=config.health, owner_policies=config.owners)
+                             health=config.health, owner_policies=config.owners,
+                             upstream=config.upstream.policy(config.gun))
         runtime = GunRuntime(session, GbtLink(bus, Role.CHARGER, log=log), owner,
                              report, module_period_s=None, safety=safety, meter=meter,
                              meter_period_s=mc.poll_period_s, ledger=ledger,
                              gun=config.gun.charger_number)
+        ems = await _start_ems(config, session, clock)
+        if isinstance(ems, str):
+            print(f"pile-agent run: {ems}", file=sys.stderr)
+            return 2
         owner_task = asyncio.create_task(owner.run(clock, inbox.append))
         safety_task = asyncio.create_task(safety.run(clock, inbox.append)) if safety else None
         meter_task = asyncio.create_task(meter.run(clock, inbox.append, mc.poll_period_s)) \
@@ -120,6 +153,8 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                     plugged = True  # CC1 detection arrives with the I/O board's next revision
                     runtime.feed(VehicleConnected(clock.now(), wall_clock_s=time.time()))
                 events, inbox[:] = list(inbox), []
+                if ems is not None:
+                    events += ems.events(clock.now())
                 await runtime.step(clock.now(), events)
                 await clock.sleep(CONTROL_PERIOD_S - (clock.now() % CONTROL_PERIOD_S))
         finally:
@@ -129,6 +164,8 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             await owner.close()
+            if ems is not None:
+                await ems.stop()
             if safety is not None:
                 await safety.close()
             if meter is not None:
