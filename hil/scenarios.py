@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from ocpp.v21 import call
+
 from agent.core.events import Event, StopRequested, UpstreamLimit, UpstreamSetpoint
 from agent.core.frequency_watt import FrequencyDroop
 from agent.core.ratings import GunRatings
@@ -53,6 +55,7 @@ class Scenario:
     # The agent's SunSpec server for the site EMS, and the VPP's moves through it.
     ems: EmsSettings | None = None
     vpp: Callable[[SimulatedPile, Script, float], Awaitable[None]] | None = None
+    csms: bool = False  # a central system on loopback, and the agent's OCPP client
 
 
 def _send(pile: SimulatedPile, script: Script, t: float, amps: float | None) -> list[Event]:
@@ -369,6 +372,83 @@ def _lost_check(pile: SimulatedPile, s: Script) -> list[str]:
     return out
 
 
+# ---- ocpp-offline-replay ----------------------------------------------------------------
+
+OCPP_DISCHARGE_W, OCPP_MAX_OFFLINE_S, OCPP_OFFLINE_S = 30_000.0, 20, 60.0
+
+
+async def _ocpp_csms(pile: SimulatedPile, s: Script, t: float) -> None:
+    """The central system: a TxProfile (CentralSetpoint, 30 kW discharge, maxOfflineDuration
+    20 s) for the running transaction; then it goes away for 60 s and comes back."""
+    csms = pile.csms
+    if csms is None or not _charging(pile):
+        return
+    started = [e for e in csms.of("TransactionEvent") if e["event_type"] == "Started"]
+    if s.stage == "charge" and started and t - pile.charging_since(t) > 3.0:
+        tx = started[-1]["transaction_info"]["transaction_id"]
+        side = csms.stations["SIM-PILE-1"]
+        r = await side.call(call.SetChargingProfile(evse_id=1, charging_profile={
+            "id": 1, "stack_level": 1, "charging_profile_purpose": "TxProfile",
+            "charging_profile_kind": "Relative", "transaction_id": tx,
+            "max_offline_duration": OCPP_MAX_OFFLINE_S,
+            "charging_schedule": [{"id": 1, "charging_rate_unit": "W",
+                                   "charging_schedule_period": [{
+                                       "start_period": 0, "operation_mode": "CentralSetpoint",
+                                       "setpoint": -OCPP_DISCHARGE_W,
+                                       "discharge_limit": -40_000.0}]}]}))
+        _go(s, f"CSMS: TxProfile CentralSetpoint {-OCPP_DISCHARGE_W / 1000:.0f} kW, "
+               f"maxOfflineDuration {OCPP_MAX_OFFLINE_S} s: {r.status}", t)
+    elif s.stage.startswith("CSMS: TxProfile") and t - s.stage_since > 40.0:
+        await csms.stop()
+        _go(s, "the central system goes offline", t)
+    elif s.stage.startswith("the central system goes") and t - s.stage_since > OCPP_OFFLINE_S:
+        await csms.start(pile.csms_port)
+        _go(s, "the central system is back", t)
+
+
+def _ocpp_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
+    if s.stage.startswith("the central system is back") and t - s.stage_since > 30.0:
+        _go(s, "end", t)
+        return [StopRequested(t, "scenario over")]
+    return []
+
+
+def _ocpp_check(pile: SimulatedPile, s: Script) -> list[str]:
+    out = _common(pile) + _ledger_matches_battery(pile)
+    csms = pile.csms
+    offline = next((float(n.split()[0]) for n in s.notes if "goes offline" in n), None)
+    if csms is None or offline is None:
+        return [*out, "the central system never went offline"]
+    late = [(t, i) for t, i in pile.result.current_trace
+            if t > offline + OCPP_MAX_OFFLINE_S + 3.0 and i < -5.0
+            and not any("is back" in n and float(n.split()[0]) < t for n in s.notes)]
+    if late:
+        out.append(f"discharging {late[0][1]:.1f} A at {late[0][0]:.1f} s: the profile "
+                   f"outlived its maxOfflineDuration ({OCPP_MAX_OFFLINE_S} s)")
+    stopped = next((t for t, i in pile.result.current_trace if t > offline and i >= -5.0),
+                   None)
+    if stopped is not None:
+        s.notes.append(f"{'':8} discharge stopped {stopped - offline:.1f} s after the link "
+                       f"was lost (maxOfflineDuration {OCPP_MAX_OFFLINE_S} s)")
+    events = csms.of("TransactionEvent")
+    seqs = [e["seq_no"] for e in events]
+    if seqs != list(range(len(seqs))):
+        out.append(f"transaction events out of order or lost: seqNo {seqs}")
+    kinds = [e["event_type"] for e in events]
+    if kinds[:1] != ["Started"] or kinds[-1:] != ["Ended"]:
+        out.append(f"transaction events {kinds[:1]}...{kinds[-1:]}: no Started or no Ended")
+    replayed = sum(1 for e in events if e.get("offline"))
+    s.notes.append(f"{'':8} {len(events)} transaction events, seqNo 0..{len(events) - 1} in "
+                   f"order; {replayed} recorded offline and replayed after reconnect")
+    if replayed == 0:
+        out.append("no transaction event was recorded while offline")
+    if not any(e["event_type"] == "Updated" and any(
+            v["measurand"] == "Energy.Active.Export.Register"
+            for mv in e.get("meter_value", []) for v in mv["sampled_value"]) for e in events):
+        out.append("no meter value with Energy.Active.Export.Register")
+    return out
+
+
 _V2G_CAR = VehicleConfig(start_soc_pct=70.0, target_soc_pct=80.0, v2g=True,
                          stop_at_target=False, soc_floor_pct=60.0, energy_window_kwh=30.0)
 
@@ -397,4 +477,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "reversion time and charging resumes on the fallback",
              replace(_V2G_CAR, start_soc_pct=75.0), _lost_step, _lost_check,
              ems=EmsSettings(allow_discharge=True), vpp=_lost_vpp),
+    Scenario("ocpp-offline-replay",
+             f"the central system dispatches {OCPP_DISCHARGE_W / 1000:.0f} kW over OCPP 2.1, then "
+             f"goes offline for {OCPP_OFFLINE_S:.0f} s: the profile lapses after its "
+             f"maxOfflineDuration ({OCPP_MAX_OFFLINE_S} s), transaction events recorded offline "
+             "are replayed in order after reconnect",
+             replace(_V2G_CAR, start_soc_pct=75.0), _ocpp_step, _ocpp_check,
+             vpp=_ocpp_csms, csms=True),
 )}

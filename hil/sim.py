@@ -9,6 +9,8 @@ writes. `--speed` paces simulated time against the wall; by default it runs flat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -26,19 +28,23 @@ from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
+from agent.ledger.outbox import Outbox
 from agent.ledger.store import Ledger
 from agent.runtime.clock import SimClock
 from agent.runtime.ems_view import ems_snapshot
 from agent.runtime.gun_runtime import GunRuntime
+from agent.runtime.ocpp_bridge import OcppBridge
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.link import GbtLink, Role
+from drivers.ocpp.client import OcppClient, OcppSettings
 from drivers.power_module.link import ModuleLink, TcpTarget
 from drivers.power_module.owner import ModuleBusOwner
 from drivers.safety_io.link import SafetyBusOwner
 from drivers.sunspec.codec import layout, load_map
 from drivers.sunspec.ems_controls import EmsControls, EmsSettings
 from drivers.sunspec.server import SunSpecServer
+from hil.csms_sim import Csms
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.faults import SCENARIOS
 from hil.meter_sim import MeterSim
@@ -171,6 +177,9 @@ class SimulatedPile:
         self._last_live = -1e9
         self.ems: SunSpecServer | None = None
         self.vpp: ModbusVpp | None = None
+        self.csms: Csms | None = None
+        self.csms_port = 0
+        self.ocpp: OcppBridge | None = None
 
     async def __aenter__(self) -> SimulatedPile:
         # Bus failures reach the core as events; pymodbus's own error logging is noise here.
@@ -200,6 +209,8 @@ class SimulatedPile:
         self.vehicle_link = GbtLink(vehicle_bus, Role.BMS)
         if self.v2g is not None and self.v2g.ems is not None:
             await self._serve_ems(self.v2g.ems)
+        if self.v2g is not None and self.v2g.csms:
+            await self._connect_csms()
         self.runtime = GunRuntime(self.session, GbtLink(charger_bus, Role.CHARGER, log=log),
                                   owner, self._on_report, safety=safety_bus, meter=meter,
                                   ledger=self.ledger)
@@ -217,6 +228,31 @@ class SimulatedPile:
         self.vpp = ModbusVpp(lay, port=port)
         await self.vpp.connect()
         self._stack.callback(self.vpp.drop)
+
+    async def _connect_csms(self) -> None:
+        """A central system on loopback, and the agent's OCPP client connected to it (its
+        clock: the simulated wall clock, so profiles and offline durations run at the
+        simulation's speed)."""
+        self.csms = Csms(heartbeat_s=60)
+        self.csms_port = await self.csms.start()
+        self._stack.push_async_callback(self._stop_csms)
+        outbox = Outbox(self.options.ledger if self.options.ledger != ":memory:"
+                        else ":memory:")
+        self._stack.callback(outbox.close)
+        client = OcppClient(OcppSettings(url=f"ws://127.0.0.1:{self.csms_port}/ocpp",
+                                         station_id="SIM-PILE-1", reconnect_s=0.1),
+                            outbox, self.sim_wall)
+        task = asyncio.create_task(client.run())
+        self._stack.push_async_callback(_cancel, task)
+        self.ocpp = OcppBridge(client, self.session, self.sim_wall, meter_interval_s=10.0)
+        await asyncio.wait_for(self.csms.booted.wait(), 10.0)
+
+    async def _stop_csms(self) -> None:
+        if self.csms is not None:
+            await self.csms.stop()
+
+    def sim_wall(self) -> float:
+        return LOG_EPOCH + self.clock.now()
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -292,6 +328,8 @@ class SimulatedPile:
                     await self.v2g.vpp(self, self.script, t)
                 if self.ems is not None:
                     extra += self.ems.events(t)
+                if self.ocpp is not None:
+                    extra += self.ocpp.events(t)
                 extra += self.v2g.step(self, self.script, t)
                 self._observe(t)
             if not self.agent_hung:
@@ -305,6 +343,9 @@ class SimulatedPile:
             if self.scenario is None and ended_at is not None and t - ended_at >= LINGER_S:
                 break
             await self.clock.advance(STEP_S)
+        if self.ocpp is not None:
+            self.ocpp.events(self.clock.now())  # the Ended event
+            await self._drain_outbox()
         self.result.wall_s = time.monotonic() - wall0
         self.result.battery_energy_in_kwh = self.bms.battery.energy_in_kwh
         if isinstance(self.bms, ReplayBms):
@@ -314,6 +355,15 @@ class SimulatedPile:
         if self.result.outcome == "timeout":
             self.result.reason = f"no end of session within {self.options.max_sim_s} s"
         return self.result
+
+    async def _drain_outbox(self) -> None:
+        """Let the OCPP client deliver what is waiting (real time, at most 10 s)."""
+        assert self.ocpp is not None
+        outbox = self.ocpp.client.outbox
+        for _ in range(500):
+            if outbox.counts()[1] == 0 and self.ocpp.client.online:
+                return
+            await asyncio.sleep(0.02)
 
     def charging_since(self, t: float) -> float:
         return next((ts for ts, s in self.result.states if s == "charging"), t)
@@ -431,6 +481,12 @@ class SimulatedPile:
                                                message.priority)
             else:
                 self.vehicle_link.send(message, t)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def run_sim(options: SimOptions, out: IO[str] | None = None) -> SimResult:

@@ -146,6 +146,16 @@ def test_a_configured_curve_is_the_one_the_thermal_guard_derates_by(tmp_path: Pa
     ({"ems": {"port": 0}}, "ems: port"),
     ({"ems": {"default_validity_s": 3600.0}}, "ems: default_validity_s"),
     ({"ems": {"allow_discharge": "yes"}}, "ems.allow_discharge"),
+    ({"ocpp": {"enabled": True, "url": "http://x", "station_id": "A"}}, "ocpp.url"),
+    ({"ocpp": {"enabled": True, "url": "ws://x", "station_id": ""}}, "ocpp.station_id"),
+    ({"ocpp": {"enabled": True, "url": "ws://x", "station_id": "A"}}, "ocpp.password"),
+    ({"ocpp": {"enabled": True, "url": "ws://x", "station_id": "A", "password": "short"}},
+     "ocpp.password"),
+    ({"ocpp": {"enabled": True, "url": "wss://x", "station_id": "A", "cert_file": "c.pem"}},
+     "ocpp.cert_file"),
+    ({"ocpp": {"enabled": True, "url": "ws://x", "station_id": "A",
+               "password": "0123456789abcdef", "ca_file": "ca.pem"}}, "ocpp.url"),
+    ({"ocpp": {"enabled": True, "url": "wss://x", "station_id": "A/B"}}, "ocpp.station_id"),
 ])
 def test_bad_fields_are_named(doc: dict[str, dict[str, object]], field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):

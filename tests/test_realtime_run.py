@@ -19,6 +19,7 @@ from agent.runtime.config import parse_config
 from agent.runtime.realtime import run_pile
 from drivers.gbt27930.link import GbtLink, LinkNotice, LinkProblem, Role
 from drivers.sunspec.codec import layout, load_map
+from hil.csms_sim import Csms
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.meter_sim import MeterSim
 from hil.module_sim import ModuleSim
@@ -73,10 +74,12 @@ async def _site_ems(port: int, seen: list[object]) -> None:
 
 def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
     ems_seen: list[object] = []
+    csms = Csms(password="0123456789abcdef")
 
     async def body() -> tuple[int, str]:
         channel = f"rt-{uuid.uuid4().hex[:8]}"
         ems_port = _free_port()
+        csms_port = await csms.start()
         bms = BmsSimulator(VehicleConfig(start_soc_pct=79.8, target_soc_pct=80.0))
         module = ModuleSim()
         safety = SafetyIoSim(module)
@@ -93,6 +96,8 @@ def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
                       "port": meter_port},
             "ledger": {"path": str(tmp_path / "ledger.sqlite")},
             "ems": {"enabled": True, "port": ems_port},
+            "ocpp": {"enabled": True, "url": f"ws://127.0.0.1:{csms_port}/ocpp",
+                     "station_id": "RT-1", "password": "0123456789abcdef"},
         })
         stop = asyncio.Event()
         world = asyncio.create_task(_world(channel, bms, module, safety, meter, stop))
@@ -105,6 +110,7 @@ def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await world
             await ems
+            await csms.stop()
             await module_server.stop()
             await safety_server.stop()
             await meter_server.stop()
@@ -115,6 +121,12 @@ def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
     # [ems]: the site EMS read the SunSpec marker and its limit reached the core.
     assert ems_seen == [[0x5375, 0x6E53], False], ems_seen
     assert "notice setpoint_accepted: ems: accepted" in output, output
+    # [ocpp]: booted with basic auth; the transaction went Started .. Ended, numbered.
+    assert csms.of("BootNotification") and not csms.refused
+    events = csms.of("TransactionEvent")
+    assert events and events[0]["event_type"] == "Started", events
+    assert events[-1]["event_type"] == "Ended", events
+    assert [e["seq_no"] for e in events] == list(range(len(events)))
     for state in ("insulation_check", "precharge", "charging", "stopping", "finished"):
         assert f"-> {state}" in output, output
     # The session is on disk, with the meter's energy (config [ledger], [meter]).

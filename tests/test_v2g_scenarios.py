@@ -61,3 +61,13 @@ def test_the_vpp_link_drops_mid_discharge_and_the_discharge_stops_on_reversion(
     m = re.search(r"discharge stopped ([\d.]+) s after the last write", script)
     assert m is not None and 10.0 <= float(m.group(1)) <= 12.0, script
     assert [d for _t, d in result.phases] == ["charge", "discharge", "charge"]  # type: ignore[attr-defined]
+
+
+def test_ocpp_offline_the_profile_lapses_and_the_events_are_replayed(tmp_path: Path) -> None:
+    result, _log = _run("ocpp-offline-replay", tmp_path)
+    assert result.scenario_failures == [], result.scenario_failures  # type: ignore[attr-defined]
+    script = "\n".join(result.scenario_script)  # type: ignore[attr-defined]
+    m = re.search(r"discharge stopped ([\d.]+) s after the link was lost", script)
+    assert m is not None and 20.0 <= float(m.group(1)) <= 23.0, script
+    m = re.search(r"(\d+) recorded offline and replayed", script)
+    assert m is not None and int(m.group(1)) >= 4, script

@@ -161,6 +161,43 @@ def parse_ems(table: object) -> EmsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OcppConfig:
+    """The OCPP 2.1 central system (drivers/ocpp). Security profile from the URL and the
+    credentials: ws + password (1), wss + password (2), wss + client certificate (3)."""
+
+    enabled: bool = False
+    url: str = ""  # ws(s)://host:port/path; the station id is appended
+    station_id: str = ""
+    password: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    meter_interval_s: float = 60.0  # TransactionEvent Updated with meter values
+
+
+def parse_ocpp(table: object) -> OcppConfig:
+    o: OcppConfig = _build(OcppConfig, table, "ocpp")
+    if not o.enabled:
+        return o
+    if not o.url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"ocpp.url: must start with ws:// or wss://, got {o.url!r}")
+    if not o.station_id or "/" in o.station_id:
+        raise ConfigError("ocpp.station_id: required, without '/'")
+    if o.url.startswith("ws://") and (o.cert_file or o.ca_file):
+        raise ConfigError("ocpp.url: certificates need wss:// (security profiles 2 and 3)")
+    if bool(o.cert_file) != bool(o.key_file):
+        raise ConfigError("ocpp.cert_file and ocpp.key_file: both or neither")
+    if o.url.startswith("ws://") and not o.password:
+        raise ConfigError("ocpp.password: required on ws:// (security profile 1); an "
+                          "unauthenticated link is not offered")
+    if o.password and not 16 <= len(o.password) <= 40:
+        raise ConfigError("ocpp.password: 16 to 40 characters (OCPP 2.1 BasicAuthPassword)")
+    if not 1 <= o.meter_interval_s <= 3600:
+        raise ConfigError("ocpp.meter_interval_s: 1-3600")
+    return o
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerConfig:
     path: str = "pile-ledger.sqlite"  # SQLite (WAL, synchronous=FULL); relative to the cwd
 
@@ -181,13 +218,14 @@ class PileConfig:
     tariff: Tariff = field(default_factory=Tariff)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     ems: EmsConfig = field(default_factory=EmsConfig)
+    ocpp: OcppConfig = field(default_factory=OcppConfig)
 
     def extension_pgns(self) -> dict[str, int]:
         return {"CDP": self.v2g.cdp_pgn, "BDP": self.v2g.bdp_pgn, "BDS": self.v2g.bds_pgn}
 
 
 SECTIONS = ("can", "modbus", "gun", "safety_bus", "thermal", "meter", "v2g", "health",
-            "ledger", "tariff", "upstream", "ems")
+            "ledger", "tariff", "upstream", "ems", "ocpp")
 
 
 def _build(cls: type[Any], table: object, section: str, base: Any = None) -> Any:
@@ -273,9 +311,10 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
         raise ConfigError(str(exc)) from exc
     upstream = parse_upstream(doc.get("upstream", {}), gun)
     ems = parse_ems(doc.get("ems", {}))
+    ocpp = parse_ocpp(doc.get("ocpp", {}))
     return PileConfig(can=can, modbus=modbus, gun=gun, safety_bus=bus, thermal=thermal,
                       meter=meter, v2g=v2g, health=health, owners=owners, ledger=ledger,
-                      tariff=tariff, upstream=upstream, ems=ems)
+                      tariff=tariff, upstream=upstream, ems=ems, ocpp=ocpp)
 
 
 def parse_v2g(table: object) -> V2gConfig:

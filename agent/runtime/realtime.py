@@ -22,15 +22,18 @@ from agent.core.commands import Command, Notice, SessionReport, StateChanged
 from agent.core.events import Event, VehicleConnected
 from agent.core.session import GunSession
 from agent.core.thermal_guard import ThermalSupervisor
+from agent.ledger.outbox import Outbox
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import MonotonicClock
 from agent.runtime.config import PileConfig
 from agent.runtime.ems_view import ems_snapshot
 from agent.runtime.gun_runtime import GunRuntime
+from agent.runtime.ocpp_bridge import OcppBridge
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.codec import assign_extension_pgns
 from drivers.gbt27930.link import GbtLink, Role
+from drivers.ocpp.client import OcppClient, OcppSettings
 from drivers.power_module.link import LinkConfig, ModuleLink, RtuTarget, TcpTarget
 from drivers.power_module.owner import ModuleBusOwner
 from drivers.safety_io.link import SafetyBusOwner
@@ -80,6 +83,29 @@ async def _start_ems(config: PileConfig, session: GunSession,
     except OSError as exc:
         return f"cannot serve the EMS on {e.host}:{e.port}: {exc}"
     return server
+
+
+def _ocpp_bridge(config: PileConfig, session: GunSession,
+                 stack: contextlib.ExitStack) -> OcppBridge | None:
+    """The OCPP 2.1 client, its outbox in the ledger's file, and its bridge to the session."""
+    o = config.ocpp
+    if not o.enabled:
+        return None
+    outbox = Outbox(config.ledger.path)
+    stack.callback(outbox.close)
+    client = OcppClient(OcppSettings(
+        url=o.url, station_id=o.station_id, password=o.password or None,
+        ca_file=o.ca_file or None, cert_file=o.cert_file or None, key_file=o.key_file or None,
+        rated_power_w=max(config.gun.max_power_w, config.gun.max_discharge_power_w)),
+        outbox, time.time)
+    return OcppBridge(client, session, time.time, meter_interval_s=o.meter_interval_s)
+
+
+async def _drain(ocpp: OcppBridge, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while ocpp.client.online and ocpp.client.outbox.counts()[1] \
+            and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def run_pile(config: PileConfig, can_log: str | None = None,
@@ -142,6 +168,8 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
         if isinstance(ems, str):
             print(f"pile-agent run: {ems}", file=sys.stderr)
             return 2
+        ocpp = _ocpp_bridge(config, session, stack)
+        ocpp_task = asyncio.create_task(ocpp.client.run()) if ocpp else None
         owner_task = asyncio.create_task(owner.run(clock, inbox.append))
         safety_task = asyncio.create_task(safety.run(clock, inbox.append)) if safety else None
         meter_task = asyncio.create_task(meter.run(clock, inbox.append, mc.poll_period_s)) \
@@ -155,10 +183,15 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                 events, inbox[:] = list(inbox), []
                 if ems is not None:
                     events += ems.events(clock.now())
+                if ocpp is not None:
+                    events += ocpp.events(clock.now())
                 await runtime.step(clock.now(), events)
                 await clock.sleep(CONTROL_PERIOD_S - (clock.now() % CONTROL_PERIOD_S))
         finally:
-            for task in (owner_task, safety_task, meter_task):
+            if ocpp is not None:
+                ocpp.events(clock.now())  # the Ended event, into the outbox
+                await _drain(ocpp, 2.0)  # what is left is replayed at the next start
+            for task in (owner_task, safety_task, meter_task, ocpp_task):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

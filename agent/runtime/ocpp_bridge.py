@@ -1,0 +1,144 @@
+"""Between one gun's session and the OCPP client (drivers/ocpp).
+
+Each step: the client's offers become `UpstreamSetpoint` events on the session clock (on a
+change, and refreshed every `REFRESH_S`; a source that disappears is cleared); the
+central system's requests become core events (RequestStopTransaction -> StopRequested);
+the session's life becomes transaction events in the durable outbox (Started at plug-in,
+Updated every `meter_interval_s` with the DC meter's registers, power and SOC, Ended with
+the stop reason) and NotifyEVChargingNeeds once the vehicle's needs are known.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+
+from agent.core.events import Event, StopRequested, UpstreamCleared, UpstreamSetpoint
+from agent.core.session import GunSession
+from agent.core.states import State
+from drivers.ocpp.client import OcppClient, Reset, StopTransaction
+from drivers.ocpp.profiles import Offer
+
+REFRESH_S = 30.0  # well inside the offers' validity (profiles.OFFER_VALIDITY_S)
+_DONE = (State.FINISHED, State.FAULT)
+
+
+class OcppBridge:
+    def __init__(self, client: OcppClient, session: GunSession, wall: Callable[[], float],
+                 meter_interval_s: float = 60.0) -> None:
+        self.client = client
+        self.session = session
+        self.wall = wall
+        self.meter_interval_s = meter_interval_s
+        self._sent: dict[str, tuple[float, tuple[object, ...]]] = {}
+        self.transaction_id: str | None = None
+        self._next_meter = math.inf
+        self._needs_sent = False
+        self.log: list[str] = []
+
+    def events(self, t: float) -> list[Event]:
+        out = self._offers(t)
+        for request in self.client.drain_requests():
+            match request:
+                case StopTransaction():
+                    out.append(StopRequested(t, "central system: RequestStopTransaction"))
+                case Reset(kind="Immediate"):
+                    out.append(StopRequested(t, "central system: Reset (Immediate)"))
+                    self.log.append(f"{t:.1f} s reset requested: restart after the stop")
+                case _:
+                    self.log.append(f"{t:.1f} s {request}")
+        self._transaction(t)
+        return out
+
+    # ---- offers -> the core's upstream arbiter -------------------------------------------
+
+    def _offers(self, t: float) -> list[Event]:
+        now_wall = self.wall()
+        out: list[Event] = []
+        live = {o.source: o for o in self.client.offers()}
+        for source, o in live.items():
+            key = (o.setpoint, o.charge_limit, o.discharge_limit, o.unit, o.curve, o.baseline)
+            last = self._sent.get(source)
+            if last is not None and t - last[0] < 1.0:
+                continue  # the core takes one offer per source per second
+            if last is not None and last[1] == key and t - last[0] < REFRESH_S:
+                continue
+            self._sent[source] = (t, key)
+            out.append(_event(o, t, now_wall))
+        for source in [s for s in self._sent if s not in live]:
+            del self._sent[source]
+            out.append(UpstreamCleared(t, source))
+        return out
+
+    # ---- the session -> transaction events -----------------------------------------------
+
+    def _transaction(self, t: float) -> None:
+        s, c = self.session, self.client
+        if self.transaction_id is None:
+            if s.state not in (State.IDLE, *_DONE):
+                self.transaction_id = f"{uuid.uuid4()}"
+                c.set_connector_status("Occupied")
+                c.transaction_event("Started", "CablePluggedIn", self.transaction_id,
+                                    self._meter(), charging_state="EVConnected")
+                self._next_meter, self._needs_sent = t + self.meter_interval_s, False
+            return
+        if s.state in _DONE:
+            ok = s.state is State.FINISHED
+            c.transaction_event("Ended", "StopAuthorized" if ok else "AbnormalCondition",
+                                self.transaction_id, self._meter(),
+                                stopped_reason="Local" if ok else "EmergencyStop",
+                                charging_state="Idle")
+            c.set_connector_status("Available" if s.state is State.FINISHED else "Faulted")
+            self.transaction_id = None
+            return
+        if not self._needs_sent and s.view.charge is not None:
+            self._needs_sent = True
+            c.ev_charging_needs(self._needs())
+        if t >= self._next_meter:
+            self._next_meter = t + self.meter_interval_s
+            charging = s.state is State.CHARGING
+            c.transaction_event("Updated", "MeterValuePeriodic", self.transaction_id,
+                                self._meter(),
+                                charging_state="Charging" if charging else "EVConnected")
+
+    def _meter(self) -> dict[str, float]:
+        s = self.session
+        out: dict[str, float] = {}
+        last = s.data.metering.last
+        if last is not None:
+            out["Energy.Active.Import.Register"] = last.to_vehicle_kwh * 1000.0
+            out["Energy.Active.Export.Register"] = last.from_vehicle_kwh * 1000.0
+        st = s.plant.status
+        if st is not None:
+            # OCPP's sign matches ours: + = import into the vehicle.
+            out["Power.Active.Import"] = st.output_voltage_v * st.output_current_a
+        if s.view.soc_pct is not None:
+            out["SoC"] = s.view.soc_pct
+        return out
+
+    def _needs(self) -> dict[str, object]:
+        v = self.session.view
+        charge, discharge = v.charge, v.discharge
+        assert charge is not None
+        needs: dict[str, object] = {
+            "requested_energy_transfer": "DC_BPT" if discharge is not None else "DC",
+            "dc_charging_parameters": {
+                "ev_max_current": charge.max_current_a, "ev_max_voltage": charge.max_voltage_v,
+                **({"state_of_charge": round(v.soc_pct)} if v.soc_pct is not None else {}),
+                **({"ev_energy_capacity": v.nominal_energy_kwh * 1000.0}
+                   if v.nominal_energy_kwh else {})},
+        }
+        if discharge is not None:
+            needs["available_energy_transfer"] = ["DC", "DC_BPT"]
+            needs["v2x_charging_parameters"] = {
+                "max_discharge_current": discharge.max_current_a,
+                "max_discharge_power": discharge.max_power_w}
+        return needs
+
+
+def _event(o: Offer, t: float, now_wall: float) -> UpstreamSetpoint:
+    validity = max(0.0, min(o.valid_until - now_wall, 900.0))
+    return UpstreamSetpoint(t, o.source, t + validity, setpoint=o.setpoint,
+                            charge_limit=o.charge_limit, discharge_limit=o.discharge_limit,
+                            unit=o.unit, freq_watt_curve=o.curve, baseline=o.baseline)
