@@ -60,7 +60,10 @@ from agent.core.upstream import UpstreamArbiter
 from agent.core.vehicle_view import VehicleView
 from drivers.gbt27930 import codec as gbt_codec
 from drivers.gbt27930.wire import current_raw
+from drivers.ocpp import profiles as profiles_module
+from drivers.ocpp.profiles import ProfileStore
 from drivers.power_module import codec as module_codec
+from drivers.sunspec.ems_controls import EmsControls
 
 INF = timing.Timing(math.inf, "mutation: disabled")
 # The safety suite first (the table then names it when it catches a mutant), then the unit
@@ -69,7 +72,9 @@ SAFETY_TESTS = ["tests/test_safety_watchdogs.py", "tests/test_v2g_watchdogs.py",
                 "tests/test_safety_stateful.py",
                 "tests/test_vehicle_data.py", "tests/test_contactor_feedback.py",
                 "tests/test_config.py", "tests/test_gbt_codec_roundtrip.py",
-                "tests/test_v2g_session.py", "tests/test_arbiter.py"]
+                "tests/test_v2g_session.py", "tests/test_arbiter.py",
+                "tests/test_upstream_arbiter.py", "tests/test_sunspec_server.py",
+                "tests/test_ocpp_client.py"]
 Mutation = Callable[[], AbstractContextManager[object]]
 
 
@@ -322,6 +327,72 @@ V2G: dict[str, Mutation] = {
     "advertised:ccs-discharge-sign": _ccs_discharge_sent_as_charge,
 }
 
+def _wrapped(owner: type, name: str,
+             change: Callable[..., object]) -> AbstractContextManager[object]:
+    """Patch owner.name with change(original, self, *args)."""
+    original = getattr(owner, name)
+
+    def patched(self: object, *args: object, **kwargs: object) -> object:
+        return change(original, self, *args, **kwargs)
+
+    return mock.patch.object(owner, name, patched)
+
+
+def _fallback_discharges(original: Callable[..., tuple[float, bool]], self: UpstreamArbiter,
+                         now: float, charging: bool, *rest: object) -> tuple[float, bool]:
+    amps, fallback = original(self, now, charging, *rest)
+    return (self.policy.fallback_charge_a if fallback and not charging else amps), fallback
+
+
+def _problem_unless(words: tuple[str, ...]) -> Callable[..., str]:
+    def change(original: Callable[..., str], self: object, *args: object) -> str:
+        problem = original(self, *args)
+        return "" if any(w in problem for w in words) else problem
+    return change
+
+
+def _ems_discharge_ungated(original: Callable[..., object], self: EmsControls, t: float,
+                           written: list[object]) -> object:
+    for w in written:
+        self._apply(t, w.point.write, w.value)  # type: ignore[attr-defined]
+    return None
+
+
+_ORIGINAL_PERIOD = profiles_module._period
+
+
+def _period_range_unchecked(p: dict[str, object]) -> object:
+    """The period's own checks, but a setpoint is never held to [dischargeLimit, limit]."""
+    loose = _ORIGINAL_PERIOD({**p, "limit": None, "discharge_limit": None})
+    if isinstance(loose, profiles_module.Rejection):
+        return _ORIGINAL_PERIOD(p)
+    return dataclasses.replace(loose, limit=p.get("limit"),  # type: ignore[type-var]
+                               discharge_limit=p.get("discharge_limit"))
+
+
+# Upstream (issue 9): the setpoint arbiter, the OCPP profile rules, the SunSpec edge.
+UPSTREAM: dict[str, Mutation] = {
+    "upstream:fallback-discharges": partial(_wrapped, UpstreamArbiter, "limit_a",
+                                            _fallback_discharges),
+    "upstream:no-rate-limit": partial(_wrapped, UpstreamArbiter, "_problem",
+                                      _problem_unless(("too frequent",))),
+    "upstream:range-unchecked": partial(_wrapped, UpstreamArbiter, "_problem",
+                                        _problem_unless(("outside", "rated", "below 0"))),
+    "upstream:no-voltage-floor": lambda: mock.patch.object(
+        UpstreamArbiter, "_volts", lambda self, v: v if math.isfinite(v) else 1.0),
+    "upstream:lowest-priority-leads": lambda: mock.patch.object(
+        UpstreamArbiter, "leader", lambda self, now: min(
+            (o for o in self.live(now) if o.setpoint is not None or o.curve),
+            key=lambda o: (o.priority, -o.accepted_at), default=None)),
+    "ocpp:max-offline-ignored": partial(
+        _wrapped, ProfileStore, "offers",
+        lambda original, self, now, offline_s=0.0: original(self, now, 0.0)),
+    "ocpp:setpoint-range-unchecked": lambda: mock.patch.object(
+        profiles_module, "_period", _period_range_unchecked),
+    "sunspec:discharge-ungated": partial(_wrapped, EmsControls, "on_write",
+                                         _ems_discharge_ungated),
+}
+
 _CONNECTOR_NO_TRIP = (("connector", dataclasses.replace(thermal_guard.CONNECTOR, trip_c=math.inf)),
                       ("cable", thermal_guard.CABLE), ("module", thermal_guard.MODULE))
 
@@ -351,6 +422,7 @@ MUTATIONS: dict[str, Mutation] = {
     "interlock:thermal-trip": partial(_thermal, kinds=_CONNECTOR_NO_TRIP),
     **BLIND_SPOTS,
     **V2G,
+    **UPSTREAM,
 }
 
 

@@ -39,6 +39,7 @@ from agent.core.events import (
     TemperatureReading,
     Tick,
     UpstreamLimit,
+    UpstreamSetpoint,
     VehicleConnected,
     VehicleDisconnected,
     VehicleMessage,
@@ -181,6 +182,10 @@ class SafetyWorld:
         self.bhm_max: float | None = None
         self.upstream: tuple[float, float] | None = None  # (limit A, expires)
         self.upstream_accepted_t = -1e9
+        # A second source (the central system's maximum profile): limits only, which bind
+        # whatever the EMS asks (agent/core/upstream.py).
+        self.caps: tuple[float, float, float] | None = None  # (charge A, discharge A, expires)
+        self.caps_accepted_t = -1e9
         self.prev_cmd_a = 0.0
         self.prev_cmd_t = 0.0
         self.insulation_passed = False
@@ -487,6 +492,8 @@ class SafetyWorld:
             assert self.bcp_max is not None and amps <= self.bcp_max + EPS, "I1 EV max"
             if self.upstream is not None and self.t < self.upstream[1]:
                 assert amps <= max(self.upstream[0], 0.0) + EPS, "I1/I13 upstream limit"
+            assert amps <= self.caps_live()[0] + EPS, \
+                f"I13 {amps} A above the central system's charge limit {self.caps_live()[0]} A"
             vmax = min(RATINGS.max_voltage_v, self.ev.p.bcp_max_v,
                        self.bhm_max if self.bhm_max is not None else math.inf)
             assert voltage_v <= vmax + EPS, "I3 voltage"
@@ -534,6 +541,8 @@ class SafetyWorld:
             "D1/D4 discharge without a valid upstream discharge setpoint"
         # D3: every discharge limit
         assert amps <= -up[0] + EPS, f"D3 {amps} A above the upstream setpoint {up[0]} A"
+        assert amps <= self.caps_live()[1] + EPS, \
+            f"D3 {amps} A above the central system's discharge limit {self.caps_live()[1]} A"
         if self.bcl_demand is not None and self.bcl_demand < 0:
             assert amps <= -self.bcl_demand + EPS, "D3 above the car's discharge request"
         limit_a = min(bdp.max_discharge_current_a, bds.max_discharge_current_a,
@@ -577,8 +586,13 @@ class SafetyWorld:
         discharge = self.ratings.max_discharge_current_a > 0 and bdp is not None \
             and self.bdp_in_time and bdp.consent and bds is not None and bds.consent \
             and self.t - self.bds_t <= V2G_STATUS_S \
-            and up is not None and up[0] < 0 and self.t < up[1]
+            and up is not None and up[0] < 0 and self.t < up[1] and self.caps_live()[1] > 0
         return -1.0 if discharge else 1.0
+
+    def caps_live(self) -> tuple[float, float]:
+        """The central system's (charge, discharge) limits while valid, else none."""
+        c = self.caps
+        return (c[0], c[1]) if c is not None and self.t < c[2] else (math.inf, math.inf)
 
     def insulation_test_v(self) -> float:
         """GB/T 18487.1-2015 B.4.3: min(BHM max voltage, charger rated voltage)."""
@@ -646,8 +660,8 @@ class SafetyWorld:
             # I7/I13: an upstream limit binds a charge only while a setpoint is valid; once
             # it expires the fallback applies (unlimited charging here). A discharge held at
             # zero by an expired setpoint is D4, checked on every setpoint.
-            assert self.upstream is not None and self.t < self.upstream[1], \
-                "I7 expired upstream setpoint still applied"
+            assert (self.upstream is not None and self.t < self.upstream[1]) \
+                or self.caps_live()[0] < math.inf, "I7 expired upstream setpoint still applied"
         if isinstance(c, SetModuleOutput):
             amps = c.current_a if c.enabled else 0.0
             self.check_setpoint(amps, c.voltage_v)
@@ -928,6 +942,16 @@ class SafetyWorld:
         volts = self.plant.set_v if self.plant.enabled and self.plant.set_v > 0 else \
             RATINGS.max_voltage_v
         self.plant.insulation_ohm = ohm_per_v * volts
+
+    def central_caps(self, charge_a: float, discharge_a: float, ttl: float) -> None:
+        """The central system's maximum profile: limits only (source ocpp:max), vetted as
+        the core does: one per source per second, validity within the policy."""
+        policy = self.s.upstream.policy
+        if ttl > 0 and not ttl > policy.max_validity_s \
+                and not self.t - self.caps_accepted_t < policy.min_interval_s:
+            self.caps, self.caps_accepted_t = (charge_a, discharge_a, self.t + ttl), self.t
+        self.feed(UpstreamSetpoint(self.t, "ocpp:max", self.t + ttl, charge_limit=charge_a,
+                                   discharge_limit=discharge_a))
 
     def upstream_setpoint(self, amps: float, ttl: float, age: float) -> None:
         """Signed: + a charge limit, - an authorised discharge setpoint. Vetted as the spec

@@ -285,6 +285,14 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
             p.battery_v = round(min(max(p.discharge_min_v * volts, 150.0), p.bcp_max_v - 5), 1)
             p.reported_v = round(p.battery_v * lie, 1)
 
+    # The central system's maximum profile: charge and discharge limits that bind whatever
+    # the EMS asks, on both sides of the EMS's setpoint, some expiring (I13, D3).
+    @rule(data=st.data(), ttl=st.floats(0.5, 30))
+    def central_system_caps(self, data: st.DataObject, ttl: float) -> None:
+        self.central_caps(data.draw(st.builds(lambda f: 300.0 * (1 - f), st.floats(0, 1))),
+                          data.draw(st.builds(lambda f: 300.0 * (1 - f), st.floats(0, 1))),
+                          ttl)
+
     # The EMS asks for another setpoint: a flip of sign is a direction change (D5).
     @rule(amps=st.floats(-250, 250))
     def ems_changes(self, amps: float) -> None:
