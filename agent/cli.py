@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--scenario", metavar="NAME",
                      help="a V2G scenario (--scenario list shows them); exit 0 only when its "
                           "expectations hold")
+    sim.add_argument("--site-time", metavar="HH:MM",
+                     help="a scenario on the site clock starts at this local time")
+    sim.add_argument("--site-until", metavar="HH:MM",
+                     help="... and the owner leaves at this local time")
     sim.add_argument("--ledger", metavar="FILE", default=":memory:",
                      help="keep the energy ledger in this SQLite file (default: in memory)")
 
@@ -82,7 +86,22 @@ SIM_CHECKS: tuple[SimCheck, ...] = (
      lambda a: f"--ledger {a.ledger}: cannot write there"),
     (lambda a: _readable(a.replay_bms),
      lambda a: f"--replay-bms {a.replay_bms}: no readable file there"),
+    (lambda a: all(v is None or _time_of_day(v) is not None
+                   for v in (a.site_time, a.site_until)),
+     lambda a: f"--site-time {a.site_time} / --site-until {a.site_until}: HH:MM or HH:MM:SS"),
+    (lambda a: (a.site_time is None and a.site_until is None) or a.scenario is not None,
+     lambda a: "--site-time / --site-until: only with --scenario"),
+    (lambda a: a.site_time is None or a.site_until is None
+     or (_time_of_day(a.site_time) or 0.0) < (_time_of_day(a.site_until) or 0.0),
+     lambda a: f"--site-until {a.site_until}: must be after --site-time {a.site_time} "
+               "(the same day)"),
 )
+
+
+def _time_of_day(text: str) -> float | None:
+    from hil.scenarios import parse_hhmm
+
+    return parse_hhmm(text)
 
 
 def _list_or_check(flag: str, name: str | None, known: dict[str, str]) -> int | None:
@@ -143,6 +162,8 @@ def _main(argv: list[str] | None) -> int:
             target_soc_pct=args.target_soc, max_sim_s=args.max_sim_s,
             json_summary=args.json, live=not args.quiet, fault=args.fault,
             replay_bms=args.replay_bms, scenario=args.scenario, ledger=args.ledger,
+            site_start_s=_time_of_day(args.site_time) if args.site_time else None,
+            site_end_s=_time_of_day(args.site_until) if args.site_until else None,
         )
         return asyncio.run(run_sim_cli(options))
     from agent.runtime.config import ConfigError, load_config

@@ -56,6 +56,10 @@ class Scenario:
     ems: EmsSettings | None = None
     vpp: Callable[[SimulatedPile, Script, float], Awaitable[None]] | None = None
     csms: bool = False  # a central system on loopback, and the agent's OCPP client
+    # The site's local time (s after midnight) at the start, and when the scenario ends
+    # (`pile-agent sim --site-time/--site-until` move them); None: no site clock.
+    site_start_s: float | None = None
+    site_end_s: float | None = None
 
 
 def _send(pile: SimulatedPile, script: Script, t: float, amps: float | None) -> list[Event]:
@@ -338,11 +342,18 @@ async def _lost_vpp(pile: SimulatedPile, s: Script, t: float) -> None:
             s.notes.append(f"{t:8.1f} s  VPP reads W = {seen} W (SunSpec: + = injection)")
 
 
-def _lost_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
-    if s.stage.startswith("the VPP's link") and t - s.stage_since > 60.0:
-        _go(s, "end", t)
-        return [StopRequested(t, "scenario over")]
-    return []
+def _end_after(stage: str, seconds: float) -> Callable[[SimulatedPile, Script, float],
+                                                        list[Event]]:
+    """A step that ends the session `seconds` after the script reached `stage`."""
+    def step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
+        if s.stage.startswith(stage) and t - s.stage_since > seconds:
+            _go(s, "end", t)
+            return [StopRequested(t, "scenario over")]
+        return []
+    return step
+
+
+_lost_step = _end_after("the VPP's link", 60.0)
 
 
 def _lost_check(pile: SimulatedPile, s: Script) -> list[str]:
@@ -406,11 +417,7 @@ async def _ocpp_csms(pile: SimulatedPile, s: Script, t: float) -> None:
         _go(s, "the central system is back", t)
 
 
-def _ocpp_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
-    if s.stage.startswith("the central system is back") and t - s.stage_since > 30.0:
-        _go(s, "end", t)
-        return [StopRequested(t, "scenario over")]
-    return []
+_ocpp_step = _end_after("the central system is back", 30.0)
 
 
 def _ocpp_check(pile: SimulatedPile, s: Script) -> list[str]:
@@ -449,6 +456,93 @@ def _ocpp_check(pile: SimulatedPile, s: Script) -> list[str]:
     return out
 
 
+# ---- vpp-peak-shaving-18h ---------------------------------------------------------------
+
+PEAK_FROM_S, PEAK_TO_S = 18 * 3600.0, 21 * 3600.0
+PEAK_W, PEAK_REVERT_S, PEAK_REFRESH_S = 5_000, 60, 30.0
+
+
+def hhmm(site_s: float) -> str:
+    s = round(site_s) % 86400
+    return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def parse_hhmm(text: str) -> float | None:
+    """'HH:MM' or 'HH:MM:SS' -> seconds after midnight (None: not a time of day)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+        return None
+    h, m, sec = (int(p) for p in (*parts, "0")[:3])
+    return h * 3600.0 + m * 60.0 + sec if h < 24 and m < 60 and sec < 60 else None
+
+
+async def _peak18_vpp(pile: SimulatedPile, s: Script, t: float) -> None:
+    """The VPP over SunSpec Modbus: from 18:00 to 21:00 site time it dispatches 5 kW of
+    discharge (WSetRvrtTms 60 s, refreshed every 30 s); at 21:00 it releases the pile."""
+    vpp = pile.vpp
+    if vpp is None or not _charging(pile):
+        return
+    now = pile.site_s(t)
+    if PEAK_FROM_S <= now < PEAK_TO_S:
+        if not s.stage.startswith("VPP dispatch"):
+            _go(s, f"VPP dispatch {PEAK_W / 1000:.0f} kW at {hhmm(now)}", t)
+        if t - s.last_sent >= PEAK_REFRESH_S:
+            await vpp.dispatch(PEAK_W, PEAK_REVERT_S)
+            s.last_sent = t
+    elif now >= PEAK_TO_S and s.stage.startswith("VPP dispatch"):
+        await vpp.release()
+        _go(s, f"VPP release at {hhmm(now)}", t)
+
+
+def _peak18_step(pile: SimulatedPile, s: Script, t: float) -> list[Event]:
+    m = pile.module_sim
+    if _charging(pile):
+        s.power.append((t, m.current_a * m.output_voltage_v))
+    end = pile.site_end_s
+    if end is not None and pile.site_s(t) >= end and s.stage != "end":
+        _go(s, "end", t)
+        return [StopRequested(t, f"owner departs at {hhmm(end)}")]
+    return []
+
+
+def _peak18_check(pile: SimulatedPile, s: Script) -> list[str]:
+    out = _common(pile)
+    start = pile.site_s(0.0)
+    at = [(pile.site_s(t), i) for t, i in pile.result.current_trace]
+    early = [(x, i) for x, i in at if x < PEAK_FROM_S and i < -5.0]
+    if early:
+        out.append(f"discharging {early[0][1]:.1f} A at {hhmm(early[0][0])}, before 18:00")
+    late = [(x, i) for x, i in at if x >= PEAK_TO_S + 5.0 and i < -5.0]
+    if late:
+        out.append(f"discharging {late[0][1]:.1f} A at {hhmm(late[0][0])}, released at 21:00")
+    ends = at[-1][0] if at else start
+    if start < PEAK_FROM_S and ends > PEAK_FROM_S + 20.0:
+        began = next((x for x, i in at if x >= PEAK_FROM_S and i < -5.0), None)
+        if began is None or began - PEAK_FROM_S > 15.0:
+            out.append(f"discharge began at {hhmm(began) if began else 'never'}: more than "
+                       "15 s after the 18:00 dispatch")
+        else:
+            s.notes.append(f"{'':8} discharge began {began - PEAK_FROM_S:.1f} s after 18:00")
+    steady = sorted(p for t, p in s.power
+                    if PEAK_FROM_S + 30.0 <= pile.site_s(t) < PEAK_TO_S)
+    if steady:
+        median = steady[len(steady) // 2]
+        s.notes.append(f"{'':8} DC power while dispatched: median {median / 1000:.2f} kW over "
+                       f"{len(steady)} samples")
+        if abs(-median - PEAK_W) > 0.05 * PEAK_W and not _held(pile, ""):
+            out.append(f"dispatched {PEAK_W} W, discharged {-median:.0f} W (median)")
+    if ends >= PEAK_TO_S + 30.0:
+        stopped = next((x for x, i in at if x >= PEAK_TO_S and i >= -5.0), None)
+        if stopped is not None:
+            s.notes.append(f"{'':8} discharge stopped {stopped - PEAK_TO_S:.1f} s after the "
+                           "21:00 release")
+        if not any(x > PEAK_TO_S and i > 5.0 for x, i in at):
+            out.append("no charging after the release")
+    if pile.bms.battery.energy_out_kwh > 0:
+        out += _ledger_matches_battery(pile)
+    return out
+
+
 _V2G_CAR = VehicleConfig(start_soc_pct=70.0, target_soc_pct=80.0, v2g=True,
                          stop_at_target=False, soc_floor_pct=60.0, energy_window_kwh=30.0)
 
@@ -477,6 +571,14 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "reversion time and charging resumes on the fallback",
              replace(_V2G_CAR, start_soc_pct=75.0), _lost_step, _lost_check,
              ems=EmsSettings(allow_discharge=True), vpp=_lost_vpp),
+    Scenario("vpp-peak-shaving-18h",
+             f"a V2G car parked at 17:58; the VPP dispatches {PEAK_W / 1000:.0f} kW over SunSpec "
+             "Modbus from 18:00 and releases the pile at 21:00; the car charges back and the "
+             "owner leaves at 21:20 (--site-time / --site-until move the window)",
+             replace(_V2G_CAR, start_soc_pct=80.0, target_soc_pct=80.0, soc_floor_pct=30.0),
+             _peak18_step, _peak18_check, ems=EmsSettings(allow_discharge=True),
+             vpp=_peak18_vpp, max_sim_s=4 * 3600.0,
+             site_start_s=17 * 3600.0 + 58 * 60.0, site_end_s=21 * 3600.0 + 20 * 60.0),
     Scenario("ocpp-offline-replay",
              f"the central system dispatches {OCPP_DISCHARGE_W / 1000:.0f} kW over OCPP 2.1, then "
              f"goes offline for {OCPP_OFFLINE_S:.0f} s: the profile lapses after its "

@@ -83,6 +83,10 @@ class SimOptions:
     replay_bms: str | None = None  # a candump trace: the car answers as the recorded one did
     scenario: str | None = None  # a name from hil.scenarios.SCENARIOS (V2G)
     ledger: str = ":memory:"  # the SQLite energy ledger (a file keeps the records)
+    # The site's local time of day at the start and at the end (s after midnight), for
+    # scenarios on the site clock; None: the scenario's own.
+    site_start_s: float | None = None
+    site_end_s: float | None = None
 
 
 @dataclass
@@ -178,6 +182,11 @@ class SimulatedPile:
         self.ems: SunSpecServer | None = None
         self.vpp: ModbusVpp | None = None
         self.csms: Csms | None = None
+        v = self.v2g
+        self.site_start_s = options.site_start_s if options.site_start_s is not None else (
+            v.site_start_s if v is not None else None)
+        self.site_end_s = options.site_end_s if options.site_end_s is not None else (
+            v.site_end_s if v is not None else None)
         self.csms_port = 0
         self.ocpp: OcppBridge | None = None
 
@@ -251,6 +260,10 @@ class SimulatedPile:
         if self.csms is not None:
             await self.csms.stop()
 
+    def site_s(self, t: float) -> float:
+        """The site's local time of day at simulated time t (s after midnight)."""
+        return (self.site_start_s or 0.0) + t
+
     def sim_wall(self) -> float:
         return LOG_EPOCH + self.clock.now()
 
@@ -308,7 +321,10 @@ class SimulatedPile:
         wall0 = time.monotonic()
         ended_at: float | None = None
         plugged = False
-        while self.clock.now() < self.options.max_sim_s:
+        max_sim_s = self.options.max_sim_s
+        if self.v2g is not None and self.site_start_s is not None and self.site_end_s is not None:
+            max_sim_s = (self.site_end_s - self.site_start_s) % 86400 + 600.0
+        while self.clock.now() < max_sim_s:
             t = round(self.clock.now(), 6)
             self._maybe_inject(t)
             self._step_vehicle(t)

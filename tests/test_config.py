@@ -256,6 +256,10 @@ def test_the_gbt_current_ceiling_has_both_sides(current_a: float, ok: bool) -> N
     ["--max-sim-s", "0"], ["--start-soc", "nan"], ["--start-soc", "90", "--target-soc", "80"],
     ["--can-log", "/nonexistent-dir/session.log"], ["--can-log", "/"],
     ["--replay-bms", "/nonexistent-dir/trace.log"],
+    ["--site-time", "25:00", "--scenario", "vpp-peak-shaving-18h"],
+    ["--site-time", "18h", "--scenario", "vpp-peak-shaving-18h"],
+    ["--site-until", "18:00", "--site-time", "21:00", "--scenario", "vpp-peak-shaving-18h"],
+    ["--site-time", "18:00"],
 ])
 def test_cli_sim_rejects_bad_flags_naming_the_value(
         args: list[str], capsys: pytest.CaptureFixture[str]) -> None:

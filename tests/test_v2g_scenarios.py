@@ -71,3 +71,28 @@ def test_ocpp_offline_the_profile_lapses_and_the_events_are_replayed(tmp_path: P
     assert m is not None and 20.0 <= float(m.group(1)) <= 23.0, script
     m = re.search(r"(\d+) recorded offline and replayed", script)
     assert m is not None and int(m.group(1)) >= 4, script
+
+
+def _site_run(tmp_path: Path, start: str, until: str) -> object:
+    from hil.scenarios import parse_hhmm
+
+    return asyncio.run(run_sim(SimOptions(
+        scenario="vpp-peak-shaving-18h", live=False, ledger=str(tmp_path / "ledger.sqlite"),
+        site_start_s=parse_hhmm(start), site_end_s=parse_hhmm(until))))
+
+
+def test_the_vpp_dispatches_at_18_and_releases_at_21_on_the_site_clock(tmp_path: Path) -> None:
+    # Both edges of the 18:00-21:00 window, each in a few simulated minutes (the whole
+    # evening is `pile-agent sim --scenario vpp-peak-shaving-18h`).
+    result = _site_run(tmp_path, "17:59", "18:03")
+    assert result.scenario_failures == [], result.scenario_failures  # type: ignore[attr-defined]
+    script = "\n".join(result.scenario_script)  # type: ignore[attr-defined]
+    m = re.search(r"discharge began ([\d.]+) s after 18:00", script)
+    assert m is not None and float(m.group(1)) <= 15.0, script
+    (tmp_path / "late").mkdir()
+    result = _site_run(tmp_path / "late", "20:58", "21:04")
+    assert result.scenario_failures == [], result.scenario_failures  # type: ignore[attr-defined]
+    script = "\n".join(result.scenario_script)  # type: ignore[attr-defined]
+    m = re.search(r"discharge stopped ([\d.]+) s after the 21:00 release", script)
+    assert m is not None and float(m.group(1)) <= 5.0, script
+    assert [d for _t, d in result.phases][-1] == "charge"  # type: ignore[attr-defined]

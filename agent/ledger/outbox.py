@@ -11,11 +11,10 @@ central system recognise it (E.FR / seqNo).
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-from agent.ledger.store import LedgerError
+from agent.ledger.store import open_durable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ocpp_outbox (
@@ -33,13 +32,7 @@ CREATE TABLE IF NOT EXISTS ocpp_outbox (
 
 class Outbox:
     def __init__(self, path: str | Path) -> None:
-        try:
-            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open the OCPP outbox in {path}: {exc}") from exc
+        self._db = open_durable(path, _SCHEMA)
 
     def close(self) -> None:
         self._db.close()

@@ -54,16 +54,23 @@ class LedgerError(RuntimeError):
     """The ledger cannot be opened or written (disk full, read-only, corrupt file)."""
 
 
+def open_durable(path: str | Path, schema: str) -> sqlite3.Connection:
+    """SQLite in WAL with synchronous=FULL: a commit is on disk before it returns, and
+    survives kill -9 and power loss. LedgerError names the file if it cannot be used."""
+    try:
+        db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(schema)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"ledger {path}: {exc}") from exc
+    return db
+
+
 class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"ledger {self.path}: {exc}") from exc
+        self._db = open_durable(self.path, SCHEMA)
 
     def close(self) -> None:
         self._db.close()
