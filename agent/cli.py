@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--format", choices=("text", "csv", "json"), default="text")
     rec.add_argument("--tariff", metavar="PILE_TOML", help="[tariff] table to settle with")
 
+    bench = sub.add_parser("bench", help="reaction latencies, CCS period, CPU, memory and "
+                                         "simulation speed over the simulators (JSON)")
+    bench.add_argument("--trials", type=int, default=20, help="repetitions per reaction")
+    bench.add_argument("--pretty", action="store_true", help="indented JSON")
+
     run = sub.add_parser("run", help="run the agent against real interfaces")
     run.add_argument("--config", required=True, metavar="PILE_TOML")
     run.add_argument("--can-log", metavar="FILE", help="write the CAN traffic in candump format")
@@ -133,6 +138,13 @@ def _main(argv: list[str] | None) -> int:
         from agent.records_cli import run_records
 
         return run_records(args.ledger, args.format, args.tariff)
+    if args.command == "bench":
+        if not 1 <= args.trials <= 1000:
+            print(f"pile-agent bench: --trials {args.trials}: must be 1-1000", file=sys.stderr)
+            return 2
+        from hil.bench import main as bench_main
+
+        return bench_main(args.trials, args.pretty)
     if args.command == "sim":
         from hil.faults import SCENARIOS
         from hil.scenarios import SCENARIOS as V2G_SCENARIOS

@@ -274,3 +274,8 @@ def test_cli_run_rejects_an_unwritable_can_log(
     path.write_text("[gun]\nmax_current_a = 200\n")
     assert main(["run", "--config", str(path), "--can-log", "/nonexistent-dir/x.log"]) == 2
     assert "--can-log /nonexistent-dir/x.log" in capsys.readouterr().err
+
+
+def test_cli_bench_rejects_bad_trials(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--trials", "0"]) == 2
+    assert "--trials 0" in capsys.readouterr().err

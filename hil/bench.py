@@ -1,0 +1,289 @@
+"""`pile-agent bench`: reaction latencies, CCS period, CPU, memory and simulation speed of
+one gun, measured over the real transports (virtual CAN, Modbus TCP on loopback) on the
+wall clock. Prints JSON. The method is in docs/PERFORMANCE.md.
+
+Each reaction is timed from the stimulus to the first module write that answers it, both
+taken with `time.perf_counter` in this process: (a) the first BCL on the bus with a lower
+demand -> a lower setpoint_current on the module's Modbus wire; (b) the E-stop input set on
+the I/O board simulator -> output_enable = 0; (c) the connector PT1000 above the derating
+curve -> setpoint 0 A; (d) the site EMS's SunSpec write of a lower charge limit -> a lower
+setpoint. The agent, the simulators and the clients share this process and its event loop
+(as the CAN virtual bus needs), so CPU and memory are the whole process's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import json
+import logging
+import resource
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import can
+from pymodbus.client import AsyncModbusTcpClient
+
+from agent.core.messages import BCL
+from agent.runtime.config import parse_config
+from agent.runtime.realtime import run_pile
+from drivers.gbt27930.link import GbtLink, LinkNotice, LinkProblem, Role
+from drivers.sunspec.codec import layout, load_map
+from hil.ev_bms import BmsSimulator, VehicleConfig
+from hil.meter_sim import MeterSim
+from hil.module_sim import ModuleSim
+from hil.safety_io_sim import SafetyIoSim
+from hil.sim import SimOptions, run_sim
+
+
+@dataclass
+class Probe:
+    """What crossed the wires, with perf_counter times."""
+
+    writes: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    bcl: list[tuple[float, float]] = field(default_factory=list)  # (t, demand A)
+
+    def first_write_after(self, t0: float, test: Any, timeout: float = 2.0) -> float | None:
+        for t, values in self.writes:
+            if t >= t0 and test(values):
+                return t - t0 if t - t0 <= timeout else None
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stats(ms: list[float]) -> dict[str, float | int]:
+    if not ms:
+        return {"n": 0}
+    ordered = sorted(ms)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 2), "p99_ms": round(p99, 2),
+            "max_ms": round(max(ms), 2)}
+
+
+class Bench:
+    def __init__(self, trials: int) -> None:
+        self.trials = trials
+        self.probe = Probe()
+        self.bms = BmsSimulator(VehicleConfig(start_soc_pct=30.0, target_soc_pct=95.0))
+        self.module = ModuleSim()
+        self.safety = SafetyIoSim(self.module)
+        self.meter = MeterSim(self.module)
+        self.stop = asyncio.Event()
+        original = self.module.accept_write
+        regmap = self.module.regmap
+
+        def recorded(address: int, values: list[int]) -> Any:
+            result = original(address, values)
+            if result is None:
+                seen = {}
+                for offset, word in enumerate(values):
+                    reg = regmap.by_address(address + offset)
+                    if reg is not None:
+                        seen[reg.name] = reg.decode([word])
+                self.probe.writes.append((time.perf_counter(), seen))
+            return result
+
+        self.module.accept_write = recorded  # type: ignore[method-assign]
+
+    async def world(self, channel: str) -> None:
+        """The car and the pile's physics, every 10 ms of wall time."""
+        with can.Bus(interface="virtual", channel=channel) as bus:
+            link = GbtLink(bus, Role.BMS)
+            last = time.monotonic()
+            t0 = last
+            while not self.stop.is_set():
+                now = time.monotonic()
+                t, dt = now - t0, max(now - last, 1e-3)
+                last = now
+                for item in link.poll(t):
+                    if not isinstance(item, LinkProblem | LinkNotice):
+                        self.bms.receive(item, t)  # type: ignore[arg-type]
+                for message in self.bms.poll(t):
+                    link.send(message, t)
+                    if isinstance(message, BCL):
+                        self.probe.bcl.append((time.perf_counter(), message.current_demand_a))
+                self.bms.battery.current_a = 0.0
+                self.module.step(dt, self.bms.battery)
+                self.safety.step(dt, self.module.current_a)
+                self.meter.step(dt)
+                await asyncio.sleep(0.01)
+
+    async def until(self, check: Any, timeout: float = 30.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if check():
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    def setpoint(self) -> float:
+        return next((v["setpoint_current"] for _t, v in reversed(self.probe.writes)
+                     if "setpoint_current" in v), 0.0)
+
+    async def bcl_drops(self) -> list[float]:
+        out: list[float] = []
+        for _ in range(self.trials):
+            self.bms.demand_override_a = 200.0
+            await self.until(lambda: self.setpoint() >= 199.0, 5.0)
+            await asyncio.sleep(0.3)
+            self.bms.demand_override_a = 100.0
+            mark = len(self.probe.bcl)
+            await self.until(lambda m=mark: any(d <= 100.0 for _t, d in self.probe.bcl[m:]), 2.0)
+            sent = next((t for t, d in self.probe.bcl[mark:] if d <= 100.0), None)
+            if sent is None:
+                continue
+            lat = self.probe.first_write_after(sent, lambda v: v.get("setpoint_current", 1e9)
+                                               <= 100.05)
+            await asyncio.sleep(0.3)
+            if lat is None:
+                lat = self.probe.first_write_after(sent, lambda v: v.get(
+                    "setpoint_current", 1e9) <= 100.05)
+            if lat is not None:
+                out.append(lat * 1000.0)
+        self.bms.demand_override_a = 200.0
+        return out
+
+    async def upstream_limits(self, port: int) -> list[float]:
+        lay = layout(*load_map(), n_ports=1)
+        client = AsyncModbusTcpClient("127.0.0.1", port=port)
+        await client.connect()
+        address = lay.address_of("WChaRteMax")
+        out: list[float] = []
+        for _ in range(self.trials):
+            await client.write_register(address, 15_000)  # 150 kW (W_SF 1)
+            await asyncio.sleep(1.1)
+            await self.until(lambda: self.setpoint() >= 199.0, 5.0)
+            sent = time.perf_counter()
+            await client.write_register(address, 2_000)  # 20 kW
+            await asyncio.sleep(1.2)
+            lat = self.probe.first_write_after(sent, lambda v: v.get("setpoint_current", 1e9)
+                                               < 100.0)
+            if lat is not None:
+                out.append(lat * 1000.0)
+        await client.write_register(address, 15_000)
+        client.close()
+        return out
+
+    async def over_temperature(self) -> list[float]:
+        out: list[float] = []
+        for _ in range(self.trials):
+            self.safety.force_connector_c = None
+            await self.until(lambda: self.setpoint() >= 150.0, 6.0)
+            await asyncio.sleep(0.2)
+            sent = time.perf_counter()
+            self.safety.force_connector_c = 95.0  # past the 80-90 C derating curve: 0 A
+            await asyncio.sleep(1.0)
+            lat = self.probe.first_write_after(sent, lambda v: v.get("setpoint_current", 1e9)
+                                               <= 0.5 or v.get("output_enable", 1) == 0)
+            if lat is not None:
+                out.append(lat * 1000.0)
+        self.safety.force_connector_c = None
+        return out
+
+    async def emergency_stop(self) -> list[float]:
+        sent = time.perf_counter()
+        self.safety.estop_pressed = True
+        await asyncio.sleep(1.0)
+        lat = self.probe.first_write_after(sent, lambda v: v.get("output_enable", 1) == 0)
+        return [] if lat is None else [lat * 1000.0]
+
+
+def _ccs_periods(log: Path) -> list[float]:
+    times = []
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and "#" in parts[2]:
+            can_id = int(parts[2].split("#")[0], 16)
+            if (can_id >> 8) & 0xFF00 == 0x1200:  # PF 0x12: CCS (GB/T 27930-2015, 50 ms)
+                times.append(float(parts[0].strip("()")))
+    return [(b - a) * 1000.0 for a, b in itertools.pairwise(times)]
+
+
+async def _measure(trials: int) -> dict[str, Any]:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    b = Bench(trials)
+    channel = f"bench-{uuid.uuid4().hex[:8]}"
+    module_server, module_port = await b.module.start_tcp()
+    safety_server, safety_port = await b.safety.start_tcp()
+    meter_server, meter_port = await b.meter.start_tcp("127.0.0.1", 0)
+    ems_port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "can.log"
+        config = parse_config({
+            "can": {"interface": "virtual", "channel": channel},
+            "modbus": {"transport": "tcp", "host": "127.0.0.1", "port": module_port},
+            "safety_bus": {"enabled": True, "transport": "tcp", "host": "127.0.0.1",
+                           "port": safety_port},
+            "meter": {"enabled": True, "transport": "tcp", "host": "127.0.0.1",
+                      "port": meter_port},
+            "ledger": {"path": str(Path(tmp) / "ledger.sqlite")},
+            "ems": {"enabled": True, "port": ems_port},
+        })
+        world = asyncio.create_task(b.world(channel))
+        agent = asyncio.create_task(run_pile(config, can_log=str(log), out=io.StringIO()))
+        results: dict[str, Any] = {}
+        try:
+            if not await b.until(lambda: b.module.current_a > 100.0, 60.0):
+                raise RuntimeError("the session never reached energy transfer")
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            await asyncio.sleep(5.0)  # steady charging: CPU of the process
+            results["cpu_pct_of_one_core_charging"] = round(
+                100.0 * (time.process_time() - cpu0) / (time.perf_counter() - wall0), 1)
+            results["a_bcl_drop_to_module_write"] = _stats(await b.bcl_drops())
+            results["c_over_temperature_to_module_write"] = _stats(await b.over_temperature())
+            results["d_upstream_limit_to_module_write"] = _stats(await b.upstream_limits(
+                ems_port))
+            results["b_estop_to_module_write"] = _stats(await b.emergency_stop())
+            periods = _ccs_periods(log)
+            if periods:
+                results["ccs_period_ms"] = {
+                    "n": len(periods), "p50": round(statistics.median(periods), 1),
+                    "p99": round(sorted(periods)[round(0.99 * (len(periods) - 1))], 1),
+                    "share_above_55ms": round(sum(p > 55.0 for p in periods)
+                                              / len(periods), 3)}
+        finally:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(agent, 15.0)
+            b.stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await world
+            await module_server.stop()
+            await safety_server.stop()
+            await meter_server.stop()
+    results["rss_max_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return results
+
+
+async def _sim_speed() -> dict[str, float]:
+    wall0 = time.perf_counter()
+    r = await run_sim(SimOptions(live=False))
+    wall = time.perf_counter() - wall0
+    return {"simulated_s": round(r.sim_duration_s, 1), "wall_s": round(wall, 2),
+            "speed_up": round(r.sim_duration_s / wall, 1)}
+
+
+def run_bench(trials: int = 20) -> dict[str, Any]:
+    out: dict[str, Any] = {"guns": 1, "trials": trials}
+    out.update(asyncio.run(_measure(trials)))
+    out["simulation_one_gun"] = asyncio.run(_sim_speed())
+    out["not_measured_yet"] = ["CCS period, CPU and RSS at 4 and 12 guns",
+                               "12-gun station gun-hours per wall second"]
+    return out
+
+
+def main(trials: int, pretty: bool) -> int:
+    print(json.dumps(run_bench(trials), indent=2 if pretty else None))
+    return 0
