@@ -82,6 +82,7 @@ class Bench:
         self.safety = SafetyIoSim(self.module)
         self.meter = MeterSim(self.module)
         self.stop = asyncio.Event()
+        self.estop_from = ""
         original = self.module.accept_write
         regmap = self.module.regmap
 
@@ -129,6 +130,13 @@ class Bench:
             await asyncio.sleep(0.01)
         return False
 
+    async def answer(self, sent: float, test: Any, timeout: float = 5.0) -> float | None:
+        """Seconds from `sent` to the first module write passing `test` (None: none came
+        within `timeout`; waits for it, so a slow machine is measured, not missed)."""
+        await self.until(lambda: self.probe.first_write_after(sent, test, timeout) is not None,
+                         timeout)
+        return self.probe.first_write_after(sent, test, timeout)
+
     def setpoint(self) -> float:
         return next((v["setpoint_current"] for _t, v in reversed(self.probe.writes)
                      if "setpoint_current" in v), 0.0)
@@ -145,12 +153,7 @@ class Bench:
             sent = next((t for t, d in self.probe.bcl[mark:] if d <= 100.0), None)
             if sent is None:
                 continue
-            lat = self.probe.first_write_after(sent, lambda v: v.get("setpoint_current", 1e9)
-                                               <= 100.05)
-            await asyncio.sleep(0.3)
-            if lat is None:
-                lat = self.probe.first_write_after(sent, lambda v: v.get(
-                    "setpoint_current", 1e9) <= 100.05)
+            lat = await self.answer(sent, lambda v: v.get("setpoint_current", 1e9) <= 100.05)
             if lat is not None:
                 out.append(lat * 1000.0)
         self.bms.demand_override_a = 200.0
@@ -168,9 +171,8 @@ class Bench:
             await self.until(lambda: self.setpoint() >= 199.0, 5.0)
             sent = time.perf_counter()
             await client.write_register(address, 2_000)  # 20 kW
-            await asyncio.sleep(1.2)
-            lat = self.probe.first_write_after(sent, lambda v: v.get("setpoint_current", 1e9)
-                                               < 100.0)
+            lat = await self.answer(sent, lambda v: v.get("setpoint_current", 1e9) < 100.0)
+            await asyncio.sleep(1.0)  # the EMS's next offer: one a second
             if lat is not None:
                 out.append(lat * 1000.0)
         await client.write_register(address, 15_000)
@@ -185,19 +187,23 @@ class Bench:
             await asyncio.sleep(0.2)
             sent = time.perf_counter()
             self.safety.force_connector_c = 95.0  # past the 80-90 C derating curve: 0 A
-            await asyncio.sleep(1.0)
-            lat = self.probe.first_write_after(sent, lambda v: v.get("setpoint_current", 1e9)
-                                               <= 0.5 or v.get("output_enable", 1) == 0)
+            lat = await self.answer(sent, lambda v: v.get("setpoint_current", 1e9) <= 0.5
+                                    or v.get("output_enable", 1) == 0)
             if lat is not None:
                 out.append(lat * 1000.0)
         self.safety.force_connector_c = None
         return out
 
     async def emergency_stop(self) -> list[float]:
+        """Pressed while charging (it latches: one sample per run)."""
+        self.safety.force_connector_c = None
+        await self.until(lambda: self.module.current_a > 50.0, 10.0)
+        self.estop_from = (f"output {'on' if self.module.output_on else 'off'}, "
+                           f"{self.module.current_a:.0f} A")
+        await asyncio.sleep(0.2)
         sent = time.perf_counter()
         self.safety.estop_pressed = True
-        await asyncio.sleep(1.0)
-        lat = self.probe.first_write_after(sent, lambda v: v.get("output_enable", 1) == 0)
+        lat = await self.answer(sent, lambda v: v.get("output_enable", 1) == 0)
         return [] if lat is None else [lat * 1000.0]
 
 
@@ -246,7 +252,8 @@ async def _measure(trials: int) -> dict[str, Any]:
             results["c_over_temperature_to_module_write"] = _stats(await b.over_temperature())
             results["d_upstream_limit_to_module_write"] = _stats(await b.upstream_limits(
                 ems_port))
-            results["b_estop_to_module_write"] = _stats(await b.emergency_stop())
+            results["b_estop_to_module_write"] = {**_stats(await b.emergency_stop()),
+                                                  "pressed_with": b.estop_from}
             periods = _ccs_periods(log)
             if periods:
                 results["ccs_period_ms"] = {

@@ -15,7 +15,7 @@ def test_bench_prints_each_figure(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     for key in ("a_bcl_drop_to_module_write", "b_estop_to_module_write",
                 "c_over_temperature_to_module_write", "d_upstream_limit_to_module_write"):
-        assert out[key]["n"] >= 1 and out[key]["p50_ms"] > 0, (key, out[key])
+        assert out[key]["n"] >= 1 and out[key]["p50_ms"] > 0, (key, out)
         assert out[key]["p99_ms"] >= out[key]["p50_ms"]
     assert out["ccs_period_ms"]["n"] > 10 and 40.0 <= out["ccs_period_ms"]["p50"] <= 70.0
     assert out["cpu_pct_of_one_core_charging"] > 0 and out["rss_max_mb"] > 0
