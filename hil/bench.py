@@ -20,27 +20,21 @@ import itertools
 import json
 import logging
 import resource
-import socket
 import statistics
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import can
 from pymodbus.client import AsyncModbusTcpClient
 
 from agent.core.messages import BCL
 from agent.runtime.config import parse_config
 from agent.runtime.realtime import run_pile
-from drivers.gbt27930.link import GbtLink, LinkNotice, LinkProblem, Role
 from drivers.sunspec.codec import layout, load_map
-from hil.ev_bms import BmsSimulator, VehicleConfig
-from hil.meter_sim import MeterSim
-from hil.module_sim import ModuleSim
-from hil.safety_io_sim import SafetyIoSim
+from hil.ev_bms import VehicleConfig
+from hil.loopback_pile import LoopbackPile, free_port
 from hil.sim import SimOptions, run_sim
 
 
@@ -58,12 +52,6 @@ class Probe:
         return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _stats(ms: list[float]) -> dict[str, float | int]:
     if not ms:
         return {"n": 0}
@@ -77,12 +65,10 @@ class Bench:
     def __init__(self, trials: int) -> None:
         self.trials = trials
         self.probe = Probe()
-        self.bms = BmsSimulator(VehicleConfig(start_soc_pct=30.0, target_soc_pct=95.0))
-        self.module = ModuleSim()
-        self.safety = SafetyIoSim(self.module)
-        self.meter = MeterSim(self.module)
-        self.stop = asyncio.Event()
+        self.pile = LoopbackPile(VehicleConfig(start_soc_pct=30.0, target_soc_pct=95.0))
+        self.bms, self.module, self.safety = self.pile.bms, self.pile.module, self.pile.safety
         self.estop_from = ""
+        self.pile.on_sent = self._sent
         original = self.module.accept_write
         regmap = self.module.regmap
 
@@ -99,28 +85,9 @@ class Bench:
 
         self.module.accept_write = recorded  # type: ignore[method-assign]
 
-    async def world(self, channel: str) -> None:
-        """The car and the pile's physics, every 10 ms of wall time."""
-        with can.Bus(interface="virtual", channel=channel) as bus:
-            link = GbtLink(bus, Role.BMS)
-            last = time.monotonic()
-            t0 = last
-            while not self.stop.is_set():
-                now = time.monotonic()
-                t, dt = now - t0, max(now - last, 1e-3)
-                last = now
-                for item in link.poll(t):
-                    if not isinstance(item, LinkProblem | LinkNotice):
-                        self.bms.receive(item, t)  # type: ignore[arg-type]
-                for message in self.bms.poll(t):
-                    link.send(message, t)
-                    if isinstance(message, BCL):
-                        self.probe.bcl.append((time.perf_counter(), message.current_demand_a))
-                self.bms.battery.current_a = 0.0
-                self.module.step(dt, self.bms.battery)
-                self.safety.step(dt, self.module.current_a)
-                self.meter.step(dt)
-                await asyncio.sleep(0.01)
+    def _sent(self, message: object) -> None:
+        if isinstance(message, BCL):
+            self.probe.bcl.append((time.perf_counter(), message.current_demand_a))
 
     async def until(self, check: Any, timeout: float = 30.0) -> bool:
         end = time.monotonic() + timeout
@@ -221,24 +188,15 @@ def _ccs_periods(log: Path) -> list[float]:
 async def _measure(trials: int) -> dict[str, Any]:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     b = Bench(trials)
-    channel = f"bench-{uuid.uuid4().hex[:8]}"
-    module_server, module_port = await b.module.start_tcp()
-    safety_server, safety_port = await b.safety.start_tcp()
-    meter_server, meter_port = await b.meter.start_tcp("127.0.0.1", 0)
-    ems_port = _free_port()
+    devices = await b.pile.start()
+    ems_port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "can.log"
         config = parse_config({
-            "can": {"interface": "virtual", "channel": channel},
-            "modbus": {"transport": "tcp", "host": "127.0.0.1", "port": module_port},
-            "safety_bus": {"enabled": True, "transport": "tcp", "host": "127.0.0.1",
-                           "port": safety_port},
-            "meter": {"enabled": True, "transport": "tcp", "host": "127.0.0.1",
-                      "port": meter_port},
+            **devices,
             "ledger": {"path": str(Path(tmp) / "ledger.sqlite")},
             "ems": {"enabled": True, "port": ems_port},
         })
-        world = asyncio.create_task(b.world(channel))
         agent = asyncio.create_task(run_pile(config, can_log=str(log), out=io.StringIO()))
         results: dict[str, Any] = {}
         try:
@@ -264,12 +222,7 @@ async def _measure(trials: int) -> dict[str, Any]:
         finally:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(agent, 15.0)
-            b.stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await world
-            await module_server.stop()
-            await safety_server.stop()
-            await meter_server.stop()
+            await b.pile.close()
     results["rss_max_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return results
 
