@@ -190,7 +190,7 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
         finally:
             if ocpp is not None:
                 ocpp.events(clock.now())  # the Ended event, into the outbox
-                await _drain(ocpp, 2.0)  # what is left is replayed at the next start
+                await _drain(ocpp, 5.0)  # what is left is replayed at the next start
             for task in (owner_task, safety_task, meter_task, ocpp_task):
                 if task is not None:
                     task.cancel()
