@@ -369,7 +369,7 @@ class SimulatedPile:
         if self.v2g is not None:
             self._judge_scenario()
         if self.result.outcome == "timeout":
-            self.result.reason = f"no end of session within {self.options.max_sim_s} s"
+            self.result.reason = f"no end of session within {max_sim_s} s"
         return self.result
 
     async def _drain_outbox(self) -> None:

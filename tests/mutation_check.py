@@ -377,12 +377,12 @@ UPSTREAM: dict[str, Mutation] = {
     "upstream:no-rate-limit": partial(_wrapped, UpstreamArbiter, "_problem",
                                       _problem_unless(("too frequent",))),
     "upstream:range-unchecked": partial(_wrapped, UpstreamArbiter, "_problem",
-                                        _problem_unless(("outside", "rated", "below 0"))),
+                                        _problem_unless(("rated", "below 0"))),
     "upstream:no-voltage-floor": lambda: mock.patch.object(
         UpstreamArbiter, "_volts", lambda self, v: v if math.isfinite(v) else 1.0),
     "upstream:lowest-priority-leads": lambda: mock.patch.object(
         UpstreamArbiter, "leader", lambda self, now: min(
-            (o for o in self.live(now) if o.setpoint is not None or o.curve),
+            (o for o in self.live(now) if o.sp.setpoint is not None or o.curve),
             key=lambda o: (o.priority, -o.accepted_at), default=None)),
     "ocpp:max-offline-ignored": partial(
         _wrapped, ProfileStore, "offers",

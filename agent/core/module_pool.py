@@ -31,8 +31,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-SWITCH_CURRENT_A = 5.0  # GB/T 18487.1-2023 E.5.1 (as for a direction change)
-FEEDBACK_S = 1.0  # the matrix contactor's feedback (as for K1/K2: invariant I4)
+from agent.core import timing as T
+
+# No switching under load: the <= 5 A point of a direction change (GB/T 18487.1-2023
+# Annex E); a matrix contactor's feedback within the K1/K2 budget (invariant I4).
+SWITCH_CURRENT_A = T.DIRECTION_CHANGE_CURRENT_A
+FEEDBACK_S = T.CONTACTOR_FEEDBACK.seconds
 
 
 @dataclass(frozen=True, slots=True)

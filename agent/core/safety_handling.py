@@ -26,6 +26,7 @@ from agent.core.messages import ChargerFault
 from agent.core.session_base import SessionBase
 from agent.core.states import State, Trigger
 from agent.core.thermal_guard import ThermalSupervisor
+from agent.core.upstream import UpstreamDecision
 
 _LIVE = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
          State.PARAMETER_EXCHANGE, State.PRECHARGE, State.CHARGING, State.STOPPING,
@@ -62,20 +63,20 @@ class SafetyHandling(SessionBase):
             case FaultsCleared(by=by):
                 self._clear_faults(by)
             case UpstreamLimit() | UpstreamSetpoint():
-                decision = self.upstream.offer(event, self.now)
-                kind = "setpoint_accepted" if decision.accepted else "setpoint_rejected"
-                self._out.append(Notice(self.now, kind, f"{event.source}: {decision.reason}"))
+                self._say_upstream(event.source, self.upstream.offer(event, self.now))
             case DroopSet():
-                decision = self.upstream.set_droop(event)
-                kind = "setpoint_accepted" if decision.accepted else "setpoint_rejected"
-                self._out.append(Notice(self.now, kind, f"{event.source}: {decision.reason}"))
+                self._say_upstream(event.source, self.upstream.set_droop(event))
             case UpstreamCleared():
-                decision = self.upstream.clear(event)
-                self._out.append(Notice(self.now, "setpoint_cleared",
-                                        f"{event.source}: {decision.reason}"))
+                self._say_upstream(event.source, self.upstream.clear(event), "setpoint_cleared")
             case _:
                 return False
         return True
+
+    def _say_upstream(self, source: str, decision: UpstreamDecision, kind: str = "") -> None:
+        """Every upstream offer is logged with its source and the reason it was taken or
+        refused (docs/UPSTREAM.md)."""
+        kind = kind or ("setpoint_accepted" if decision.accepted else "setpoint_rejected")
+        self._out.append(Notice(self.now, kind, f"{source}: {decision.reason}"))
 
     def _measured_current(self) -> float:
         st = self.plant.status

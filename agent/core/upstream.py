@@ -10,6 +10,8 @@ The rules, the same for every source:
 - The setpoint comes from the live source of the highest priority (the latest offer of
   equal priority). Limits bind from every live source: an EMS that forbids discharge
   forbids it whatever the central system asks.
+- A setpoint beyond its own offer's limits is held to them, like any source's (OCPP's
+  rule that such a profile is rejected is applied at the OCPP edge, drivers/ocpp).
 - A charge setpoint is a ceiling (the vehicle's demand still decides below it); a
   discharge setpoint is the current asked for (ISO 15118-20 Dynamic BPT: the charger picks
   within the vehicle's limits).
@@ -25,12 +27,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 from agent.core.events import DroopSet, UpstreamCleared, UpstreamLimit, UpstreamSetpoint
 from agent.core.frequency_watt import FrequencyDroop, FreqWattCurve
-
-Unit = Literal["A", "W"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +68,13 @@ class UpstreamDecision:
 
 @dataclass(frozen=True, slots=True)
 class _Offer:
-    source: str
+    """An accepted offer as it came, with its rank, when it was taken, and its curve built
+    once (not on every control step)."""
+
+    sp: UpstreamSetpoint
     priority: int
     accepted_at: float
-    expires_at: float
-    unit: Unit
-    setpoint: float | None
-    charge_limit: float
-    discharge_limit: float
     curve: FreqWattCurve | None
-    baseline: float
 
 
 @dataclass
@@ -102,10 +98,7 @@ class UpstreamArbiter:
         if problem:
             return UpstreamDecision(False, problem)
         curve = FreqWattCurve(sp.freq_watt_curve) if sp.freq_watt_curve else None
-        self.offers[sp.source] = _Offer(
-            sp.source, self.policy.priority(sp.source), now, sp.expires_at,
-            "W" if sp.unit == "W" else "A",
-            sp.setpoint, sp.charge_limit, sp.discharge_limit, curve, sp.baseline)
+        self.offers[sp.source] = _Offer(sp, self.policy.priority(sp.source), now, curve)
         return UpstreamDecision(True, "accepted")
 
     def clear(self, event: UpstreamCleared) -> UpstreamDecision:
@@ -146,10 +139,6 @@ class UpstreamArbiter:
             return f"|{sp.setpoint} {sp.unit}| above the rated {rated} {sp.unit}"
         if sp.charge_limit < 0 or sp.discharge_limit < 0:
             return "a limit below 0 (limits are magnitudes)"
-        if sp.setpoint is not None and not -sp.discharge_limit <= sp.setpoint \
-                <= sp.charge_limit:
-            # OCPP 2.1 Q08: a setpoint outside [-dischargeLimit, limit] is rejected.
-            return "setpoint outside [-discharge limit, charge limit]"
         if sp.freq_watt_curve:
             problems = FreqWattCurve(sp.freq_watt_curve).problems()
             if problems:
@@ -168,11 +157,11 @@ class UpstreamArbiter:
     # ---- output -------------------------------------------------------------------
 
     def live(self, now: float) -> list[_Offer]:
-        return [o for o in self.offers.values() if now < o.expires_at]
+        return [o for o in self.offers.values() if now < o.sp.expires_at]
 
     def leader(self, now: float) -> _Offer | None:
         """The live source whose setpoint counts (highest priority, then the latest)."""
-        steering = [o for o in self.live(now) if o.setpoint is not None or o.curve]
+        steering = [o for o in self.live(now) if o.sp.setpoint is not None or o.curve]
         return max(steering, key=lambda o: (o.priority, o.accepted_at), default=None)
 
     def limit_a(self, now: float, charging: bool, volts: float,
@@ -188,8 +177,8 @@ class UpstreamArbiter:
             if charging:
                 return max(self.policy.fallback_charge_a + min(offset, 0.0), 0.0), True
             return 0.0, True
-        charge = min(_amps(o.charge_limit, o.unit, v) for o in live)
-        discharge = min(_amps(o.discharge_limit, o.unit, v) for o in live)
+        charge = min(_amps(o.sp.charge_limit, o.sp.unit, v) for o in live)
+        discharge = min(_amps(o.sp.discharge_limit, o.sp.unit, v) for o in live)
         lead = self.leader(now)
         if lead is None:
             return (charge if charging else 0.0), False
@@ -203,12 +192,12 @@ class UpstreamArbiter:
 
     def _target_a(self, o: _Offer, now: float, volts: float) -> float:
         if o.curve is None:
-            return _amps(o.setpoint or 0.0, o.unit, volts)
+            return _amps(o.sp.setpoint or 0.0, o.sp.unit, volts)
         # OCPP 2.1 LocalFrequency: v2xBaseline plus the curve at the measured frequency;
         # with no usable frequency, no response: the baseline alone.
         hz = self._frequency(now)
         power = o.curve.power_at(hz) if hz is not None else None
-        return _amps(o.baseline + (power or 0.0), o.unit, volts)
+        return _amps(o.sp.baseline + (power or 0.0), o.sp.unit, volts)
 
     def _frequency(self, now: float) -> float | None:
         f = self.frequency
@@ -224,7 +213,7 @@ class UpstreamArbiter:
         return 0.0 if watts is None else watts / volts
 
 
-def _amps(value: float, unit: Unit, volts: float) -> float:
+def _amps(value: float, unit: str, volts: float) -> float:
     return value if unit == "A" else value / volts
 
 

@@ -138,7 +138,7 @@ class OcppBridge:
 
 
 def _event(o: Offer, t: float, now_wall: float) -> UpstreamSetpoint:
-    validity = max(0.0, min(o.valid_until - now_wall, 900.0))
+    validity = max(0.0, o.valid_until - now_wall)  # <= profiles.OFFER_VALIDITY_S
     return UpstreamSetpoint(t, o.source, t + validity, setpoint=o.setpoint,
                             charge_limit=o.charge_limit, discharge_limit=o.discharge_limit,
                             unit=o.unit, freq_watt_curve=o.curve, baseline=o.baseline)

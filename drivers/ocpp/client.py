@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import ssl
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,7 +103,6 @@ class _Station(ChargePoint):  # type: ignore[misc]
         c = charging_profile_criteria or {}
         found = self.owner.store.clear(charging_profile_id, c.get("charging_profile_purpose"),
                                        c.get("stack_level"))
-        self.owner.changed = True
         return call_result.ClearChargingProfile(status="Accepted" if found else "Unknown")
 
     @on(Action.update_dynamic_schedule)  # type: ignore[untyped-decorator]
@@ -110,7 +110,6 @@ class _Station(ChargePoint):  # type: ignore[misc]
                         **_: Any) -> call_result.UpdateDynamicSchedule:
         problem = self.owner.store.update_dynamic(charging_profile_id, schedule_update,
                                                   self.owner.wall())
-        self.owner.changed = True
         if problem is not None:
             return call_result.UpdateDynamicSchedule(
                 status="Rejected", status_info=StatusInfoType(problem.reason_code, problem.info))
@@ -165,7 +164,6 @@ class _Station(ChargePoint):  # type: ignore[misc]
             return call_result.NotifyAllowedEnergyTransfer(
                 status="Rejected", status_info=StatusInfoType("TxNotFound"))
         self.owner.allowed_transfer = tuple(allowed_energy_transfer)
-        self.owner.changed = True
         return call_result.NotifyAllowedEnergyTransfer(status="Accepted")
 
 
@@ -182,9 +180,8 @@ class OcppClient:
     transaction_id: str | None = None
     allowed_transfer: tuple[str, ...] = ("DC", "DC_BPT")
     heartbeat_s: float = 300.0
-    changed: bool = True
     connector_status: str = "Available"
-    log: list[str] = field(default_factory=list)
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=200))
     variables: dict[tuple[str, str], tuple[str, bool]] = field(default_factory=dict)
     needs: dict[str, Any] | None = None  # NotifyEVChargingNeeds waiting to be sent
     auth_cache: dict[str, bool] = field(default_factory=dict)
@@ -224,7 +221,6 @@ class OcppClient:
             return _rejected("InvalidValue", "a Tx profile needs an EVSE")
         self._profile_times.append(now)
         self.store.set(profile)
-        self.changed = True
         return call_result.SetChargingProfile(status="Accepted")
 
     def get_variable(self, d: dict[str, Any]) -> GetVariableResultType:
@@ -291,7 +287,6 @@ class OcppClient:
                 self.auth_cache[id_token] = ok
                 if ok and r.allowed_energy_transfer:
                     self.allowed_transfer = tuple(r.allowed_energy_transfer)
-                    self.changed = True
                 return ok
         return self.auth_cache.get(id_token, False)
 
@@ -316,11 +311,11 @@ class OcppClient:
                 {"value": round(v, 3), "measurand": m} for m, v in meter.items()]}]
         if event_type == "Started":
             self.transaction_id = transaction_id
+            self.store.transaction_started = now  # Relative profiles count from here
         seq = self.outbox.enqueue(transaction_id, payload, now)
         if event_type == "Ended":
             self.transaction_id = None
             self.store.end_transaction()
-            self.changed = True
         self._wake.set()
         return seq
 
@@ -349,7 +344,6 @@ class OcppClient:
             self._cp = None
             if self.online:
                 self.online, self.offline_since = False, self.wall()
-                self.changed = True
             elif self.offline_since is None:
                 self.offline_since = self.wall()
             await asyncio.sleep(self.settings.reconnect_s)
@@ -377,7 +371,7 @@ class OcppClient:
         if boot is None or boot.status != "Accepted":
             raise OSError(f"boot not accepted: {boot}")
         self.heartbeat_s = float(boot.interval or self.heartbeat_s)
-        self.online, self.offline_since, self.changed = True, None, True
+        self.online, self.offline_since = True, None
         await self._status(cp)
         next_beat = self.wall() + self.heartbeat_s
         while not reader.done():

@@ -193,8 +193,7 @@ def _period(p: Mapping[str, Any]) -> Period | Rejection:
 @dataclass
 class ProfileStore:
     profiles: dict[int, Profile] = field(default_factory=dict)
-    transaction_started: float | None = None
-    transaction_id: str | None = None
+    transaction_started: float | None = None  # wall time of the running transaction
 
     def set(self, profile: Profile) -> None:
         # A profile with the same purpose and stack level replaces the older one (K01).
@@ -238,7 +237,7 @@ class ProfileStore:
     def end_transaction(self) -> None:
         # TxProfiles end with their transaction (K01).
         self.clear(purpose="TxProfile")
-        self.transaction_started = self.transaction_id = None
+        self.transaction_started = None
 
     # ---- what is valid now -----------------------------------------------------------
 

@@ -17,6 +17,7 @@ offer; this module only says what the EMS asked for, in the agent's units and si
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 from agent.core.events import DroopSet, Event, UpstreamCleared, UpstreamSetpoint
@@ -53,7 +54,7 @@ class EmsControls:
     droop_pending: bool = False
     last_sent: float = -math.inf
     offered: bool = False
-    log: list[str] = field(default_factory=list)
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=200))
 
     def on_write(self, t: float, written: list[Written]) -> int | None:
         """Apply one accepted Modbus write; a Modbus exception code refuses all of it."""
@@ -120,9 +121,8 @@ class EmsControls:
         setpoint = self.wset_w if self.wset_enabled and not stopped else None
         charge = 0.0 if stopped else self.charge_limit_w
         discharge = 0.0 if stopped else self.discharge_limit_w
-        if setpoint is not None:
-            # A setpoint beyond the EMS's own limit is clipped to it, as written together.
-            setpoint = max(-discharge, min(charge, setpoint))
+        # A WSet beyond the EMS's own WChaRteMax/WDisChaRteMax is held to them by the
+        # core's upstream arbiter (limits bind), not here.
         out.append(UpstreamSetpoint(t, s.source, self.expires_at, setpoint=setpoint,
                                     charge_limit=charge, discharge_limit=discharge, unit="W"))
         return out

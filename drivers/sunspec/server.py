@@ -11,6 +11,7 @@ operator configures another address.
 from __future__ import annotations
 
 import contextvars
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,7 +59,8 @@ class SunSpecServer:
         self.clock = clock
         self.allowed_writers = frozenset(allowed_writers)
         self.unit_id = unit_id
-        self.refused: list[tuple[str, int, str]] = []  # (peer, address, why): for the log
+        # (peer, address, why), the latest only: a flood of refused writes stays bounded.
+        self.refused: deque[tuple[str, int, str]] = deque(maxlen=200)
         self._server: Any = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 502) -> int:
