@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="... and the owner leaves at this local time")
     sim.add_argument("--ledger", metavar="FILE", default=":memory:",
                      help="keep the energy ledger in this SQLite file (default: in memory)")
+    sim.add_argument("--guns", type=int, default=1,
+                     help="run N guns of one pile sharing a module pool (with --scenario: "
+                          "`--guns 2 --scenario list` shows the pile scenarios)")
 
     rec = sub.add_parser("records", help="list, export and settle the energy ledger")
     rec.add_argument("--ledger", metavar="FILE", required=True)
@@ -75,11 +78,19 @@ def _readable(path: str | None) -> bool:
     return path is None or (Path(path).is_file() and os.access(path, os.R_OK))
 
 
+MAX_GUNS = 64  # a station's worth (36 guns) with room; each gun opens three loopback servers
 # Every bad value gets a sentence naming it and exit 2, before anything starts.
 SimCheck = tuple[Callable[[argparse.Namespace], bool], Callable[[argparse.Namespace], str]]
 SIM_CHECKS: tuple[SimCheck, ...] = (
     (lambda a: math.isfinite(a.speed) and a.speed >= 0,
      lambda a: f"--speed {a.speed}: must be a finite number >= 0 (0 = as fast as possible)"),
+    (lambda a: 1 <= a.guns <= MAX_GUNS,
+     lambda a: f"--guns {a.guns}: must be 1-{MAX_GUNS}"),
+    (lambda a: a.guns == 1 or (a.fault is None and a.replay_bms is None and a.can_log is None
+                               and a.site_time is None and a.site_until is None
+                               and a.speed == 0.0),
+     lambda a: "--guns: a pile scenario runs flat out; --fault, --replay-bms, --can-log, "
+               "--site-time/--site-until and --speed are for one gun"),
     (lambda a: math.isfinite(a.max_sim_s) and a.max_sim_s > 0,
      lambda a: f"--max-sim-s {a.max_sim_s}: must be a finite number > 0"),
     (lambda a: 0.0 <= a.start_soc < a.target_soc <= 100.0,
@@ -147,13 +158,16 @@ def _main(argv: list[str] | None) -> int:
         return bench_main(args.trials, args.pretty)
     if args.command == "sim":
         from hil.faults import SCENARIOS
+        from hil.pile_scenarios import PILE_SCENARIOS
         from hil.scenarios import SCENARIOS as V2G_SCENARIOS
         from hil.sim import SimOptions, run_sim_cli
 
-
-        for flag, name, table in (("fault", args.fault, SCENARIOS),
-                                  ("scenario", args.scenario, V2G_SCENARIOS)):
-            code = _list_or_check(flag, name, {k: v.description for k, v in table.items()})
+        scenarios = {k: v.description for k, v in V2G_SCENARIOS.items()} if args.guns == 1 \
+            else {k: v.description for k, v in PILE_SCENARIOS.items()}
+        for flag, name, table in (("fault", args.fault,
+                                   {k: v.description for k, v in SCENARIOS.items()}),
+                                  ("scenario", args.scenario, scenarios)):
+            code = _list_or_check(flag, name, table)
             if code is not None:
                 return code
 
@@ -161,6 +175,11 @@ def _main(argv: list[str] | None) -> int:
             if not ok(args):
                 print(f"pile-agent sim: {message(args)}", file=sys.stderr)
                 return 2
+        if args.guns > 1:
+            from hil.pile_sim import run_pile_sim_cli
+
+            return asyncio.run(run_pile_sim_cli(args.scenario or "pool-share", args.guns,
+                                                args.json, live=not args.quiet))
         if args.replay_bms is not None:
             from hil.replay_bms import RecordingError, load_recording
 

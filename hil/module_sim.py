@@ -108,6 +108,9 @@ class ModuleSim:
         self.grid_frequency_hz = 50.0
         self.grid_voltage_pu = 1.0
         self.islanded = False
+        # A pooled pile: what the module groups switched to this gun give (A, W), set by the
+        # matrix each step (hil/matrix_sim.py); None: the unit has its own stack.
+        self.supply: tuple[float, float] | None = None
         # physical state, readable by tests
         self.current_a = 0.0
         self.output_voltage_v = 0.0
@@ -170,11 +173,15 @@ class ModuleSim:
     def capability(self) -> tuple[float, float]:
         """(current A, power W) available now, after temperature derating."""
         f = self.derate_factor()
+        if self.supply is not None:
+            return self.supply[0] * f, self.supply[1] * f
         return self.params.max_current_a * f, self.params.max_power_w * f
 
     def reverse_capability(self) -> tuple[float, float]:
         """(current A, power W) the stage can take back from the vehicle now."""
         f = self.derate_factor()
+        if self.supply is not None:
+            return self.supply[0] * f, self.supply[1] * f
         return self.params.max_discharge_current_a * f, self.params.max_discharge_power_w * f
 
     @property
@@ -292,7 +299,7 @@ class ModuleSim:
     def _step_unloaded(self, dt_s: float, vehicle: VehicleSide | None) -> None:
         p = self.params
         bleeding = self._get("bleeder_command") == 1
-        if self.output_on:
+        if self.output_on and (self.supply is None or self.supply[1] > 0):
             target = min(self._get("setpoint_voltage"), p.max_voltage_v)
             tau = p.voltage_tau_s
         else:

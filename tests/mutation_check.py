@@ -69,7 +69,7 @@ INF = timing.Timing(math.inf, "mutation: disabled")
 # The safety suite first (the table then names it when it catches a mutant), then the unit
 # tests that hold the codecs, the config and the sequence windows on every side.
 SAFETY_TESTS = ["tests/test_safety_watchdogs.py", "tests/test_v2g_watchdogs.py",
-                "tests/test_safety_stateful.py",
+                "tests/test_safety_stateful.py", "tests/test_pile_safety.py",
                 "tests/test_vehicle_data.py", "tests/test_contactor_feedback.py",
                 "tests/test_config.py", "tests/test_gbt_codec_roundtrip.py",
                 "tests/test_v2g_session.py", "tests/test_arbiter.py",

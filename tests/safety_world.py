@@ -145,9 +145,11 @@ class SafetyWorld:
     """The core, an EV and a plant on one simulated clock, with every invariant checked
     on each command and after each tick. `disturb` names every way the world misbehaves."""
 
-    def __init__(self) -> None:
+    def __init__(self, pooled: bool = False) -> None:
         self.ratings = RATINGS
-        self.s = GunSession(self.ratings, thermal=ThermalSupervisor())
+        # A gun of a pile with a shared module pool (tests/test_pile_safety.py).
+        self.pooled = pooled
+        self.s = GunSession(self.ratings, thermal=ThermalSupervisor(), pooled=pooled)
         self.connector_c = 40.0
         self.sensor_open = False
         self.sensor_open_seen = False
@@ -818,7 +820,7 @@ class SafetyWorld:
                             require_safety_io=require_io,
                             health=v.policy if v.policy_source == "operator" else None,
                             owner_policies={VIN: v.policy} if v.policy_source == "owner_vin"
-                            else None)
+                            else None, pooled=self.pooled)
         battery_v = round(min(battery_v, bcp_max_v - 5), 1)
         reported_v = round(battery_v * lie, 1)
         # A liar is a car whose BCP voltage is off by more than 5 % either way; 4 % is not.

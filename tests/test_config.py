@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -279,3 +280,50 @@ def test_cli_run_rejects_an_unwritable_can_log(
 def test_cli_bench_rejects_bad_trials(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--trials", "0"]) == 2
     assert "--trials 0" in capsys.readouterr().err
+
+
+def _two_guns(**pile: object) -> dict[str, object]:
+    return {"gun": [{"can": {"channel": "can0"}}, {"can": {"channel": "can1"},
+                                                   "priority": 2, "max_current_a": 200.0}],
+            "pile": {"grid_limit_w": 180_000.0, "matrix": {"port": 1502},
+                     "group": [{"id": "G1", "current_a": 125.0, "power_w": 60_000.0,
+                                "reach": [1, 2]}], **pile}}
+
+
+def test_guns_and_the_pile_pool_parse_with_defaults_from_the_top_level() -> None:
+    c = parse_config({**_two_guns(), "modbus": {"host": "10.0.0.5"}})
+    assert [g.ratings.charger_number for g in c.guns] == [1, 2]
+    assert [g.can.channel for g in c.guns] == ["can0", "can1"]
+    assert c.guns[1].ratings.max_current_a == 200.0 and c.guns[1].priority == 2
+    assert all(g.modbus.host == "10.0.0.5" for g in c.guns)  # from [modbus]
+    assert c.pile is not None and c.pile.grid_limit_w == 180_000.0
+    assert c.pile.groups[0].reach == frozenset({1, 2}) and c.pile.matrix.port == 1502
+    # One [gun]: one gun, no pool.
+    single = parse_config({})
+    assert len(single.guns) == 1 and single.pile is None
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"gun": [{"can": {"channel": "can0"}}, {"can": {"channel": "can0"}}]},
+     "its own CAN channel"),
+    ({"gun": [{"charger_number": 1}, {"charger_number": 1, "can": {"channel": "x"}}]},
+     "charger_number"),
+    ({"gun": [{"priority": -1}]}, "gun[0].priority"),
+    ({"gun": [{"modbus": {"unit_id": 0}}]}, "gun[0].modbus.unit_id"),
+    ({"gun": [{"max_current_a": 500.0}]}, "gun[0]."),
+    (_two_guns(group=[{"id": "G1", "current_a": 125.0, "power_w": 60_000.0,
+                       "reach": [1, 3]}]), "reach"),
+    (_two_guns(group=[{"id": "G1", "current_a": 125.0, "power_w": 60_000.0,
+                       "reach": [1]}]), "no group reaches gun(s) [2]"),
+    (_two_guns(group=[{"id": "G1", "current_a": -1.0, "power_w": 60_000.0,
+                       "reach": [1, 2]}]), "current_a"),
+    (_two_guns(group=[{"id": "G", "current_a": 1.0, "power_w": 1.0, "reach": [1, 2]},
+                      {"id": "G", "current_a": 1.0, "power_w": 1.0, "reach": [1, 2]}]),
+     "each group its own"),
+    (_two_guns(grid_limit_w=0), "pile.grid_limit_w"),
+    (_two_guns(nonsense=1), "pile.nonsense"),
+    ({**_two_guns(), "ems": {"enabled": True}}, "one gun only"),
+])
+def test_bad_guns_or_pool_are_named(doc: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(doc)

@@ -142,6 +142,16 @@ def test_the_grid_limit_is_shared_by_priority_then_evenly() -> None:
     assert caps[1].power_w + caps[2].power_w <= 100_000.0
 
 
+def test_guns_of_one_priority_share_the_grid_max_min_fair() -> None:
+    # 100 kW among three guns asking 20, 70 and 70 kW: 20, then 40 and 40 (not 70 and 10
+    # for whoever happens to come first).
+    pool = ModulePool(groups(6, frozenset({1, 2, 3})), grid_limit_w=100_000.0)
+    matrix = Matrix(dict.fromkeys([g.id for g in pool.groups]))
+    _t, caps = run(pool, matrix, [GunNeed(1, 70_000.0), GunNeed(2, 70_000.0),
+                                  GunNeed(3, 20_000.0)], 5.0)
+    assert [round(caps[g].power_w) for g in (1, 2, 3)] == [40_000, 40_000, 20_000], caps
+
+
 # ---- the property ------------------------------------------------------------------------
 
 @settings(max_examples=int(os.environ.get("POOL_EXAMPLES", "150")), deadline=None)

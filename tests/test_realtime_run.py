@@ -16,6 +16,7 @@ from drivers.sunspec.codec import layout, load_map
 from hil.csms_sim import Csms
 from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile, free_port
+from hil.matrix_sim import GroupSim
 
 
 async def _site_ems(port: int, seen: list[object]) -> None:
@@ -84,3 +85,32 @@ def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
     assert len(sessions) == 1 and sessions[0]["outcome"] == "finished", sessions
     assert sessions[0]["to_vehicle_kwh"] is not None and float(sessions[0]["to_vehicle_kwh"]) > 0, \
         sessions
+
+
+def test_run_drives_two_guns_sharing_a_module_pool(tmp_path: Path) -> None:
+    """`[[gun]]` and `[pile]`: one process, two guns on their own CAN channels, four module
+    groups behind the matrix board; both sessions finish on the pool's groups."""
+
+    async def body() -> tuple[int, str, list[tuple[float, str, int, float]]]:
+        cars = [VehicleConfig(start_soc_pct=79.8, target_soc_pct=80.0, vin=f"LRTPOOL00000000{i}")
+                for i in (1, 2)]
+        pile = LoopbackPile(cars, [GroupSim(f"G{k}", 125.0, 60_000.0, frozenset({1, 2}))
+                                   for k in range(1, 5)])
+        devices = await pile.start()
+        config = parse_config({**devices, "ledger": {"path": str(tmp_path / "l.sqlite")}})
+        assert config.pile is not None and len(config.guns) == 2
+        out = io.StringIO()
+        try:
+            rc = await asyncio.wait_for(run_pile(config, out=out), 90.0)
+        finally:
+            await pile.close()
+        assert pile.matrix is not None
+        return rc, out.getvalue(), pile.matrix.switched_under_load
+
+    rc, output, under_load = asyncio.run(body())
+    assert rc == 0, output
+    assert under_load == [], under_load
+    for gun in (1, 2):
+        assert f"gun {gun}: session finished" in output, output
+        assert f"gun {gun}: charging -> stopping" in output, output
+    assert "pile: " in output and "-> gun 2" in output, output  # the pool's decisions

@@ -28,6 +28,7 @@ class Limit(Enum):
     EV_MAX = "ev_max"
     CHARGER_MAX = "charger_max"
     MODULE_CAPABILITY = "module_capability"
+    MODULE_POOL = "module_pool"
     POWER = "power"
     GRID = "grid"
     THERMAL = "thermal"
@@ -65,6 +66,10 @@ class CurrentLimits:
     # Discharge needs the vehicle's consent and an authorised upstream setpoint; else 0.
     consent_a: float = math.inf
     direction_a: float = math.inf  # 0 while a direction change passes through zero
+    # The pile's module pool (agent/core/pile.py): the groups switched to this gun, and its
+    # share of the pile rating and the grid limit; 0 while a group is to leave the gun.
+    pool_a: float = math.inf
+    pool_power_w: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,7 @@ CANDIDATES: tuple[tuple[Limit, Callable[[CurrentLimits], float]], ...] = (
     (Limit.EV_MAX, lambda lim: lim.ev_max_a),
     (Limit.CHARGER_MAX, lambda lim: lim.charger_max_a),
     (Limit.MODULE_CAPABILITY, lambda lim: lim.module_capability_a),
+    (Limit.MODULE_POOL, lambda lim: min(lim.pool_a, _amps_for(lim.pool_power_w, lim))),
     (Limit.POWER, lambda lim: _amps_for(lim.power_limit_w, lim)),
     (Limit.GRID, lambda lim: _amps_for(lim.grid_limit_w, lim)),
     (Limit.THERMAL, lambda lim: lim.thermal_a),
@@ -146,6 +152,8 @@ def decide_current(
         limits.health_a,
         limits.consent_a,
         limits.direction_a,
+        limits.pool_a,
+        limits.pool_power_w,
     )
     if (
         any(_bad_magnitude(x) for x in magnitudes)
@@ -174,6 +182,23 @@ def decide_current(
     # The 1e-9 keeps 2.3 A (22.999999999999996 steps in binary) from losing a step.
     magnitude = math.floor(magnitude * STEPS_PER_A + 1e-9) / STEPS_PER_A
     return CurrentDecision(direction * magnitude if magnitude > 0.0 else 0.0, bound, ceiling)
+
+
+# What the vehicle side and upstream want, before the pile's own power decides how much of
+# it can be served: the module pool plans by this (agent/core/pile.py). STATE and DIRECTION
+# are left out too: a pause or a pass through zero must not give the gun's groups away.
+_SUPPLY_SIDE = frozenset({Limit.MODULE_CAPABILITY, Limit.MODULE_POOL, Limit.POWER,
+                          Limit.GRID, Limit.STATE, Limit.DIRECTION})
+
+
+def wanted_current(limits: CurrentLimits) -> float:
+    """The current the gun would take if the pile had power to spare (A, magnitude; 0 for
+    input the arbiter would refuse)."""
+    values = [read(limits) for limit, read in CANDIDATES if limit not in _SUPPLY_SIDE]
+    if any(math.isnan(v) for v in values):
+        return 0.0
+    wanted = min(values)
+    return wanted if math.isfinite(wanted) and wanted > 0.0 else 0.0
 
 
 def decide_discharge_voltage(ev_min_v: float, charger_min_input_v: float) -> VoltageDecision:

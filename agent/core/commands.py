@@ -132,6 +132,15 @@ class SessionReport:
     health: dict[str, float | None] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class SetMatrix:
+    """The contactor-matrix board: which guns module group `group` (its index in the
+    pile's configured order) is to be closed to, as a bit mask (bit g-1: gun g)."""
+
+    group: int
+    closed_guns: int
+
+
 Command = (
     Transmit
     | SetModuleOutput
@@ -144,4 +153,5 @@ Command = (
     | Notice
     | LedgerInterval
     | SessionReport
+    | SetMatrix
 )

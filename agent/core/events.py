@@ -280,6 +280,37 @@ class EnergyHistory:
     throughput_kwh: float
 
 
+@dataclass(frozen=True, slots=True)
+class PoolCapability:
+    """What the pile's module pool gives this gun now (agent/core/pile.py): the groups
+    whose matrix contactor reads closed to it, its share of the pile rating and of the
+    grid (or export) limit. 0 while a group is to leave the gun (held until <= 5 A)."""
+
+    t: float
+    current_a: float
+    power_w: float
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixStatus:
+    """One read of the contactor-matrix board: per module group (in the configured
+    order), the guns whose matrix contactor reads closed (bit g-1 for gun g), and the
+    names of the group's active faults ("": healthy; the driver names the bits)."""
+
+    t: float
+    feedback: tuple[int, ...]
+    faults: tuple[str, ...]
+    current_a: tuple[float, ...] = ()  # each group's own output current, when reported
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixLost:
+    """The matrix board's bus failed a request: every group counts as unavailable."""
+
+    t: float
+    detail: str
+
+
 Event = (
     Tick
     | VehicleConnected
@@ -303,4 +334,5 @@ Event = (
     | EnergyHistory
     | MeterReading
     | MeterLost
+    | PoolCapability
 )

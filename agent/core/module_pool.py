@@ -6,8 +6,9 @@ decides its current, with the capability as its module-capability candidate.
 The rules:
 - A group feeds one gun at a time, only a gun it can reach (the matrix's wiring).
 - Planning: every vehicle first gets one group it can reach (in priority order: its own if
-  it has one, else an unclaimed one, which may be another gun's second group); then each
-  gun, in priority order, keeps its own groups and takes unclaimed ones up to its demand;
+  it has one, else an unclaimed one, which may be another gun's second group); then every
+  gun keeps its own groups up to its demand, and then, in priority order, takes unclaimed
+  ones up to its demand;
   a group nobody needs stays on an active gun (no switching for nothing). A plan is made
   again only when a need moves by the smallest group's power, a gun starts or stops, a
   group faults or returns, or the contactor feedback disagrees with the assignment.
@@ -20,9 +21,10 @@ The rules:
 - A faulted group counts for no gun from the moment it is reported; the others keep
   serving.
 - The pile's rating and the site's grid limit are shared among the charging guns (in
-  priority order up to their demand, then evenly); the export limit among the discharging
-  ones. No credit is taken for one gun's discharge to let another charge more: if the
-  discharge stops, the import must still be within the limit.
+  priority order up to their demand, guns of one priority max-min fair, then what is left
+  evenly); the export limit among the discharging ones. No credit is taken for one gun's
+  discharge to let another charge more: if the discharge stops, the import must still be
+  within the limit.
 """
 
 from __future__ import annotations
@@ -126,12 +128,14 @@ class ModulePool:
             mine = own(n.gun) or free(n.gun)[:1]
             if mine:
                 take(n.gun, mine[0])
-        # Then each fills up to its demand, in priority order: its own groups first (no
-        # switching for nothing), then unclaimed ones.
-        for n in order:
-            for g in [*own(n.gun), *free(n.gun)]:
-                if got[n.gun] < want[n.gun] and g.id not in target:
-                    take(n.gun, g)
+        # Then each keeps its own groups up to its demand (no switching for nothing: a gun
+        # never pauses to hand a group to another that merely comes first), and only then
+        # each takes unclaimed ones, in priority order.
+        for pick in (own, free):
+            for n in order:
+                for g in pick(n.gun):
+                    if got[n.gun] < want[n.gun] and g.id not in target:
+                        take(n.gun, g)
         # Leftovers stay on an active gun, else join the first active gun they reach (its
         # vehicle may ask for more), else nowhere.
         for g in healthy:
@@ -260,10 +264,15 @@ class ModulePool:
             side = sorted((n for n in needs if n.discharging is discharging),
                           key=lambda n: -n.priority)
             left = budget
-            for n in side:  # priority order, each up to what it needs and can use
-                give = min(n.power_w, watts.get(n.gun, 0.0), left)
-                out[n.gun] = give
-                left -= give
+            for level in sorted({n.priority for n in side}, reverse=True):
+                # Priority order; within a level, max-min fair: each up to what it needs
+                # and can use, the smallest first, the rest splitting what is left evenly.
+                members = sorted((n for n in side if n.priority == level),
+                                 key=lambda n: min(n.power_w, watts.get(n.gun, 0.0)))
+                for k, n in enumerate(members):
+                    give = min(n.power_w, watts.get(n.gun, 0.0), left / (len(members) - k))
+                    out[n.gun] = give
+                    left -= give
             if left > 0 and side:  # the rest evenly, so a rising demand finds headroom
                 extra = left / len(side)
                 for n in side:

@@ -27,6 +27,7 @@ from agent.core.events import (
     ModuleLinkLost,
     ModuleStatus,
     OwnerPolicy,
+    PoolCapability,
     StopRequested,
     Tick,
     VehicleConnected,
@@ -85,12 +86,17 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         require_safety_io: bool = False,
         health: HealthPolicy | None = None,
         owner_policies: dict[str, HealthPolicy] | None = None,
+        pooled: bool = False,
     ) -> None:
+        """pooled: the gun draws on a pile's shared module pool (agent/core/pile.py), so it
+        may deliver only what the pool's latest PoolCapability gives it (none yet: 0 A)."""
         self.ratings = ratings
+        self.pooled = pooled
         self.operator_policy = health or HealthPolicy()
         self.owner_policies = dict(owner_policies or {})
         self.view = NO_VEHICLE
         self.decision = None
+        self.limits = None
         self.safety = SafetySupervisor()
         self.upstream = UpstreamArbiter(
             upstream or UpstreamPolicy(), ratings.max_current_a,
@@ -197,6 +203,8 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                     self.data.owner_policy = policy
             case MeterReading():
                 self._on_meter(event)
+            case PoolCapability():
+                self.plant.pool = event
             case MeterLost(detail=detail):
                 if self._at_stake() and not self.data.metering.note:
                     self._out.append(Notice(self.now, "meter_lost", detail))

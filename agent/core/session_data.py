@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from agent.core.arbiter import Limit
 from agent.core.direction import DirectionControl
-from agent.core.events import ModuleStatus
+from agent.core.events import ModuleStatus, PoolCapability
 from agent.core.health_policy import HealthPolicy
 from agent.core.messages import (
     BCL,
@@ -144,3 +144,5 @@ class Plant:
     insulation_at: float | None = None
     safety_io_at: float | None = None
     safety_io_lost: str = ""
+    # The module pool's latest word for this gun (a gun of a pooled pile); None: none yet.
+    pool: PoolCapability | None = None

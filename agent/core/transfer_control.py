@@ -51,6 +51,8 @@ class TransferControl(SessionBase):
     owner_policies: dict[str, HealthPolicy]
     view: VehicleView
     decision: CurrentDecision | None  # the latest, for reports and tests
+    pooled: bool
+    limits: CurrentLimits | None  # the latest decision's inputs (the pool plans by them)
 
     # ---- what the vehicle and the parties allow ---------------------------------
 
@@ -114,7 +116,7 @@ class TransferControl(SessionBase):
         decision = decide_current(limits, previous_a=self.act.current_a, dt_s=dt,
                                   ramp_up_a_per_s=self.ratings.ramp_up_a_per_s)
         self.act.last_decision_t = self.now
-        self.decision = decision
+        self.decision, self.limits = decision, limits
         if self.state is State.CHARGING:
             self._say_why_discharge_holds(decision)
         self._command_module(
@@ -195,6 +197,8 @@ class TransferControl(SessionBase):
             grid_limit_w=r.grid_limit_w,
             soc_window_a=soc_a,
             direction_a=self.data.direction.limit_a() if in_transfer else math.inf,
+            pool_a=self._pool()[0],
+            pool_power_w=self._pool()[1],
         )
 
     def _discharge_limits(self, state_limit_a: float,
@@ -237,8 +241,18 @@ class TransferControl(SessionBase):
             health_a=discharge_health_limit(policy, view, self._energy_use())[0],
             consent_a=math.inf if authorised else 0.0,
             direction_a=d.direction.limit_a(),
+            pool_a=self._pool()[0],
+            pool_power_w=self._pool()[1],
         )
         return limits, floor
+
+    def _pool(self) -> tuple[float, float]:
+        """(A, W) the pile's module pool gives this gun; no limit for a gun with its own
+        modules, nothing for a pooled gun before the pool has spoken."""
+        if not self.pooled:
+            return math.inf, math.inf
+        pool = self.plant.pool
+        return (pool.current_a, pool.power_w) if pool is not None else (0.0, 0.0)
 
     # ---- reporting ------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from agent.core.frequency_watt import FrequencyDroop
 from agent.core.health_policy import HealthPolicy
+from agent.core.module_pool import Group
 from agent.core.ratings import GunRatings
 from agent.core.thermal_guard import DeratingCurve, SensorLimits, ThermalConfig
 from agent.core.upstream import UpstreamPolicy
@@ -203,6 +204,30 @@ class LedgerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GunSetup:
+    """One gun: its ratings and its own CAN channel, output unit, safety bus and meter."""
+
+    ratings: GunRatings
+    can: CanConfig
+    modbus: ModbusConfig
+    safety_bus: SafetyBusConfig
+    meter: MeterConfig
+    priority: int = 0  # the module pool serves higher first
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSetup:
+    """The pile's module pool: its groups, the matrix board that switches them, and the
+    limits the guns share."""
+
+    groups: tuple[Group, ...]
+    matrix: ModbusConfig
+    power_w: float = math.inf  # the pile's rating
+    grid_limit_w: float = math.inf
+    export_limit_w: float = math.inf
+
+
+@dataclass(frozen=True, slots=True)
 class PileConfig:
     can: CanConfig = field(default_factory=CanConfig)
     modbus: ModbusConfig = field(default_factory=ModbusConfig)
@@ -219,13 +244,17 @@ class PileConfig:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     ems: EmsConfig = field(default_factory=EmsConfig)
     ocpp: OcppConfig = field(default_factory=OcppConfig)
+    # Every gun with its own interfaces ([[gun]] tables; one from [gun] otherwise), and the
+    # pile's shared module pool ([pile]); None: each gun has its own module stack.
+    guns: tuple[GunSetup, ...] = ()
+    pile: PoolSetup | None = None
 
     def extension_pgns(self) -> dict[str, int]:
         return {"CDP": self.v2g.cdp_pgn, "BDP": self.v2g.bdp_pgn, "BDS": self.v2g.bds_pgn}
 
 
 SECTIONS = ("can", "modbus", "gun", "safety_bus", "thermal", "meter", "v2g", "health",
-            "ledger", "tariff", "upstream", "ems", "ocpp")
+            "ledger", "tariff", "upstream", "ems", "ocpp", "pile")
 
 
 def _build(cls: type[Any], table: object, section: str, base: Any = None) -> Any:
@@ -257,46 +286,21 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
     for section in doc:
         if section not in SECTIONS:
             raise ConfigError(f"[{section}]: unknown section (known: {', '.join(SECTIONS)})")
-    can = _build(CanConfig, doc.get("can", {}), "can")
-    modbus = _build(ModbusConfig, doc.get("modbus", {}), "modbus")
-    gun = _build(GunRatings, doc.get("gun", {}), "gun")
-    if can.bitrate <= 0:
-        raise ConfigError("can.bitrate: must be > 0")
-    if modbus.transport not in ("tcp", "rtu"):
-        raise ConfigError(f"modbus.transport: must be 'tcp' or 'rtu', got {modbus.transport!r}")
-    if modbus.transport == "rtu" and not modbus.serial_port:
-        raise ConfigError("modbus.serial_port: required when modbus.transport = 'rtu'")
-    if not 0 < modbus.port < 65536:
-        raise ConfigError(f"modbus.port: must be 1-65535, got {modbus.port}")
-    if not 1 <= modbus.unit_id <= 247:
-        raise ConfigError(f"modbus.unit_id: must be 1-247 (Modbus serial line spec), "
-                          f"got {modbus.unit_id}")
-    if modbus.parity not in ("N", "E", "O"):
-        raise ConfigError(f"modbus.parity: must be N, E or O, got {modbus.parity!r}")
-    if not 0 < modbus.timeout_s <= 5 or not 0 < modbus.poll_period_s <= 1:
-        raise ConfigError("modbus.timeout_s must be in (0, 5] and modbus.poll_period_s in (0, 1]")
+    can = check_can(_build(CanConfig, doc.get("can", {}), "can"), "can")
+    modbus = check_modbus(_build(ModbusConfig, doc.get("modbus", {}), "modbus"), "modbus")
+    gun_doc = doc.get("gun", {})
+    gun = _build(GunRatings, {} if isinstance(gun_doc, list) else gun_doc, "gun")
     for problem in gun.problems():
         raise ConfigError(f"gun.{problem}")
-    bus = _build(SafetyBusConfig, doc.get("safety_bus", {}), "safety_bus")
-    if bus.enabled and bus.transport == "rtu" and not bus.serial_port:
-        raise ConfigError("safety_bus.serial_port: required when safety_bus.transport = 'rtu'")
-    if bus.transport not in ("tcp", "rtu"):
-        raise ConfigError(f"safety_bus.transport: must be 'tcp' or 'rtu', got {bus.transport!r}")
+    bus = check_safety_bus(_build(SafetyBusConfig, doc.get("safety_bus", {}), "safety_bus"),
+                           "safety_bus")
     thermal = parse_thermal(doc.get("thermal", {}))
     if "thermal" in doc and not bus.enabled:
         # The temperatures come from the I/O board on the safety bus; without it the
         # curves would be read and silently never applied.
         raise ConfigError("[thermal]: needs [safety_bus] enabled = true (the PT1000s are "
                           "read from the I/O board)")
-    meter = _build(MeterConfig, doc.get("meter", {}), "meter")
-    if meter.transport not in ("tcp", "rtu"):
-        raise ConfigError(f"meter.transport: must be 'tcp' or 'rtu', got {meter.transport!r}")
-    if meter.enabled and meter.transport == "rtu" and not meter.serial_port:
-        raise ConfigError("meter.serial_port: required when meter.transport = 'rtu'")
-    if not 1 <= meter.unit_id <= 247 or meter.parity not in ("N", "E", "O") \
-            or not 0 < meter.poll_period_s <= 60:
-        raise ConfigError("meter: unit_id must be 1-247, parity N, E or O, poll_period_s "
-                          "in (0, 60]")
+    meter = check_meter(_build(MeterConfig, doc.get("meter", {}), "meter"), "meter")
     v2g = parse_v2g(doc.get("v2g", {}))
     health, owners = parse_health(doc.get("health", {}))
     ledger = _build(LedgerConfig, doc.get("ledger", {}), "ledger")
@@ -309,12 +313,156 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
         tariff = parse_tariff(tariff_table)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    upstream = parse_upstream(doc.get("upstream", {}), gun)
     ems = parse_ems(doc.get("ems", {}))
     ocpp = parse_ocpp(doc.get("ocpp", {}))
-    return PileConfig(can=can, modbus=modbus, gun=gun, safety_bus=bus, thermal=thermal,
-                      meter=meter, v2g=v2g, health=health, owners=owners, ledger=ledger,
-                      tariff=tariff, upstream=upstream, ems=ems, ocpp=ocpp)
+    base = GunSetup(gun, can, modbus, bus, meter)
+    guns = parse_guns(gun_doc, base) if isinstance(gun_doc, list) else (base,)
+    pile = parse_pile(doc["pile"], guns) if "pile" in doc else None
+    if len(guns) > 1 and (ems.enabled or ocpp.enabled):
+        raise ConfigError("[ems] / [ocpp]: one gun only for now (a SunSpec port group and an "
+                          "OCPP EVSE per gun are not wired yet; docs/PILE.md)")
+    return PileConfig(can=can, modbus=modbus, gun=guns[0].ratings, safety_bus=bus,
+                      thermal=thermal, meter=meter, v2g=v2g, health=health, owners=owners,
+                      ledger=ledger, tariff=tariff,
+                      upstream=parse_upstream(doc.get("upstream", {}), guns[0].ratings),
+                      ems=ems, ocpp=ocpp, guns=guns, pile=pile)
+
+
+_PER_GUN = {"can": CanConfig, "modbus": ModbusConfig, "safety_bus": SafetyBusConfig,
+            "meter": MeterConfig}
+
+
+def parse_guns(tables: list[Any], base: GunSetup) -> tuple[GunSetup, ...]:
+    """[[gun]]: each gun's ratings, priority and its own interfaces; what a gun leaves out
+    comes from the top-level [can], [modbus], [safety_bus] and [meter]."""
+    guns: list[GunSetup] = []
+    for i, table in enumerate(tables):
+        where = f"gun[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"[[gun]] #{i}: must be a table")
+        ratings = _build(GunRatings, {k: v for k, v in table.items()
+                                      if k not in (*_PER_GUN, "priority")}, where,
+                         base=replace(base.ratings, charger_number=i + 1))
+        for problem in ratings.problems():
+            raise ConfigError(f"{where}.{problem}")
+        priority = table.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int) \
+                or not 0 <= priority <= 100:
+            raise ConfigError(f"{where}.priority: an integer 0-100, got {priority!r}")
+        parts = {name: _build(cls, table.get(name, {}), f"{where}.{name}",
+                              base=getattr(base, name)) for name, cls in _PER_GUN.items()}
+        guns.append(GunSetup(ratings, check_can(parts["can"], f"{where}.can"),
+                             check_modbus(parts["modbus"], f"{where}.modbus"),
+                             check_safety_bus(parts["safety_bus"], f"{where}.safety_bus"),
+                             check_meter(parts["meter"], f"{where}.meter"), priority))
+    if not guns:
+        raise ConfigError("[[gun]]: at least one gun")
+    numbers = [g.ratings.charger_number for g in guns]
+    if len(set(numbers)) != len(numbers) or not all(1 <= n <= 16 for n in numbers):
+        raise ConfigError(f"[[gun]] charger_number: each gun its own, 1-16, got {numbers}")
+    channels = [(g.can.interface, g.can.channel) for g in guns]
+    if len(set(channels)) != len(channels):
+        raise ConfigError("[[gun]] can.channel: each gun needs its own CAN channel "
+                          "(GB/T 27930 addresses one charger and one BMS per bus)")
+    return tuple(guns)
+
+
+def parse_pile(table: object, guns: tuple[GunSetup, ...]) -> PoolSetup:
+    """[pile]: the shared limits, [pile.matrix] the matrix board's bus, [[pile.group]] the
+    module groups and the guns each can reach (by charger_number)."""
+    if not isinstance(table, dict):
+        raise ConfigError("[pile] must be a table")
+    known = {"power_w", "grid_limit_w", "export_limit_w", "matrix", "group"}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"pile.{key}: unknown setting (known: {', '.join(sorted(known))})")
+    limits: dict[str, float] = {}
+    for key in ("power_w", "grid_limit_w", "export_limit_w"):
+        value = table.get(key, math.inf)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"pile.{key}: a number > 0, got {value!r}")
+        limits[key] = float(value)
+    matrix = check_modbus(_build(ModbusConfig, table.get("matrix", {}), "pile.matrix"),
+                          "pile.matrix")
+    raw = table.get("group", [])
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("[[pile.group]]: at least one module group")
+    numbers = {g.ratings.charger_number for g in guns}
+    groups: list[Group] = []
+    for i, entry in enumerate(raw):
+        where = f"pile.group[{i}]"
+        if not isinstance(entry, dict) or set(entry) - {"id", "current_a", "power_w", "reach"}:
+            raise ConfigError(f"{where}: a table of id, current_a, power_w, reach")
+        gid, amps, watts, reach = (entry.get(k) for k in ("id", "current_a", "power_w",
+                                                         "reach"))
+        if not isinstance(gid, str) or not gid:
+            raise ConfigError(f"{where}.id: a name")
+        for key, value in (("current_a", amps), ("power_w", watts)):
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not 0 < value < math.inf:
+                raise ConfigError(f"{where}.{key}: a finite number > 0, got {value!r}")
+        if not isinstance(reach, list) or not reach or not set(reach) <= numbers:
+            raise ConfigError(f"{where}.reach: the guns (charger_number) its matrix "
+                              f"contactors reach, among {sorted(numbers)}; got {reach!r}")
+        groups.append(Group(gid, float(amps), float(watts),  # type: ignore[arg-type]
+                            frozenset(reach)))
+    ids = [g.id for g in groups]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"[[pile.group]] id: each group its own, got {ids}")
+    if len(groups) > 16:
+        raise ConfigError("[[pile.group]]: at most 16 groups (the matrix board's map)")
+    lonely = sorted(numbers - {n for g in groups for n in g.reach})
+    if lonely:
+        raise ConfigError(f"[[pile.group]]: no group reaches gun(s) {lonely}")
+    return PoolSetup(tuple(groups), matrix, limits["power_w"], limits["grid_limit_w"],
+                     limits["export_limit_w"])
+
+
+def check_can(can: CanConfig, section: str) -> CanConfig:
+    if can.bitrate <= 0:
+        raise ConfigError(f"{section}.bitrate: must be > 0")
+    return can
+
+
+def check_modbus(modbus: ModbusConfig, section: str) -> ModbusConfig:
+    if modbus.transport not in ("tcp", "rtu"):
+        raise ConfigError(f"{section}.transport: must be 'tcp' or 'rtu', got "
+                          f"{modbus.transport!r}")
+    if modbus.transport == "rtu" and not modbus.serial_port:
+        raise ConfigError(f"{section}.serial_port: required when {section}.transport = 'rtu'")
+    if not 0 < modbus.port < 65536:
+        raise ConfigError(f"{section}.port: must be 1-65535, got {modbus.port}")
+    if not 1 <= modbus.unit_id <= 247:
+        raise ConfigError(f"{section}.unit_id: must be 1-247 (Modbus serial line spec), "
+                          f"got {modbus.unit_id}")
+    if modbus.parity not in ("N", "E", "O"):
+        raise ConfigError(f"{section}.parity: must be N, E or O, got {modbus.parity!r}")
+    if not 0 < modbus.timeout_s <= 5 or not 0 < modbus.poll_period_s <= 1:
+        raise ConfigError(f"{section}.timeout_s must be in (0, 5] and {section}.poll_period_s "
+                          "in (0, 1]")
+    return modbus
+
+
+def check_safety_bus(bus: SafetyBusConfig, section: str) -> SafetyBusConfig:
+    if bus.enabled and bus.transport == "rtu" and not bus.serial_port:
+        raise ConfigError(f"{section}.serial_port: required when {section}.transport = 'rtu'")
+    if bus.transport not in ("tcp", "rtu"):
+        raise ConfigError(f"{section}.transport: must be 'tcp' or 'rtu', got "
+                          f"{bus.transport!r}")
+    return bus
+
+
+def check_meter(meter: MeterConfig, section: str) -> MeterConfig:
+    if meter.transport not in ("tcp", "rtu"):
+        raise ConfigError(f"{section}.transport: must be 'tcp' or 'rtu', got "
+                          f"{meter.transport!r}")
+    if meter.enabled and meter.transport == "rtu" and not meter.serial_port:
+        raise ConfigError(f"{section}.serial_port: required when {section}.transport = 'rtu'")
+    if not 1 <= meter.unit_id <= 247 or meter.parity not in ("N", "E", "O") \
+            or not 0 < meter.poll_period_s <= 60:
+        raise ConfigError(f"{section}: unit_id must be 1-247, parity N, E or O, poll_period_s "
+                          "in (0, 60]")
+    return meter
 
 
 def parse_v2g(table: object) -> V2gConfig:

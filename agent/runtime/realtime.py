@@ -1,9 +1,11 @@
-"""`pile-agent run`: the agent against the CAN bus and Modbus devices of a real pile.
+"""`pile-agent run`: the agent against the CAN buses and Modbus devices of a real pile.
 
-The control step runs every 10 ms of wall time; the module bus has its own owner task
-(so a slow RS-485 line never delays the CAN side) whose events are fed to the next
-step. Until the pile's I/O board provides CC1 detection, the gun is taken as
-connected at start-up.
+One process runs every gun of the pile (`[[gun]]`, or one `[gun]`). The control step runs
+every 10 ms of wall time; each bus has its own owner task (so a slow RS-485 line never
+delays the CAN side) whose events are fed to the next step. A pile with a shared module
+pool (`[pile]`) has the matrix board's owner too, and its coordinator gives each gun its
+capability on every step. Until the pile's I/O board provides CC1 detection, each gun is
+taken as connected at start-up.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import IO
 
 import can
 
-from agent.core.commands import Command, Notice, SessionReport, StateChanged
-from agent.core.events import Event, VehicleConnected
+from agent.core.commands import Command, Notice, SessionReport, SetMatrix, StateChanged
+from agent.core.events import Event, PoolCapability, VehicleConnected
+from agent.core.module_pool import ModulePool
+from agent.core.pile import PileCoordinator
 from agent.core.session import GunSession
 from agent.core.thermal_guard import ThermalSupervisor
 from agent.ledger.outbox import Outbox
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import MonotonicClock
-from agent.runtime.config import PileConfig
+from agent.runtime.config import GunSetup, PileConfig
 from agent.runtime.ems_view import ems_snapshot
 from agent.runtime.gun_runtime import GunRuntime
 from agent.runtime.ocpp_bridge import OcppBridge
@@ -33,6 +38,7 @@ from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.codec import assign_extension_pgns
 from drivers.gbt27930.link import GbtLink, Role
+from drivers.module_matrix.link import MatrixBusOwner, MatrixEvent
 from drivers.ocpp.client import OcppClient, OcppSettings
 from drivers.power_module.link import LinkConfig, ModuleLink, RtuTarget, TcpTarget
 from drivers.power_module.owner import ModuleBusOwner
@@ -44,18 +50,19 @@ from drivers.sunspec.server import SunSpecServer
 CONTROL_PERIOD_S = 0.01  # a fifth of the fastest GB/T 27930 period (BCL/CCS 50 ms)
 
 
-def _printer(out: IO[str]) -> tuple[list[SessionReport], Callable[[Command], None]]:
+def _printer(out: IO[str], who: str = "") -> tuple[list[SessionReport],
+                                                  Callable[[Command], None]]:
     reports: list[SessionReport] = []
 
     def report(command: Command) -> None:
         match command:
             case StateChanged(t=t, source=src, dest=dest, reason=why):
-                print(f"[{t:9.3f} s] {src} -> {dest}: {why}", file=out, flush=True)
+                print(f"[{t:9.3f} s] {who}{src} -> {dest}: {why}", file=out, flush=True)
             case Notice(t=t, kind=kind, detail=detail):
-                print(f"[{t:9.3f} s] notice {kind}: {detail}", file=out, flush=True)
+                print(f"[{t:9.3f} s] {who}notice {kind}: {detail}", file=out, flush=True)
             case SessionReport():
                 reports.append(command)
-                print(f"session {command.outcome}: {command.reason}; "
+                print(f"{who}session {command.outcome}: {command.reason}; "
                       f"{command.energy_kwh:.2f} kWh", file=out, flush=True)
 
     return reports, report
@@ -108,99 +115,185 @@ async def _drain(ocpp: OcppBridge, seconds: float) -> None:
         await asyncio.sleep(0.05)
 
 
+@dataclass
+class _Gun:
+    """One gun's drivers, session and runtime, and what its owners have read."""
+
+    setup: GunSetup
+    session: GunSession
+    runtime: GunRuntime
+    module: ModuleBusOwner
+    safety: SafetyBusOwner | None
+    meter: MeterBusOwner | None
+    reports: list[SessionReport]
+    inbox: list[Event] = field(default_factory=list)
+    plugged: bool = False
+
+
+def _target(transport: str, host: str, port: int, serial_port: str, baudrate: int,
+            parity: str) -> TcpTarget | RtuTarget:
+    return TcpTarget(host, port) if transport == "tcp" \
+        else RtuTarget(serial_port, baudrate=baudrate, parity=parity)
+
+
+def _open_buses(config: PileConfig) -> list[can.BusABC] | str:
+    buses: list[can.BusABC] = []
+    for g in config.guns:
+        try:
+            buses.append(can.Bus(interface=g.can.interface, channel=g.can.channel,
+                                 bitrate=g.can.bitrate))
+        except (can.CanError, OSError, ValueError, ImportError) as exc:
+            for bus in buses:
+                bus.shutdown()
+            return f"cannot open CAN {g.can.interface}:{g.can.channel}: {exc}"
+    return buses
+
+
+def _gun(config: PileConfig, setup: GunSetup, bus: can.BusABC, ledger: Ledger,
+         log: CandumpWriter | None, out: IO[str]) -> _Gun:
+    m, sb, mc = setup.modbus, setup.safety_bus, setup.meter
+    owner = ModuleBusOwner(ModuleLink(_target(m.transport, m.host, m.port, m.serial_port,
+                                              m.baudrate, m.parity),
+                                      LinkConfig(unit_id=m.unit_id,
+                                                 request_timeout_s=m.timeout_s)),
+                           poll_period_s=m.poll_period_s)
+    safety = SafetyBusOwner(_target(sb.transport, sb.host, sb.port, sb.serial_port,
+                                    sb.baudrate, sb.parity),
+                            io_unit=sb.io_unit, imd_unit=sb.imd_unit) if sb.enabled else None
+    meter = MeterBusOwner(_target(mc.transport, mc.host, mc.port, mc.serial_port, mc.baudrate,
+                                  mc.parity), unit_id=mc.unit_id) if mc.enabled else None
+    number = setup.ratings.charger_number
+    reports, report = _printer(out, f"gun {number}: " if len(config.guns) > 1 else "")
+    session = GunSession(setup.ratings, thermal=ThermalSupervisor(config.thermal)
+                         if safety else None, require_safety_io=safety is not None,
+                         health=config.health, owner_policies=config.owners,
+                         upstream=config.upstream.policy(setup.ratings),
+                         pooled=config.pile is not None)
+    runtime = GunRuntime(session, GbtLink(bus, Role.CHARGER, log=log), owner, report,
+                         module_period_s=None, safety=safety, meter=meter,
+                         meter_period_s=mc.poll_period_s, ledger=ledger, gun=number)
+    return _Gun(setup, session, runtime, owner, safety, meter, reports)
+
+
+def _coordinator(config: PileConfig) -> tuple[PileCoordinator, MatrixBusOwner] | None:
+    p = config.pile
+    if p is None:
+        return None
+    pool = ModulePool(p.groups, pile_power_w=p.power_w, grid_limit_w=p.grid_limit_w,
+                      export_limit_w=p.export_limit_w)
+    priorities = {g.ratings.charger_number: g.priority for g in config.guns}
+    mx = p.matrix
+    owner = MatrixBusOwner(_target(mx.transport, mx.host, mx.port, mx.serial_port,
+                                   mx.baudrate, mx.parity), len(p.groups), unit_id=mx.unit_id)
+    return PileCoordinator(pool, priorities), owner
+
+
 async def run_pile(config: PileConfig, can_log: str | None = None,
                    out: IO[str] = sys.stdout) -> int:
+    """Every configured gun through one session each; exit 0 when all finished."""
     # Bus failures reach the core as events; pymodbus's own error logging would flood.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    try:
-        bus = can.Bus(interface=config.can.interface, channel=config.can.channel,
-                      bitrate=config.can.bitrate)
-    except (can.CanError, OSError, ValueError, ImportError) as exc:
-        print(f"pile-agent run: cannot open CAN {config.can.interface}:{config.can.channel}: "
-              f"{exc}", file=sys.stderr)
+    if not config.guns:
+        config = replace(config, guns=(GunSetup(config.gun, config.can, config.modbus,
+                                                config.safety_bus, config.meter),))
+    buses = _open_buses(config)
+    if isinstance(buses, str):
+        print(f"pile-agent run: {buses}", file=sys.stderr)
         return 2
-    m = config.modbus
-    target: TcpTarget | RtuTarget = (
-        TcpTarget(m.host, m.port) if m.transport == "tcp"
-        else RtuTarget(m.serial_port, baudrate=m.baudrate, parity=m.parity))
-    owner = ModuleBusOwner(ModuleLink(target, LinkConfig(unit_id=m.unit_id,
-                                                         request_timeout_s=m.timeout_s)),
-                           poll_period_s=m.poll_period_s)
-    sb = config.safety_bus
-    safety = None
-    if sb.enabled:
-        bus_target: TcpTarget | RtuTarget = (
-            TcpTarget(sb.host, sb.port) if sb.transport == "tcp"
-            else RtuTarget(sb.serial_port, baudrate=sb.baudrate, parity=sb.parity))
-        safety = SafetyBusOwner(bus_target, io_unit=sb.io_unit, imd_unit=sb.imd_unit)
-    mc = config.meter
-    meter = None
-    if mc.enabled:
-        meter = MeterBusOwner(TcpTarget(mc.host, mc.port) if mc.transport == "tcp"
-                              else RtuTarget(mc.serial_port, baudrate=mc.baudrate,
-                                             parity=mc.parity), unit_id=mc.unit_id)
     try:
         ledger = Ledger(config.ledger.path)
     except LedgerError as exc:
         print(f"pile-agent run: ledger {config.ledger.path}: {exc}", file=sys.stderr)
-        bus.shutdown()
+        for bus in buses:
+            bus.shutdown()
         return 2
     assign_extension_pgns(config.extension_pgns())  # validated with the config
-    reports, report = _printer(out)
     clock = MonotonicClock()
-    inbox: list[Event] = []
     with contextlib.ExitStack() as stack:
-        stack.callback(bus.shutdown)
+        for bus in buses:
+            stack.callback(bus.shutdown)
         stack.callback(ledger.close)
-        log = None
-        if can_log:
-            log = CandumpWriter(stack.enter_context(open(can_log, "w")), channel="can0",
-                                epoch=time.time() - clock.now())
-        thermal = ThermalSupervisor(config.thermal) if safety else None
-        session = GunSession(config.gun, thermal=thermal, require_safety_io=safety is not None,
-                             health=config.health, owner_policies=config.owners,
-                             upstream=config.upstream.policy(config.gun))
-        runtime = GunRuntime(session, GbtLink(bus, Role.CHARGER, log=log), owner,
-                             report, module_period_s=None, safety=safety, meter=meter,
-                             meter_period_s=mc.poll_period_s, ledger=ledger,
-                             gun=config.gun.charger_number)
-        ems = await _start_ems(config, session, clock)
+        # One candump file; each gun's frames under its own channel name, as candump logs
+        # several interfaces.
+        fh = stack.enter_context(open(can_log, "w")) if can_log else None
+        epoch = time.time() - clock.now()
+        guns = [_gun(config, setup, bus, ledger,
+                     CandumpWriter(fh, channel=setup.can.channel, epoch=epoch)
+                     if fh is not None else None, out)
+                for setup, bus in zip(config.guns, buses, strict=True)]
+        first = guns[0].session
+        ems = await _start_ems(config, first, clock)
         if isinstance(ems, str):
             print(f"pile-agent run: {ems}", file=sys.stderr)
             return 2
-        ocpp = _ocpp_bridge(config, session, stack)
-        ocpp_task = asyncio.create_task(ocpp.client.run()) if ocpp else None
-        owner_task = asyncio.create_task(owner.run(clock, inbox.append))
-        safety_task = asyncio.create_task(safety.run(clock, inbox.append)) if safety else None
-        meter_task = asyncio.create_task(meter.run(clock, inbox.append, mc.poll_period_s)) \
-            if meter else None
+        ocpp = _ocpp_bridge(config, first, stack)
+        pile = _coordinator(config)
+        matrix_inbox: list[MatrixEvent] = []
+        tasks = [asyncio.create_task(ocpp.client.run())] if ocpp else []
+        if pile is not None:
+            tasks.append(asyncio.create_task(pile[1].run(clock, matrix_inbox.append)))
+        for g in guns:
+            tasks.append(asyncio.create_task(g.module.run(clock, g.inbox.append)))
+            if g.safety is not None:
+                tasks.append(asyncio.create_task(g.safety.run(clock, g.inbox.append)))
+            if g.meter is not None:
+                tasks.append(asyncio.create_task(g.meter.run(
+                    clock, g.inbox.append, g.setup.meter.poll_period_s)))
         try:
-            plugged = False
-            while not reports:
-                if not plugged and (safety is None or session.plant.safety_io_at is not None):
-                    plugged = True  # CC1 detection arrives with the I/O board's next revision
-                    runtime.feed(VehicleConnected(clock.now(), wall_clock_s=time.time()))
-                events, inbox[:] = list(inbox), []
-                if ems is not None:
-                    events += ems.events(clock.now())
-                if ocpp is not None:
-                    events += ocpp.events(clock.now())
-                await runtime.step(clock.now(), events)
+            while not all(g.reports for g in guns):
+                now = clock.now()
+                caps = _pool_step(pile, matrix_inbox, guns, now, out)
+                for i, g in enumerate(guns):
+                    if not g.plugged and (g.safety is None
+                                          or g.session.plant.safety_io_at is not None):
+                        g.plugged = True  # CC1 detection arrives with the I/O board's next
+                        g.runtime.feed(VehicleConnected(now, wall_clock_s=time.time()))
+                    events, g.inbox[:] = list(g.inbox), []
+                    if i == 0 and ems is not None:
+                        events += ems.events(now)
+                    if i == 0 and ocpp is not None:
+                        events += ocpp.events(now)
+                    if caps:
+                        events.append(caps[g.setup.ratings.charger_number])
+                    await g.runtime.step(now, events)
                 await clock.sleep(CONTROL_PERIOD_S - (clock.now() % CONTROL_PERIOD_S))
         finally:
             if ocpp is not None:
                 ocpp.events(clock.now())  # the Ended event, into the outbox
                 await _drain(ocpp, 5.0)  # what is left is replayed at the next start
-            for task in (owner_task, safety_task, meter_task, ocpp_task):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            await owner.close()
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if pile is not None:
+                await pile[1].close()
+            for g in guns:
+                await g.module.close()
+                if g.safety is not None:
+                    await g.safety.close()
+                if g.meter is not None:
+                    await g.meter.close()
             if ems is not None:
                 await ems.stop()
-            if safety is not None:
-                await safety.close()
-            if meter is not None:
-                await meter.close()
-    return 0 if reports[-1].outcome == "finished" else 1
+    return 0 if all(g.reports[-1].outcome == "finished" for g in guns) else 1
+
+
+def _pool_step(pile: tuple[PileCoordinator, MatrixBusOwner] | None,
+               inbox: list[MatrixEvent], guns: list[_Gun], now: float,
+               out: IO[str]) -> dict[int, PoolCapability]:
+    """The pile's module pool: the matrix board's reads in, its commands out, each gun's
+    capability for this step."""
+    if pile is None:
+        return {}
+    coordinator, owner = pile
+    events, inbox[:] = list(inbox), []
+    for event in events:
+        coordinator.handle(event)
+    commands, caps = coordinator.step(now, {g.setup.ratings.charger_number: g.session
+                                            for g in guns})
+    for command in commands:
+        if isinstance(command, SetMatrix):
+            owner.submit(command)
+        elif isinstance(command, Notice):
+            print(f"[{command.t:9.3f} s] pile: {command.detail}", file=out, flush=True)
+    return caps

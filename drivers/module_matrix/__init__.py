@@ -1,0 +1,1 @@
+"""The contactor-matrix board of a pile with a shared module pool."""
