@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
                                          "simulation speed over the simulators (JSON)")
     bench.add_argument("--trials", type=int, default=20, help="repetitions per reaction")
     bench.add_argument("--pretty", action="store_true", help="indented JSON")
+    bench.add_argument("--scale", default="1,4,12", metavar="N,N,...",
+                       help="gun counts of the scale points (default 1,4,12)")
+    bench.add_argument("--station-guns", type=int, default=12, metavar="N",
+                       help="guns of the simulated station run (default 12)")
 
     run = sub.add_parser("run", help="run the agent against real interfaces")
     run.add_argument("--config", required=True, metavar="PILE_TOML")
@@ -153,9 +157,19 @@ def _main(argv: list[str] | None) -> int:
         if not 1 <= args.trials <= 1000:
             print(f"pile-agent bench: --trials {args.trials}: must be 1-1000", file=sys.stderr)
             return 2
+        try:
+            scale = tuple(int(n) for n in args.scale.split(","))
+        except ValueError:
+            scale = ()
+        if not scale or not all(1 <= n <= 16 for n in scale) \
+                or not 1 <= args.station_guns <= 16:
+            print(f"pile-agent bench: --scale {args.scale} / --station-guns "
+                  f"{args.station_guns}: gun counts 1-16 (one pile's matrix), comma-separated",
+                  file=sys.stderr)
+            return 2
         from hil.bench import main as bench_main
 
-        return bench_main(args.trials, args.pretty)
+        return bench_main(args.trials, args.pretty, scale, args.station_guns)
     if args.command == "sim":
         from hil.faults import SCENARIOS
         from hil.pile_scenarios import PILE_SCENARIOS

@@ -1,6 +1,9 @@
-"""`pile-agent bench`: reaction latencies, CCS period, CPU, memory and simulation speed of
-one gun, measured over the real transports (virtual CAN, Modbus TCP on loopback) on the
-wall clock. Prints JSON. The method is in docs/PERFORMANCE.md.
+"""`pile-agent bench`: reaction latencies, CCS period, CPU, memory and simulation speed,
+measured over the real transports (virtual CAN, Modbus TCP on loopback) on the wall clock:
+the reactions on one gun; the CCS period, the agent's CPU and the RSS at 1, 4 and 12 guns
+sharing a module pool (hil/bench_scale.py, a process each); the simulation speed of one
+gun and the station run's gun-hours per wall second. Prints JSON. The method is in
+docs/PERFORMANCE.md.
 
 Each reaction is timed from the stimulus to the first module write that answers it, both
 taken with `time.perf_counter` in this process: (a) the first BCL on the bus with a lower
@@ -21,6 +24,8 @@ import json
 import logging
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +40,8 @@ from agent.runtime.realtime import run_pile
 from drivers.sunspec.codec import layout, load_map
 from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile, free_port
+from hil.pile_scenarios import charging_spans as _charging_spans
+from hil.pile_sim import run_pile_sim
 from hil.sim import SimOptions, run_sim
 
 
@@ -235,15 +242,40 @@ async def _sim_speed() -> dict[str, float]:
             "speed_up": round(r.sim_duration_s / wall, 1)}
 
 
-def run_bench(trials: int = 20) -> dict[str, Any]:
+def _scale_point(guns: int) -> dict[str, Any]:
+    """One pile of `guns` guns in a process of its own (hil/bench_scale.py), so its RSS and
+    CPU are that configuration's."""
+    done = subprocess.run([sys.executable, "-m", "hil.bench_scale", str(guns)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    try:
+        figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"guns": guns, "error": (done.stderr or done.stdout)[-500:]}
+    return figures
+
+
+async def _station(guns: int) -> dict[str, Any]:
+    """The station run: every gun charging on the pool, in simulated time (lock-step)."""
+    wall0 = time.perf_counter()
+    r = await run_pile_sim("station", guns)
+    wall = time.perf_counter() - wall0
+    hours = sum(t1 - t0 for g in r.per_gun for t0, t1 in _charging_spans(g.states)) / 3600
+    return {"guns": guns, "simulated_s": round(r.sim_s, 1), "wall_s": round(wall, 2),
+            "speed_up": round(r.sim_s / wall, 1), "gun_hours": round(hours, 3),
+            "gun_hours_per_wall_s": round(hours / wall, 4), "verdict": r.verdict}
+
+
+def run_bench(trials: int = 20, scale: tuple[int, ...] = (1, 4, 12),
+              station_guns: int = 12) -> dict[str, Any]:
     out: dict[str, Any] = {"guns": 1, "trials": trials}
     out.update(asyncio.run(_measure(trials)))
     out["simulation_one_gun"] = asyncio.run(_sim_speed())
-    out["not_measured_yet"] = ["CCS period, CPU and RSS at 4 and 12 guns",
-                               "12-gun station gun-hours per wall second"]
+    out["scale"] = [_scale_point(n) for n in scale]
+    out["station"] = asyncio.run(_station(station_guns))
     return out
 
 
-def main(trials: int, pretty: bool) -> int:
-    print(json.dumps(run_bench(trials), indent=2 if pretty else None))
+def main(trials: int, pretty: bool, scale: tuple[int, ...] = (1, 4, 12),
+         station_guns: int = 12) -> int:
+    print(json.dumps(run_bench(trials, scale, station_guns), indent=2 if pretty else None))
     return 0

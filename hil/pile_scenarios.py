@@ -241,13 +241,13 @@ def _station_script(pile: SimulatedMultiPile, t: float) -> dict[int, list[Event]
 
 def _station_check(pile: SimulatedMultiPile) -> list[str]:
     r = pile.result
-    hours = sum(t1 - t0 for g in r.per_gun for t0, t1 in _charging_spans(g.states)) / 3600
+    hours = sum(t1 - t0 for g in r.per_gun for t0, t1 in charging_spans(g.states)) / 3600
     r.notes.append(f"{hours:.3f} gun-hours of energy transfer simulated")
     pile.probe["gun_hours"] = hours
     return _common(pile, _grid(len(pile.rigs)), math.inf, expect_moves=False)
 
 
-def _charging_spans(states: list[tuple[float, str]]) -> list[tuple[float, float]]:
+def charging_spans(states: list[tuple[float, str]]) -> list[tuple[float, float]]:
     spans, since = [], None
     for t, s in states:
         if s == "charging":

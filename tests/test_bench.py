@@ -11,7 +11,7 @@ from agent.cli import main
 
 
 def test_bench_prints_each_figure(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--trials", "2"]) == 0
+    assert main(["bench", "--trials", "2", "--scale", "2", "--station-guns", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     for key in ("a_bcl_drop_to_module_write", "b_estop_to_module_write",
                 "c_over_temperature_to_module_write", "d_upstream_limit_to_module_write"):
@@ -20,3 +20,15 @@ def test_bench_prints_each_figure(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["ccs_period_ms"]["n"] > 10 and 40.0 <= out["ccs_period_ms"]["p50"] <= 70.0
     assert out["cpu_pct_of_one_core_charging"] > 0 and out["rss_max_mb"] > 0
     assert out["simulation_one_gun"]["speed_up"] > 1.0
+    [point] = out["scale"]
+    assert point["guns"] == 2 and point["all_charging"], point
+    assert point["agent_cpu_pct_of_one_core"] > 0 and point["rss_max_mb_whole_process"] > 0
+    assert 40.0 <= point["ccs_period_ms"]["p50"] <= 70.0, point
+    station = out["station"]
+    assert station["verdict"] == "PASS" and station["gun_hours_per_wall_s"] > 0, station
+
+
+def test_bench_flags_are_checked() -> None:
+    assert main(["bench", "--scale", "0"]) == 2
+    assert main(["bench", "--scale", "1,x"]) == 2
+    assert main(["bench", "--station-guns", "40"]) == 2

@@ -359,6 +359,7 @@ def parse_guns(tables: list[Any], base: GunSetup) -> tuple[GunSetup, ...]:
         raise ConfigError("[[gun]]: at least one gun")
     numbers = [g.ratings.charger_number for g in guns]
     if len(set(numbers)) != len(numbers) or not all(1 <= n <= 16 for n in numbers):
+        # 16: the matrix board's command word has a bit per gun.
         raise ConfigError(f"[[gun]] charger_number: each gun its own, 1-16, got {numbers}")
     channels = [(g.can.interface, g.can.channel) for g in guns]
     if len(set(channels)) != len(channels):
@@ -409,8 +410,8 @@ def parse_pile(table: object, guns: tuple[GunSetup, ...]) -> PoolSetup:
     ids = [g.id for g in groups]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"[[pile.group]] id: each group its own, got {ids}")
-    if len(groups) > 16:
-        raise ConfigError("[[pile.group]]: at most 16 groups (the matrix board's map)")
+    if len(groups) > 32:
+        raise ConfigError("[[pile.group]]: at most 32 groups (the matrix board's map)")
     lonely = sorted(numbers - {n for g in groups for n in g.reach})
     if lonely:
         raise ConfigError(f"[[pile.group]]: no group reaches gun(s) {lonely}")

@@ -24,9 +24,19 @@ def stride(regmap: RegisterMap) -> int:
     return int(regmap.meta["block_stride"])
 
 
-def read_span(regmap: RegisterMap, n_groups: int) -> tuple[int, int]:
-    """(first address, count) of one read that covers every group's block."""
-    return regmap.span.start, (n_groups - 1) * stride(regmap) + len(regmap.span)
+# Modbus Application Protocol V1.1b3 §6.3: at most 125 registers per read.
+MAX_READ_REGISTERS = 125
+
+
+def read_chunks(regmap: RegisterMap, n_groups: int) -> list[tuple[int, int]]:
+    """(first address, count) of the reads that cover every group's block, whole blocks per
+    read; the words they return, concatenated, are what `decode_status` takes."""
+    per_read = max(1, MAX_READ_REGISTERS // stride(regmap))
+    out = []
+    for first in range(0, n_groups, per_read):
+        n = min(per_read, n_groups - first)
+        out.append((regmap.span.start + first * stride(regmap), n * stride(regmap)))
+    return out
 
 
 def _word(regmap: RegisterMap, words: Sequence[int], group: int, name: str) -> int | None:

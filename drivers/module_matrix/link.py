@@ -10,7 +10,12 @@ from typing import Any
 
 from agent.core.commands import SetMatrix
 from agent.core.events import MatrixLost, MatrixStatus
-from drivers.module_matrix.codec import decode_status, encode_command, load_matrix_map, read_span
+from drivers.module_matrix.codec import (
+    decode_status,
+    encode_command,
+    load_matrix_map,
+    read_chunks,
+)
 from drivers.power_module.link import RtuTarget, TcpTarget, make_client
 from drivers.power_module.owner import Clock
 
@@ -79,13 +84,18 @@ class MatrixBusOwner:
             if self._client is None or not self._client.connected:
                 await self._connect()
             await self.write_pending()
-            start, count = read_span(self.regmap, self.n_groups)
-            response = await self._call(lambda: self._client.read_holding_registers(
-                start, count=count, device_id=self.unit_id))
+            words: list[int] = []
+            for start, count in read_chunks(self.regmap, self.n_groups):
+                response = await self._read(start, count)
+                words += list(response.registers)[:count]
         except Exception as exc:  # every failure reaches the core as an event
             await self.close()
             return [MatrixLost(t, f"matrix board: {type(exc).__name__}: {exc}")]
-        return [decode_status(self.regmap, t, list(response.registers), self.n_groups)]
+        return [decode_status(self.regmap, t, words, self.n_groups)]
+
+    async def _read(self, start: int, count: int) -> Any:
+        return await self._call(lambda: self._client.read_holding_registers(
+            start, count=count, device_id=self.unit_id))
 
     async def run(self, clock: Clock, events_out: Callable[[MatrixEvent], None],
                   period_s: float = POLL_PERIOD_S) -> None:

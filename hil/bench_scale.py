@@ -1,0 +1,142 @@
+"""One scale point of `pile-agent bench`: N guns sharing a module pool, the agent
+(`pile-agent run`'s `run_pile`) in its own thread with its own event loop, the simulators
+(cars on virtual CAN, output units, I/O boards, meters and the matrix board on Modbus TCP)
+in the main thread. Run in its own process (`python -m hil.bench_scale N`), so its RSS is
+this configuration's; prints JSON.
+
+Measured while every gun charges: the agent thread's CPU time over the wall time (its share
+of one core; `time.thread_time` read inside the agent's loop), the CCS period on each gun's
+channel from the agent's CAN log, and the process's peak RSS (agent and simulators: the
+virtual CAN bus does not cross processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+import logging
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from agent.runtime.config import PileConfig, parse_config
+from agent.runtime.realtime import run_pile
+from hil.ev_bms import VehicleConfig
+from hil.loopback_pile import LoopbackPile
+from hil.matrix_sim import GroupSim
+from hil.pile_scenarios import GROUP_A, GROUP_W, ring_groups
+
+WINDOW_S = 10.0  # steady charging, every gun
+
+
+class AgentThread:
+    """`run_pile` on its own event loop in its own thread."""
+
+    def __init__(self, config: PileConfig, can_log: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.config, self.can_log = config, can_log
+        self.rc: int | None = None
+        self.thread = threading.Thread(target=self._run, name="agent", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.rc = self.loop.run_until_complete(run_pile(self.config, can_log=self.can_log,
+                                                        out=io.StringIO()))
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def cpu_s(self) -> float:
+        async def read() -> float:
+            return time.thread_time()
+
+        future: Future[float] = asyncio.run_coroutine_threadsafe(read(), self.loop)
+        return future.result(10.0)
+
+
+def ccs_periods(log: Path) -> dict[str, list[float]]:
+    """CCS (PF 0x12, GB/T 27930-2015: every 50 ms) periods per channel, in ms."""
+    times: dict[str, list[float]] = defaultdict(list)
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and "#" in parts[2]:
+            can_id = int(parts[2].split("#")[0], 16)
+            if (can_id >> 8) & 0xFF00 == 0x1200:
+                times[parts[1]].append(float(parts[0].strip("()")))
+    return {ch: [(b - a) * 1000.0 for a, b in itertools.pairwise(ts)]
+            for ch, ts in times.items()}
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def measure(guns: int) -> dict[str, Any]:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    cars = [VehicleConfig(start_soc_pct=30.0, target_soc_pct=95.0, vin=f"LBENCH{g:011d}")
+            for g in range(1, guns + 1)]
+    groups = [GroupSim(g.id, GROUP_A, GROUP_W, g.reach) for g in ring_groups(guns)] \
+        if guns > 1 else [GroupSim("G1", GROUP_A, GROUP_W, frozenset({1})),
+                          GroupSim("G2", GROUP_A, GROUP_W, frozenset({1}))]
+    pile = LoopbackPile(cars, groups)
+    devices = await pile.start()
+    out: dict[str, Any] = {"guns": guns}
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "can.log"
+        config = parse_config({**devices, "ledger": {"path": str(Path(tmp) / "l.sqlite")}})
+        agent = AgentThread(config, str(log))
+        agent.start()
+        try:
+            end = time.monotonic() + 90.0
+            while time.monotonic() < end and not all(
+                    g.module.current_a > 50.0 for g in pile.guns):
+                await asyncio.sleep(0.05)
+            out["all_charging"] = all(g.module.current_a > 50.0 for g in pile.guns)
+            mark = log.stat().st_size if log.exists() else 0
+            cpu0, wall0 = agent.cpu_s(), time.perf_counter()
+            await asyncio.sleep(WINDOW_S)
+            cpu1, wall1 = agent.cpu_s(), time.perf_counter()
+            out["agent_cpu_pct_of_one_core"] = round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)
+            with open(log, "rb") as fh:
+                fh.seek(mark)
+                window = Path(tmp) / "window.log"
+                window.write_bytes(fh.read())
+            periods = [p for ps in ccs_periods(window).values() for p in ps[1:]]
+            if periods:
+                out["ccs_period_ms"] = {
+                    "n": len(periods), "p50": round(statistics.median(periods), 1),
+                    "p99": round(_pct(periods, 0.99), 1), "max": round(max(periods), 1),
+                    "share_above_55ms": round(sum(p > 55.0 for p in periods) / len(periods),
+                                              3)}
+        finally:
+            for g in pile.guns:
+                g.bms.request_stop()
+            await asyncio.to_thread(agent.thread.join, 30.0)
+            await pile.close()
+    out["rss_max_mb_whole_process"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["agent_finished"] = agent.rc == 0
+    return out
+
+
+def main(argv: list[str]) -> int:
+    guns = int(argv[0]) if argv else 1
+    if not 1 <= guns <= 36:
+        print("usage: python -m hil.bench_scale GUNS (1-36)", file=sys.stderr)
+        return 2
+    print(json.dumps(asyncio.run(measure(guns))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
