@@ -17,7 +17,6 @@ import io
 import itertools
 import json
 import logging
-import resource
 import statistics
 import sys
 import tempfile
@@ -76,6 +75,15 @@ def ccs_periods(log: Path) -> dict[str, list[float]]:
             for ch, ts in times.items()}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak
+    across fork and exec, so every child would report at least its parent's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -123,8 +131,7 @@ async def measure(guns: int) -> dict[str, Any]:
                 g.bms.request_stop()
             await asyncio.to_thread(agent.thread.join, 30.0)
             await pile.close()
-    out["rss_max_mb_whole_process"] = round(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["rss_max_mb_whole_process"] = peak_rss_mb()
     out["agent_finished"] = agent.rc == 0
     return out
 

@@ -62,6 +62,9 @@ class SafetyIoSim:
         # fault injection
         self.silent = False
         self.estop_pressed = False
+        # The E-stop loop also drops the hardware enable (as on a real board); the bench
+        # turns this off to time the agent's own answer on the Modbus wire.
+        self.estop_trips_hardware = True
         self.door_open = False
         self.gun_unlocked = False
         self.force_connector_c: float | None = None
@@ -106,7 +109,8 @@ class SafetyIoSim:
         else:
             self._heartbeat_age_s += dt_s
         timeout_s = self.io.get("heartbeat_timeout") / 1000.0
-        if (self._armed and self._heartbeat_age_s > timeout_s) or self.estop_pressed:
+        if (self._armed and self._heartbeat_age_s > timeout_s) \
+                or (self.estop_pressed and self.estop_trips_hardware):
             self.tripped = True
         if self.tripped and self.module is not None:
             self.module.force_safe()  # the hardware enable line drops K1/K2 and the output

@@ -11,18 +11,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent.cli import main
 from agent.core.commands import LedgerInterval
+from agent.core.events import MeterReading
+from agent.core.states import State
 from agent.ledger.settlement import Tariff, settle
 from agent.ledger.store import Ledger, LedgerError
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.power_module.link import RtuTarget
+from hil.ev_bms import VehicleConfig
 from hil.meter_sim import MeterSim
 from hil.module_sim import ModuleSim
+from hil.plant import InProcessPile
 from tests.test_module_link import PtyNullModem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,3 +177,44 @@ def test_a_meter_whose_counters_go_backwards_is_re_based_not_lost() -> None:
     assert "backwards" in m.note
     last = m.finish(1200.0, "session end")
     assert last is not None and last.to_vehicle_kwh == 0.5
+
+
+def _charging_pile() -> InProcessPile:
+    p = InProcessPile(vehicle=VehicleConfig(start_soc_pct=30.0, target_soc_pct=95.0))
+    p.plug_in()
+    assert p.run_until(lambda q: q.session.state is State.CHARGING
+                       and q.module.current_a > 100.0, 30.0)
+    return p
+
+
+def _meter_reads(p: InProcessPile, seconds: float, scale: float,
+                 demand: Callable[[float], float] | None = None) -> None:
+    """A meter read every second, `scale` times the module's true current; `demand` moves
+    the car's demand meanwhile (a ramp the module follows)."""
+    kwh = 0.0
+    end = p.t + seconds
+    while p.t < end:
+        if demand is not None:
+            p.bms.demand_override_a = demand(p.t)
+        extra = []
+        if abs(p.t - round(p.t)) < 1e-6:
+            amps = p.module.current_a * scale
+            kwh += amps * p.module.output_voltage_v / 3.6e6
+            extra.append(MeterReading(p.t, p.module.output_voltage_v, amps,
+                                      amps * p.module.output_voltage_v, kwh, 0.0))
+        p.step(extra)
+
+
+def test_a_steady_meter_disagreement_ends_the_session() -> None:
+    p = _charging_pile()
+    _meter_reads(p, 8.0, 1.10)  # 10 % high, steady
+    assert p.session.state is State.FAULT
+    assert "metering not trustworthy" in p.session.data.outcome_reason
+
+
+def test_a_meter_read_while_the_current_ramps_is_not_judged() -> None:
+    # The car's demand swings between 120 and 220 A every second: the module ramps at
+    # 100 A/s most of the time, so a meter read and a module sample apart in time differ.
+    p = _charging_pile()
+    _meter_reads(p, 12.0, 1.0, demand=lambda t: 120.0 if int(t) % 2 else 220.0)
+    assert p.session.state is State.CHARGING, p.session.data.outcome_reason

@@ -57,6 +57,9 @@ def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
         out = io.StringIO()
         try:
             rc = await asyncio.wait_for(run_pile(config, out=out), 90.0)
+            # The session's last commands reached the module before the agent exited.
+            assert pile.module._get("output_enable") == 0
+            assert pile.module._get("contactor_command") == 0
         finally:
             await pile.close()
             await ems

@@ -358,3 +358,25 @@ def test_module_over_temperature_stops_the_session() -> None:
     p.module.force_over_temperature = True
     assert p.run_until(lambda q: q.session.state is State.FAULT, 0.5)
     assert "over_temperature" in p.session.data.outcome_reason
+
+
+def test_an_early_wake_decides_but_periodic_messages_keep_to_the_scheduled_ticks() -> None:
+    from agent.core.commands import Transmit
+    from agent.core.events import Tick, VehicleConnected
+    from agent.core.outgoing import EARLY_FRACTION
+    from agent.core.ratings import GunRatings
+    from agent.core.session import GunSession
+
+    s = GunSession(GunRatings())
+    s.handle(VehicleConnected(0.0))
+    sent = [c for c in s.handle(Tick(0.0)) if isinstance(c, Transmit)]
+    assert sent  # CHM, at once
+    # A scheduled tick sends CHM again up to a tenth of its period early (250 ms: 25 ms),
+    # not before.
+    due = 0.25 * (1 - EARLY_FRACTION)
+    assert not any(isinstance(c, Transmit) for c in s.handle(Tick(due - 0.002)))
+    # Event-driven wakes send nothing, even when a message is due.
+    assert not any(isinstance(c, Transmit) for t in (due + 0.001, 0.26)
+                   for c in s.handle(Tick(t, scheduled=False)))
+    # The next scheduled tick sends it.
+    assert any(isinstance(c, Transmit) for c in s.handle(Tick(0.27)))

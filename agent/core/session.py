@@ -60,6 +60,7 @@ from agent.core.messages import (
     ChargerStopReason,
     Ready,
 )
+from agent.core.metering import disagree
 from agent.core.module_faults import active_faults
 from agent.core.outgoing import PeriodicSender, messages_for
 from agent.core.ratings import GunRatings, offers_v2g
@@ -161,8 +162,8 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         if self._on_safety_event(event):
             return
         match event:
-            case Tick():
-                self._on_tick()
+            case Tick(scheduled=scheduled):
+                self._on_tick(scheduled)
             case VehicleMessage(message=message):
                 self.data.last_rx[type(message).__name__] = self.now
                 self._on_vehicle_message(message)
@@ -250,6 +251,11 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                     else:
                         self.data.discharged_kwh -= kwh
                         self._count_outside_window(dt)
+        previous = self.plant.status
+        # Two successive samples that agree: the current is not ramping, so this sample can
+        # witness a meter reading taken up to a second away (metering cross-check, D7).
+        self.plant.current_steady = previous is not None and not disagree(
+            previous.output_current_a, status.output_current_a)
         self.plant.status = status
         self.plant.sampled_at = sampled_at
         if status.grid_frequency_hz is not None:
@@ -389,7 +395,10 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                                     f"DC meter {reading.current_a:.1f} A, vehicle (BCS) "
                                     f"{d.bcs.measured_current_a:.1f} A for over 5 s"))
         st, at = self.plant.status, self.plant.sampled_at
+        # A module sample during a ramp is no witness: at 100 A/s, a second between the two
+        # samples is 100 A apart (a VPP that moves the setpoint often raised false faults).
         module_a = st.output_current_a if st is not None and at is not None \
+            and self.plant.current_steady \
             and abs(at - reading.t) <= T.MODULE_STATUS_STALE.seconds else None
         if d.metering.cross_check(reading, module_a, self.now):
             self._fault(f"DC meter reads {reading.current_a:.1f} A against the module's "
@@ -420,7 +429,7 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
 
     # ---- time ----------------------------------------------------------------------
 
-    def _on_tick(self) -> None:
+    def _on_tick(self, scheduled: bool = True) -> None:
         self._supervise()
         self._check_watchdogs()
         if self.state is State.FAULT:
@@ -428,7 +437,8 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         else:
             self._advance_state()
         self._control()
-        self._send_periodic()
+        if scheduled:
+            self._send_periodic()
 
     def _check_watchdogs(self) -> None:
         d, now = self.data, self.now

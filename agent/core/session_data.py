@@ -134,6 +134,7 @@ class Plant:
 
     status: ModuleStatus | None = None
     sampled_at: float | None = None  # the poll's time, not the time it was handled
+    current_steady: bool = False  # the last two samples' currents agree
     link_lost_detail: str = ""
     # First sample whose K1/K2 feedback disagreed with the command (None: they agree), and
     # the time before which no sample counts (a service clear: older ones predate a repair).

@@ -57,6 +57,10 @@ class SafetyBusConfig:
     parity: str = "E"
     io_unit: int = 2
     imd_unit: int = 3
+    # 100 ms suits a 19,200-baud line (one I/O board read takes about 19 ms there); a
+    # faster line or TCP can poll faster for a quicker software answer to the E-stop (the
+    # board's hardware trip acts at once either way).
+    poll_period_s: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +449,9 @@ def check_modbus(modbus: ModbusConfig, section: str) -> ModbusConfig:
 
 
 def check_safety_bus(bus: SafetyBusConfig, section: str) -> SafetyBusConfig:
+    if not 0.01 <= bus.poll_period_s <= 0.2:
+        # Above 0.2 s the 1 s staleness budget (I7) would hang on a handful of reads.
+        raise ConfigError(f"{section}.poll_period_s: 0.01-0.2 s, got {bus.poll_period_s}")
     if bus.enabled and bus.transport == "rtu" and not bus.serial_port:
         raise ConfigError(f"{section}.serial_port: required when {section}.transport = 'rtu'")
     if bus.transport not in ("tcp", "rtu"):

@@ -93,8 +93,10 @@ class GunRuntime:
         self.gun = gun
         self._history_for: float | None = None  # the session whose history was fed
 
-    async def step(self, t: float, extra_events: Iterable[Event] = ()) -> None:
-        """One control cycle: vehicle input, module exchange, extra events, then a tick."""
+    async def step(self, t: float, extra_events: Iterable[Event] = (),
+                   scheduled: bool = True) -> None:
+        """One control cycle: vehicle input, module exchange, extra events, then a tick
+        (scheduled=False: an early wake for an event; periodic sends wait, see Tick)."""
         self.now = t
         for item in self._poll_vehicle(t):
             self.feed(item)
@@ -116,7 +118,7 @@ class GunRuntime:
         for event in extra_events:
             self.feed(event)
         self._feed_history(t)
-        self.feed(Tick(t))
+        self.feed(Tick(t, scheduled))
 
     def session_key(self) -> str:
         d = self.session.data

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ from drivers.sunspec.ems_controls import EmsControls, EmsSettings
 from drivers.sunspec.server import SunSpecServer
 
 CONTROL_PERIOD_S = 0.01  # a fifth of the fastest GB/T 27930 period (BCL/CCS 50 ms)
+# At exit, queued module commands get this long (one module request timeout, 0.5 s, twice).
+DRAIN_S = 1.0
 
 
 def _printer(out: IO[str], who: str = "") -> tuple[list[SessionReport],
@@ -128,6 +131,12 @@ class _Gun:
     reports: list[SessionReport]
     inbox: list[Event] = field(default_factory=list)
     plugged: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, event: Event) -> None:
+        """A bus owner's event: queued for the gun, and the control loop woken for it."""
+        self.inbox.append(event)
+        self.wake.set()
 
 
 def _target(transport: str, host: str, port: int, serial_port: str, baudrate: int,
@@ -159,7 +168,8 @@ def _gun(config: PileConfig, setup: GunSetup, bus: can.BusABC, ledger: Ledger,
                            poll_period_s=m.poll_period_s)
     safety = SafetyBusOwner(_target(sb.transport, sb.host, sb.port, sb.serial_port,
                                     sb.baudrate, sb.parity),
-                            io_unit=sb.io_unit, imd_unit=sb.imd_unit) if sb.enabled else None
+                            io_unit=sb.io_unit, imd_unit=sb.imd_unit,
+                            poll_period_s=sb.poll_period_s) if sb.enabled else None
     meter = MeterBusOwner(_target(mc.transport, mc.host, mc.port, mc.serial_port, mc.baudrate,
                                   mc.parity), unit_id=mc.unit_id) if mc.enabled else None
     number = setup.ratings.charger_number
@@ -232,18 +242,29 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
         tasks = [asyncio.create_task(ocpp.client.run())] if ocpp else []
         if pile is not None:
             tasks.append(asyncio.create_task(pile[1].run(clock, matrix_inbox.append)))
+        wake = asyncio.Event()
         for g in guns:
-            tasks.append(asyncio.create_task(g.module.run(clock, g.inbox.append)))
+            g.wake = wake
+            tasks.append(asyncio.create_task(g.module.run(clock, g.put)))
             if g.safety is not None:
-                tasks.append(asyncio.create_task(g.safety.run(clock, g.inbox.append)))
+                tasks.append(asyncio.create_task(g.safety.run(clock, g.put)))
             if g.meter is not None:
                 tasks.append(asyncio.create_task(g.meter.run(
-                    clock, g.inbox.append, g.setup.meter.poll_period_s)))
+                    clock, g.put, g.setup.meter.poll_period_s)))
         try:
+            next_step = clock.now()
             while not all(g.reports for g in guns):
                 now = clock.now()
-                caps = _pool_step(pile, matrix_inbox, guns, now, out)
+                # Every CONTROL_PERIOD_S every gun steps; in between, a gun steps as soon as
+                # one of its buses hands it an event (an E-stop read, a module status), so
+                # the answer does not wait for the next period.
+                periodic = now >= next_step - 1e-6
+                if periodic:
+                    next_step = (math.floor(now / CONTROL_PERIOD_S) + 1) * CONTROL_PERIOD_S
+                caps = _pool_step(pile, matrix_inbox, guns, now, out) if periodic else {}
                 for i, g in enumerate(guns):
+                    if not periodic and not g.inbox:
+                        continue
                     if not g.plugged and (g.safety is None
                                           or g.session.plant.safety_io_at is not None):
                         g.plugged = True  # CC1 detection arrives with the I/O board's next
@@ -255,8 +276,14 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                         events += ocpp.events(now)
                     if caps:
                         events.append(caps[g.setup.ratings.charger_number])
-                    await g.runtime.step(now, events)
-                await clock.sleep(CONTROL_PERIOD_S - (clock.now() % CONTROL_PERIOD_S))
+                    await g.runtime.step(now, events, scheduled=periodic)
+                wake.clear()
+                if not any(g.inbox for g in guns):
+                    # A timer handle, not wait_for: no Task per sleep.
+                    timer = asyncio.get_running_loop().call_later(
+                        max(next_step - clock.now(), 0.0), wake.set)
+                    await wake.wait()
+                    timer.cancel()
         finally:
             if ocpp is not None:
                 ocpp.events(clock.now())  # the Ended event, into the outbox
@@ -268,6 +295,10 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
             if pile is not None:
                 await pile[1].close()
             for g in guns:
+                # The session's last commands (output off, K1/K2 open) may still be queued:
+                # they reach the module before the link closes.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(g.module.drain(clock.now()), DRAIN_S)
                 await g.module.close()
                 if g.safety is not None:
                     await g.safety.close()

@@ -104,6 +104,12 @@ class ModuleBusOwner:
         finally:
             self._wake = None
 
+    async def drain(self, t: float) -> list[Event]:
+        """Write what is queued now (at exit, after run() was cancelled). Never raises."""
+        if not self.link.connected:
+            return []
+        return await self._write_only(t)
+
     async def close(self) -> None:
         await self.link.close()
 
