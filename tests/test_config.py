@@ -290,6 +290,13 @@ def _two_guns(**pile: object) -> dict[str, object]:
                                 "reach": [1, 2]}], **pile}}
 
 
+def test_thermal_curves_need_each_gun_s_io_board_not_the_top_level_one() -> None:
+    on = {"enabled": True, "transport": "tcp"}
+    c = parse_config({"gun": [{"safety_bus": on}, {"safety_bus": on, "can": {"channel": "x"}}],
+                      "thermal": {}})
+    assert all(g.safety_bus.enabled for g in c.guns)
+
+
 def test_guns_and_the_pile_pool_parse_with_defaults_from_the_top_level() -> None:
     c = parse_config({**_two_guns(), "modbus": {"host": "10.0.0.5"}})
     assert [g.ratings.charger_number for g in c.guns] == [1, 2]
@@ -323,6 +330,9 @@ def test_guns_and_the_pile_pool_parse_with_defaults_from_the_top_level() -> None
     (_two_guns(grid_limit_w=0), "pile.grid_limit_w"),
     (_two_guns(nonsense=1), "pile.nonsense"),
     ({**_two_guns(), "ems": {"enabled": True}}, "one gun only"),
+    ({"gun": [{"safety_bus": {"enabled": True, "transport": "tcp"}}, {"can": {"channel": "x"}}],
+      "thermal": {}}, "for every gun"),
+    ({"thermal": {}}, "[thermal]: needs [safety_bus] enabled"),
 ])
 def test_bad_guns_or_pool_are_named(doc: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -299,11 +299,6 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
     bus = check_safety_bus(_build(SafetyBusConfig, doc.get("safety_bus", {}), "safety_bus"),
                            "safety_bus")
     thermal = parse_thermal(doc.get("thermal", {}))
-    if "thermal" in doc and not bus.enabled:
-        # The temperatures come from the I/O board on the safety bus; without it the
-        # curves would be read and silently never applied.
-        raise ConfigError("[thermal]: needs [safety_bus] enabled = true (the PT1000s are "
-                          "read from the I/O board)")
     meter = check_meter(_build(MeterConfig, doc.get("meter", {}), "meter"), "meter")
     v2g = parse_v2g(doc.get("v2g", {}))
     health, owners = parse_health(doc.get("health", {}))
@@ -321,6 +316,11 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
     ocpp = parse_ocpp(doc.get("ocpp", {}))
     base = GunSetup(gun, can, modbus, bus, meter)
     guns = parse_guns(gun_doc, base) if isinstance(gun_doc, list) else (base,)
+    if "thermal" in doc and not all(g.safety_bus.enabled for g in guns):
+        # The temperatures come from each gun's I/O board on its safety bus; without it the
+        # curves would be read and silently never applied.
+        raise ConfigError("[thermal]: needs [safety_bus] enabled = true for every gun (the "
+                          "PT1000s are read from the I/O board)")
     pile = parse_pile(doc["pile"], guns) if "pile" in doc else None
     if len(guns) > 1 and (ems.enabled or ocpp.enabled):
         raise ConfigError("[ems] / [ocpp]: one gun only for now (a SunSpec port group and an "
