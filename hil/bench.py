@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import itertools
 import json
 import logging
 import resource
@@ -38,6 +37,7 @@ from agent.core.messages import BCL
 from agent.runtime.config import parse_config
 from agent.runtime.realtime import run_pile
 from drivers.sunspec.codec import layout, load_map
+from hil.bench_scale import ccs_periods, percentile
 from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile, free_port
 from hil.pile_scenarios import charging_spans as _charging_spans
@@ -64,8 +64,7 @@ class Probe:
 def _stats(ms: list[float]) -> dict[str, float | int]:
     if not ms:
         return {"n": 0}
-    ordered = sorted(ms)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    p99 = percentile(ms, 0.99)
     return {"n": len(ms), "p50_ms": round(statistics.median(ms), 2), "p99_ms": round(p99, 2),
             "max_ms": round(max(ms), 2)}
 
@@ -186,17 +185,6 @@ class Bench:
         return [] if lat is None else [lat * 1000.0]
 
 
-def _ccs_periods(log: Path) -> list[float]:
-    times = []
-    for line in log.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and "#" in parts[2]:
-            can_id = int(parts[2].split("#")[0], 16)
-            if (can_id >> 8) & 0xFF00 == 0x1200:  # PF 0x12: CCS (GB/T 27930-2015, 50 ms)
-                times.append(float(parts[0].strip("()")))
-    return [(b - a) * 1000.0 for a, b in itertools.pairwise(times)]
-
-
 async def _measure(trials: int) -> dict[str, Any]:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     b = Bench(trials)
@@ -227,11 +215,11 @@ async def _measure(trials: int) -> dict[str, Any]:
                 ems_port))
             results["b_estop_to_module_write"] = {**_stats(await b.emergency_stop()),
                                                   "pressed_with": b.estop_from}
-            periods = _ccs_periods(log)
+            periods = [p for ps in ccs_periods(log).values() for p in ps]
             if periods:
                 results["ccs_period_ms"] = {
                     "n": len(periods), "p50": round(statistics.median(periods), 1),
-                    "p99": round(sorted(periods)[round(0.99 * (len(periods) - 1))], 1),
+                    "p99": round(percentile(periods, 0.99), 1),
                     "share_above_55ms": round(sum(p > 55.0 for p in periods)
                                               / len(periods), 3)}
         finally:

@@ -84,7 +84,7 @@ def peak_rss_mb() -> float:
     return 0.0
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
@@ -123,7 +123,7 @@ async def measure(guns: int) -> dict[str, Any]:
             if periods:
                 out["ccs_period_ms"] = {
                     "n": len(periods), "p50": round(statistics.median(periods), 1),
-                    "p99": round(_pct(periods, 0.99), 1), "max": round(max(periods), 1),
+                    "p99": round(percentile(periods, 0.99), 1), "max": round(max(periods), 1),
                     "share_above_55ms": round(sum(p > 55.0 for p in periods) / len(periods),
                                               3)}
         finally:

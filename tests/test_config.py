@@ -322,6 +322,8 @@ def test_guns_and_the_pile_pool_parse_with_defaults_from_the_top_level() -> None
                        "reach": [1, 3]}]), "reach"),
     (_two_guns(group=[{"id": "G1", "current_a": 125.0, "power_w": 60_000.0,
                        "reach": [1]}]), "no group reaches gun(s) [2]"),
+    (_two_guns(group=[{"id": "G1", "current_a": 125.0, "power_w": 60_000.0,
+                       "reach": [True, 2]}]), "reach"),
     (_two_guns(group=[{"id": "G1", "current_a": -1.0, "power_w": 60_000.0,
                        "reach": [1, 2]}]), "current_a"),
     (_two_guns(group=[{"id": "G", "current_a": 1.0, "power_w": 1.0, "reach": [1, 2]},

@@ -54,11 +54,14 @@ def test_what_a_gun_wants_leaves_out_the_supply_side() -> None:
     assert wanted_current(_limits(ev_max_a=math.nan)) == 0.0
 
 
-def test_a_pooled_session_delivers_nothing_before_the_pool_speaks() -> None:
+def test_a_pooled_session_delivers_nothing_before_the_pool_speaks_or_once_silent() -> None:
     s = GunSession(GunRatings(), pooled=True)
     assert s._pool() == (0.0, 0.0)
     s.handle(PoolCapability(1.0, 120.0, 60_000.0))
     assert s._pool() == (120.0, 60_000.0)
+    # A pool that fell silent gives nothing, as a silent module.
+    s.handle(Tick(1.0 + MATRIX_STATUS_STALE.seconds + 0.01))
+    assert s._pool() == (0.0, 0.0)
     assert GunSession(GunRatings())._pool() == (math.inf, math.inf)
 
 

@@ -178,6 +178,7 @@ class TransferControl(SessionBase):
         capability = st.capability_current_a if st and st.capability_current_a else math.inf
         power_cap = st.capability_power_w if st and st.capability_power_w else math.inf
         in_transfer = self.state is State.CHARGING
+        pool_a, pool_w = self._pool()
         soc_a = soc_window_limit(self.health_policy(), view, Direction.CHARGE)[0] \
             if in_transfer else math.inf
         return CurrentLimits(
@@ -197,8 +198,8 @@ class TransferControl(SessionBase):
             grid_limit_w=r.grid_limit_w,
             soc_window_a=soc_a,
             direction_a=self.data.direction.limit_a() if in_transfer else math.inf,
-            pool_a=self._pool()[0],
-            pool_power_w=self._pool()[1],
+            pool_a=pool_a,
+            pool_power_w=pool_w,
         )
 
     def _discharge_limits(self, state_limit_a: float,
@@ -218,6 +219,7 @@ class TransferControl(SessionBase):
                 is not None:
             d.ev_min_voltage_reached = True
         upstream_a = self._upstream_discharge_a()
+        pool_a, pool_w = self._pool()
         authorised = ev is not None and view.consent and upstream_a > 0.0
         window = ev.remaining_energy_kwh if ev is not None else None
         limits = CurrentLimits(
@@ -241,18 +243,22 @@ class TransferControl(SessionBase):
             health_a=discharge_health_limit(policy, view, self._energy_use())[0],
             consent_a=math.inf if authorised else 0.0,
             direction_a=d.direction.limit_a(),
-            pool_a=self._pool()[0],
-            pool_power_w=self._pool()[1],
+            pool_a=pool_a,
+            pool_power_w=pool_w,
         )
         return limits, floor
 
     def _pool(self) -> tuple[float, float]:
         """(A, W) the pile's module pool gives this gun; no limit for a gun with its own
-        modules, nothing for a pooled gun before the pool has spoken."""
+        modules, nothing for a pooled gun before the pool has spoken or once it is silent."""
         if not self.pooled:
             return math.inf, math.inf
         pool = self.plant.pool
-        return (pool.current_a, pool.power_w) if pool is not None else (0.0, 0.0)
+        # The pool speaks every control step: a word older than a module status may be
+        # is worth nothing (the coordinator stopped: fail safe, as for a silent module).
+        if pool is None or self.now - pool.t > T.MODULE_STATUS_STALE.seconds:
+            return 0.0, 0.0
+        return pool.current_a, pool.power_w
 
     # ---- reporting ------------------------------------------------------------------
 

@@ -406,7 +406,8 @@ def parse_pile(table: object, guns: tuple[GunSetup, ...]) -> PoolSetup:
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not 0 < value < math.inf:
                 raise ConfigError(f"{where}.{key}: a finite number > 0, got {value!r}")
-        if not isinstance(reach, list) or not reach or not set(reach) <= numbers:
+        if not isinstance(reach, list) or not reach or not set(reach) <= numbers \
+                or any(isinstance(n, bool) for n in reach):
             raise ConfigError(f"{where}.reach: the guns (charger_number) its matrix "
                               f"contactors reach, among {sorted(numbers)}; got {reach!r}")
         groups.append(Group(gid, float(amps), float(watts),  # type: ignore[arg-type]

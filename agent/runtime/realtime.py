@@ -129,9 +129,9 @@ class _Gun:
     safety: SafetyBusOwner | None
     meter: MeterBusOwner | None
     reports: list[SessionReport]
+    wake: asyncio.Event  # the control loop's, shared by every gun
     inbox: list[Event] = field(default_factory=list)
     plugged: bool = False
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def put(self, event: Event) -> None:
         """A bus owner's event: queued for the gun, and the control loop woken for it."""
@@ -159,7 +159,7 @@ def _open_buses(config: PileConfig) -> list[can.BusABC] | str:
 
 
 def _gun(config: PileConfig, setup: GunSetup, bus: can.BusABC, ledger: Ledger,
-         log: CandumpWriter | None, out: IO[str]) -> _Gun:
+         log: CandumpWriter | None, out: IO[str], wake: asyncio.Event) -> _Gun:
     m, sb, mc = setup.modbus, setup.safety_bus, setup.meter
     owner = ModuleBusOwner(ModuleLink(_target(m.transport, m.host, m.port, m.serial_port,
                                               m.baudrate, m.parity),
@@ -182,7 +182,7 @@ def _gun(config: PileConfig, setup: GunSetup, bus: can.BusABC, ledger: Ledger,
     runtime = GunRuntime(session, GbtLink(bus, Role.CHARGER, log=log), owner, report,
                          module_period_s=None, safety=safety, meter=meter,
                          meter_period_s=mc.poll_period_s, ledger=ledger, gun=number)
-    return _Gun(setup, session, runtime, owner, safety, meter, reports)
+    return _Gun(setup, session, runtime, owner, safety, meter, reports, wake)
 
 
 def _coordinator(config: PileConfig) -> tuple[PileCoordinator, MatrixBusOwner] | None:
@@ -227,9 +227,10 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
         # several interfaces.
         fh = stack.enter_context(open(can_log, "w")) if can_log else None
         epoch = time.time() - clock.now()
+        wake = asyncio.Event()
         guns = [_gun(config, setup, bus, ledger,
                      CandumpWriter(fh, channel=setup.can.channel, epoch=epoch)
-                     if fh is not None else None, out)
+                     if fh is not None else None, out, wake)
                 for setup, bus in zip(config.guns, buses, strict=True)]
         first = guns[0].session
         ems = await _start_ems(config, first, clock)
@@ -242,9 +243,7 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
         tasks = [asyncio.create_task(ocpp.client.run())] if ocpp else []
         if pile is not None:
             tasks.append(asyncio.create_task(pile[1].run(clock, matrix_inbox.append)))
-        wake = asyncio.Event()
         for g in guns:
-            g.wake = wake
             tasks.append(asyncio.create_task(g.module.run(clock, g.put)))
             if g.safety is not None:
                 tasks.append(asyncio.create_task(g.safety.run(clock, g.put)))
