@@ -8,10 +8,12 @@ docs/PERFORMANCE.md.
 Each reaction is timed from the stimulus to the first module write that answers it, both
 taken with `time.perf_counter` in this process: (a) the first BCL on the bus with a lower
 demand -> a lower setpoint_current on the module's Modbus wire; (b) the E-stop input set on
-the I/O board simulator -> output_enable = 0; (c) the connector PT1000 above the derating
-curve -> setpoint 0 A; (d) the site EMS's SunSpec write of a lower charge limit -> a lower
-setpoint. The agent, the simulators and the clients share this process and its event loop
-(as the CAN virtual bus needs), so CPU and memory are the whole process's.
+the I/O board simulator -> output_enable = 0; (c) the I/O board's Modbus answer carrying a
+connector PT1000 above the derating curve -> setpoint 0 A (and from the sensor change,
+which adds the wait for the next poll); (d) the site EMS's SunSpec write of a lower charge
+limit -> a lower setpoint. The agent, the simulators and the clients share this process
+and its event loop (as the CAN virtual bus needs), so CPU and memory are the whole
+process's.
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile, free_port
 from hil.pile_scenarios import charging_spans as _charging_spans
 from hil.pile_sim import run_pile_sim
+from hil.safety_io_sim import IO_UNIT
 from hil.sim import SimOptions, run_sim
 
 SAFETY_POLL_S = 0.02
+HOT_C = 95.0  # the connector PT1000 past the 80-90 C derating curve: 0 A
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Probe:
 
     writes: list[tuple[float, dict[str, float]]] = field(default_factory=list)
     bcl: list[tuple[float, float]] = field(default_factory=list)  # (t, demand A)
+    hot_reads: list[float] = field(default_factory=list)  # I/O board answers carrying >= trip
 
     def first_write_after(self, t0: float, test: Any, timeout: float = 2.0) -> float | None:
         for t, values in self.writes:
@@ -92,6 +97,18 @@ class Bench:
             return result
 
         self.module.accept_write = recorded  # type: ignore[method-assign]
+        traced = self.safety._trace
+
+        def on_wire(sending: bool, data: bytes) -> bytes:
+            # An answer of the I/O board (read holding registers) sent while the
+            # connector reads over-temperature: the reading is on the wire.
+            out = traced(sending, data)
+            if sending and len(out) > 7 and out[6] == IO_UNIT and out[7] == 3 \
+                    and (self.safety.force_connector_c or 0.0) >= HOT_C:
+                self.probe.hot_reads.append(time.perf_counter())
+            return out
+
+        self.safety._trace = on_wire  # type: ignore[method-assign]
 
     def _sent(self, message: object) -> None:
         if isinstance(message, BCL):
@@ -154,20 +171,27 @@ class Bench:
         client.close()
         return out
 
-    async def over_temperature(self) -> list[float]:
-        out: list[float] = []
+    async def over_temperature(self) -> tuple[list[float], list[float]]:
+        """(from the reading on the wire, from the sensor change) to the 0 A write, in ms."""
+        from_reading: list[float] = []
+        from_sensor: list[float] = []
         for _ in range(self.trials):
             self.safety.force_connector_c = None
             await self.until(lambda: self.setpoint() >= 150.0, 6.0)
             await asyncio.sleep(0.2)
+            mark = len(self.probe.hot_reads)
             sent = time.perf_counter()
-            self.safety.force_connector_c = 95.0  # past the 80-90 C derating curve: 0 A
+            self.safety.force_connector_c = HOT_C  # past the 80-90 C derating curve: 0 A
             lat = await self.answer(sent, lambda v: v.get("setpoint_current", 1e9) <= 0.5
                                     or v.get("output_enable", 1) == 0)
-            if lat is not None:
-                out.append(lat * 1000.0)
+            if lat is None:
+                continue
+            from_sensor.append(lat * 1000.0)
+            read = next((t for t in self.probe.hot_reads[mark:]), None)
+            if read is not None and read <= sent + lat:
+                from_reading.append((sent + lat - read) * 1000.0)
         self.safety.force_connector_c = None
-        return out
+        return from_reading, from_sensor
 
     async def emergency_stop(self) -> list[float]:
         """Pressed while charging (it latches: one sample per run)."""
@@ -210,7 +234,10 @@ async def _measure(trials: int) -> dict[str, Any]:
             results["cpu_pct_of_one_core_charging"] = round(
                 100.0 * (time.process_time() - cpu0) / (time.perf_counter() - wall0), 1)
             results["a_bcl_drop_to_module_write"] = _stats(await b.bcl_drops())
-            results["c_over_temperature_to_module_write"] = _stats(await b.over_temperature())
+            hot_read, hot_sensor = await b.over_temperature()
+            results["c_over_temperature_to_module_write"] = {
+                **_stats(hot_read), "from": "the I/O board's answer carrying it, on the wire",
+                "from_sensor_change": _stats(hot_sensor)}
             results["d_upstream_limit_to_module_write"] = _stats(await b.upstream_limits(
                 ems_port))
             results["b_estop_to_module_write"] = {**_stats(await b.emergency_stop()),

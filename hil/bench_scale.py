@@ -4,8 +4,8 @@
 in the main thread. Run in its own process (`python -m hil.bench_scale N`), so its RSS is
 this configuration's; prints JSON.
 
-Measured while every gun charges: the agent thread's CPU time over the wall time (its share
-of one core; `time.thread_time` read inside the agent's loop), the CCS period on each gun's
+Measured while every gun charges: the CPU time of the agent's thread and its CAN reader
+threads over the wall time (their share of one core, from /proc), the CCS period on each gun's
 channel from the agent's CAN log, and the process's peak RSS (agent and simulators: the
 virtual CAN bus does not cross processes).
 """
@@ -17,13 +17,13 @@ import io
 import itertools
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,21 @@ class AgentThread:
         self.thread.start()
 
     def cpu_s(self) -> float:
-        async def read() -> float:
-            return time.thread_time()
+        """CPU seconds of the agent's thread and of its CAN reader threads (python-can's
+        Notifier reads a bus without a descriptor, such as `virtual`, in a thread of its
+        own: drivers/gbt27930/rx_notify.py), from /proc."""
+        ids = [self.thread.native_id, *(t.native_id for t in threading.enumerate()
+                                        if t.name.startswith("Notifier for bus"))]
+        return sum(thread_cpu_s(i) for i in ids if i is not None)
 
-        future: Future[float] = asyncio.run_coroutine_threadsafe(read(), self.loop)
-        return future.result(10.0)
+
+def thread_cpu_s(native_id: int) -> float:
+    """utime + stime of one thread of this process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ccs_periods(log: Path) -> dict[str, list[float]]:

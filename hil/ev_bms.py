@@ -52,6 +52,8 @@ PERIOD_S = {"BHM": 0.25, "BRM": 0.25, "BCP": 0.5, "BRO": 0.25, "BCL": 0.05, "BCS
 # GB/T 27930-2015 §8 / Fig. A.6 [V]: the BMS stops when CCS is silent 1 s; other
 # charger messages have the default 5 s.
 CCS_TIMEOUT_S = 1.0
+# Sent in energy transfer (the ones `next_due` waits for); BMV/BMT's 10 s come with them.
+CHARGING_MESSAGES = frozenset({"BCL", "BCS", "BSM", "BDS"})
 DEFAULT_TIMEOUT_S = 5.0
 # GB/T 27930-2015 §8: the vehicle opens K5/K6 at <= 5 A, at the latest 10 s after BST.
 OPEN_CURRENT_A = 5.0
@@ -158,6 +160,17 @@ class BmsSimulator:
             return []
         return [m for m in self._candidates(t)
                 if type(m).__name__ not in self.muted and self._due(type(m).__name__, t)]
+
+    def next_due(self, t: float, step_s: float) -> float:
+        """When the car next needs a look if nothing arrives (event-driven simulation).
+        In energy transfer: its next periodic message (it reads what the charger sent when
+        it next speaks, as a BMS's task cycle does). In every other phase, the sequence
+        moves on the charger's frames and the car's own timers: every step."""
+        if self.phase != "charging" or self.silent_from is not None:
+            return t + step_s
+        due = [last + self.period_s(name) for name, last in self._last.items()
+               if name in CHARGING_MESSAGES]
+        return min((d for d in due if d > t + 1e-9), default=t + step_s)
 
     def period_s(self, name: str) -> float:
         return PERIOD_S[name]

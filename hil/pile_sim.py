@@ -6,7 +6,10 @@ module register map), its I/O board with IMD and its DC meter, each a pymodbus s
 loopback. Per pile: the matrix board with the groups behind it (hil/matrix_sim.py). The
 agent side is the runtime a real pile runs: one `GunRuntime` per gun and the pile's
 `PileCoordinator` (agent/core/pile.py), whose capability reaches each gun's arbiter.
-Time is simulated and advanced in lock-step (10 ms), as `hil/sim.py`.
+Time is simulated and event-driven, as in `hil/sim.py`: each gun steps at its own next
+instant (its agent's deadline, its car's next message) and every gun when the pool plans
+(each matrix read, 100 ms). A scenario that watches the world every step (pool-share,
+pool-v2g) runs in lock-step (10 ms).
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class PileResult:
     joined_two_guns: int = 0
     peak_import_w: float = 0.0
     peak_export_w: float = 0.0
+    instants: int = 0  # simulated instants visited
+    rig_steps: int = 0  # gun steps (world and agent) made
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -87,6 +92,7 @@ class PileResult:
             "scenario": self.scenario, "guns": self.guns, "verdict": self.verdict,
             "sim_s": round(self.sim_s, 2), "wall_s": round(self.wall_s, 2),
             "speedup": round(self.sim_s / max(self.wall_s, 1e-9), 1),
+            "instants": self.instants, "gun_steps": self.rig_steps,
             "peak_import_kw": round(self.peak_import_w / 1000, 2),
             "peak_export_kw": round(self.peak_export_w / 1000, 2),
             "switched_under_load": self.switched_under_load,
@@ -122,6 +128,8 @@ class GunRig:
         self.session = GunSession(ratings, thermal=ThermalSupervisor(), require_safety_io=True,
                                   upstream=scenario.upstream, pooled=True)
         self.plugged = False
+        self.t_prev = -STEP_S
+        self.next_t = 0.0  # event-driven time: the rig's next instant
         self.ended_at: float | None = None
         self.runtime: GunRuntime
         self.vehicle_link: GbtLink | None = None
@@ -171,6 +179,8 @@ class GunRig:
                 r.charged_kwh, r.discharged_kwh = command.charged_kwh, command.discharged_kwh
 
     def step_world(self, t: float) -> None:
+        """The car speaks and the plant moves on to t (from the rig's last instant)."""
+        dt, self.t_prev = t - self.t_prev, t
         if self.bms is not None and self.vehicle_link is not None:
             for item in self.vehicle_link.poll(t):
                 if not isinstance(item, LinkProblem | LinkNotice):
@@ -178,9 +188,18 @@ class GunRig:
             for message in self.bms.poll(t):
                 self.vehicle_link.send(message, t)
             self.bms.battery.current_a = 0.0
-        self.module.step(STEP_S, self.bms.battery if self.bms else None)
-        self.meter.step(STEP_S)
-        self.safety.step(STEP_S, self.module.current_a)
+        self.module.step(dt, self.bms.battery if self.bms else None)
+        self.meter.step(dt)
+        self.safety.step(dt, self.module.current_a)
+
+    def due_at(self, t: float) -> float:
+        """The rig's next instant: its agent's, its car's or its plug-in."""
+        due = [self.runtime.next_due()]
+        if self.bms is not None:
+            due.append(self.bms.next_due(t, STEP_S))
+        if not self.plugged and self.vehicle is not None:
+            due.append(self.vehicle.plug_at_s)
+        return min((d for d in due if d > t + 1e-7), default=t + STEP_S)
 
     @property
     def power_w(self) -> float:
@@ -213,6 +232,8 @@ class SimulatedMultiPile:
         self._stack = AsyncExitStack()
         self.caps: dict[int, PoolCapability] = {}
         self.probe: dict[str, Any] = {}  # what the scenario notes on its way
+        # A scenario that watches the world every step runs in lock-step (10 ms).
+        self.lock_step = scenario.lock_step
 
     async def __aenter__(self) -> SimulatedMultiPile:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -234,34 +255,46 @@ class SimulatedMultiPile:
     async def run(self) -> PileResult:
         wall0 = time.monotonic()
         sc, r = self.scenario, self.result
-        next_matrix = 0.0
+        next_matrix, matrix_prev = 0.0, -STEP_S
         end_s = sc.end_s(len(self.rigs))
         while self.clock.now() < end_s + sc.linger_s:
             t = round(self.clock.now(), 6)
             extra: dict[int, list[Event]] = {rig.gun: [] for rig in self.rigs}
             for gun, events in sc.script(self, t).items():
                 extra[gun] += events
-            for rig in self.rigs:
-                if not rig.plugged and rig.vehicle is not None and t >= rig.vehicle.plug_at_s:
-                    rig.plugged = True
-                    extra[rig.gun].append(VehicleConnected(t, wall_clock_s=LOG_EPOCH + t))
-                rig.step_world(t)
-            self.matrix.step(STEP_S)
+            self.matrix.step(t - matrix_prev)
+            matrix_prev = t
+            # The pool plans on each matrix read (every 100 ms); in lock-step, every step.
+            pool_due = self.lock_step or t >= next_matrix - 1e-9
             if t >= next_matrix - 1e-9:
                 next_matrix = t + MATRIX_POLL_S
                 for event in await self.matrix_owner.service(t):
                     self.coordinator.handle(event)
-            commands, self.caps = self.coordinator.step(
-                t, {rig.gun: rig.session for rig in self.rigs})
-            for command in commands:
-                self._execute(command, t)
-            if self.matrix_owner._pending:
-                for event in await self.matrix_owner.service(t):
-                    self.coordinator.handle(event)
+            if pool_due:
+                commands, self.caps = self.coordinator.step(
+                    t, {rig.gun: rig.session for rig in self.rigs})
+                for command in commands:
+                    self._execute(command, t)
+                if self.matrix_owner._pending:
+                    for event in await self.matrix_owner.service(t):
+                        self.coordinator.handle(event)
             for rig in self.rigs:
-                await rig.runtime.step(t, [*extra[rig.gun], self.caps[rig.gun]])
+                # Event-driven time, per gun: a rig steps at its own next instant, when the
+                # pool speaks, or when the script has something for it.
+                if not (pool_due or extra[rig.gun] or t >= rig.next_t - 1e-9):
+                    continue
+                if not rig.plugged and rig.vehicle is not None and t >= rig.vehicle.plug_at_s:
+                    rig.plugged = True
+                    extra[rig.gun].append(VehicleConnected(t, wall_clock_s=LOG_EPOCH + t))
+                rig.step_world(t)
+                caps = [self.caps[rig.gun]] if pool_due else []
+                await rig.runtime.step(t, [*extra[rig.gun], *caps])
+                rig.next_t = t + STEP_S if self.lock_step else rig.due_at(t)
+                r.rig_steps += 1
             self._observe(t)
-            await self.clock.advance(STEP_S)
+            r.instants += 1
+            nxt = min([next_matrix, *(rig.next_t for rig in self.rigs)])
+            await self.clock.advance((t + STEP_S if self.lock_step else nxt) - t)
         r.sim_s, r.wall_s = self.clock.now(), time.monotonic() - wall0
         r.per_gun = [rig.result for rig in self.rigs]
         r.switched_under_load = list(self.matrix.switched_under_load)

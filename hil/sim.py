@@ -2,9 +2,12 @@
 
 The car (battery + BMS) speaks GB/T 27930 on a python-can `virtual` bus; the power
 module is a pymodbus server on loopback TCP. The agent is the same `GunRuntime` that
-drives a real pile. Time is simulated and advanced in lock-step (10 ms): each step the
-car sends what is due, the module's physics advance, then the agent polls, decides and
-writes. `--speed` paces simulated time against the wall; by default it runs flat out.
+drives a real pile. Time is simulated and event-driven: it jumps to the next instant
+anyone is due (the agent's deadline or bus service, the car's next message); at each,
+the car sends what is due, the plant's physics advance over the jump, then the agent
+steps if it is due or something arrived. Scripted runs (faults, V2G scenarios, replays)
+and `--lock-step` step every 10 ms instead. `--speed` paces simulated time against the
+wall; by default it runs flat out.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class SimOptions:
     # scenarios on the site clock; None: the scenario's own.
     site_start_s: float | None = None
     site_end_s: float | None = None
+    lock_step: bool = False  # step every 10 ms instead of jumping to the next due instant
 
 
 @dataclass
@@ -135,6 +139,8 @@ class SimResult:
     ledger_from_vehicle_kwh: float | None = None
     battery_energy_out_kwh: float = 0.0
     health: dict[str, Any] = field(default_factory=dict)
+    instants: int = 0  # simulated instants the loop visited
+    agent_steps: int = 0  # of which the agent stepped
 
     @property
     def furthest_state(self) -> str:
@@ -189,6 +195,10 @@ class SimulatedPile:
             v.site_end_s if v is not None else None)
         self.csms_port = 0
         self.ocpp: OcppBridge | None = None
+        # Scripted runs (faults, V2G scenarios, a replayed car) look at the world every
+        # step; a plain session jumps from one due instant to the next.
+        self.lock_step = options.lock_step or bool(options.fault or options.scenario
+                                                   or options.replay_bms)
 
     async def __aenter__(self) -> SimulatedPile:
         # Bus failures reach the core as events; pymodbus's own error logging is noise here.
@@ -324,16 +334,20 @@ class SimulatedPile:
         max_sim_s = self.options.max_sim_s
         if self.v2g is not None and self.site_start_s is not None and self.site_end_s is not None:
             max_sim_s = (self.site_end_s - self.site_start_s) % 86400 + 600.0
+        t_prev, agent_due = -STEP_S, 0.0
         while self.clock.now() < max_sim_s:
             t = round(self.clock.now(), 6)
+            dt, t_prev = t - t_prev, t
+            self.result.instants += 1
             self._maybe_inject(t)
+            spoke = self.vehicle_link.frames_sent
             self._step_vehicle(t)
             self.bms.battery.current_a = 0.0  # the module sets it again if it is loaded
-            self.module_sim.step(STEP_S, self.bms.battery)
-            self.meter_sim.step(STEP_S)
-            self.safety_io.step(STEP_S, self.module_sim.current_a)
+            self.module_sim.step(dt, self.bms.battery)
+            self.meter_sim.step(dt)
+            self.safety_io.step(dt, self.module_sim.current_a)
             extra, self.injected_events = self.injected_events, []
-            if not plugged and t >= PLUG_IN_AT_S:
+            if not plugged and t >= PLUG_IN_AT_S - 1e-9:
                 # The car arrives once the agent has read the safety bus: before that the
                 # core rightly refuses a start (E-stop and temperatures unknown).
                 plugged = True
@@ -348,8 +362,14 @@ class SimulatedPile:
                     extra += self.ocpp.events(t)
                 extra += self.v2g.step(self, self.script, t)
                 self._observe(t)
-            if not self.agent_hung:
+            # The agent steps when its deadline comes, or when a frame or an event arrives
+            # for it (event-driven time; in lock-step, every step).
+            due = self.lock_step or extra or spoke != self.vehicle_link.frames_sent \
+                or t >= agent_due - 1e-9
+            if not self.agent_hung and due:
                 await self.runtime.step(t, extra)
+                agent_due = self.runtime.next_due()
+                self.result.agent_steps += 1
             self._live_line(t)
             if self.scenario is not None:
                 if self._fault_run_over(t):
@@ -358,7 +378,7 @@ class SimulatedPile:
                 ended_at = t
             if self.scenario is None and ended_at is not None and t - ended_at >= LINGER_S:
                 break
-            await self.clock.advance(STEP_S)
+            await self.clock.advance(self._next_instant(t, agent_due, plugged, ended_at) - t)
         if self.ocpp is not None:
             self.ocpp.events(self.clock.now())  # the Ended event
             await self._drain_outbox()
@@ -371,6 +391,22 @@ class SimulatedPile:
         if self.result.outcome == "timeout":
             self.result.reason = f"no end of session within {max_sim_s} s"
         return self.result
+
+    def _next_instant(self, t: float, agent_due: float, plugged: bool,
+                      ended_at: float | None) -> float:
+        """Where simulated time jumps next: the first instant anyone is due (the agent's
+        deadline and bus services, the car's next message, the plug-in, the end), or the
+        next step in lock-step."""
+        if self.lock_step:
+            return t + STEP_S
+        due = [self.bms.next_due(t, STEP_S)]
+        if not self.agent_hung:
+            due.append(agent_due)
+        if not plugged:
+            due.append(PLUG_IN_AT_S)
+        if ended_at is not None:
+            due.append(ended_at + LINGER_S)
+        return min((d for d in due if d > t + 1e-7), default=t + STEP_S)
 
     async def _drain_outbox(self) -> None:
         """Let the OCPP client deliver what is waiting (real time, at most 10 s)."""

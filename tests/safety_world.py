@@ -74,6 +74,9 @@ MUTE = ("BHM", "BRM", "BCP", "BRO", "BRO_AA", "BCL", "BCS")
 FLAWS = ("current_stuck", "imd_dead", "voltage_offset", "voltage_offset_up", "output_weak",
          "insulation_low", "module_frozen")
 POLL = 0.1
+MAX_QUIET_S = 1.0  # E1: the longest a session may ask to sleep (docs/SAFETY.md)
+# E1: the core puts a deadline a hair past the instant its comparison turns (float sums)
+DEADLINE_TOLERANCE_S = 1e-4
 BCL_TIMEOUT_S = 1.0  # GB/T 27930-2015 §8: BCL silent 1 s -> stop
 BCS_TIMEOUT_S = 5.0  # GB/T 27930-2015 §8: BCS 5 s
 HANDSHAKE_TIMEOUT_S = 5.0  # GB/T 27930-2015 §8: default 5 s (BHM, BRM, BCP, BRO)
@@ -238,11 +241,27 @@ class SafetyWorld:
         self.session_in_kwh = self.session_out_kwh = 0.0
         self.discharged = False  # some session discharged (coverage)
         self.direction_changes = 0
+        self.heard_since_tick = True
+        self.quiet_until = 0.0
 
     # ---- feeding the core --------------------------------------------------------
 
     def feed(self, event: Event) -> None:
+        # E1 (event-driven time): a tick before the session's deadline, with no event since
+        # the last tick, changes nothing; so a runtime that sleeps until then loses nothing.
+        quiet = isinstance(event, Tick) and not self.heard_since_tick \
+            and event.t < self.quiet_until - DEADLINE_TOLERANCE_S
         commands = self.s.handle(event)  # never raises: handle() swallows into fail-safe
+        if quiet:
+            assert not commands, (f"E1 tick at {event.t:.4f} s, before the deadline "
+                                  f"{self.quiet_until:.4f} s, gave {commands}")
+        if isinstance(event, Tick):
+            self.heard_since_tick = False
+            self.quiet_until = self.s.next_deadline()
+            assert event.t < self.quiet_until <= event.t + MAX_QUIET_S + EPS, \
+                f"E1 deadline {self.quiet_until} after a tick at {event.t}"
+        else:
+            self.heard_since_tick = True
         for c in commands:
             self.check_command(c)
             if isinstance(c, SetContactors) and c.closed != self.plant.k12_cmd:

@@ -186,3 +186,33 @@ def test_real_traces_decode_through_the_link(trace: str, role: Role) -> None:
         assert len(aborted) + len(restarted) == len(problems)
     else:
         assert problems == [], problems[:3]
+
+
+def test_frames_are_handed_over_as_they_arrive_and_a_dead_reader_is_reported() -> None:
+    """rx_notify: a frame on the wire wakes the loop (no poll needed) and the link reads it
+    without blocking; a reader that stopped on an error makes the next read fail."""
+    import asyncio
+
+    from drivers.gbt27930.rx_notify import NotifiedBus
+
+    async def scenario() -> None:
+        channel = f"rx-{uuid.uuid4().hex[:8]}"
+        with can.Bus(interface="virtual", channel=channel) as raw, \
+                can.Bus(interface="virtual", channel=channel) as car_bus:
+            woken = asyncio.Event()
+            rx = NotifiedBus(raw, asyncio.get_running_loop(), woken.set)
+            try:
+                charger = GbtLink(rx, Role.CHARGER)
+                assert charger.poll(0.0) == []  # nothing yet, and no blocking
+                GbtLink(car_bus, Role.BMS).send(
+                    m.BCL(400.0, 120.0, m.ChargeMode.CONSTANT_CURRENT), 0.0)
+                await asyncio.wait_for(woken.wait(), 5.0)
+                received = charger.poll(0.01)
+                assert [type(m).__name__ for m in received] == ["BCL"]
+                rx.on_error(can.CanError("bus off"))
+                problems = [p for p in charger.poll(0.02) if isinstance(p, LinkProblem)]
+                assert problems and problems[0].fatal and "bus off" in problems[0].detail
+            finally:
+                rx.close()
+
+    asyncio.run(scenario())

@@ -360,23 +360,24 @@ def test_module_over_temperature_stops_the_session() -> None:
     assert "over_temperature" in p.session.data.outcome_reason
 
 
-def test_an_early_wake_decides_but_periodic_messages_keep_to_the_scheduled_ticks() -> None:
+def test_the_session_names_its_next_deadline_and_sends_on_its_grid() -> None:
     from agent.core.commands import Transmit
     from agent.core.events import Tick, VehicleConnected
-    from agent.core.outgoing import EARLY_FRACTION
     from agent.core.ratings import GunRatings
     from agent.core.session import GunSession
 
     s = GunSession(GunRatings())
     s.handle(VehicleConnected(0.0))
-    sent = [c for c in s.handle(Tick(0.0)) if isinstance(c, Transmit)]
-    assert sent  # CHM, at once
-    # A scheduled tick sends CHM again up to a tenth of its period early (250 ms: 25 ms),
-    # not before.
-    due = 0.25 * (1 - EARLY_FRACTION)
-    assert not any(isinstance(c, Transmit) for c in s.handle(Tick(due - 0.002)))
-    # Event-driven wakes send nothing, even when a message is due.
-    assert not any(isinstance(c, Transmit) for t in (due + 0.001, 0.26)
-                   for c in s.handle(Tick(t, scheduled=False)))
-    # The next scheduled tick sends it.
-    assert any(isinstance(c, Transmit) for c in s.handle(Tick(0.27)))
+    assert any(isinstance(c, Transmit) for c in s.handle(Tick(0.0)))  # CHM, at once
+    # The heartbeat (100 ms) comes first; CHM (250 ms) is due on its grid, not before.
+    assert s.next_deadline() == pytest.approx(0.1, abs=1e-4)
+    for t in (0.1, 0.2):
+        s.handle(Tick(t))
+    assert s.next_deadline() == pytest.approx(0.25)
+    assert not any(isinstance(c, Transmit) for c in s.handle(Tick(0.249)))
+    assert any(isinstance(c, Transmit) for c in s.handle(Tick(0.25)))
+    # A late tick sends at once and keeps the grid: next at 0.75, not 0.78.
+    assert any(isinstance(c, Transmit) for c in s.handle(Tick(0.53)))
+    s.handle(Tick(0.6))
+    s.handle(Tick(0.7))
+    assert s.next_deadline() == pytest.approx(0.75)

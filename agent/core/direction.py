@@ -50,6 +50,15 @@ class DirectionControl:
         """The arbiter's DIRECTION candidate: zero while a change is under way."""
         return 0.0 if self.changing else math.inf
 
+    def next_change(self) -> float:
+        """When a change under way next needs a look on time alone (its budget, its dwell);
+        inf when steady. Measurements arrive as events and are looked at then."""
+        if self.changing_since is None:
+            return math.inf
+        if self.low_since is None:
+            return self.changing_since + T.DIRECTION_CHANGE_BUDGET.seconds
+        return self.low_since + T.DIRECTION_DWELL.seconds
+
     def start(self, now: float) -> None:
         if not self.phases:
             self.phases.append((now, self.active))

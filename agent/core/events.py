@@ -14,14 +14,10 @@ from agent.core.messages import BmsMessage
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """Time has advanced; lets the core run periodic sends, ramps and watchdogs.
-
-    scheduled=False: the runtime woke early for an event (an input read, a status) to let
-    the core decide at once; periodic messages then wait for the next scheduled tick, so
-    their period keeps to the runtime's control grid instead of following event arrivals."""
+    """Time has advanced; lets the core run periodic sends, ramps and watchdogs. The
+    runtime ticks at the session's `next_deadline()`, and at once after an event."""
 
     t: float
-    scheduled: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,10 +100,11 @@ def _cts(d: SessionData, r: GunRatings, now: float) -> CTS | None:
     return CTS((local.year, local.month, local.day, local.hour, local.minute, local.second))
 
 
-EARLY_FRACTION = 0.1
-
-
 class PeriodicSender:
+    """Each message on a fixed grid of send times (first send + k periods). A runtime that
+    wakes at `next_due` sends on the grid; a late tick sends at once and keeps the grid
+    unless a whole period was missed."""
+
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
 
@@ -116,14 +117,18 @@ class PeriodicSender:
             name = type(message).__name__
             period = T.PERIODS[name].seconds
             last = self._last.get(name)
-            # Due up to a tenth of a period early: the control step that runs just before
-            # the grid time sends it, instead of the next step (a whole step late: the 60 ms
-            # CCS periods measured before). GB/T 27930-2015 gives no jitter tolerance [V];
-            # a tenth keeps every period within +-10 % and the mean on the grid.
-            if last is not None and now < last + period * (1.0 - EARLY_FRACTION) - 1e-9:
+            if last is not None and now < last + period - 1e-9:
                 continue
-            # Stay on the grid of send times unless a whole period was missed.
             nominal = last + period if last is not None else now
             self._last[name] = nominal if now - nominal < period else now
             out.append(message)
+        return out
+
+    def next_due(self, messages: list[ChargerMessage], now: float) -> float:
+        """When the first of `messages` is next due (now, for one never sent; inf for none)."""
+        out = math.inf
+        for message in messages:
+            name = type(message).__name__
+            last = self._last.get(name)
+            out = min(out, now if last is None else last + T.PERIODS[name].seconds)
         return out

@@ -15,9 +15,11 @@ from transitions import Machine
 from agent.core import timing as T
 from agent.core.commands import (
     Command,
+    KickSafetyWatchdog,
     Notice,
     Transmit,
 )
+from agent.core.deadline import next_deadline
 from agent.core.events import (
     DriverError,
     EnergyHistory,
@@ -111,6 +113,7 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         self.plant = Plant()
         self._out: list[Command] = []
         self._periodic = PeriodicSender()
+        self.busy = False  # the last tick moved the sequence on (agent/core/deadline.py)
         self._machine = Machine(
             model=self,
             states=State,
@@ -146,24 +149,34 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
 
     # ---- entry point ---------------------------------------------------------------
 
+    def next_deadline(self) -> float:
+        """When the next tick is due if no event arrives (agent/core/deadline.py)."""
+        return next_deadline(self)
+
     def handle(self, event: Event) -> list[Command]:
         """Apply one event; return the commands it causes. Never raises."""
         self._out = []
         if math.isfinite(event.t) and event.t > self.now:
             self.now = event.t
+        before = (self.state, self.data.phase)
         try:
             self._dispatch(event)
         except Exception as exc:  # any bug must end in the safe state
             self._fail_safe(f"internal error handling {type(event).__name__}: {exc!r}")
         out, self._out = self._out, []
+        if isinstance(event, Tick):
+            # A tick that moved the sequence on (a command, a new state or phase) may have
+            # made the next step possible at once: the next tick is due a step later.
+            self.busy = (self.state, self.data.phase) != before or any(
+                not isinstance(c, Transmit | KickSafetyWatchdog) for c in out)
         return out
 
     def _dispatch(self, event: Event) -> None:
         if self._on_safety_event(event):
             return
         match event:
-            case Tick(scheduled=scheduled):
-                self._on_tick(scheduled)
+            case Tick():
+                self._on_tick()
             case VehicleMessage(message=message):
                 self.data.last_rx[type(message).__name__] = self.now
                 self._on_vehicle_message(message)
@@ -429,7 +442,7 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
 
     # ---- time ----------------------------------------------------------------------
 
-    def _on_tick(self, scheduled: bool = True) -> None:
+    def _on_tick(self) -> None:
         self._supervise()
         self._check_watchdogs()
         if self.state is State.FAULT:
@@ -437,8 +450,7 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         else:
             self._advance_state()
         self._control()
-        if scheduled:
-            self._send_periodic()
+        self._send_periodic()
 
     def _check_watchdogs(self) -> None:
         d, now = self.data, self.now

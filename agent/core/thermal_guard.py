@@ -181,6 +181,23 @@ class ThermalSupervisor:
             fraction, bound = 0.0, next(iter(self.latched))
         return ThermalVerdict(max(fraction, 0.0), bound, tuple(faults))
 
+    def next_change(self, now: float) -> float:
+        """The earliest instant after `now` at which `evaluate` could give another verdict
+        with no new reading: a sensor going silent or stuck, a rate cap ending, a
+        disagreement lasting long enough. inf when none is pending."""
+        c, out = self.config, math.inf
+        for s in self._sensors.values():
+            if s.fault is not None:
+                continue
+            for at in (s.seen_at + c.silent_s, s.same_since + c.stuck_s, s.rate_capped_until):
+                if at >= now:
+                    out = min(out, at)
+        if self._disagree_since is not None:
+            at = self._disagree_since + c.disagreement_s
+            if at >= now:
+                out = min(out, at)
+        return out
+
     def _track_disagreement(self, t: float) -> None:
         plus = self._sensors.get("connector_dc_plus")
         minus = self._sensors.get("connector_dc_minus")

@@ -156,6 +156,14 @@ class UpstreamArbiter:
 
     # ---- output -------------------------------------------------------------------
 
+    def next_change(self, now: float) -> float:
+        """The earliest instant after `now` at which `limit_a` could change with no new
+        input: an offer expiring, the frequency reading growing too old. inf if none."""
+        times = [o.sp.expires_at for o in self.offers.values()]
+        if self.frequency is not None:
+            times.append(self.frequency[1] + self.policy.max_frequency_age_s)
+        return min((at for at in times if math.isfinite(at) and at >= now), default=math.inf)
+
     def live(self, now: float) -> list[_Offer]:
         return [o for o in self.offers.values() if now < o.sp.expires_at]
 

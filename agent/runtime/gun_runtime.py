@@ -1,7 +1,8 @@
 """Feeds one gun's core with events from its drivers and executes the commands.
 
-The same `step` serves a real-time loop and the lock-step simulator: only who calls
-it, and with which clock, differs. Nothing here decides anything about the session.
+The same `step` serves a real-time loop and the simulator: only who calls it, and with
+which clock, differs. Either calls it when something arrived and at `next_due` (the
+session's deadline, event-driven time). Nothing here decides anything about the session.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agent.core.commands import (
     StartInsulationTest,
     Transmit,
 )
+from agent.core.deadline import STEP_S
 from agent.core.events import DriverError, EnergyHistory, Event, Tick
 from agent.core.messages import ChargerMessage
 from agent.core.session import GunSession
@@ -93,10 +95,8 @@ class GunRuntime:
         self.gun = gun
         self._history_for: float | None = None  # the session whose history was fed
 
-    async def step(self, t: float, extra_events: Iterable[Event] = (),
-                   scheduled: bool = True) -> None:
-        """One control cycle: vehicle input, module exchange, extra events, then a tick
-        (scheduled=False: an early wake for an event; periodic sends wait, see Tick)."""
+    async def step(self, t: float, extra_events: Iterable[Event] = ()) -> None:
+        """One control cycle: vehicle input, module exchange, extra events, then a tick."""
         self.now = t
         for item in self._poll_vehicle(t):
             self.feed(item)
@@ -118,7 +118,18 @@ class GunRuntime:
         for event in extra_events:
             self.feed(event)
         self._feed_history(t)
-        self.feed(Tick(t, scheduled))
+        self.feed(Tick(t))
+
+    def next_due(self) -> float:
+        """When `step` is next needed if nothing arrives: the session's deadline, and in
+        lock-step the bus services this runtime runs itself."""
+        due = self.session.next_deadline()
+        if self._module_period_s is not None:
+            due = min(due, self._next_module_t, self._next_meter_t if self.meter else due,
+                      self._next_safety_t if self.safety else due)
+            if self._module_dirty:  # commands wait for the next step's module exchange
+                due = min(due, self.now + STEP_S)
+        return due
 
     def session_key(self) -> str:
         d = self.session.data

@@ -1,8 +1,10 @@
 """`pile-agent run`: the agent against the CAN buses and Modbus devices of a real pile.
 
-One process runs every gun of the pile (`[[gun]]`, or one `[gun]`). The control step runs
-every 10 ms of wall time; each bus has its own owner task (so a slow RS-485 line never
-delays the CAN side) whose events are fed to the next step. A pile with a shared module
+One process runs every gun of the pile (`[[gun]]`, or one `[gun]`). Time is event-driven:
+a gun steps when its session's deadline comes (agent/core/deadline.py) and as soon as
+something arrives for it; in between the loop sleeps. CAN frames are read as they arrive
+(drivers/gbt27930/rx_notify.py); each Modbus bus has its own owner task (so a slow RS-485
+line never delays the CAN side) whose events wake the loop. A pile with a shared module
 pool (`[pile]`) has the matrix board's owner too, and its coordinator gives each gun its
 capability on every step. Until the pile's I/O board provides CC1 detection, each gun is
 taken as connected at start-up.
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.codec import assign_extension_pgns
 from drivers.gbt27930.link import GbtLink, Role
+from drivers.gbt27930.rx_notify import NotifiedBus
 from drivers.module_matrix.link import MatrixBusOwner, MatrixEvent
 from drivers.ocpp.client import OcppClient, OcppSettings
 from drivers.power_module.link import LinkConfig, ModuleLink, RtuTarget, TcpTarget
@@ -48,7 +50,12 @@ from drivers.sunspec.codec import layout, load_map
 from drivers.sunspec.ems_controls import EmsControls, EmsSettings
 from drivers.sunspec.server import SunSpecServer
 
-CONTROL_PERIOD_S = 0.01  # a fifth of the fastest GB/T 27930 period (BCL/CCS 50 ms)
+# The module pool re-plans at least this often (and on each matrix read): its word to a gun
+# must stay younger than a module status (1 s, MODULE_STATUS_STALE) with room to spare.
+POOL_PERIOD_S = 0.1
+# The EMS's and the central system's time-based inputs (an EMS heartbeat lost, an OCPP
+# request queued) are looked at this often; an EMS write wakes the loop at once.
+UPSTREAM_POLL_S = 0.1
 # At exit, queued module commands get this long (one module request timeout, 0.5 s, twice).
 DRAIN_S = 1.0
 
@@ -130,12 +137,27 @@ class _Gun:
     meter: MeterBusOwner | None
     reports: list[SessionReport]
     wake: asyncio.Event  # the control loop's, shared by every gun
+    rx: NotifiedBus
+    bell: Doorbell
     inbox: list[Event] = field(default_factory=list)
     plugged: bool = False
+    deadline: float = 0.0  # the runtime's next_due after the last step
 
     def put(self, event: Event) -> None:
         """A bus owner's event: queued for the gun, and the control loop woken for it."""
         self.inbox.append(event)
+        self.wake.set()
+
+
+@dataclass
+class Doorbell:
+    """Rung when a CAN frame or an upstream write arrives for a gun: it steps at once."""
+
+    wake: asyncio.Event
+    rung: bool = False
+
+    def ring(self) -> None:
+        self.rung = True
         self.wake.set()
 
 
@@ -179,10 +201,13 @@ def _gun(config: PileConfig, setup: GunSetup, bus: can.BusABC, ledger: Ledger,
                          health=config.health, owner_policies=config.owners,
                          upstream=config.upstream.policy(setup.ratings),
                          pooled=config.pile is not None)
-    runtime = GunRuntime(session, GbtLink(bus, Role.CHARGER, log=log), owner, report,
+    # Each frame is read as it arrives and wakes the loop (a BCL is decided on at once).
+    bell = Doorbell(wake)
+    rx = NotifiedBus(bus, asyncio.get_running_loop(), bell.ring)
+    runtime = GunRuntime(session, GbtLink(rx, Role.CHARGER, log=log), owner, report,
                          module_period_s=None, safety=safety, meter=meter,
                          meter_period_s=mc.poll_period_s, ledger=ledger, gun=number)
-    return _Gun(setup, session, runtime, owner, safety, meter, reports, wake)
+    return _Gun(setup, session, runtime, owner, safety, meter, reports, wake, rx, bell)
 
 
 def _coordinator(config: PileConfig) -> tuple[PileCoordinator, MatrixBusOwner] | None:
@@ -232,6 +257,8 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                      CandumpWriter(fh, channel=setup.can.channel, epoch=epoch)
                      if fh is not None else None, out, wake)
                 for setup, bus in zip(config.guns, buses, strict=True)]
+        for g in guns:
+            stack.callback(g.rx.close)  # before the buses shut down (the stack unwinds LIFO)
         first = guns[0].session
         ems = await _start_ems(config, first, clock)
         if isinstance(ems, str):
@@ -250,37 +277,53 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
             if g.meter is not None:
                 tasks.append(asyncio.create_task(g.meter.run(
                     clock, g.put, g.setup.meter.poll_period_s)))
+        loop = asyncio.get_running_loop()
+        if ems is not None:
+            ems.on_write = guns[0].bell.ring  # an EMS write is decided on at once
         try:
-            next_step = clock.now()
+            next_pool = next_upstream = clock.now()
             while not all(g.reports for g in guns):
                 now = clock.now()
-                # Every CONTROL_PERIOD_S every gun steps; in between, a gun steps as soon as
-                # one of its buses hands it an event (an E-stop read, a module status), so
-                # the answer does not wait for the next period.
-                periodic = now >= next_step - 1e-6
-                if periodic:
-                    next_step = (math.floor(now / CONTROL_PERIOD_S) + 1) * CONTROL_PERIOD_S
-                caps = _pool_step(pile, matrix_inbox, guns, now, out) if periodic else {}
+                # Event-driven time: a gun steps at its session's deadline, or as soon as a
+                # bus hands it something (a frame, an E-stop read, a module status). The pool
+                # re-plans every POOL_PERIOD_S and on each matrix read, and then gives
+                # every gun its word.
+                pool_due = pile is not None and (now >= next_pool or bool(matrix_inbox))
+                caps = _pool_step(pile, matrix_inbox, guns, now, out) if pool_due else {}
+                if pool_due:
+                    next_pool = now + POOL_PERIOD_S
+                upstream_due = now >= next_upstream
+                if upstream_due:
+                    next_upstream = now + UPSTREAM_POLL_S
                 for i, g in enumerate(guns):
-                    if not periodic and not g.inbox:
+                    upstream = i == 0 and (ems is not None or ocpp is not None) \
+                        and (upstream_due or g.bell.rung)
+                    if not (caps or g.inbox or g.bell.rung or upstream or now >= g.deadline):
                         continue
+                    g.bell.rung = False
                     if not g.plugged and (g.safety is None
                                           or g.session.plant.safety_io_at is not None):
                         g.plugged = True  # CC1 detection arrives with the I/O board's next
                         g.runtime.feed(VehicleConnected(now, wall_clock_s=time.time()))
                     events, g.inbox[:] = list(g.inbox), []
-                    if i == 0 and ems is not None:
+                    if upstream and ems is not None:
                         events += ems.events(now)
-                    if i == 0 and ocpp is not None:
+                    if upstream and ocpp is not None:
                         events += ocpp.events(now)
                     if caps:
                         events.append(caps[g.setup.ratings.charger_number])
-                    await g.runtime.step(now, events, scheduled=periodic)
+                    await g.runtime.step(now, events)
+                    g.deadline = g.runtime.next_due()
                 wake.clear()
-                if not any(g.inbox for g in guns):
+                if not any(g.inbox or g.bell.rung for g in guns):
+                    wake_at = min(g.deadline for g in guns)
+                    if pile is not None:
+                        wake_at = min(wake_at, next_pool)
+                    if ems is not None or ocpp is not None:
+                        wake_at = min(wake_at, next_upstream)
                     # A timer handle, not wait_for: no Task per sleep.
-                    timer = asyncio.get_running_loop().call_later(
-                        max(next_step - clock.now(), 0.0), wake.set)
+                    timer = loop.call_at(loop.time() + max(wake_at - clock.now(), 0.0),
+                                         wake.set)
                     await wake.wait()
                     timer.cancel()
         finally:

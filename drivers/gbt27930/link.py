@@ -1,13 +1,15 @@
 """GB/T 27930 over python-can: frames ⇄ message dataclasses, with J1939 TP.
 
 Thin: it sends what it is given and reports what it receives; session decisions are
-the core's. `poll` drains the bus without blocking and is called every control step.
+the core's. `poll` drains the bus without blocking; the runtime calls it when a frame
+has arrived (rx_notify.py) and at the session's deadlines.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 import can
 
@@ -63,8 +65,17 @@ def can_id(priority: int, pgn: int, destination: int, source: int) -> int:
     return (priority & 0x7) << 26 | ((pgn >> 8) & 0xFF) << 16 | destination << 8 | source
 
 
+class FrameBus(Protocol):
+    """What the link needs of a bus: a python-can bus, or one read for it as frames arrive
+    (drivers/gbt27930/rx_notify.py)."""
+
+    def send(self, msg: can.Message, timeout: float | None = None) -> None: ...
+
+    def recv(self, timeout: float | None = None) -> can.Message | None: ...
+
+
 class GbtLink:
-    def __init__(self, bus: can.BusABC, role: Role, log: CandumpWriter | None = None) -> None:
+    def __init__(self, bus: FrameBus, role: Role, log: CandumpWriter | None = None) -> None:
         self.bus = bus
         self.role = role
         self.log = log
@@ -74,6 +85,7 @@ class GbtLink:
         self._tx = TpSender()
         self._t = 0.0
         self._problems: list[LinkProblem] = []
+        self.frames_sent = 0  # the simulator wakes the peer when this moves
 
     # ---- sending -------------------------------------------------------------------
 
@@ -97,6 +109,7 @@ class GbtLink:
         except can.CanError as exc:
             self._problems.append(LinkProblem(f"CAN send failed: {exc}", fatal=True))
             return
+        self.frames_sent += 1
         if self.log is not None:
             self.log.write(self._t, arbitration_id, data)
 

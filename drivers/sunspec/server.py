@@ -62,6 +62,8 @@ class SunSpecServer:
         # (peer, address, why), the latest only: a flood of refused writes stays bounded.
         self.refused: deque[tuple[str, int, str]] = deque(maxlen=200)
         self._server: Any = None
+        # Called after each accepted write, so the runtime can act on it at once.
+        self.on_write: Callable[[], None] | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 502) -> int:
         """Serve; port=0 picks a free port, which is returned."""
@@ -115,4 +117,6 @@ class SunSpecServer:
         if refused is not None:
             self.refused.append((peer, address, f"exception {refused}"))
             return ExcCodes(refused)
+        if self.on_write is not None:
+            self.on_write()
         return None
