@@ -28,7 +28,7 @@ import can
 from agent.core.commands import Command, CurrentDecided, Notice, SessionReport, StateChanged
 from agent.core.events import Event, PoolCapability, VehicleConnected
 from agent.core.module_pool import Group, ModulePool
-from agent.core.pile import PileCoordinator
+from agent.core.pile import PileCoordinator, gives_less
 from agent.core.session import GunSession
 from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
@@ -130,6 +130,7 @@ class GunRig:
         self.plugged = False
         self.t_prev = -STEP_S
         self.next_t = 0.0  # event-driven time: the rig's next instant
+        self.last_cap: PoolCapability | None = None
         self.ended_at: float | None = None
         self.runtime: GunRuntime
         self.vehicle_link: GbtLink | None = None
@@ -280,15 +281,21 @@ class SimulatedMultiPile:
                         self.coordinator.handle(event)
             for rig in self.rigs:
                 # Event-driven time, per gun: a rig steps at its own next instant, when the
-                # pool speaks, or when the script has something for it.
-                if not (pool_due or extra[rig.gun] or t >= rig.next_t - 1e-9):
+                # pool gives it less, or when the script has something for it (as the real
+                # time loop: a word that gives as much or more waits for the next step).
+                cap = self.caps.get(rig.gun) if pool_due else None
+                tighter = cap is not None and (self.lock_step or gives_less(cap, rig.last_cap))
+                if cap is not None:
+                    rig.last_cap = cap
+                    if not tighter:
+                        rig.runtime.feed(cap)
+                if not (tighter or extra[rig.gun] or t >= rig.next_t - 1e-9):
                     continue
                 if not rig.plugged and rig.vehicle is not None and t >= rig.vehicle.plug_at_s:
                     rig.plugged = True
                     extra[rig.gun].append(VehicleConnected(t, wall_clock_s=LOG_EPOCH + t))
                 rig.step_world(t)
-                caps = [self.caps[rig.gun]] if pool_due else []
-                await rig.runtime.step(t, [*extra[rig.gun], *caps])
+                await rig.runtime.step(t, [*extra[rig.gun], *([cap] if tighter and cap else [])])
                 rig.next_t = t + STEP_S if self.lock_step else rig.due_at(t)
                 r.rig_steps += 1
             self._observe(t)

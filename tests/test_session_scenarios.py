@@ -378,6 +378,7 @@ def test_the_session_names_its_next_deadline_and_sends_on_its_grid() -> None:
     assert any(isinstance(c, Transmit) for c in s.handle(Tick(0.25)))
     # A late tick sends at once and keeps the grid: next at 0.75, not 0.78.
     assert any(isinstance(c, Transmit) for c in s.handle(Tick(0.53)))
-    s.handle(Tick(0.6))
-    s.handle(Tick(0.7))
+    for t in (0.6, 0.7, 0.74):
+        assert not any(isinstance(c, Transmit) for c in s.handle(Tick(t)))
     assert s.next_deadline() == pytest.approx(0.75)
+    assert any(isinstance(c, Transmit) for c in s.handle(Tick(0.75)))

@@ -117,7 +117,7 @@ def _supervisors(s: GunSession) -> list[float]:
     a, out = s.act, []
     if not a.internal_error:
         out.append(s.now if a.heartbeat_at is None
-                   else a.heartbeat_at + T.HEARTBEAT_PERIOD.seconds + SLACK_S)
+                   else a.heartbeat_at + T.HEARTBEAT_PERIOD.seconds)
     if s.thermal is not None:
         out.append(s.thermal.next_change(s.now) + SLACK_S)
     out.append(s.upstream.next_change(s.now) + SLACK_S)

@@ -38,6 +38,13 @@ _CONNECTED = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
               State.PARAMETER_EXCHANGE, State.PRECHARGE)
 
 
+def gives_less(cap: PoolCapability, last: PoolCapability | None) -> bool:
+    """A pool word that gives a gun less than its last one (or its first word): the runtime
+    has the gun decide on it at once; a word that gives as much or more can wait for the
+    gun's next step (event-driven time)."""
+    return last is None or cap.current_a < last.current_a or cap.power_w < last.power_w
+
+
 def need_of(gun: int, session: GunSession, priority: int = 0) -> GunNeed:
     """What the gun's session asks of the pool now."""
     st, at = session.plant.status, session.plant.sampled_at

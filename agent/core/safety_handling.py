@@ -156,7 +156,10 @@ class SafetyHandling(SessionBase):
         a = self.act
         if a.internal_error:
             return  # a broken core lets the safety controller's watchdog expire (I15)
-        if a.heartbeat_at is None or self.now - a.heartbeat_at >= T.HEARTBEAT_PERIOD.seconds:
+        period = T.HEARTBEAT_PERIOD.seconds
+        due = self.now if a.heartbeat_at is None else a.heartbeat_at + period
+        if self.now >= due - 1e-9:
             a.heartbeat = (a.heartbeat + 1) & 0xFFFF
-            a.heartbeat_at = self.now
+            # On a grid (as the periodic messages), so the kicks share their wakes.
+            a.heartbeat_at = due if self.now - due < period else self.now
             self._out.append(KickSafetyWatchdog(a.heartbeat))

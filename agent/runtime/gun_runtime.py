@@ -61,6 +61,12 @@ class Poller(Protocol):
 Reporter = Callable[[Command], None]
 
 
+def _next_on_grid(due: float, period: float, t: float) -> float:
+    """The next service time after t on the grid of `due` (or a new grid at t, when a
+    whole period was missed): the services share their instants with each other."""
+    return due + period if 0.0 <= t - due < period else t + period
+
+
 class GunRuntime:
     def __init__(
         self,
@@ -104,21 +110,33 @@ class GunRuntime:
         if period is not None and (t >= self._next_module_t - 1e-9 or self._module_dirty):
             self._module_dirty = False
             if t >= self._next_module_t - 1e-9:
-                self._next_module_t = t + period
+                self._next_module_t = _next_on_grid(self._next_module_t, period, t)
             for event in await self.module.service(t):
                 self.feed(event)
         if self.safety is not None and period is not None and t >= self._next_safety_t - 1e-9:
-            self._next_safety_t = t + period
+            self._next_safety_t = _next_on_grid(self._next_safety_t, period, t)
             for event in await self.safety.service(t):
                 self.feed(event)
         if self.meter is not None and period is not None and t >= self._next_meter_t - 1e-9:
-            self._next_meter_t = t + self._meter_period_s
+            self._next_meter_t = _next_on_grid(self._next_meter_t, self._meter_period_s, t)
             for event in await self.meter.service(t):
                 self.feed(event)
         for event in extra_events:
             self.feed(event)
         self._feed_history(t)
         self.feed(Tick(t))
+
+    def on_frames(self, t: float) -> None:
+        """Frames arrived on the CAN bus (real time): decode them, and decide at once on a
+        message they completed. A frame that only moves a multi-packet transfer on (its
+        answer is the link's own) needs no decision."""
+        self.now = t
+        events = self._poll_vehicle(t)
+        for event in events:
+            self.feed(event)
+        if events:
+            self._feed_history(t)
+            self.feed(Tick(t))
 
     def next_due(self) -> float:
         """When `step` is next needed if nothing arrives: the session's deadline, and in

@@ -3,11 +3,12 @@
 One process runs every gun of the pile (`[[gun]]`, or one `[gun]`). Time is event-driven:
 a gun steps when its session's deadline comes (agent/core/deadline.py) and as soon as
 something arrives for it; in between the loop sleeps. CAN frames are read as they arrive
-(drivers/gbt27930/rx_notify.py); each Modbus bus has its own owner task (so a slow RS-485
-line never delays the CAN side) whose events wake the loop. A pile with a shared module
-pool (`[pile]`) has the matrix board's owner too, and its coordinator gives each gun its
-capability on every step. Until the pile's I/O board provides CC1 detection, each gun is
-taken as connected at start-up.
+(drivers/gbt27930/rx_notify.py: socketcan's descriptor on the loop, a reader thread for
+a bus without one).
+Each Modbus bus has its own owner task (so a slow RS-485 line never delays the CAN side)
+whose events wake the loop. A pile with a shared module pool (`[pile]`) has the matrix
+board's owner too, and its coordinator gives each gun its capability. Until the pile's
+I/O board provides CC1 detection, each gun is taken as connected at start-up.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +28,7 @@ import can
 from agent.core.commands import Command, Notice, SessionReport, SetMatrix, StateChanged
 from agent.core.events import Event, PoolCapability, VehicleConnected
 from agent.core.module_pool import ModulePool
-from agent.core.pile import PileCoordinator
+from agent.core.pile import PileCoordinator, gives_less
 from agent.core.session import GunSession
 from agent.core.thermal_guard import ThermalSupervisor
 from agent.ledger.outbox import Outbox
@@ -56,6 +58,10 @@ POOL_PERIOD_S = 0.1
 # The EMS's and the central system's time-based inputs (an EMS heartbeat lost, an OCPP
 # request queued) are looked at this often; an EMS write wakes the loop at once.
 UPSTREAM_POLL_S = 0.1
+# Timers are served on this grid, so guns whose deadlines fall within one millisecond step
+# in one wake. Coarser costs periodic messages their grid: a message due inside a slot goes
+# out at the slot's end, or earlier with an event of its gun (5 ms slots: CCS p99 55 ms).
+WAKE_QUANTUM_S = 0.001
 # At exit, queued module commands get this long (one module request timeout, 0.5 s, twice).
 DRAIN_S = 1.0
 
@@ -142,11 +148,17 @@ class _Gun:
     inbox: list[Event] = field(default_factory=list)
     plugged: bool = False
     deadline: float = 0.0  # the runtime's next_due after the last step
+    last_cap: PoolCapability | None = None
 
     def put(self, event: Event) -> None:
         """A bus owner's event: queued for the gun, and the control loop woken for it."""
         self.inbox.append(event)
         self.wake.set()
+
+    def tighter(self, cap: PoolCapability) -> bool:
+        """The pool gives this gun less than its last word did (or it is the first)."""
+        last, self.last_cap = self.last_cap, cap
+        return gives_less(cap, last)
 
 
 @dataclass
@@ -201,7 +213,8 @@ def _gun(config: PileConfig, setup: GunSetup, bus: can.BusABC, ledger: Ledger,
                          health=config.health, owner_policies=config.owners,
                          upstream=config.upstream.policy(setup.ratings),
                          pooled=config.pile is not None)
-    # Each frame is read as it arrives and wakes the loop (a BCL is decided on at once).
+    # Each frame wakes the loop as it arrives (a BCL is decided on at once): socketcan's
+    # descriptor on the event loop; a bus without one (virtual) through a reader thread.
     bell = Doorbell(wake)
     rx = NotifiedBus(bus, asyncio.get_running_loop(), bell.ring)
     runtime = GunRuntime(session, GbtLink(rx, Role.CHARGER, log=log), owner, report,
@@ -295,10 +308,23 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                 upstream_due = now >= next_upstream
                 if upstream_due:
                     next_upstream = now + UPSTREAM_POLL_S
-                for i, g in enumerate(guns):
-                    upstream = i == 0 and (ems is not None or ocpp is not None) \
+                # The most overdue gun first, so periodic messages keep to their grid when
+                # many guns are due at once.
+                for g in sorted(guns, key=lambda g: g.deadline):
+                    upstream = g is guns[0] and (ems is not None or ocpp is not None) \
                         and (upstream_due or g.bell.rung)
-                    if not (caps or g.inbox or g.bell.rung or upstream or now >= g.deadline):
+                    # A pool word that gives the gun less is decided on at once; one that
+                    # gives as much or more waits for the gun's next step (<= 50 ms).
+                    cap = caps.get(g.setup.ratings.charger_number)
+                    tighter = cap is not None and g.tighter(cap)
+                    if cap is not None and not tighter:
+                        g.runtime.feed(cap)
+                    if not (tighter or g.inbox or g.bell.rung or upstream or now >= g.deadline):
+                        continue
+                    if g.bell.rung and not (tighter or g.inbox or upstream or now >= g.deadline):
+                        g.bell.rung = False
+                        g.runtime.on_frames(now)  # only frames: no step unless a message
+                        g.deadline = g.runtime.next_due()
                         continue
                     g.bell.rung = False
                     if not g.plugged and (g.safety is None
@@ -310,8 +336,8 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                         events += ems.events(now)
                     if upstream and ocpp is not None:
                         events += ocpp.events(now)
-                    if caps:
-                        events.append(caps[g.setup.ratings.charger_number])
+                    if tighter and cap is not None:
+                        events.append(cap)
                     await g.runtime.step(now, events)
                     g.deadline = g.runtime.next_due()
                 wake.clear()
@@ -321,7 +347,10 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                         wake_at = min(wake_at, next_pool)
                     if ems is not None or ocpp is not None:
                         wake_at = min(wake_at, next_upstream)
-                    # A timer handle, not wait_for: no Task per sleep.
+                    # Deadlines are served on a WAKE_QUANTUM_S grid, so guns whose deadlines
+                    # fall in one slot step in one wake (events wake at once). A timer
+                    # handle, not wait_for: no Task per sleep.
+                    wake_at = math.ceil(wake_at / WAKE_QUANTUM_S - 1e-6) * WAKE_QUANTUM_S
                     timer = loop.call_at(loop.time() + max(wake_at - clock.now(), 0.0),
                                          wake.set)
                     await wake.wait()
