@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="... and the owner leaves at this local time")
     sim.add_argument("--ledger", metavar="FILE", default=":memory:",
                      help="keep the energy ledger in this SQLite file (default: in memory)")
+    sim.add_argument("--lock-step", action="store_true",
+                     help="step simulated time every 10 ms instead of jumping to the next "
+                          "instant anyone is due (for comparison; one gun)")
     sim.add_argument("--guns", type=int, default=1,
                      help="run N guns of one pile sharing a module pool (with --scenario: "
                           "`--guns 2 --scenario list` shows the pile scenarios)")
@@ -92,9 +95,9 @@ SIM_CHECKS: tuple[SimCheck, ...] = (
      lambda a: f"--guns {a.guns}: must be 1-{MAX_GUNS}"),
     (lambda a: a.guns == 1 or (a.fault is None and a.replay_bms is None and a.can_log is None
                                and a.site_time is None and a.site_until is None
-                               and a.speed == 0.0),
+                               and a.speed == 0.0 and not a.lock_step),
      lambda a: "--guns: a pile scenario runs flat out; --fault, --replay-bms, --can-log, "
-               "--site-time/--site-until and --speed are for one gun"),
+               "--site-time/--site-until, --speed and --lock-step are for one gun"),
     (lambda a: math.isfinite(a.max_sim_s) and a.max_sim_s > 0,
      lambda a: f"--max-sim-s {a.max_sim_s}: must be a finite number > 0"),
     (lambda a: 0.0 <= a.start_soc < a.target_soc <= 100.0,
@@ -209,6 +212,7 @@ def _main(argv: list[str] | None) -> int:
             replay_bms=args.replay_bms, scenario=args.scenario, ledger=args.ledger,
             site_start_s=_time_of_day(args.site_time) if args.site_time else None,
             site_end_s=_time_of_day(args.site_until) if args.site_until else None,
+            lock_step=args.lock_step,
         )
         return asyncio.run(run_sim_cli(options))
     from agent.runtime.config import ConfigError, load_config

@@ -29,25 +29,32 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import can
 from pymodbus.client import AsyncModbusTcpClient
 
-from agent.core.messages import BCL
+from agent.core.messages import BCL, ChargeMode
 from agent.runtime.config import parse_config
 from agent.runtime.realtime import run_pile
+from drivers.gbt27930.link import GbtLink, Role
+from drivers.power_module.link import ModuleLink, TcpTarget
 from drivers.sunspec.codec import layout, load_map
 from hil.bench_scale import ccs_periods, percentile
 from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile, free_port
+from hil.module_sim import ModuleSim
 from hil.pile_scenarios import charging_spans as _charging_spans
 from hil.pile_sim import run_pile_sim
 from hil.safety_io_sim import IO_UNIT
 from hil.sim import SimOptions, run_sim
 
 SAFETY_POLL_S = 0.02
+# Event-driven against lock-step over the same first simulated seconds of one session.
+COMPARE_S = 300.0
 HOT_C = 95.0  # the connector PT1000 past the 80-90 C derating curve: 0 A
 
 
@@ -257,12 +264,69 @@ async def _measure(trials: int) -> dict[str, Any]:
     return results
 
 
-async def _sim_speed() -> dict[str, float]:
-    wall0 = time.perf_counter()
-    r = await run_sim(SimOptions(live=False))
-    wall = time.perf_counter() - wall0
-    return {"simulated_s": round(r.sim_duration_s, 1), "wall_s": round(wall, 2),
-            "speed_up": round(r.sim_duration_s / wall, 1)}
+async def _sim_speed() -> dict[str, Any]:
+    """The one-gun simulation (20 -> 80 %), with its traffic per simulated second; and the
+    same session's first COMPARE_S simulated seconds event-driven and in lock-step."""
+    out: dict[str, Any] = {}
+    for name, lock_step, until in (("event_driven", False, None),
+                                   ("first_300_s_event_driven", False, COMPARE_S),
+                                   ("first_300_s_lock_step", True, COMPARE_S)):
+        wall0 = time.perf_counter()
+        r = await run_sim(SimOptions(live=False, lock_step=lock_step,
+                                     max_sim_s=until or SimOptions.max_sim_s))
+        wall = time.perf_counter() - wall0
+        if until is not None:
+            out[name] = {"wall_s": round(wall, 2), "speed_up": round(until / wall, 1),
+                         "agent_steps_per_sim_s": round(r.agent_steps / until, 1)}
+            continue
+        sim_s = max(r.sim_duration_s, 1e-9)
+        out[name] = {"simulated_s": round(r.sim_duration_s, 1), "wall_s": round(wall, 2),
+                     "speed_up": round(r.sim_duration_s / wall, 1),
+                     "agent_steps_per_sim_s": round(r.agent_steps / sim_s, 1),
+                     "can_frames_per_sim_s": round(r.can_frames / sim_s, 1),
+                     "modbus_requests_per_sim_s": round(r.modbus_requests / sim_s, 1)}
+    return out
+
+
+async def _transport_costs(n: int = 2000) -> dict[str, float]:
+    """Wall time of one module status read over Modbus TCP on loopback (our link, pymodbus
+    client and server in this loop, the decode) and of one CAN frame through our links
+    (encode, virtual bus, decode): what the transports alone cost the simulation."""
+    module = ModuleSim()
+    server, port = await module.start_tcp("127.0.0.1", 0)
+    link = ModuleLink(TcpTarget("127.0.0.1", port))
+    try:
+        await link.connect()
+        await link.poll(0.0)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await link.poll(0.0)
+        request_s = (time.perf_counter() - t0) / n
+    finally:
+        await link.close()
+        await server.stop()
+    channel = f"bench-{uuid.uuid4().hex[:8]}"
+    with can.Bus(interface="virtual", channel=channel) as a, \
+            can.Bus(interface="virtual", channel=channel) as b:
+        car, charger = GbtLink(a, Role.BMS), GbtLink(b, Role.CHARGER)
+        demand = BCL(400.0, 120.0, ChargeMode.CONSTANT_CURRENT)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            car.send(demand, 0.0)
+            charger.poll(0.0)
+        frame_s = (time.perf_counter() - t0) / n
+    return {"modbus_request_us": round(request_s * 1e6, 1),
+            "can_frame_us": round(frame_s * 1e6, 1)}
+
+
+def _floor(sim: dict[str, Any], costs: dict[str, float]) -> dict[str, float]:
+    """The fastest the one-gun simulation could run if everything but the transports took
+    no time: its requests and frames per simulated second at their measured costs."""
+    ev = sim["event_driven"]
+    per_sim_s_us = ev["modbus_requests_per_sim_s"] * costs["modbus_request_us"] \
+        + ev["can_frames_per_sim_s"] * costs["can_frame_us"]
+    return {"transport_ms_per_sim_s": round(per_sim_s_us / 1000.0, 2),
+            "speed_up_ceiling": round(1e6 / max(per_sim_s_us, 1e-9), 1)}
 
 
 def _scale_point(guns: int) -> dict[str, Any]:
@@ -292,7 +356,10 @@ def run_bench(trials: int = 20, scale: tuple[int, ...] = (1, 4, 12),
               station_guns: int = 12) -> dict[str, Any]:
     out: dict[str, Any] = {"guns": 1, "trials": trials}
     out.update(asyncio.run(_measure(trials)))
-    out["simulation_one_gun"] = asyncio.run(_sim_speed())
+    sim = asyncio.run(_sim_speed())
+    costs = asyncio.run(_transport_costs())
+    out["simulation_one_gun"] = {**sim, "transport_costs": costs,
+                                 "transport_floor": _floor(sim, costs)}
     out["scale"] = [_scale_point(n) for n in scale]
     out["station"] = asyncio.run(_station(station_guns))
     return out

@@ -26,6 +26,7 @@ class MeterSim:
         self.unit_id = unit_id
         self.error = 1.0  # 1.0: exact; 0.9 reads 10 % low
         self.silent = False
+        self.requests = 0  # Modbus requests received (the simulation's transport load)
         self.to_vehicle_kwh = 0.0
         self.from_vehicle_kwh = 0.0
         self.voltage_v = 0.0
@@ -64,6 +65,8 @@ class MeterSim:
         return None
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self.requests += 1
         return b"" if sending and self.silent else data
 
     def _device(self) -> SimDevice:

@@ -68,6 +68,7 @@ class SafetyIoSim:
         self.door_open = False
         self.gun_unlocked = False
         self.force_connector_c: float | None = None
+        self.requests = 0  # Modbus requests received (the simulation's transport load)
         self._reads = 0
         self.open_sensor = False
         self.insulation_ohm = 10e6
@@ -174,6 +175,8 @@ class SafetyIoSim:
                 self.imd.device(IMD_UNIT, self._action(self.imd))]
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self.requests += 1
         return b"" if sending and self.silent else data
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> tuple[SimServer, int]:

@@ -141,6 +141,8 @@ class SimResult:
     health: dict[str, Any] = field(default_factory=dict)
     instants: int = 0  # simulated instants the loop visited
     agent_steps: int = 0  # of which the agent stepped
+    can_frames: int = 0  # on the bus, both ways
+    modbus_requests: int = 0  # served by the module, I/O board and meter simulators
 
     @property
     def furthest_state(self) -> str:
@@ -230,9 +232,9 @@ class SimulatedPile:
             await self._serve_ems(self.v2g.ems)
         if self.v2g is not None and self.v2g.csms:
             await self._connect_csms()
-        self.runtime = GunRuntime(self.session, GbtLink(charger_bus, Role.CHARGER, log=log),
-                                  owner, self._on_report, safety=safety_bus, meter=meter,
-                                  ledger=self.ledger)
+        self.charger_link = GbtLink(charger_bus, Role.CHARGER, log=log)
+        self.runtime = GunRuntime(self.session, self.charger_link, owner, self._on_report,
+                                  safety=safety_bus, meter=meter, ledger=self.ledger)
         return self
 
     async def _serve_ems(self, settings: EmsSettings) -> None:
@@ -383,6 +385,9 @@ class SimulatedPile:
             self.ocpp.events(self.clock.now())  # the Ended event
             await self._drain_outbox()
         self.result.wall_s = time.monotonic() - wall0
+        self.result.can_frames = self.vehicle_link.frames_sent + self.charger_link.frames_sent
+        self.result.modbus_requests = self.module_sim.requests + self.safety_io.requests \
+            + self.meter_sim.requests
         self.result.battery_energy_in_kwh = self.bms.battery.energy_in_kwh
         if isinstance(self.bms, ReplayBms):
             self.result.replay = self.bms.summary()

@@ -19,7 +19,14 @@ def test_bench_prints_each_figure(capsys: pytest.CaptureFixture[str]) -> None:
         assert out[key]["p99_ms"] >= out[key]["p50_ms"]
     assert out["ccs_period_ms"]["n"] > 10 and 40.0 <= out["ccs_period_ms"]["p50"] <= 70.0
     assert out["cpu_pct_of_one_core_charging"] > 0 and out["rss_max_mb"] > 0
-    assert out["simulation_one_gun"]["speed_up"] > 1.0
+    sim = out["simulation_one_gun"]
+    assert sim["event_driven"]["speed_up"] > 1.0
+    assert sim["event_driven"]["can_frames_per_sim_s"] > 20.0  # BCL and CCS alone: 40
+    assert sim["event_driven"]["modbus_requests_per_sim_s"] > 5.0
+    assert sim["first_300_s_lock_step"]["agent_steps_per_sim_s"] >= 95.0  # every 10 ms
+    assert sim["first_300_s_event_driven"]["agent_steps_per_sim_s"] < 80.0
+    assert sim["transport_costs"]["modbus_request_us"] > 0
+    assert sim["transport_floor"]["speed_up_ceiling"] > 0
     [point] = out["scale"]
     assert point["guns"] == 2 and point["all_charging"], point
     assert point["agent_cpu_pct_of_one_core"] > 0 and point["rss_max_mb_whole_process"] > 0
