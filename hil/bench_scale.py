@@ -27,10 +27,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import can
+
 from agent.runtime.config import PileConfig, parse_config
 from agent.runtime.realtime import run_pile
 from hil.ev_bms import VehicleConfig
-from hil.loopback_pile import LoopbackPile
+from hil.loopback_pile import LoopbackPile, free_udp_port
 from hil.matrix_sim import GroupSim
 from hil.pile_scenarios import GROUP_A, GROUP_W, ring_groups
 
@@ -99,14 +101,127 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(guns: int) -> dict[str, Any]:
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+def toml_text(doc: dict[str, Any], prefix: str = "") -> str:
+    """A pile.toml for `pile-agent run` from the sections LoopbackPile gives (tables,
+    arrays of tables, strings, numbers, booleans and lists of them)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v) if isinstance(v, str) else repr(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in doc.items()
+             if not isinstance(v, dict) and not (isinstance(v, list) and v
+                                                 and isinstance(v[0], dict))]
+    for k, v in doc.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            lines += ["", f"[{name}]", toml_text(v, name + ".")]
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                lines += ["", f"[[{name}]]", toml_text(item, name + ".")]
+    return "\n".join(lines)
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a process, every thread (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def _pile(guns: int, can_interface: str) -> LoopbackPile:
     cars = [VehicleConfig(start_soc_pct=30.0, target_soc_pct=95.0, vin=f"LBENCH{g:011d}")
             for g in range(1, guns + 1)]
     groups = [GroupSim(g.id, GROUP_A, GROUP_W, g.reach) for g in ring_groups(guns)] \
         if guns > 1 else [GroupSim("G1", GROUP_A, GROUP_W, frozenset({1})),
                           GroupSim("G2", GROUP_A, GROUP_W, frozenset({1}))]
-    pile = LoopbackPile(cars, groups)
+    return LoopbackPile(cars, groups, can_interface=can_interface)
+
+
+def _ccs_figures(log: Path, mark: int, tmp: str) -> dict[str, Any] | None:
+    with open(log, "rb") as fh:
+        fh.seek(mark)
+        window = Path(tmp) / "window.log"
+        window.write_bytes(fh.read())
+    periods = [p for ps in ccs_periods(window).values() for p in ps[1:]]
+    if not periods:
+        return None
+    return {"n": len(periods), "p50": round(statistics.median(periods), 1),
+            "p99": round(percentile(periods, 0.99), 1), "max": round(max(periods), 1),
+            "share_above_55ms": round(sum(p > 55.0 for p in periods) / len(periods), 3)}
+
+
+async def _until_charging(pile: LoopbackPile, seconds: float = 90.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not all(g.module.current_a > 50.0 for g in pile.guns):
+        await asyncio.sleep(0.05)
+    return all(g.module.current_a > 50.0 for g in pile.guns)
+
+
+async def measure(guns: int) -> dict[str, Any]:
+    """The agent as deployed: `pile-agent run` in a process of its own, its CAN buses
+    python-can's udp_multicast on loopback; where that interface cannot open (no msgpack,
+    no multicast), the agent in a thread of this process on virtual buses."""
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    try:
+        with can.Bus(interface="udp_multicast", channel="239.74.163.250",
+                     port=free_udp_port()):
+            pass
+    except (can.CanError, OSError, ImportError, ValueError) as exc:
+        return {**await measure_in_thread(guns),
+                "agent": f"thread of the simulators' process (udp_multicast: {exc})"}
+    return await measure_in_process(guns)
+
+
+async def measure_in_process(guns: int) -> dict[str, Any]:
+    pile = _pile(guns, "udp_multicast")
+    devices = await pile.start()
+    out: dict[str, Any] = {"guns": guns, "agent": "own process (pile-agent run, CAN over "
+                           "udp_multicast on loopback)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        log, config = Path(tmp) / "can.log", Path(tmp) / "pile.toml"
+        config.write_text(toml_text({**devices,
+                                     "ledger": {"path": str(Path(tmp) / "l.sqlite")}}))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "run", "--config", str(config), "--can-log",
+            str(log), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            out["all_charging"] = await _until_charging(pile)
+            mark = log.stat().st_size if log.exists() else 0
+            cpu0, wall0 = process_cpu_s(proc.pid), time.perf_counter()
+            await asyncio.sleep(WINDOW_S)
+            cpu1, wall1 = process_cpu_s(proc.pid), time.perf_counter()
+            out["agent_cpu_pct_of_one_core"] = round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)
+            out["rss_max_mb_agent_process"] = process_peak_rss_mb(proc.pid)
+            ccs = _ccs_figures(log, mark, tmp)
+            if ccs is not None:
+                out["ccs_period_ms"] = ccs
+        finally:
+            for g in pile.guns:
+                g.bms.request_stop()
+            try:
+                await asyncio.wait_for(proc.wait(), 30.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            await pile.close()
+    out["rss_max_mb_simulators"] = peak_rss_mb()
+    out["agent_finished"] = proc.returncode == 0
+    if proc.returncode != 0 and proc.stderr is not None:
+        out["agent_stderr"] = (await proc.stderr.read()).decode(errors="replace")[-500:]
+    return out
+
+
+async def measure_in_thread(guns: int) -> dict[str, Any]:
+    pile = _pile(guns, "virtual")
     devices = await pile.start()
     out: dict[str, Any] = {"guns": guns}
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,27 +230,15 @@ async def measure(guns: int) -> dict[str, Any]:
         agent = AgentThread(config, str(log))
         agent.start()
         try:
-            end = time.monotonic() + 90.0
-            while time.monotonic() < end and not all(
-                    g.module.current_a > 50.0 for g in pile.guns):
-                await asyncio.sleep(0.05)
-            out["all_charging"] = all(g.module.current_a > 50.0 for g in pile.guns)
+            out["all_charging"] = await _until_charging(pile)
             mark = log.stat().st_size if log.exists() else 0
             cpu0, wall0 = agent.cpu_s(), time.perf_counter()
             await asyncio.sleep(WINDOW_S)
             cpu1, wall1 = agent.cpu_s(), time.perf_counter()
             out["agent_cpu_pct_of_one_core"] = round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)
-            with open(log, "rb") as fh:
-                fh.seek(mark)
-                window = Path(tmp) / "window.log"
-                window.write_bytes(fh.read())
-            periods = [p for ps in ccs_periods(window).values() for p in ps[1:]]
-            if periods:
-                out["ccs_period_ms"] = {
-                    "n": len(periods), "p50": round(statistics.median(periods), 1),
-                    "p99": round(percentile(periods, 0.99), 1), "max": round(max(periods), 1),
-                    "share_above_55ms": round(sum(p > 55.0 for p in periods) / len(periods),
-                                              3)}
+            ccs = _ccs_figures(log, mark, tmp)
+            if ccs is not None:
+                out["ccs_period_ms"] = ccs
         finally:
             for g in pile.guns:
                 g.bms.request_stop()

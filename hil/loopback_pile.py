@@ -31,13 +31,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class LoopbackGun:
-    def __init__(self, vehicle: VehicleConfig) -> None:
+    def __init__(self, vehicle: VehicleConfig, interface: str = "virtual",
+                 index: int = 0) -> None:
         self.bms = BmsSimulator(vehicle)
         self.module = ModuleSim()
         self.safety = SafetyIoSim(self.module)
         self.meter = MeterSim(self.module)
-        self.channel = f"loopback-{uuid.uuid4().hex[:8]}"
+        # virtual: a channel name in this process; udp_multicast (a bus the agent can join
+        # from another process): a multicast group and a port of its own per gun.
+        self.can: dict[str, Any] = {"interface": interface,
+                                    "channel": f"loopback-{uuid.uuid4().hex[:8]}"}
+        if interface == "udp_multicast":
+            self.can = {"interface": interface, "channel": f"239.74.163.{index + 1}",
+                        "port": free_udp_port()}
+
+    def open_bus(self) -> can.BusABC:
+        return can.Bus(**self.can)
 
     async def start(self, servers: list[Any]) -> dict[str, Any]:
         module_server, module_port = await self.module.start_tcp()
@@ -45,7 +61,7 @@ class LoopbackGun:
         meter_server, meter_port = await self.meter.start_tcp("127.0.0.1", 0)
         servers += [module_server, safety_server, meter_server]
         return {
-            "can": {"interface": "virtual", "channel": self.channel},
+            "can": dict(self.can),
             "modbus": {"transport": "tcp", "host": "127.0.0.1", "port": module_port},
             "safety_bus": {"enabled": True, "transport": "tcp", "host": "127.0.0.1",
                            "port": safety_port},
@@ -56,9 +72,9 @@ class LoopbackGun:
 
 class LoopbackPile:
     def __init__(self, vehicle: VehicleConfig | list[VehicleConfig],
-                 groups: list[GroupSim] | None = None) -> None:
+                 groups: list[GroupSim] | None = None, can_interface: str = "virtual") -> None:
         vehicles = vehicle if isinstance(vehicle, list) else [vehicle]
-        self.guns = [LoopbackGun(v) for v in vehicles]
+        self.guns = [LoopbackGun(v, can_interface, i) for i, v in enumerate(vehicles)]
         self.matrix = MatrixSim(groups, guns={i + 1: g.module for i, g in enumerate(self.guns)}) \
             if groups else None
         if self.matrix is not None:
@@ -110,9 +126,7 @@ class LoopbackPile:
     async def _step_world(self) -> None:
         """The cars and the pile's physics, every 10 ms of wall time."""
         with contextlib.ExitStack() as stack:
-            links = [GbtLink(stack.enter_context(can.Bus(interface="virtual",
-                                                         channel=g.channel)), Role.BMS)
-                     for g in self.guns]
+            links = [GbtLink(stack.enter_context(g.open_bus()), Role.BMS) for g in self.guns]
             t0 = last = time.monotonic()
             while not self.stop.is_set():
                 now = time.monotonic()

@@ -29,6 +29,9 @@ class CanConfig:
     channel: str = "can0"
     # GB/T 27930-2015 §5: 250 kbit/s
     bitrate: int = 250_000
+    # python-can's udp_multicast (a CAN bus between processes on one host): the UDP port
+    # (0: python-can's default); buses on one port hear each other, so one port per gun.
+    port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +430,8 @@ def parse_pile(table: object, guns: tuple[GunSetup, ...]) -> PoolSetup:
 def check_can(can: CanConfig, section: str) -> CanConfig:
     if can.bitrate <= 0:
         raise ConfigError(f"{section}.bitrate: must be > 0")
+    if not 0 <= can.port <= 65535:
+        raise ConfigError(f"{section}.port: must be 0-65535")
     return can
 
 

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import IO
+from typing import IO, Any
 
 import can
 
@@ -183,8 +183,9 @@ def _open_buses(config: PileConfig) -> list[can.BusABC] | str:
     buses: list[can.BusABC] = []
     for g in config.guns:
         try:
+            extra: dict[str, Any] = {"port": g.can.port} if g.can.port else {}
             buses.append(can.Bus(interface=g.can.interface, channel=g.can.channel,
-                                 bitrate=g.can.bitrate))
+                                 bitrate=g.can.bitrate, **extra))
         except (can.CanError, OSError, ValueError, ImportError) as exc:
             for bus in buses:
                 bus.shutdown()
