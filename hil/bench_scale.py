@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,20 @@ def _ccs_figures(log: Path, mark: int, tmp: str) -> dict[str, Any] | None:
             "share_above_55ms": round(sum(p > 55.0 for p in periods) / len(periods), 3)}
 
 
+async def _window(log: Path, tmp: str, cpu_s: Callable[[], float]) -> dict[str, Any]:
+    """WINDOW_S of steady charging: the agent's share of one core and its CCS periods."""
+    mark = log.stat().st_size if log.exists() else 0
+    cpu0, wall0 = cpu_s(), time.perf_counter()
+    await asyncio.sleep(WINDOW_S)
+    cpu1, wall1 = cpu_s(), time.perf_counter()
+    out: dict[str, Any] = {
+        "agent_cpu_pct_of_one_core": round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)}
+    ccs = _ccs_figures(log, mark, tmp)
+    if ccs is not None:
+        out["ccs_period_ms"] = ccs
+    return out
+
+
 async def _until_charging(pile: LoopbackPile, seconds: float = 90.0) -> bool:
     end = time.monotonic() + seconds
     while time.monotonic() < end and not all(g.module.current_a > 50.0 for g in pile.guns):
@@ -195,15 +210,8 @@ async def measure_in_process(guns: int) -> dict[str, Any]:
             str(log), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         try:
             out["all_charging"] = await _until_charging(pile)
-            mark = log.stat().st_size if log.exists() else 0
-            cpu0, wall0 = process_cpu_s(proc.pid), time.perf_counter()
-            await asyncio.sleep(WINDOW_S)
-            cpu1, wall1 = process_cpu_s(proc.pid), time.perf_counter()
-            out["agent_cpu_pct_of_one_core"] = round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)
+            out.update(await _window(log, tmp, lambda: process_cpu_s(proc.pid)))
             out["rss_max_mb_agent_process"] = process_peak_rss_mb(proc.pid)
-            ccs = _ccs_figures(log, mark, tmp)
-            if ccs is not None:
-                out["ccs_period_ms"] = ccs
         finally:
             for g in pile.guns:
                 g.bms.request_stop()
@@ -231,14 +239,7 @@ async def measure_in_thread(guns: int) -> dict[str, Any]:
         agent.start()
         try:
             out["all_charging"] = await _until_charging(pile)
-            mark = log.stat().st_size if log.exists() else 0
-            cpu0, wall0 = agent.cpu_s(), time.perf_counter()
-            await asyncio.sleep(WINDOW_S)
-            cpu1, wall1 = agent.cpu_s(), time.perf_counter()
-            out["agent_cpu_pct_of_one_core"] = round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)
-            ccs = _ccs_figures(log, mark, tmp)
-            if ccs is not None:
-                out["ccs_period_ms"] = ccs
+            out.update(await _window(log, tmp, agent.cpu_s))
         finally:
             for g in pile.guns:
                 g.bms.request_stop()
