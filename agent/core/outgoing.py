@@ -100,10 +100,19 @@ def _cts(d: SessionData, r: GunRatings, now: float) -> CTS | None:
     return CTS((local.year, local.month, local.day, local.hour, local.minute, local.second))
 
 
+def on_grid(now: float, period: float) -> float:
+    """The multiple of `period` on the session clock nearest `now`: the grid slot a send at
+    `now` stands for. Periodic messages and the safety-controller heartbeat keep to
+    multiples of their periods on one clock, so a 100 ms kick falls on a 50 ms CCS instant
+    and the guns of a pile (one clock) share their wakes; the interval after a first send
+    is between half and one and a half periods, once."""
+    return math.floor(now / period + 0.5) * period
+
+
 class PeriodicSender:
-    """Each message on a fixed grid of send times (first send + k periods). A runtime that
-    wakes at `next_due` sends on the grid; a late tick sends at once and keeps the grid
-    unless a whole period was missed."""
+    """Each message on a grid of send times (multiples of its period on the session clock:
+    `on_grid`). The first send goes out at once; a runtime that wakes at `next_due` sends on
+    the grid after it; a late tick sends at once and keeps the grid."""
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
@@ -119,8 +128,9 @@ class PeriodicSender:
             last = self._last.get(name)
             if last is not None and now < last + period - 1e-9:
                 continue
-            nominal = last + period if last is not None else now
-            self._last[name] = nominal if now - nominal < period else now
+            nominal = last + period if last is not None else None
+            self._last[name] = nominal if nominal is not None and now - nominal < period \
+                else on_grid(now, period)
             out.append(message)
         return out
 
