@@ -69,9 +69,14 @@ class AgentThread:
 def thread_cpu_s(native_id: int) -> float:
     """utime + stime of one thread of this process (0 once it is gone)."""
     try:
-        fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+        return cpu_s(f"/proc/self/task/{native_id}/stat")
     except OSError:
         return 0.0
+
+
+def cpu_s(stat: str) -> float:
+    """utime + stime from a /proc stat file (a process: every thread; or one task)."""
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -88,10 +93,10 @@ def ccs_periods(log: Path) -> dict[str, list[float]]:
             for ch, ts in times.items()}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak
-    across fork and exec, so every child would report at least its parent's."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak RSS (VmHWM; this one by default). Not ru_maxrss: Linux carries the
+    parent's peak across fork and exec, so every child would report at least its parent's."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
@@ -123,19 +128,6 @@ def toml_text(doc: dict[str, Any], prefix: str = "") -> str:
             for item in v:
                 lines += ["", f"[[{name}]]", toml_text(item, name + ".")]
     return "\n".join(lines)
-
-
-def process_cpu_s(pid: int) -> float:
-    """utime + stime of a process, every thread (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 def _pile(guns: int, can_interface: str) -> LoopbackPile:
@@ -210,8 +202,8 @@ async def measure_in_process(guns: int) -> dict[str, Any]:
             str(log), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         try:
             out["all_charging"] = await _until_charging(pile)
-            out.update(await _window(log, tmp, lambda: process_cpu_s(proc.pid)))
-            out["rss_max_mb_agent_process"] = process_peak_rss_mb(proc.pid)
+            out.update(await _window(log, tmp, lambda: cpu_s(f"/proc/{proc.pid}/stat")))
+            out["rss_max_mb_agent_process"] = peak_rss_mb(proc.pid)
         finally:
             for g in pile.guns:
                 g.bms.request_stop()

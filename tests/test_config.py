@@ -99,6 +99,7 @@ def test_a_configured_curve_is_the_one_the_thermal_guard_derates_by(tmp_path: Pa
     ({"can": {"bitrate": True}}, "can.bitrate"),
     ({"can": {"port": 70000}}, "can.port"),
     ({"can": {"port": -1}}, "can.port"),
+    ({"can": {"port": 43114}}, "can.port"),  # socketcan has no port
     ({"cann": {}}, "[cann]"),
     ({"thermal": {"connector": {"curve": [[80, 0.5], [90, 1.0]]}}}, "thermal.connector.curve"),
     ({"thermal": {"connector": {"curve": [[80, 1.0]]}}}, "thermal.connector.curve"),

@@ -1,14 +1,14 @@
 """When a session next needs time to pass: the instant its next tick is due.
 
-Event-driven time (docs/ARCHITECTURE.md): the runtime ticks a session at
+Event-driven time (README "How it is built"): the runtime ticks a session at
 `next_deadline(session)` and at once after any event, and sleeps in between (real time)
-or jumps there (simulation). The contract, checked by the stateful safety suite after
-every tick: with no event in between, a tick before the deadline gives no command and
-no state change. So every instant at which time alone can change something is a
-candidate here: a periodic message, a watchdog or budget, the next step of a sequence
-that is moving or of the up-ramp, a
-supervisor's timer, an upstream offer's expiry. An early candidate only costs a wake;
-a late one would delay the core, so each is taken where the check itself is made.
+or jumps there (simulation). The contract, E1 in docs/SAFETY.md, checked by both safety
+suites: with no event in between, a tick before the deadline gives no command and no
+state change. So every instant at which time alone can change something is a candidate
+here: a periodic message, a watchdog or budget, the next step of a sequence that is
+moving or of the up-ramp, a supervisor's timer, an upstream offer's expiry. An early
+candidate only costs a wake; a late one would delay the core, so each is taken from
+where the check itself is made.
 """
 
 from __future__ import annotations
@@ -58,30 +58,20 @@ def _periodic(s: GunSession) -> float:
 
 
 def _watchdogs(s: GunSession) -> list[float]:
+    """When `GunSession._check_watchdogs` would next find something silent."""
     d, out = s.data, []
     if s._at_stake():
-        since = s.plant.sampled_at
-        if since is None or since < d.started_at:
-            since = d.started_at
-        out.append(since + T.MODULE_STATUS_STALE.seconds + SLACK_S)
+        out.append(s._module_heard_since() + T.MODULE_STATUS_STALE.seconds)
         if s.require_safety_io and s.plant.safety_io_at is not None:
-            out.append(s.plant.safety_io_at + T.SAFETY_IO_STALE.seconds + SLACK_S)
-    entered = d.state_entered_at
-    match s.state:
-        case State.HANDSHAKE:
-            out.append(entered + T.TIMEOUTS["BHM"].seconds)
-        case State.IDENTIFICATION:
-            out.append(entered + T.TIMEOUTS["BRM"].seconds)
-        case State.PARAMETER_EXCHANGE:
-            out.append(entered + T.TIMEOUTS["BCP"].seconds)
-            if d.first_cml_at is not None:
-                out.append(d.first_cml_at + T.TIMEOUTS["BRO"].seconds)
-            if d.bro_seen_at is not None:
-                out.append(d.bro_seen_at + T.TIMEOUTS["BRO_AA"].seconds)
-        case State.CHARGING:
-            for name in ("BCL", "BCS"):
-                out.append(max(d.last_rx.get(name, entered), entered)
-                           + T.TIMEOUTS[name].seconds)
+            out.append(s.plant.safety_io_at + T.SAFETY_IO_STALE.seconds)
+    waiting = s._awaited_message()
+    if waiting is not None:
+        name, since, _cem = waiting
+        out.append(since + T.TIMEOUTS[name].seconds)
+    if s.state is State.CHARGING:
+        # The awaited message is BCS until BCL is overdue: BCL's own deadline too.
+        entered = d.state_entered_at
+        out.append(max(d.last_rx.get("BCL", entered), entered) + T.TIMEOUTS["BCL"].seconds)
     return [t + SLACK_S for t in out]
 
 

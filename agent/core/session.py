@@ -452,15 +452,17 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         self._control()
         self._send_periodic()
 
+    def _module_heard_since(self) -> float:
+        """The last module sample of this session (its start, before the first)."""
+        since = self.plant.sampled_at
+        return self.data.started_at if since is None or since < self.data.started_at \
+            else since
+
     def _check_watchdogs(self) -> None:
-        d, now = self.data, self.now
-        if self._at_stake():
-            since = self.plant.sampled_at
-            if since is None or since < d.started_at:
-                since = d.started_at
-            if now - since > T.MODULE_STATUS_STALE.seconds:
-                self._fault("power module silent", code="module_link", emergency=True)
-                return
+        now = self.now
+        if self._at_stake() and now - self._module_heard_since() > T.MODULE_STATUS_STALE.seconds:
+            self._fault("power module silent", code="module_link", emergency=True)
+            return
         waiting = self._awaited_message()
         if waiting is None:
             return

@@ -432,6 +432,9 @@ def check_can(can: CanConfig, section: str) -> CanConfig:
         raise ConfigError(f"{section}.bitrate: must be > 0")
     if not 0 <= can.port <= 65535:
         raise ConfigError(f"{section}.port: must be 0-65535")
+    if can.port and can.interface != "udp_multicast":
+        raise ConfigError(f"{section}.port: only for interface = \"udp_multicast\" (the "
+                          f"{can.interface} interface has no port)")
     return can
 
 

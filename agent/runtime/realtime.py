@@ -163,7 +163,8 @@ class _Gun:
 
 @dataclass
 class Doorbell:
-    """Rung when a CAN frame or an upstream write arrives for a gun: it steps at once."""
+    """Rung when a CAN frame arrives for a gun, or an EMS write for the pile: the loop acts
+    on it at once."""
 
     wake: asyncio.Event
     rung: bool = False
@@ -292,8 +293,10 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                 tasks.append(asyncio.create_task(g.meter.run(
                     clock, g.put, g.setup.meter.poll_period_s)))
         loop = asyncio.get_running_loop()
+        # An EMS write is decided on at once (its own bell: the first gun's rings for frames).
+        written = Doorbell(wake)
         if ems is not None:
-            ems.on_write = guns[0].bell.ring  # an EMS write is decided on at once
+            ems.on_write = written.ring
         try:
             next_pool = next_upstream = clock.now()
             while not all(g.reports for g in guns):
@@ -306,14 +309,14 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                 caps = _pool_step(pile, matrix_inbox, guns, now, out) if pool_due else {}
                 if pool_due:
                     next_pool = now + POOL_PERIOD_S
-                upstream_due = now >= next_upstream
+                upstream_due = (ems is not None or ocpp is not None) \
+                    and (now >= next_upstream or written.rung)
                 if upstream_due:
-                    next_upstream = now + UPSTREAM_POLL_S
+                    next_upstream, written.rung = now + UPSTREAM_POLL_S, False
                 # The most overdue gun first, so periodic messages keep to their grid when
                 # many guns are due at once.
                 for g in sorted(guns, key=lambda g: g.deadline):
-                    upstream = g is guns[0] and (ems is not None or ocpp is not None) \
-                        and (upstream_due or g.bell.rung)
+                    upstream = g is guns[0] and upstream_due
                     # A pool word that gives the gun less is decided on at once; one that
                     # gives as much or more waits for the gun's next step (<= 50 ms).
                     cap = caps.get(g.setup.ratings.charger_number)
@@ -342,7 +345,7 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                     await g.runtime.step(now, events)
                     g.deadline = g.runtime.next_due()
                 wake.clear()
-                if not any(g.inbox or g.bell.rung for g in guns):
+                if not (written.rung or any(g.inbox or g.bell.rung for g in guns)):
                     wake_at = min(g.deadline for g in guns)
                     if pile is not None:
                         wake_at = min(wake_at, next_pool)
