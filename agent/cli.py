@@ -62,6 +62,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="gun counts of the scale points (default 1,4,12)")
     bench.add_argument("--station-guns", type=int, default=12, metavar="N",
                        help="guns of the simulated station run (default 12)")
+    bench.add_argument("--day-guns", type=int, default=36, metavar="N",
+                       help="guns of the station-day at the energy level (default 36)")
+    bench.add_argument("--day-hours", type=float, default=24.0, metavar="H",
+                       help="its simulated hours (default 24)")
+
+    day = sub.add_parser("station-day",
+                         help="a whole station's day at the energy level: the module pool and "
+                              "the limit arbiter over simulated cars, no protocol messages")
+    day.add_argument("--guns", type=int, default=36, help="guns of the station (default 36)")
+    day.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
+    day.add_argument("--seed", type=int, default=1, help="draw of the day's cars (default 1)")
+    day.add_argument("--step-s", type=float, default=1.0,
+                     help="time step while anyone is plugged in (default 1 s)")
+    day.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     run = sub.add_parser("run", help="run the agent against real interfaces")
     run.add_argument("--config", required=True, metavar="PILE_TOML")
@@ -140,6 +154,26 @@ def _list_or_check(flag: str, name: str | None, known: dict[str, str]) -> int | 
     return None
 
 
+DAY_CHECKS: tuple[SimCheck, ...] = (
+    (lambda a: 1 <= a.guns <= 200, lambda a: f"--guns {a.guns}: must be 1-200"),
+    (lambda a: math.isfinite(a.hours) and 0 < a.hours <= 24 * 7,
+     lambda a: f"--hours {a.hours}: must be a number in (0, 168]"),
+    (lambda a: math.isfinite(a.step_s) and 0.1 <= a.step_s <= 60,
+     lambda a: f"--step-s {a.step_s}: must be 0.1-60 s"),
+)
+
+
+def _station_day(args: argparse.Namespace) -> int:
+    for ok, message in DAY_CHECKS:
+        if not ok(args):
+            print(f"pile-agent station-day: {message(args)}", file=sys.stderr)
+            return 2
+    from hil.station_day import DayOptions, run_station_day_cli
+
+    return run_station_day_cli(DayOptions(guns=args.guns, seed=args.seed, hours=args.hours,
+                                          step_s=args.step_s), args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -170,9 +204,17 @@ def _main(argv: list[str] | None) -> int:
                   f"{args.station_guns}: gun counts 1-16 (one pile's matrix), comma-separated",
                   file=sys.stderr)
             return 2
+        if not 1 <= args.day_guns <= 200 or not (math.isfinite(args.day_hours)
+                                                 and 0 < args.day_hours <= 168):
+            print(f"pile-agent bench: --day-guns {args.day_guns} / --day-hours "
+                  f"{args.day_hours}: 1-200 guns, (0, 168] hours", file=sys.stderr)
+            return 2
         from hil.bench import main as bench_main
 
-        return bench_main(args.trials, args.pretty, scale, args.station_guns)
+        return bench_main(args.trials, args.pretty, scale, args.station_guns, args.day_guns,
+                          args.day_hours)
+    if args.command == "station-day":
+        return _station_day(args)
     if args.command == "sim":
         from hil.faults import SCENARIOS
         from hil.pile_scenarios import PILE_SCENARIOS

@@ -2,7 +2,8 @@
 measured over the real transports (virtual CAN, Modbus TCP on loopback) on the wall clock:
 the reactions on one gun; the CCS period, the agent's CPU and the RSS at 1, 4 and 12 guns
 sharing a module pool (hil/bench_scale.py, a process each); the simulation speed of one
-gun and the station run's gun-hours per wall second. Prints JSON. The method is in
+gun and the station run's gun-hours per wall second over the real transports, and a
+station's day at the energy level (hil/station_day.py). Prints JSON. The method is in
 docs/PERFORMANCE.md.
 
 Each reaction is timed from the stimulus to the first module write that answers it, both
@@ -51,6 +52,7 @@ from hil.pile_scenarios import charging_spans as _charging_spans
 from hil.pile_sim import run_pile_sim
 from hil.safety_io_sim import IO_UNIT
 from hil.sim import SimOptions, run_sim
+from hil.station_day import DayOptions, StationDay
 
 SAFETY_POLL_S = 0.02
 # Event-driven against lock-step over the same first simulated seconds of one session.
@@ -352,8 +354,18 @@ async def _station(guns: int) -> dict[str, Any]:
             "gun_hours_per_wall_s": round(hours / wall, 4), "verdict": r.verdict}
 
 
+def _station_day(guns: int, hours: float) -> dict[str, Any]:
+    """A station's day at the energy level (hil/station_day.py): the pool and the arbiter
+    without the protocols; the profiles and departures are left to `pile-agent
+    station-day`."""
+    s = StationDay(DayOptions(guns=guns, hours=hours)).run().summary()
+    drop = ("import_kw_per_quarter_hour", "export_kw_per_quarter_hour", "v2g_departures")
+    return {k: v for k, v in s.items() if k not in drop}
+
+
 def run_bench(trials: int = 20, scale: tuple[int, ...] = (1, 4, 12),
-              station_guns: int = 12) -> dict[str, Any]:
+              station_guns: int = 12, day_guns: int = 36,
+              day_hours: float = 24.0) -> dict[str, Any]:
     out: dict[str, Any] = {"guns": 1, "trials": trials}
     out.update(asyncio.run(_measure(trials)))
     sim = asyncio.run(_sim_speed())
@@ -362,10 +374,12 @@ def run_bench(trials: int = 20, scale: tuple[int, ...] = (1, 4, 12),
                                  "transport_floor": _floor(sim, costs)}
     out["scale"] = [_scale_point(n) for n in scale]
     out["station"] = asyncio.run(_station(station_guns))
+    out["station_day"] = _station_day(day_guns, day_hours)
     return out
 
 
 def main(trials: int, pretty: bool, scale: tuple[int, ...] = (1, 4, 12),
-         station_guns: int = 12) -> int:
-    print(json.dumps(run_bench(trials, scale, station_guns), indent=2 if pretty else None))
+         station_guns: int = 12, day_guns: int = 36, day_hours: float = 24.0) -> int:
+    print(json.dumps(run_bench(trials, scale, station_guns, day_guns, day_hours),
+                     indent=2 if pretty else None))
     return 0

@@ -11,7 +11,8 @@ from agent.cli import main
 
 
 def test_bench_prints_each_figure(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--trials", "2", "--scale", "2", "--station-guns", "2"]) == 0
+    assert main(["bench", "--trials", "2", "--scale", "2", "--station-guns", "2",
+                 "--day-guns", "4", "--day-hours", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     for key in ("a_bcl_drop_to_module_write", "b_estop_to_module_write",
                 "c_over_temperature_to_module_write", "d_upstream_limit_to_module_write"):
@@ -36,9 +37,14 @@ def test_bench_prints_each_figure(capsys: pytest.CaptureFixture[str]) -> None:
     assert 40.0 <= point["ccs_period_ms"]["p50"] <= 70.0, point
     station = out["station"]
     assert station["verdict"] == "PASS" and station["gun_hours_per_wall_s"] > 0, station
+    day = out["station_day"]
+    assert day["guns"] == 4 and day["gun_hours"] == 12.0 and day["wall_s"] > 0, day
+    assert day["above_grid_steps"] == 0 and day["switched_under_load"] == [], day
 
 
 def test_bench_flags_are_checked() -> None:
     assert main(["bench", "--scale", "0"]) == 2
     assert main(["bench", "--scale", "1,x"]) == 2
     assert main(["bench", "--station-guns", "40"]) == 2
+    assert main(["bench", "--day-guns", "0"]) == 2
+    assert main(["bench", "--day-hours", "inf"]) == 2
