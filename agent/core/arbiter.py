@@ -124,10 +124,6 @@ CANDIDATES: tuple[tuple[Limit, Callable[[CurrentLimits], float]], ...] = (
 )
 
 
-def _bad_magnitude(x: float) -> bool:
-    return math.isnan(x) or x < 0.0
-
-
 def decide_current(
     limits: CurrentLimits, previous_a: float, dt_s: float, ramp_up_a_per_s: float
 ) -> CurrentDecision:
@@ -155,8 +151,11 @@ def decide_current(
         limits.pool_a,
         limits.pool_power_w,
     )
+    # One sum carries any NaN through (inf + inf stays inf; a -inf shows as negative below):
+    # this runs on every control step of every gun, so no per-candidate call.
     if (
-        any(_bad_magnitude(x) for x in magnitudes)
+        math.isnan(sum(magnitudes))
+        or min(magnitudes) < 0.0
         or math.isnan(limits.ev_demand_a)
         or math.isnan(limits.voltage_v)
         or not math.isfinite(previous_a)
@@ -166,8 +165,11 @@ def decide_current(
         return CurrentDecision(0.0, Limit.INVALID_INPUT, 0.0)
 
     direction = 1.0 if limits.ev_demand_a >= 0.0 else -1.0
-    ceiling, bound = min(((read(limits), limit) for limit, read in CANDIDATES),
-                         key=lambda c: c[0])
+    ceiling, bound = math.inf, Limit.INVALID_INPUT
+    for limit, read in CANDIDATES:  # the first of equal limits is the one reported
+        value = read(limits)
+        if value < ceiling:
+            ceiling, bound = value, limit
     if math.isinf(ceiling):
         return CurrentDecision(0.0, Limit.INVALID_INPUT, 0.0)
 
