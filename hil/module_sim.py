@@ -42,6 +42,21 @@ from hil.dc_link import VehicleSide, terminal_voltage_v
 FC_READ_HOLDING = 3
 
 
+def derate_factor(p: ModuleParams, temperature_c: float) -> float:
+    """The share of its capability the stack gives at this temperature (linear derate)."""
+    return min(1.0, max(0.0, (p.trip_c - temperature_c) / (p.trip_c - p.derate_start_c)))
+
+
+def heated(p: ModuleParams, temperature_c: float, current_a: float, output_on: bool,
+           dt_s: float) -> float:
+    """The stack's temperature dt_s later, carrying current_a: first order towards
+    ambient + losses * R_th (exact for a constant current over the interval)."""
+    losses = p.loss_ohm * current_a**2 + (p.idle_loss_w if output_on else 0.0)
+    steady_c = p.ambient_c + losses * p.thermal_resistance_k_per_w
+    decay = math.exp(-dt_s / (p.thermal_resistance_k_per_w * p.thermal_capacity_j_per_k))
+    return steady_c + (temperature_c - steady_c) * decay
+
+
 @dataclass
 class ModuleParams:
     max_current_a: float = 250.0
@@ -167,8 +182,7 @@ class ModuleSim:
     # -- physics ----------------------------------------------------------------------------
 
     def derate_factor(self) -> float:
-        p = self.params
-        return min(1.0, max(0.0, (p.trip_c - self.temperature_c) / (p.trip_c - p.derate_start_c)))
+        return derate_factor(self.params, self.temperature_c)
 
     def capability(self) -> tuple[float, float]:
         """(current A, power W) available now, after temperature derating."""
@@ -210,10 +224,7 @@ class ModuleSim:
         p = self.params
         # Heat from the interval's starting current first, so the published current never
         # exceeds the published (derated) capability of the same snapshot.
-        losses = p.loss_ohm * self.current_a**2 + (p.idle_loss_w if self.output_on else 0.0)
-        steady_c = p.ambient_c + losses * p.thermal_resistance_k_per_w
-        decay = math.exp(-dt_s / (p.thermal_resistance_k_per_w * p.thermal_capacity_j_per_k))
-        self.temperature_c = steady_c + (self.temperature_c - steady_c) * decay
+        self.temperature_c = heated(p, self.temperature_c, self.current_a, self.output_on, dt_s)
         self._step_protections(dt_s)
         commanded = self._get("contactor_command") == 1
         welded = 0b11 if self.welded_contactor else self.welded_poles & 0b11

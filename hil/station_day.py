@@ -11,11 +11,13 @@ protocols:
   export limits shared among the guns) and each gun's limit arbiter
   (agent/core/arbiter.py) with its candidates built as the session builds them, the
   battery-health and SOC-window candidates included (agent/core/health_policy.py);
-- kept, the simulators' car: its battery (hil/ev_battery.py) and CC-CV demand
-  (hil/ev_bms.py);
+- kept, the simulators' car and plant: its battery (hil/ev_battery.py) and CC-CV demand
+  (hil/ev_bms.py); each gun's output unit heating and derating its capability as the
+  module simulator's does (hil/module_sim.py `heated`, `derate_factor`);
 - left out: CAN and Modbus messages; the session's sequence (a plug-in reaches energy
-  transfer `setup_s` later, a stop takes `stop_s`); the module's own dynamics (the
-  commanded current flows); watchdogs, and every fault but a module group's.
+  transfer `setup_s` later, a stop takes `stop_s`); the module's current loop (the
+  decided current flows for the whole step); watchdogs, and every fault but a module
+  group's.
 
 The station's piles are one pool whose groups reach only the guns of their pile, so the
 pool's own rules keep each pile's groups in it and share the site's one grid connection
@@ -48,8 +50,10 @@ from agent.core.pile import ONE_GROUP_W
 from agent.core.ratings import GunRatings
 from agent.core.vehicle_view import Cells, ChargeLimits, DischargeLimits, VehicleView
 from hil.ev_bms import BmsSimulator
+from hil.module_sim import ModuleParams, derate_factor, heated
 from hil.station_cars import HOUR_S, Car, Dispatch, draw_cars
 
+MODULE = ModuleParams()  # each gun's output unit, as hil/pile_sim.py's
 MAX_WAIT_S = 900.0  # a car that finds every gun of its kind busy waits this long, then leaves
 BUCKET_S = 900.0  # the station's power profile in quarter hours, as settlement meters do
 GROUP_A, GROUP_W = 125.0, 60_000.0  # one module group, as in hil/pile_scenarios.py
@@ -107,8 +111,7 @@ class _Gun:
     direction: Direction = Direction.CHARGE
     peak_v: float = 0.0  # the discharge phase's highest voltage (the session's I2 rule)
     last_decision_t: float | None = None
-    plugged_s: float = 0.0
-    transfer_s: float = 0.0
+    output_c: float = ModuleParams().ambient_c  # the gun's output unit (its stack's heat)
 
 
 @dataclass
@@ -188,7 +191,10 @@ def _fault_schedule(groups: list[Group], seed: int, day_s: float
 class StationDay:
     def __init__(self, options: DayOptions, cars: list[Car] | None = None,
                  groups: list[Group] | None = None,
-                 faults: list[tuple[float, float, str]] | None = None) -> None:
+                 faults: list[tuple[float, float, str]] | None = None,
+                 ratings: dict[int, GunRatings] | None = None) -> None:
+        """cars, groups, faults: the day's draw when None. ratings: per gun (a gun that
+        may discharge is a V2G gun); None: every (1 / v2g_share)-th gun is."""
         o = self.options = options
         self.day_s = o.hours * HOUR_S
         self.groups = groups if groups is not None else station_groups(piles_of(o.guns))
@@ -199,11 +205,13 @@ class StationDay:
         # The V2G guns spread over the station: every (1 / v2g_share)-th gun.
         n_v2g = round(o.guns * o.v2g_share)
         v2g_guns = {1 + (k * o.guns) // n_v2g for k in range(n_v2g)} if n_v2g else set()
-        self.guns = [_Gun(n, GunRatings(
+        ratings = ratings or {n: GunRatings(
             charger_number=n, max_current_a=250.0, max_power_w=150_000.0,
             max_discharge_current_a=150.0 if n in v2g_guns else 0.0,
-            max_discharge_power_w=60_000.0 if n in v2g_guns else 0.0), n in v2g_guns)
-            for n in range(1, o.guns + 1)]
+            max_discharge_power_w=60_000.0 if n in v2g_guns else 0.0)
+            for n in range(1, o.guns + 1)}
+        self.guns = [_Gun(n, ratings[n], ratings[n].max_discharge_current_a > 0)
+                     for n in range(1, o.guns + 1)]
         self.cars = cars if cars is not None else draw_cars(o.guns, o.seed, self.day_s,
                                                             o.v2g_share)
         self.faults = faults if faults is not None \
@@ -270,13 +278,20 @@ class StationDay:
             elif "faulted" in line:
                 r.group_faults.append(line)
         self.pool.log.clear()
+        supply = dict.fromkeys((g.number for g in self.guns), 0.0)  # W of groups closed to it
+        for grp in self.groups:
+            gun = self.matrix[grp.id]
+            if gun is not None and grp.id not in self.pool.faulted:
+                supply[gun] += grp.power_w
         import_w = export_w = 0.0
         for g in self.guns:
             plan = plans.get(g.number)
             if plan is None:
                 g.current_a = 0.0
+                g.output_c = heated(MODULE, g.output_c, 0.0, g.phase == "setup", dt)
                 continue
-            p = self._transfer(g, t, dt, plan, caps.get(g.number, Capability(0.0, 0.0)))
+            p = self._transfer(g, t, dt, plan, caps.get(g.number, Capability(0.0, 0.0)),
+                               supply[g.number])
             import_w += max(p, 0.0)
             export_w += max(-p, 0.0)
         r.peak_import_kw = max(r.peak_import_kw, import_w / 1000)
@@ -296,7 +311,9 @@ class StationDay:
             r.cars["arrived"] += 1
         waiting = []
         for car in self._queue:
-            gun = next((g for g in self.guns if g.phase == "idle" and g.v2g == car.v2g), None)
+            # A V2G car needs a V2G gun; a charge-only car takes any, a plain one first.
+            free = [g for g in self.guns if g.phase == "idle" and (g.v2g or not car.v2g)]
+            gun = min(free, key=lambda g: (g.v2g != car.v2g, g.number), default=None)
             if gun is not None:
                 gun.car, gun.bms = car, BmsSimulator(car.vehicle)
                 gun.phase, gun.until = "setup", t + self.options.setup_s
@@ -407,12 +424,17 @@ class StationDay:
                        measured_a=measured)
 
     def _transfer(self, g: _Gun, t: float, dt: float, limits: CurrentLimits,
-                  cap: Capability) -> float:
+                  cap: Capability, supply_w: float) -> float:
         """The arbiter decides; the current flows for the step. Returns the gun's power (W,
         + = into the vehicle)."""
         r = self.result
         assert g.bms is not None
-        limits = replace(limits, pool_a=cap.current_a, pool_power_w=cap.power_w)
+        # The output unit gives what its groups give, derated by its heat (as the module
+        # simulator reports its capability); the pool's word is the pool candidate.
+        f = derate_factor(MODULE, g.output_c)
+        limits = replace(limits, pool_a=cap.current_a, pool_power_w=cap.power_w,
+                         module_capability_a=cap.current_a * f,
+                         power_limit_w=min(limits.power_limit_w, supply_w * f))
         elapsed = 0.0 if g.last_decision_t is None else t - g.last_decision_t
         decision = decide_current(limits, g.current_a, elapsed, g.ratings.ramp_up_a_per_s)
         g.last_decision_t = t
@@ -424,6 +446,7 @@ class StationDay:
         r.above_gun_rating_steps += abs(g.current_a) > rating + 1e-9
         if abs(g.current_a) > r.peak_current_a.get(g.number, 0.0):
             r.peak_current_a[g.number] = abs(g.current_a)
+        g.output_c = heated(MODULE, g.output_c, g.current_a, True, dt)
         b = g.bms.battery
         before = b.energy_in_kwh
         b.accept_current(g.current_a, dt)
