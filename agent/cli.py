@@ -75,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     day.add_argument("--seed", type=int, default=1, help="draw of the day's cars (default 1)")
     day.add_argument("--step-s", type=float, default=1.0,
                      help="time step while anyone is plugged in (default 1 s)")
+    day.add_argument("--grid-kw", type=float, help="site import limit (default 44.4 kW a gun)")
+    day.add_argument("--export-kw", type=float, help="site export limit (default 22.2 kW a gun)")
+    day.add_argument("--v2g-share", type=float, default=0.25,
+                     help="share of the guns that discharge for the VPP (default 0.25)")
+    day.add_argument("--dispatch", metavar="HH:MM-HH:MM", default="18:00-21:00",
+                     help="the VPP's discharge window (default 18:00-21:00)")
+    day.add_argument("--dispatch-kw", type=float, default=None,
+                     help="what the VPP asks of the station then (default 1000 kW), "
+                          "split over the V2G cars staying past the window")
+    day.add_argument("--tariff", metavar="PILE_TOML",
+                     help="price the day with this [tariff] table (default: 0.8 CNY/kWh, "
+                          "discharge unpaid)")
     day.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     run = sub.add_parser("run", help="run the agent against real interfaces")
@@ -154,12 +166,31 @@ def _list_or_check(flag: str, name: str | None, known: dict[str, str]) -> int | 
     return None
 
 
+def _window(text: str) -> tuple[float, float] | None:
+    """HH:MM-HH:MM as (start s, end s) of the day, end after start; None if not."""
+    start, sep, end = text.partition("-")
+    a, b = _time_of_day(start), _time_of_day(end)
+    return (a, b) if sep and a is not None and b is not None and a < b else None
+
+
+def _positive(x: float | None) -> bool:
+    return x is None or (math.isfinite(x) and x > 0)
+
+
 DAY_CHECKS: tuple[SimCheck, ...] = (
     (lambda a: 1 <= a.guns <= 200, lambda a: f"--guns {a.guns}: must be 1-200"),
     (lambda a: math.isfinite(a.hours) and 0 < a.hours <= 24 * 7,
      lambda a: f"--hours {a.hours}: must be a number in (0, 168]"),
     (lambda a: math.isfinite(a.step_s) and 0.1 <= a.step_s <= 60,
      lambda a: f"--step-s {a.step_s}: must be 0.1-60 s"),
+    (lambda a: _positive(a.grid_kw) and _positive(a.export_kw) and _positive(a.dispatch_kw),
+     lambda a: f"--grid-kw {a.grid_kw} / --export-kw {a.export_kw} / --dispatch-kw "
+               f"{a.dispatch_kw}: each a number > 0"),
+    (lambda a: math.isfinite(a.v2g_share) and 0 <= a.v2g_share <= 1,
+     lambda a: f"--v2g-share {a.v2g_share}: must be 0-1"),
+    (lambda a: _window(a.dispatch) is not None,
+     lambda a: f"--dispatch {a.dispatch}: HH:MM-HH:MM, the end after the start"),
+    (lambda a: _readable(a.tariff), lambda a: f"--tariff {a.tariff}: no readable file there"),
 )
 
 
@@ -168,10 +199,24 @@ def _station_day(args: argparse.Namespace) -> int:
         if not ok(args):
             print(f"pile-agent station-day: {message(args)}", file=sys.stderr)
             return 2
+    from agent.records_cli import load_tariff
+    from hil.station_cars import Dispatch
     from hil.station_day import DayOptions, run_station_day_cli
 
-    return run_station_day_cli(DayOptions(guns=args.guns, seed=args.seed, hours=args.hours,
-                                          step_s=args.step_s), args.json)
+    try:
+        tariff = load_tariff(args.tariff)
+    except ValueError as exc:
+        print(f"pile-agent station-day: --tariff: {exc}", file=sys.stderr)
+        return 2
+    window = _window(args.dispatch)
+    assert window is not None  # checked above
+    watts = args.dispatch_kw * 1000 if args.dispatch_kw is not None else Dispatch().export_w
+    options = DayOptions(
+        guns=args.guns, seed=args.seed, hours=args.hours, step_s=args.step_s,
+        v2g_share=args.v2g_share, dispatch=Dispatch(window[0], window[1], watts),
+        grid_limit_w=args.grid_kw * 1000 if args.grid_kw else None,
+        export_limit_w=args.export_kw * 1000 if args.export_kw else None, tariff=tariff)
+    return run_station_day_cli(options, args.json)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ from agent.core.module_pool import SWITCH_CURRENT_A, Capability, Group, GunNeed,
 from agent.core.pile import ONE_GROUP_W
 from agent.core.ratings import GunRatings
 from agent.core.vehicle_view import Cells, ChargeLimits, DischargeLimits, VehicleView
+from agent.ledger.settlement import Tariff
 from hil.ev_bms import BmsSimulator
 from hil.module_sim import ModuleParams, derate_factor, heated
 from hil.station_cars import HOUR_S, Car, Dispatch, draw_cars
@@ -78,6 +79,7 @@ class DayOptions:
     health: HealthPolicy = field(default_factory=lambda: HealthPolicy(soc_floor_pct=30.0))
     grid_limit_w: float | None = None  # None: GRID_W_PER_GUN x guns
     export_limit_w: float | None = None
+    tariff: Tariff = field(default_factory=Tariff)  # to price the day's import and export
 
 
 def piles_of(guns: int) -> list[int]:
@@ -171,10 +173,25 @@ class DayResult:
             "pool_moves": self.pool_moves,
             "group_faults": self.group_faults,
             "bound_by_share": {k: round(v / total, 4) for k, v in self.bound.most_common()},
+            "settlement_cny": self.settlement(),
             "v2g_departures": self.v2g_departures,
             "import_kw_per_quarter_hour": [round(x, 1) for x in self.import_kw],
             "export_kw_per_quarter_hour": [round(x, 1) for x in self.export_kw],
         }
+
+
+    def settlement(self) -> dict[str, float]:
+        """The day's import and export priced per quarter hour at the tariff's bands
+        (simulated time counts from local midnight)."""
+        t = self.options.tariff
+        hours = [(k * BUCKET_S / HOUR_S) % 24 for k in range(len(self.import_kw))]
+        q = BUCKET_S / HOUR_S  # kW over a quarter hour -> kWh
+        cost = sum(kw * q * t.price_at(t.charge, h)
+                   for kw, h in zip(self.import_kw, hours, strict=True))
+        paid = sum(kw * q * t.price_at(t.discharge, h)
+                   for kw, h in zip(self.export_kw, hours, strict=True))
+        return {"charging_cost": round(cost, 2), "discharge_paid": round(paid, 2),
+                "net": round(paid - cost, 2)}
 
 
 def _fault_schedule(groups: list[Group], seed: int, day_s: float
@@ -490,6 +507,8 @@ def day_text(s: dict[str, Any]) -> str:
         f"export {s['peak_export_kw']} kW (limit {s['export_limit_kw']})",
         f"pool: {s['pool_moves']} group moves, {len(s['group_faults'])} group faults",
         "bound by: " + ", ".join(f"{k} {v:.1%}" for k, v in s["bound_by_share"].items()),
+        f"settlement: {s['settlement_cny']['charging_cost']} CNY for charging, "
+        f"{s['settlement_cny']['discharge_paid']} CNY paid for discharge",
     ]
     return "\n".join(lines)
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from agent.cli import main as cli_main
+from agent.ledger.settlement import Tariff
 from hil.pile_scenarios import PILE_SCENARIOS, V2G_DISCHARGE_W, ring_groups
 from hil.pile_sim import run_pile_sim
 from hil.station_cars import HOUR_S, Car, Dispatch, draw_cars
@@ -116,6 +118,21 @@ def test_v2g_discharges_only_in_the_dispatch_window_and_above_the_floor(
             assert g.bms.battery.soc_pct >= floor - 0.5
 
 
+def test_the_day_is_priced_per_quarter_hour_at_the_tariff(day: StationDay) -> None:
+    r = day.result
+    flat = replace(day.options, tariff=Tariff(charge=((0.0, 24.0, 0.5),),
+                                              discharge=((0.0, 24.0, 2.0),)))
+    r.options = flat
+    s = r.settlement()
+    assert s["charging_cost"] == pytest.approx(0.5 * r.charged_kwh, abs=0.01)
+    assert s["discharge_paid"] == pytest.approx(2.0 * r.discharged_kwh, abs=0.01)
+    # Time of use: discharge is paid only in its band, which here is the dispatch window.
+    r.options = replace(flat, tariff=Tariff(discharge=((0.0, 18.0, 0.0), (18.0, 21.0, 4.0),
+                                                       (21.0, 24.0, 0.0))))
+    assert r.settlement()["discharge_paid"] == pytest.approx(4.0 * r.discharged_kwh, abs=0.01)
+    r.options = day.options
+
+
 def test_a_seed_gives_the_same_day() -> None:
     a = StationDay(DayOptions(guns=3, seed=9, hours=6.0, step_s=5.0)).run().summary()
     b = StationDay(DayOptions(guns=3, seed=9, hours=6.0, step_s=5.0)).run().summary()
@@ -139,7 +156,15 @@ def test_the_cli_prints_json_and_refuses_bad_flags(capsys: pytest.CaptureFixture
                      "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["guns"] == 2 and s["gun_hours"] == 4.0 and math.isfinite(s["wall_s"])
-    for bad in (["--guns", "0"], ["--hours", "nan"], ["--step-s", "0"]):
+    assert cli_main(["station-day", "--guns", "4", "--hours", "1", "--grid-kw", "100",
+                     "--export-kw", "50", "--v2g-share", "0.5", "--dispatch", "00:10-00:40",
+                     "--dispatch-kw", "80", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["grid_limit_kw"] == 100.0 and s["export_limit_kw"] == 50.0
+    assert s["discharged_kwh"] > 0 and s["peak_export_kw"] <= 50.0
+    for bad in (["--guns", "0"], ["--hours", "nan"], ["--step-s", "0"], ["--grid-kw", "-1"],
+                ["--export-kw", "inf"], ["--v2g-share", "2"], ["--dispatch", "21:00-18:00"],
+                ["--dispatch", "18h"], ["--tariff", "/nonexistent.toml"]):
         assert cli_main(["station-day", *bad]) == 2
         assert "pile-agent station-day:" in capsys.readouterr().err
 

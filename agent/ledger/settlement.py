@@ -43,7 +43,11 @@ class Tariff:
 
     def price(self, bands: tuple[Band, ...], wall: float) -> float:
         local = datetime.fromtimestamp(wall, UTC) + timedelta(hours=self.utc_offset_h)
-        hour = local.hour + local.minute / 60 + local.second / 3600
+        return self.price_at(bands, local.hour + local.minute / 60 + local.second / 3600)
+
+    @staticmethod
+    def price_at(bands: tuple[Band, ...], hour: float) -> float:
+        """The price in force at this local hour of the day (0 <= hour < 24)."""
         for start, end, price in bands:
             if start <= hour < end:
                 return price
