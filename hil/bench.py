@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import logging
+import random
 import resource
 import statistics
 import subprocess
@@ -55,6 +56,7 @@ from hil.sim import SimOptions, run_sim
 from hil.station_day import DayOptions, StationDay
 
 SAFETY_POLL_S = 0.02
+ESTOP_PRESSES = 5  # at most: each after the first is a fresh session (about 6 s each)
 # Event-driven against lock-step over the same first simulated seconds of one session.
 COMPARE_S = 300.0
 HOT_C = 95.0  # the connector PT1000 past the 80-90 C derating curve: 0 A
@@ -249,8 +251,8 @@ async def _measure(trials: int) -> dict[str, Any]:
                 "from_sensor_change": _stats(hot_sensor)}
             results["d_upstream_limit_to_module_write"] = _stats(await b.upstream_limits(
                 ems_port))
-            results["b_estop_to_module_write"] = {**_stats(await b.emergency_stop()),
-                                                  "pressed_with": b.estop_from}
+            estop = await b.emergency_stop()
+            pressed_with = b.estop_from
             periods = [p for ps in ccs_periods(log).values() for p in ps]
             if periods:
                 results["ccs_period_ms"] = {
@@ -262,8 +264,32 @@ async def _measure(trials: int) -> dict[str, Any]:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(agent, 15.0)
             await b.pile.close()
+    # The E-stop latches and ends the session: each further press is a fresh session.
+    for _ in range(min(trials, ESTOP_PRESSES) - 1):
+        estop += await _estop_once()
+    results["b_estop_to_module_write"] = {**_stats(estop), "pressed_with": pressed_with}
     results["rss_max_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return results
+
+
+async def _estop_once() -> list[float]:
+    """One more E-stop press, in a session of its own (the agent and the simulators
+    started afresh, charging), at a random phase of the I/O board's poll."""
+    b = Bench(1)
+    devices = await b.pile.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        devices["safety_bus"]["poll_period_s"] = SAFETY_POLL_S
+        config = parse_config({**devices, "ledger": {"path": str(Path(tmp) / "l.sqlite")}})
+        agent = asyncio.create_task(run_pile(config, out=io.StringIO()))
+        try:
+            if not await b.until(lambda: b.module.current_a > 50.0, 60.0):
+                return []
+            await asyncio.sleep(random.uniform(0.0, SAFETY_POLL_S))
+            return await b.emergency_stop()
+        finally:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(agent, 15.0)
+            await b.pile.close()
 
 
 async def _sim_speed() -> dict[str, Any]:

@@ -18,6 +18,8 @@ def test_bench_prints_each_figure(capsys: pytest.CaptureFixture[str]) -> None:
                 "c_over_temperature_to_module_write", "d_upstream_limit_to_module_write"):
         assert out[key]["n"] >= 1 and out[key]["p50_ms"] > 0, (key, out)
         assert out[key]["p99_ms"] >= out[key]["p50_ms"]
+    # The E-stop latches: its second press is a session of its own.
+    assert out["b_estop_to_module_write"]["n"] == 2, out["b_estop_to_module_write"]
     assert out["ccs_period_ms"]["n"] > 10 and 40.0 <= out["ccs_period_ms"]["p50"] <= 70.0
     assert out["cpu_pct_of_one_core_charging"] > 0 and out["rss_max_mb"] > 0
     sim = out["simulation_one_gun"]
