@@ -173,17 +173,16 @@ class DayResult:
             "pool_moves": self.pool_moves,
             "group_faults": self.group_faults,
             "bound_by_share": {k: round(v / total, 4) for k, v in self.bound.most_common()},
-            "settlement_cny": self.settlement(),
+            "settlement_cny": self.settlement(o.tariff),
             "v2g_departures": self.v2g_departures,
             "import_kw_per_quarter_hour": [round(x, 1) for x in self.import_kw],
             "export_kw_per_quarter_hour": [round(x, 1) for x in self.export_kw],
         }
 
 
-    def settlement(self) -> dict[str, float]:
+    def settlement(self, t: Tariff) -> dict[str, float]:
         """The day's import and export priced per quarter hour at the tariff's bands
         (simulated time counts from local midnight)."""
-        t = self.options.tariff
         hours = [(k * BUCKET_S / HOUR_S) % 24 for k in range(len(self.import_kw))]
         q = BUCKET_S / HOUR_S  # kW over a quarter hour -> kWh
         cost = sum(kw * q * t.price_at(t.charge, h)

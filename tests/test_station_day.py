@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from dataclasses import replace
 
 import pytest
 
@@ -120,17 +119,14 @@ def test_v2g_discharges_only_in_the_dispatch_window_and_above_the_floor(
 
 def test_the_day_is_priced_per_quarter_hour_at_the_tariff(day: StationDay) -> None:
     r = day.result
-    flat = replace(day.options, tariff=Tariff(charge=((0.0, 24.0, 0.5),),
-                                              discharge=((0.0, 24.0, 2.0),)))
-    r.options = flat
-    s = r.settlement()
+    s = r.settlement(Tariff(charge=((0.0, 24.0, 0.5),), discharge=((0.0, 24.0, 2.0),)))
     assert s["charging_cost"] == pytest.approx(0.5 * r.charged_kwh, abs=0.01)
     assert s["discharge_paid"] == pytest.approx(2.0 * r.discharged_kwh, abs=0.01)
     # Time of use: discharge is paid only in its band, which here is the dispatch window.
-    r.options = replace(flat, tariff=Tariff(discharge=((0.0, 18.0, 0.0), (18.0, 21.0, 4.0),
-                                                       (21.0, 24.0, 0.0))))
-    assert r.settlement()["discharge_paid"] == pytest.approx(4.0 * r.discharged_kwh, abs=0.01)
-    r.options = day.options
+    peak = Tariff(discharge=((0.0, 18.0, 0.0), (18.0, 21.0, 4.0), (21.0, 24.0, 0.0)))
+    assert r.settlement(peak)["discharge_paid"] == pytest.approx(4.0 * r.discharged_kwh,
+                                                                 abs=0.01)
+    assert r.summary()["settlement_cny"] == r.settlement(day.options.tariff)
 
 
 def test_a_seed_gives_the_same_day() -> None:
