@@ -23,8 +23,9 @@ DAY_S = 24 * HOUR_S
 # pilot cities' published load curves; the level is this model's choice).
 ARRIVALS_PER_GUN_H = (0.1, 0.05, 0.05, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 0.8, 0.6, 0.5,
                       0.6, 0.5, 0.5, 0.6, 0.7, 0.9, 1.0, 0.9, 0.7, 0.5, 0.3, 0.2)
-MAX_DWELL_S = 2 * HOUR_S  # a charge-only car leaves after this at the latest
-LINGER_S = 300.0  # ... and this long after its target, at most
+# A charge-only car's session ends at its target (the BMS stops it) and the car leaves;
+# its owner is back after this at the latest, whatever its SOC.
+MAX_DWELL_S = 2 * HOUR_S
 
 
 @dataclass(frozen=True)
