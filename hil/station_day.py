@@ -71,7 +71,8 @@ class DayOptions:
     hours: float = 24.0
     step_s: float = 1.0
     # Plug-in to energy transfer and stop to unplugged: real GB/T sessions spend most of
-    # the former in the insulation check (up to 25 s, GB/T 18487.1 B.3.3 budget).
+    # the former in the insulation check (up to 25 s: T.INSULATION_CHECK_BUDGET, GB/T
+    # 18487.1-2015 B.4.3).
     setup_s: float = 30.0
     stop_s: float = 5.0
     v2g_share: float = 0.25

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from agent.core import timing as T
 from agent.core.arbiter import Limit
-from agent.core.outgoing import messages_for
 from agent.core.states import State
 
 if TYPE_CHECKING:
@@ -52,9 +51,8 @@ def next_deadline(s: GunSession) -> float:
 
 
 def _periodic(s: GunSession) -> float:
-    d = s.data
-    messages = messages_for(s.state, d, s.ratings, s.plant.status, s.now)
-    return s._periodic.next_due(messages, s.now)
+    # The messages the tick just sent or held back (the tick built the list: not again here).
+    return s._periodic.next_due(s.now)
 
 
 def _watchdogs(s: GunSession) -> list[float]:

@@ -109,6 +109,15 @@ def on_grid(now: float, period: float) -> float:
     return math.floor(now / period + 0.5) * period
 
 
+def grid_slot(nominal: float | None, period: float, now: float) -> float:
+    """The slot a send (or service) at `now` stands for: `nominal`, the next slot on the
+    grid kept so far, unless there is none or a whole period was missed; then the grid
+    starts again at the nearest multiple of the period (`on_grid`)."""
+    if nominal is not None and now - nominal < period:
+        return nominal
+    return on_grid(now, period)
+
+
 class PeriodicSender:
     """Each message on a grid of send times (multiples of its period on the session clock:
     `on_grid`). The first send goes out at once; a runtime that wakes at `next_due` sends on
@@ -116,29 +125,34 @@ class PeriodicSender:
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
+        # The messages of the last `due` (the session's last tick): what `next_due` waits
+        # for, so the deadline does not build the message list a second time.
+        self._periods: list[tuple[str, float]] = []
 
     def reset(self) -> None:
         self._last.clear()
+        self._periods = []
 
     def due(self, messages: list[ChargerMessage], now: float) -> list[ChargerMessage]:
         out: list[ChargerMessage] = []
+        self._periods = []
         for message in messages:
             name = type(message).__name__
             period = T.PERIODS[name].seconds
+            self._periods.append((name, period))
             last = self._last.get(name)
             if last is not None and now < last + period - 1e-9:
                 continue
-            nominal = last + period if last is not None else None
-            self._last[name] = nominal if nominal is not None and now - nominal < period \
-                else on_grid(now, period)
+            self._last[name] = grid_slot(last + period if last is not None else None,
+                                         period, now)
             out.append(message)
         return out
 
-    def next_due(self, messages: list[ChargerMessage], now: float) -> float:
-        """When the first of `messages` is next due (now, for one never sent; inf for none)."""
+    def next_due(self, now: float) -> float:
+        """When the first message of the last `due` is next due (now, for one never sent;
+        inf for none)."""
         out = math.inf
-        for message in messages:
-            name = type(message).__name__
+        for name, period in self._periods:
             last = self._last.get(name)
-            out = min(out, now if last is None else last + T.PERIODS[name].seconds)
+            out = min(out, now if last is None else last + period)
         return out

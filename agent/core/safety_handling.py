@@ -23,7 +23,7 @@ from agent.core.events import (
     UpstreamSetpoint,
 )
 from agent.core.messages import ChargerFault
-from agent.core.outgoing import on_grid
+from agent.core.outgoing import grid_slot
 from agent.core.session_base import SessionBase
 from agent.core.states import State, Trigger
 from agent.core.thermal_guard import ThermalSupervisor
@@ -161,7 +161,7 @@ class SafetyHandling(SessionBase):
         due = self.now if a.heartbeat_at is None else a.heartbeat_at + period
         if self.now >= due - 1e-9:
             a.heartbeat = (a.heartbeat + 1) & 0xFFFF
-            # On the grid of the periodic messages (`on_grid`), so the kicks share their wakes.
-            a.heartbeat_at = due if a.heartbeat_at is not None and self.now - due < period \
-                else on_grid(self.now, period)
+            # On the grid of the periodic messages, so the kicks share their wakes.
+            a.heartbeat_at = grid_slot(due if a.heartbeat_at is not None else None, period,
+                                       self.now)
             self._out.append(KickSafetyWatchdog(a.heartbeat))

@@ -25,6 +25,7 @@ from agent.core.commands import (
 from agent.core.deadline import STEP_S
 from agent.core.events import DriverError, EnergyHistory, Event, Tick
 from agent.core.messages import ChargerMessage
+from agent.core.outgoing import grid_slot
 from agent.core.session import GunSession
 from agent.ledger.store import Ledger, LedgerError
 
@@ -62,9 +63,9 @@ Reporter = Callable[[Command], None]
 
 
 def _next_on_grid(due: float, period: float, t: float) -> float:
-    """The next service time after t on the grid of `due` (or a new grid at t, when a
-    whole period was missed): the services share their instants with each other."""
-    return due + period if 0.0 <= t - due < period else t + period
+    """The next service time after one at t that was due at `due`, on the grid the
+    periodic messages keep (`grid_slot`): the services share their instants with them."""
+    return grid_slot(due, period, t) + period
 
 
 class GunRuntime:
@@ -126,10 +127,11 @@ class GunRuntime:
         self._feed_history(t)
         self.feed(Tick(t))
 
-    def on_frames(self, t: float) -> None:
+    def on_frames(self, t: float) -> bool:
         """Frames arrived on the CAN bus (real time): decode them, and decide at once on a
         message they completed. A frame that only moves a multi-packet transfer on (its
-        answer is the link's own) needs no decision."""
+        answer is the link's own) needs no decision. True if the session ticked (so its
+        deadline may have moved)."""
         self.now = t
         events = self._poll_vehicle(t)
         for event in events:
@@ -137,6 +139,7 @@ class GunRuntime:
         if events:
             self._feed_history(t)
             self.feed(Tick(t))
+        return bool(events)
 
     def next_due(self) -> float:
         """When `step` is next needed if nothing arrives: the session's deadline, and in

@@ -327,8 +327,10 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
                         continue
                     if g.bell.rung and not (tighter or g.inbox or upstream or now >= g.deadline):
                         g.bell.rung = False
-                        g.runtime.on_frames(now)  # only frames: no step unless a message
-                        g.deadline = g.runtime.next_due()
+                        # Only frames: no step unless they completed a message, and no new
+                        # deadline unless the session ticked.
+                        if g.runtime.on_frames(now):
+                            g.deadline = g.runtime.next_due()
                         continue
                     g.bell.rung = False
                     if not g.plugged and (g.safety is None
