@@ -1,13 +1,14 @@
 """One scale point of `pile-agent bench`: N guns sharing a module pool, the agent
-(`pile-agent run`'s `run_pile`) in its own thread with its own event loop, the simulators
-(cars on virtual CAN, output units, I/O boards, meters and the matrix board on Modbus TCP)
-in the main thread. Run in its own process (`python -m hil.bench_scale N`), so its RSS is
-this configuration's; prints JSON.
+(`pile-agent run`) in a process of its own as deployed, the simulators (cars, output units,
+I/O boards, meters and the matrix board on Modbus TCP) in this one, CAN between them over
+the `udp_loopback` interface (drivers/udp_loopback: UDP on 127.0.0.1 only). Run in its own
+process (`python -m hil.bench_scale N`); prints JSON.
 
-Measured while every gun charges: the CPU time of the agent's thread and its CAN reader
-threads over the wall time (their share of one core, from /proc), the CCS period on each gun's
-channel from the agent's CAN log, and the process's peak RSS (agent and simulators: the
-virtual CAN bus does not cross processes).
+Measured while every gun charges: the agent process's CPU time over the wall time (its share
+of one core, from /proc), the CCS period on each gun's channel from the agent's CAN log, its
+peak RSS, and every internet socket of both processes that is not on loopback (must be none:
+hil/socket_audit.py). Where `udp_loopback` cannot open, the agent runs in a thread of this
+process on virtual buses instead, and the output says so.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ import can
 from agent.runtime.config import PileConfig, parse_config
 from agent.runtime.realtime import run_pile
 from hil.ev_bms import VehicleConfig
-from hil.loopback_pile import LoopbackPile, free_udp_port
+from hil.loopback_pile import LoopbackPile
 from hil.matrix_sim import GroupSim
 from hil.pile_scenarios import GROUP_A, GROUP_W, ring_groups
+from hil.socket_audit import off_loopback
 
 WINDOW_S = 10.0  # steady charging, every gun
 
@@ -152,14 +154,22 @@ def _ccs_figures(log: Path, mark: int, tmp: str) -> dict[str, Any] | None:
             "share_above_55ms": round(sum(p > 55.0 for p in periods) / len(periods), 3)}
 
 
-async def _window(log: Path, tmp: str, cpu_s: Callable[[], float]) -> dict[str, Any]:
-    """WINDOW_S of steady charging: the agent's share of one core and its CCS periods."""
+async def _window(log: Path, tmp: str, cpu_s: Callable[[], float],
+                  agent_pid: int | None = None) -> dict[str, Any]:
+    """WINDOW_S of steady charging: the agent's share of one core and its CCS periods; in
+    its middle, the sockets of the agent's process and of this one that are not on
+    loopback."""
     mark = log.stat().st_size if log.exists() else 0
     cpu0, wall0 = cpu_s(), time.perf_counter()
-    await asyncio.sleep(WINDOW_S)
+    await asyncio.sleep(WINDOW_S / 2)
+    sockets = {"simulators": off_loopback()}
+    if agent_pid is not None:
+        sockets["agent"] = off_loopback(agent_pid)
+    await asyncio.sleep(WINDOW_S / 2)
     cpu1, wall1 = cpu_s(), time.perf_counter()
     out: dict[str, Any] = {
-        "agent_cpu_pct_of_one_core": round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)}
+        "agent_cpu_pct_of_one_core": round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1),
+        "sockets_off_loopback": sockets}
     ccs = _ccs_figures(log, mark, tmp)
     if ccs is not None:
         out["ccs_period_ms"] = ccs
@@ -175,24 +185,23 @@ async def _until_charging(pile: LoopbackPile, seconds: float = 90.0) -> bool:
 
 async def measure(guns: int) -> dict[str, Any]:
     """The agent as deployed: `pile-agent run` in a process of its own, its CAN buses
-    python-can's udp_multicast on loopback; where that interface cannot open (no msgpack,
-    no multicast), the agent in a thread of this process on virtual buses."""
+    udp_loopback; where that interface cannot open, the agent in a thread of this process
+    on virtual buses."""
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
-        with can.Bus(interface="udp_multicast", channel="239.74.163.250",
-                     port=free_udp_port()):
+        with can.Bus(interface="udp_loopback", channel=f"bench-probe-{os.getpid()}"):
             pass
-    except (can.CanError, OSError, ImportError, ValueError) as exc:
+    except (can.CanError, OSError, ImportError, ValueError, NotImplementedError) as exc:
         return {**await measure_in_thread(guns),
-                "agent": f"thread of the simulators' process (udp_multicast: {exc})"}
+                "agent": f"thread of the simulators' process (udp_loopback: {exc})"}
     return await measure_in_process(guns)
 
 
 async def measure_in_process(guns: int) -> dict[str, Any]:
-    pile = _pile(guns, "udp_multicast")
+    pile = _pile(guns, "udp_loopback")
     devices = await pile.start()
     out: dict[str, Any] = {"guns": guns, "agent": "own process (pile-agent run, CAN over "
-                           "udp_multicast on loopback)"}
+                           "udp_loopback: UDP on 127.0.0.1)"}
     with tempfile.TemporaryDirectory() as tmp:
         log, config = Path(tmp) / "can.log", Path(tmp) / "pile.toml"
         config.write_text(toml_text({**devices,
@@ -202,7 +211,8 @@ async def measure_in_process(guns: int) -> dict[str, Any]:
             str(log), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         try:
             out["all_charging"] = await _until_charging(pile)
-            out.update(await _window(log, tmp, lambda: cpu_s(f"/proc/{proc.pid}/stat")))
+            out.update(await _window(log, tmp, lambda: cpu_s(f"/proc/{proc.pid}/stat"),
+                                     proc.pid))
             out["rss_max_mb_agent_process"] = peak_rss_mb(proc.pid)
         finally:
             for g in pile.guns:

@@ -31,12 +31,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class LoopbackGun:
     def __init__(self, vehicle: VehicleConfig, interface: str = "virtual",
                  index: int = 0) -> None:
@@ -44,13 +38,11 @@ class LoopbackGun:
         self.module = ModuleSim()
         self.safety = SafetyIoSim(self.module)
         self.meter = MeterSim(self.module)
-        # virtual: a channel name in this process; udp_multicast (a bus the agent can join
-        # from another process): a multicast group and a port of its own per gun.
+        # virtual: a channel in this process; udp_loopback (drivers/udp_loopback, a bus the
+        # agent can join from another process, on 127.0.0.1 only): a channel of its own per
+        # gun, named so that two piles on one machine never share one.
         self.can: dict[str, Any] = {"interface": interface,
-                                    "channel": f"loopback-{uuid.uuid4().hex[:8]}"}
-        if interface == "udp_multicast":
-            self.can = {"interface": interface, "channel": f"239.74.163.{index + 1}",
-                        "port": free_udp_port()}
+                                    "channel": f"pile-{uuid.uuid4().hex[:8]}-gun{index + 1}"}
 
     def open_bus(self) -> can.BusABC:
         return can.Bus(**self.can)

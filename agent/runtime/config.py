@@ -17,6 +17,7 @@ from agent.core.thermal_guard import DeratingCurve, SensorLimits, ThermalConfig
 from agent.core.upstream import UpstreamPolicy
 from agent.ledger.settlement import Tariff, parse_tariff
 from drivers.gbt27930.codec import extension_pgn_table
+from drivers.udp_loopback.roster import channel_directory
 
 
 class ConfigError(ValueError):
@@ -25,12 +26,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class CanConfig:
-    interface: str = "socketcan"  # any python-can interface: socketcan, slcan, virtual, ...
+    # any python-can interface: socketcan, slcan, virtual, ...; udp_loopback (this project's,
+    # drivers/udp_loopback) is a bus between processes of one host that stays on 127.0.0.1
+    interface: str = "socketcan"
     channel: str = "can0"
     # GB/T 27930-2015 §5: 250 kbit/s
     bitrate: int = 250_000
-    # python-can's udp_multicast (a CAN bus between processes on one host): the UDP port
-    # (0: python-can's default); buses on one port hear each other, so one port per gun.
+    # python-can's udp_multicast only: the UDP port (0: python-can's default). Its frames go
+    # out of the default route's interface (they leave the host); udp_loopback does not.
     port: int = 0
 
 
@@ -435,6 +438,11 @@ def check_can(can: CanConfig, section: str) -> CanConfig:
     if can.port and can.interface != "udp_multicast":
         raise ConfigError(f"{section}.port: only for interface = \"udp_multicast\" (the "
                           f"{can.interface} interface has no port)")
+    if can.interface == "udp_loopback":
+        try:
+            channel_directory(can.channel)
+        except ValueError as exc:
+            raise ConfigError(f"{section}.channel: {exc}") from None
     return can
 
 
