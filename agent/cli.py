@@ -138,6 +138,9 @@ SIM_CHECKS: tuple[SimCheck, ...] = (
     (lambda a: all(v is None or _time_of_day(v) is not None
                    for v in (a.site_time, a.site_until)),
      lambda a: f"--site-time {a.site_time} / --site-until {a.site_until}: HH:MM or HH:MM:SS"),
+    (lambda a: a.fault is None or a.scenario is None,
+     lambda a: f"--fault {a.fault} / --scenario {a.scenario}: one or the other (a fault is "
+               "injected into the plain session; a scenario scripts its own)"),
     (lambda a: (a.site_time is None and a.site_until is None) or a.scenario is not None,
      lambda a: "--site-time / --site-until: only with --scenario"),
     (lambda a: a.site_time is None or a.site_until is None

@@ -1,6 +1,7 @@
 """`pile-agent records`: list the ledger, export it (CSV or JSON), and settle it.
 
-The ledger is read only; tariffs come from a pile.toml's [tariff] table (or the defaults,
+The ledger is opened read-only (nothing is created in a file that is not one: it is refused);
+tariffs come from a pile.toml's [tariff] table (or the defaults,
 printed with the summary so nobody mistakes them for a contract).
 """
 
@@ -22,26 +23,34 @@ def load_tariff(path: str | None) -> Tariff:
         return Tariff()
     try:
         doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise ValueError(f"--tariff {path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--tariff {path}: not a text file (byte {exc.start} is not UTF-8)"
+                         ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--tariff {path}: not valid TOML: {exc}") from exc
     table = doc.get("tariff", {})
     if not isinstance(table, dict):
-        raise ValueError(f"{path}: [tariff] must be a table")
-    return parse_tariff(table)
+        raise ValueError(f"--tariff {path}: [tariff] must be a table")
+    try:
+        return parse_tariff(table)
+    except ValueError as exc:
+        raise ValueError(f"--tariff {path}: [tariff] {exc}") from exc
 
 
 def run_records(ledger_path: str, fmt: str, tariff_path: str | None) -> int:
-    if not Path(ledger_path).is_file():
-        print(f"pile-agent records: no ledger at {ledger_path}", file=sys.stderr)
-        return 2
     try:
         tariff = load_tariff(tariff_path)
-        ledger = Ledger(ledger_path)
+        ledger = Ledger.reading(ledger_path)  # read-only: nothing is created or written
     except (ValueError, LedgerError) as exc:
         print(f"pile-agent records: {exc}", file=sys.stderr)
         return 2
     try:
         sessions, intervals = ledger.sessions(), ledger.intervals()
+    except LedgerError as exc:
+        print(f"pile-agent records: {exc}", file=sys.stderr)
+        return 2
     finally:
         ledger.close()
     if fmt == "json":

@@ -14,17 +14,23 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.core.events import Event
+from agent.core.ratings import GunRatings
 from hil.ev_bms import BmsSimulator
+from hil.meter_sim import MeterSim
 from hil.module_sim import ModuleSim
 from hil.safety_io_sim import SafetyIoSim
 
 
 class Pile(Protocol):
     module_sim: ModuleSim
+    meter_sim: MeterSim
     bms: BmsSimulator
     safety_io: SafetyIoSim
     injected_events: list[Event]
     agent_hung: bool
+
+    @property
+    def ratings(self) -> GunRatings: ...
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,16 @@ class FaultScenario:
     expect_states: tuple[str, ...] = ("fault",)
     during_charging: bool = True
     then_stop: bool = False  # ask the car to stop after injecting (faults found at stop)
+    # Faults that must not stop the session, judged otherwise than by the safe state:
+    # the commanded current must stay at or under this (after LIMIT_GRACE_S) ...
+    limit_a: Callable[[Pile], float] | None = None
+    # ... or the agent must say this notice (a Notice kind) within the deadline.
+    expect_notice: str = ""
+
+
+# A limit the module reports takes effect with the next status read and the decision after
+# it: one module poll (100 ms) and one step.
+LIMIT_GRACE_S = 0.5
 
 
 def _set(obj_attr: str, value: object) -> Callable[[Pile, float], None]:
@@ -44,10 +60,14 @@ def _set(obj_attr: str, value: object) -> Callable[[Pile, float], None]:
 
     def inject(p: Pile, t: float) -> None:
         target: object = {"module": p.module_sim, "bms": p.bms, "io": p.safety_io,
-                          "pile": p}[owner]
+                          "meter": p.meter_sim, "pile": p}[owner]
         setattr(target, attr, value)
 
     return inject
+
+
+def _reset_meter(p: Pile, t: float) -> None:
+    p.meter_sim.to_vehicle_kwh = p.meter_sim.from_vehicle_kwh = 0.0
 
 
 SCENARIOS: dict[str, FaultScenario] = {s.name: s for s in (
@@ -120,7 +140,53 @@ SCENARIOS: dict[str, FaultScenario] = {s.name: s for s in (
     FaultScenario(
         "absurd-demand", "the BMS demands 400 A (the most GB/T can encode), above its own BCP "
         "max and the gun rating; the arbiter must hold its limits",
-        _set("bms.demand_override_a", 400.0), 0.0,
+        _set("bms.demand_override_a", 400.0), 5.0,
         "no stop: the current stays within BCP max, charger max and module capability",
-        expect_states=("charging",)),
+        expect_states=("charging",),
+        limit_a=lambda p: min(p.ratings.max_current_a, p.bms.config.max_charge_current_a)),
+    # A broken output unit, over the real Modbus transport (issue 24's fault campaign).
+    FaultScenario(
+        "module-readback-lies", "the module reads back 0 for its setpoint, output enable and "
+        "K1/K2 command while it delivers current; the car then stops (BST)",
+        _set("module.lies_readback", True), 4.5,
+        "the car's BST 2 s after injection; the stop reaches the wire whatever the read-back "
+        "(I16); IEC 61851-23 101.2.1.4: >= 100 A/s down, 250 A in 2.5 s",
+        expect_states=("finished",), then_stop=True),
+    FaultScenario(
+        "module-zero-status", "every register of the module reads 0 (a dead board behind a "
+        "live gateway) while it delivers current",
+        _set("module.zero_status", True), 2.0,
+        "K1/K2 feedback lost: a fault after 1 s (GB/T 18487.1-2015 B.4.7.1, polled); output "
+        "off and K1/K2 commanded open whatever the read-back (I16); GB 44263 §8.2.1 2 s"),
+    FaultScenario(
+        "module-over-voltage", "the output voltage reads 1050 V on a 750 V gun",
+        _set("module.reads_voltage_v", 1050.0), 1.5,
+        "I17: 400 ms over the limit (IEC 61851-23:2023 CC.3.4.2), then GB/T 18487.1-2015 "
+        "B.4.7.6: C1/C2 open within 1 s"),
+    FaultScenario(
+        "module-over-current", "the module's current loop runs 40 A past its setpoint (below "
+        "its own over-current trip at 1.1 x its rating)",
+        _set("module.overshoot_a", 40.0), 1.6,
+        "I18: GB 44263-2024 §8.2.8: over the request for 1 s, fault shutdown within 500 ms"),
+    FaultScenario(
+        "module-flaky", "every second Modbus request is answered with exception 04",
+        _set("module.refuse_every", 2), 2.0,
+        "a refused request is a lost link (emergency); GB 44263-2024 §8.2.1: <= 5 A and "
+        "K1/K2 open within 2 s of a communication fault"),
+    FaultScenario(
+        "module-slow", "the module acts on every request at once but answers 1.5 s late",
+        _set("module.answer_delay_s", 1.5), 2.0,
+        "the 0.5 s request timeout is a lost link (emergency); GB 44263-2024 §8.2.1: <= 5 A "
+        "and K1/K2 open within 2 s of a communication fault"),
+    FaultScenario(
+        "module-no-capability", "the module reports 0 A and 0 W capability (derated to nothing)",
+        _set("module.capability_scale", 0.0), 5.0,
+        "I2: 0 A capability is 0 A, not 'no limit'; the session goes on at 0 A",
+        expect_states=("charging",), limit_a=lambda p: 0.0),
+    FaultScenario(
+        "meter-reset", "the DC meter's energy counters reset to 0 mid-session",
+        _reset_meter, 2.0,
+        "billing: a meter whose counters run backwards is said at once (meter_rebased), the "
+        "energy so far banked; the session goes on", expect_states=("charging",),
+        expect_notice="meter_rebased"),
 )}

@@ -27,6 +27,7 @@ Model (one equivalent stack, not per-module):
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,14 @@ class ModuleSim:
         self.welded_contactor = False  # both poles
         self.welded_poles = 0  # bit 0: K1 (DC+) welded, bit 1: K2 (DC-)
         self.reports_mismatch = True  # False: a module without its own mismatch fault bit
+        # A broken module (issue 24's fault campaign), each over the real Modbus transport:
+        self.lies_readback = False  # its command registers read 0, whatever it holds and does
+        self.zero_status = False  # every register reads 0 (a dead board behind a live gateway)
+        self.reads_voltage_v: float | None = None  # its voltage sensors read this
+        self.overshoot_a = 0.0  # its current loop runs this far past the setpoint
+        self.refuse_every = 0  # every Nth request answered with exception 04, not acted on
+        self.answer_delay_s = 0.0  # each request acted on at once, answered this late
+        self.capability_scale = 1.0  # 0: derated to nothing (it says so, and gives nothing)
         self.feedback = 0  # mirror contacts, bit per pole
         self.insulation_ohm = 10e6
         # the grid, as the bidirectional stage sees it
@@ -182,7 +191,7 @@ class ModuleSim:
     # -- physics ----------------------------------------------------------------------------
 
     def derate_factor(self) -> float:
-        return derate_factor(self.params, self.temperature_c)
+        return derate_factor(self.params, self.temperature_c) * self.capability_scale
 
     def capability(self) -> tuple[float, float]:
         """(current A, power W) available now, after temperature derating."""
@@ -278,14 +287,15 @@ class ModuleSim:
         if not self.output_on:
             self.current_a = 0.0
         else:
-            target = sign * min(self._get("setpoint_current"), cap_i)
+            # A runaway loop (overshoot_a) passes its setpoint and its own capability alike.
+            target = sign * (min(self._get("setpoint_current"), cap_i) + self.overshoot_a)
             alpha = 1.0 - math.exp(-dt_s / p.current_tau_s)
             delta = (target - self.current_a) * alpha
             limit = p.ramp_a_per_s * dt_s
             self.current_a += min(max(delta, -limit), limit)
             # Inner loops (instant): capability, power, then CV against the battery.
             power_a = cap_p / max(ocv, 1.0)
-            bound = min(cap_i, power_a)
+            bound = min(cap_i, power_a) + self.overshoot_a
             self.current_a = min(max(self.current_a, -bound), bound)
             self._clamp_cv(sign, ocv, r)
         vehicle.accept_current(self.current_a, dt_s)
@@ -340,9 +350,11 @@ class ModuleSim:
 
     def _publish(self) -> None:
         self._stale = False
-        self._put("output_voltage", self.output_voltage_v)
+        self._put("output_voltage", self.output_voltage_v if self.reads_voltage_v is None
+                  else self.reads_voltage_v)
         self._put("output_current", self.current_a)
-        self._put("gun_voltage", self.gun_voltage_v)
+        self._put("gun_voltage", self.gun_voltage_v if self.reads_voltage_v is None
+                  else self.reads_voltage_v)
         self._put("module_temperature", self.temperature_c)
         self._put("contactor_feedback", self.feedback)
         self._put("fault_word", self.faults)
@@ -395,13 +407,30 @@ class ModuleSim:
             return ExcCodes.DEVICE_BUSY  # the answer is dropped in _trace_packet
         self.since_last_request_s = 0.0
         self.requests += 1
+        if self.refuse_every and self.requests % self.refuse_every == 0:
+            return ExcCodes.DEVICE_FAILURE
         if set_values is not None and function_code != FC_READ_HOLDING:
             result = self.accept_write(address, [int(v) for v in set_values])
             if result is not None:
                 return result
         offset = self._base - start_address
-        current_registers[offset : offset + len(self._regs)] = self.regs
+        current_registers[offset : offset + len(self._regs)] = self.read_image()
+        if self.answer_delay_s > 0:
+            await asyncio.sleep(self.answer_delay_s)
         return None
+
+    def read_image(self) -> list[int]:
+        """The registers as a master reads them: the image, unless the module is broken."""
+        if self.zero_status:
+            return [0] * len(self._regs)
+        if not self.lies_readback:
+            return self.regs
+        image = list(self.regs)
+        for reg in self.regmap:
+            if reg.access is Access.RW:
+                for a in reg.addresses:
+                    image[a - self._base] = 0
+        return image
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         return b"" if sending and self.silent else data

@@ -32,7 +32,7 @@ from agent.core.session import GunSession
 from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
 from agent.ledger.outbox import Outbox
-from agent.ledger.store import Ledger
+from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import SimClock
 from agent.runtime.ems_view import ems_snapshot
 from agent.runtime.gun_runtime import GunRuntime
@@ -49,7 +49,7 @@ from drivers.sunspec.ems_controls import EmsControls, EmsSettings
 from drivers.sunspec.server import SunSpecServer
 from hil.csms_sim import Csms
 from hil.ev_bms import BmsSimulator, VehicleConfig
-from hil.faults import SCENARIOS
+from hil.faults import LIMIT_GRACE_S, SCENARIOS
 from hil.meter_sim import MeterSim
 from hil.module_sim import ModuleParams, ModuleSim
 from hil.replay_bms import RawPayload, ReplayBms, load_recording
@@ -62,6 +62,9 @@ STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
 # Fixed epoch for CAN-log timestamps, so two runs of one scenario give identical logs.
 LOG_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 LINGER_S = 1.0
+# A session still running at the time limit is stopped; GB/T 27930's stop sequence (CST,
+# <= 5 A, K1/K2 open, BSD: T.STOP_CURRENT_BUDGET is 10 s) ends well inside this.
+STOP_GRACE_S = 15.0
 PLUG_IN_AT_S = 0.2  # keep stepping after the session ends so the car sees CSD / CST
 # A recording with no energy transfer in it (session-a's ends in configuration): charge on
 # the simulated car's demand this long, then stop as an operator would.
@@ -112,6 +115,9 @@ class TraceRow:
 class SimResult:
     outcome: str = "timeout"
     reason: str = ""
+    stopped_at_time_limit: bool = False  # the agent stopped the session at --max-sim-s
+    ledger_error: str = ""  # the ledger file went away or was replaced during the run
+    recovered: list[str] = field(default_factory=list)  # sessions a killed run left open
     energy_kwh: float = 0.0
     sim_duration_s: float = 0.0
     wall_s: float = 0.0
@@ -170,7 +176,7 @@ class SimulatedPile:
         self.meter_sim = MeterSim(self.module_sim)
         self.v2g = V2G_SCENARIOS[options.scenario] if options.scenario else None
         self.script = Script()
-        ratings = self.v2g.ratings if self.v2g else options.ratings
+        ratings = self.ratings = self.v2g.ratings if self.v2g else options.ratings
         if options.replay_bms:
             self.bms: BmsSimulator | ReplayBms = ReplayBms(load_recording(options.replay_bms))
         else:
@@ -181,6 +187,8 @@ class SimulatedPile:
         self.session = GunSession(ratings, thermal=ThermalSupervisor(), require_safety_io=True,
                                   upstream=self.v2g.upstream if self.v2g else None)
         self.ledger = Ledger(options.ledger)
+        # Sessions a killed run left open: closed from their checkpoints before this one.
+        self.result.recovered = self.ledger.recover("agent restarted")
         self.agent_hung = False  # fault injection: the agent process stops stepping
         self.injected_events: list[Event] = []
         self.scenario = SCENARIOS[options.fault] if options.fault else None
@@ -337,7 +345,18 @@ class SimulatedPile:
         if self.v2g is not None and self.site_start_s is not None and self.site_end_s is not None:
             max_sim_s = (self.site_end_s - self.site_start_s) % 86400 + 600.0
         t_prev, agent_due = -STEP_S, 0.0
-        while self.clock.now() < max_sim_s:
+        while True:
+            if self.clock.now() >= max_sim_s:
+                if self.result.stopped_at_time_limit or self.scenario is not None \
+                        or self.agent_hung or self.session.state in (
+                            State.IDLE, State.FINISHED, State.FAULT):
+                    break
+                # Out of simulated time with a session running: the agent stops it as a
+                # service stops (CST, <= 5 A, K1/K2 open), so its records reach the ledger.
+                self.result.stopped_at_time_limit = True
+                self.injected_events.append(StopRequested(
+                    self.clock.now(), f"agent stopped: the simulation's {max_sim_s:g} s"))
+                max_sim_s = self.clock.now() + STOP_GRACE_S
             t = round(self.clock.now(), 6)
             dt, t_prev = t - t_prev, t
             self.result.instants += 1
@@ -395,7 +414,16 @@ class SimulatedPile:
             self._judge_scenario()
         if self.result.outcome == "timeout":
             self.result.reason = f"no end of session within {max_sim_s} s"
+        self._check_ledger()
         return self.result
+
+    def _check_ledger(self) -> None:
+        """The records the run reported are in the ledger file it opened (a file removed or
+        replaced meanwhile is said, not a silent success)."""
+        try:
+            self.ledger.check_identity()
+        except LedgerError as exc:
+            self.result.ledger_error = str(exc)
 
     def _next_instant(self, t: float, agent_due: float, plugged: bool,
                       ended_at: float | None) -> float:
@@ -483,8 +511,10 @@ class SimulatedPile:
         since = t - r.fault_injected_at
         if sc.then_stop and since >= 2.0:
             self.bms.request_stop()
-        if sc.name == "absurd-demand":
-            return self._judge_absurd_demand(t, since)
+        if sc.limit_a is not None:
+            return self._judge_limit_holds(since, sc.limit_a(self))
+        if sc.expect_notice:
+            return self._judge_notice(t, since)
         m = self.module_sim
         in_state = not sc.expect_states or self.session.state.value in sc.expect_states
         safe = in_state and abs(m.current_a) <= 5.0 and m._get("contactor_command") == 0
@@ -510,21 +540,45 @@ class SimulatedPile:
             return True
         return False
 
-    def _judge_absurd_demand(self, t: float, since: float) -> bool:
-        r, o = self.result, self.options
-        cap = min(o.ratings.max_current_a, self.bms.config.max_charge_current_a)
+    def _judge_limit_holds(self, since: float, limit_a: float) -> bool:
+        """A fault the agent must ride out: its commanded current (and the module's, within
+        the regulation accuracy of IEC 61851-23 101.2.1.2.1) stays within `limit_a` from
+        LIMIT_GRACE_S after injection, for the deadline, and the session goes on."""
+        r, sc = self.result, self.scenario
+        assert sc is not None
         r.fault_ok = True
-        self._worst_a = max(self._worst_a, abs(self.session.act.current_a))
+        if since >= LIMIT_GRACE_S:
+            self._worst_a = max(self._worst_a, abs(self.session.act.current_a))
         worst = self._worst_a
-        if worst > cap + 1e-9 or abs(self.module_sim.current_a) > cap + 2.5:
+        if worst > limit_a + 1e-9 or (since >= LIMIT_GRACE_S + 0.5
+                                      and abs(self.module_sim.current_a) > limit_a + 2.5):
             r.fault_ok = False
-            r.fault_verdict = f"current {worst:.1f} A above the {cap:.1f} A limit"
+            r.fault_verdict = (f"current {max(worst, abs(self.module_sim.current_a)):.1f} A "
+                               f"above the {limit_a:.1f} A limit ({sc.deadline_source})")
             return True
-        if since >= 5.0:
-            r.fault_ok = self.session.state is State.CHARGING
-            r.fault_verdict = (f"400 A demanded for {since:.1f} s; commanded at most "
-                               f"{worst:.1f} A (limit {cap:.1f} A); state "
-                               f"{self.session.state.value}")
+        if since >= sc.deadline_s:
+            r.fault_ok = self.session.state.value in sc.expect_states
+            r.fault_verdict = (f"{sc.description}: for {since:.1f} s commanded at most "
+                               f"{worst:.1f} A (limit {limit_a:.1f} A); state "
+                               f"{self.session.state.value} ({sc.deadline_source})")
+            return True
+        return False
+
+    def _judge_notice(self, t: float, since: float) -> bool:
+        """A fault the agent must say, not stop for: the notice within the deadline, the
+        session still in one of the expected states."""
+        r, sc = self.result, self.scenario
+        assert sc is not None and r.fault_injected_at is not None
+        said = [n for n in r.notices if n[1] == sc.expect_notice and n[0] >= r.fault_injected_at]
+        if said or since > sc.deadline_s:
+            in_state = self.session.state.value in sc.expect_states
+            r.fault_ok = bool(said) and in_state and said[0][0] - r.fault_injected_at \
+                <= sc.deadline_s
+            r.fault_verdict = (f"{sc.expect_notice} said {said[0][0] - r.fault_injected_at:.2f}"
+                               f" s after injection ({said[0][2]}); state "
+                               f"{self.session.state.value}" if said else
+                               f"no {sc.expect_notice} within {sc.deadline_s:g} s") \
+                + f"; deadline {sc.deadline_s:g} s ({sc.deadline_source})"
             return True
         return False
 
@@ -553,7 +607,16 @@ async def run_sim(options: SimOptions, out: IO[str] | None = None) -> SimResult:
 
 async def run_sim_cli(options: SimOptions) -> int:
     # With --json, stdout carries the JSON alone (it can be piped); live lines go to stderr.
-    result = await run_sim(options, sys.stderr if options.json_summary else sys.stdout)
+    try:
+        result = await run_sim(options, sys.stderr if options.json_summary else sys.stdout)
+    except LedgerError as exc:
+        print(f"pile-agent sim: --ledger: {exc}", file=sys.stderr)
+        return 2
+    for line in result.recovered:
+        print(f"ledger: closed a session a killed run left open: {line}", file=sys.stderr)
+    if result.ledger_error:
+        print(f"pile-agent sim: {result.ledger_error}", file=sys.stderr)
+        return 1
     summary = result.summary()
     if options.fault is not None:
         verdict = "PASS" if result.fault_ok else "FAIL"
@@ -588,7 +651,7 @@ async def run_sim_cli(options: SimOptions) -> int:
               f"({result.sim_duration_s / max(result.wall_s, 1e-9):.0f}x real time)")
     if result.scenario is not None:
         return 0 if not result.scenario_failures else 1
-    return 0 if result.outcome == "finished" else 1
+    return 0 if result.outcome == "finished" and not result.stopped_at_time_limit else 1
 
 
 def _scenario_text(result: SimResult) -> str:

@@ -29,12 +29,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from functools import partial
 from unittest import mock
 
 from agent import cli
-from agent.core import arbiter, outgoing, ratings, steps, thermal_guard, timing
+from agent.core import arbiter, outgoing, plant_checks, ratings, steps, thermal_guard, timing
+from agent.core import metering as metering_module
 from agent.core import transfer_control as transfer_module
 from agent.core.arbiter import Limit, VoltageDecision
 from agent.core.events import (
@@ -63,6 +64,7 @@ from drivers.gbt27930.wire import current_raw
 from drivers.ocpp import profiles as profiles_module
 from drivers.ocpp.profiles import ProfileStore
 from drivers.power_module import codec as module_codec
+from drivers.power_module.link import ModuleLink
 from drivers.sunspec.ems_controls import EmsControls
 
 INF = timing.Timing(math.inf, "mutation: disabled")
@@ -74,7 +76,8 @@ SAFETY_TESTS = ["tests/test_safety_watchdogs.py", "tests/test_v2g_watchdogs.py",
                 "tests/test_config.py", "tests/test_gbt_codec_roundtrip.py",
                 "tests/test_v2g_session.py", "tests/test_arbiter.py",
                 "tests/test_upstream_arbiter.py", "tests/test_sunspec_server.py",
-                "tests/test_ocpp_client.py"]
+                "tests/test_ocpp_client.py", "tests/test_plant_checks.py",
+                "tests/test_module_link.py", "tests/test_ledger_faults.py"]
 Mutation = Callable[[], AbstractContextManager[object]]
 
 
@@ -396,6 +399,58 @@ UPSTREAM: dict[str, Mutation] = {
 _CONNECTOR_NO_TRIP = (("connector", dataclasses.replace(thermal_guard.CONNECTOR, trip_c=math.inf)),
                       ("cable", thermal_guard.CABLE), ("module", thermal_guard.MODULE))
 
+def _capability_zero_unlimited(original: Callable[..., object], self: TransferControl,
+                               *args: object) -> object:
+    """The bug the fault campaign found: a module reporting 0 A capability is read as 'no
+    limit' (`capability or math.inf`)."""
+    limits = original(self, *args)
+    assert isinstance(limits, arbiter.CurrentLimits)
+    if limits.module_capability_a == 0.0:
+        return dataclasses.replace(limits, module_capability_a=math.inf)
+    return limits
+
+
+def _link_trusts_read_back() -> AbstractContextManager[object]:
+    """The driver takes the module's read-back for what it was told (the original bug): a
+    word that reads back as commanded is not written, and nothing is re-asserted."""
+    def stage(self: ModuleLink, cmd: object) -> None:
+        encoded = module_codec.encode_command(self.regmap, cmd,  # type: ignore[arg-type]
+                                              self._latest(self.regmap["mode"].address))
+        self._commanded.update(encoded.words)
+        known = {**self._written, **self.__dict__.get("_read_back", {})}
+        self._queue({a: w for a, w in encoded.words.items()
+                     if encoded.trigger or known.get(a) != w}, encoded.words)
+
+    def reassert(self: ModuleLink, read_back: dict[int, int], status: object) -> None:
+        self.__dict__["_read_back"] = read_back
+
+    return _patches(mock.patch.object(ModuleLink, "stage", stage),
+                    mock.patch.object(ModuleLink, "_reassert", reassert))
+
+
+def _patches(*patches: AbstractContextManager[object]) -> AbstractContextManager[object]:
+    stack = ExitStack()
+    for patch in patches:
+        stack.enter_context(patch)
+    return stack
+
+
+# The output unit held to what it was told (issue 24: docs/SAFETY.md I16-I18, I1's 0 A).
+PLANT: dict[str, Mutation] = {
+    "plant:over-voltage-ignored": lambda: mock.patch.object(
+        plant_checks.OverVoltageWatch, "sample", lambda self, *a: None),
+    "plant:over-current-ignored": lambda: mock.patch.object(
+        plant_checks.OverCurrentWatch, "sample", lambda self, *a: None),
+    "plant:over-current-no-settling": lambda: mock.patch.object(
+        timing, "SETTLE_MIN", timing.Timing(0.0, "mutation")),
+    "plant:zero-capability-unlimited": partial(_wrapped, TransferControl, "_charge_limits",
+                                               _capability_zero_unlimited),
+    "link:trusts-read-back": _link_trusts_read_back,
+    "ledger:no-checkpoint": lambda: mock.patch.object(
+        metering_module.Metering, "checkpoint", lambda self, wall: None),
+}
+
+
 MUTATIONS: dict[str, Mutation] = {
     **{f"limit:{lim.name}": partial(_without_limit, lim)
        for lim in arbiter.Limit if lim not in (Limit.INVALID_INPUT, Limit.RAMP)},
@@ -423,6 +478,7 @@ MUTATIONS: dict[str, Mutation] = {
     **BLIND_SPOTS,
     **V2G,
     **UPSTREAM,
+    **PLANT,
 }
 
 

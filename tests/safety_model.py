@@ -221,6 +221,10 @@ class PlantModel:
     voltage_tau_s: float = 0.02
     # Welded poles: bit 0 K1, bit 1 K2 (`welded` = both).
     welded_poles: int = 0
+    # A broken output unit (issue 24): voltage sensors that read this much high (I17), a
+    # current loop that runs this far past its setpoint and its own capability (I18).
+    reads_high_v: float = 0.0
+    overshoot_a: float = 0.0
 
     @property
     def poles(self) -> int:
@@ -251,9 +255,10 @@ class PlantModel:
         if self.enabled and loaded and self.set_a >= 0.0:
             # CC up to the setpoint, CV at the voltage setpoint: I = (V_set - V_batt) / R.
             cv_a = max((self.set_v - battery_v) / BATTERY_OHM, 0.0)
-            target = min(self.set_a, self.capability_a, cv_a)
+            target = min(self.set_a, self.capability_a, cv_a) + self.overshoot_a
             self.current_a += (target - self.current_a) * min(1.0, dt / 0.05)
-            self.current_a = min(self.current_a, self.set_a, self.capability_a)
+            self.current_a = min(self.current_a, min(self.set_a, self.capability_a)
+                                 + self.overshoot_a)
         elif self.enabled and loaded:
             # Inverter mode: current drawn from the pack up to the setpoint's magnitude, and
             # only while the pack stays above the voltage floor (the setpoint voltage).
@@ -282,6 +287,12 @@ class PlantModel:
             return ev.p.battery_v + BATTERY_OHM * self.current_a
         return self.out_v if self.k12 else 0.0
 
+    def read_voltage_v(self, ev: Ev) -> float:
+        """The higher of the two voltages the module's sensors read now (as written to its
+        registers: they saturate at the register's end)."""
+        return min(max(self.out_v, self.gun_v(ev)) + self.reads_high_v,
+                   REGMAP["output_voltage"].maximum)
+
     def status(self, t: float, ev: Ev) -> ModuleStatus:
         """One poll, as the bus carries it: the plant's figures written into the module's
         registers and read back by the driver's own status decoder (a decoder that hides a
@@ -289,8 +300,9 @@ class PlantModel:
         ready = self.insulation_ready_at is not None and t >= self.insulation_ready_at \
             and not self.imd_dead
         values = {
-            "output_voltage": self.out_v, "output_current": self.current_a,
-            "gun_voltage": self.gun_v(ev), "module_temperature": self.temperature_c,
+            "output_voltage": self.out_v + self.reads_high_v, "output_current": self.current_a,
+            "gun_voltage": self.gun_v(ev) + self.reads_high_v,
+            "module_temperature": self.temperature_c,
             "contactor_feedback": self.poles, "fault_word": self.fault_word,
             "insulation_done": 1 if ready else 0,
             "insulation_resistance": self.insulation_ohm / 1000.0 if ready else 0.0,

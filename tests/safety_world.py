@@ -104,6 +104,12 @@ DIRECTION_BUDGET_S = 5.0  # GB/T 18487.1-2023 Annex E: <= 5 A within 5 s of a ch
 DIRECTION_A = 5.0  # ... measured
 DIRECTION_DWELL_S = 0.5  # zero held before the new phase (E.5.1)
 NOMINAL_KWH = 60.0  # the world's BCP nominal energy: equivalent cycles' base
+# The output held to its command and limits (issue 24, docs/SAFETY.md I17, I18)
+OVER_VOLTAGE_MARGIN_V = 15.0  # GB/T 18487.1-2015 B.4.7.6: EV max + 15 V
+OVER_VOLTAGE_HOLD_S = 0.4  # IEC 61851-23:2023 CC.3.4.2: over the limit > 400 ms
+OVER_CURRENT_HOLD_S = 1.0  # GB 44263-2024 §8.2.8: for 1 s
+SETTLE_MIN_S = 1.0  # IEC 61851-23 101.2.1.3: settle within 1 s, else |dI| / 20 A/s
+CAPABILITY_REGISTER_MAX_A = 330.0  # the capability register: 0.1 A steps, 0-330 A
 # The session's energy (the core integrates polled samples, the world every tick) agrees
 # to within this: a second at full power.
 ENERGY_SLACK_KWH = 0.05
@@ -112,6 +118,29 @@ ENERGY_SLACK_KWH = 0.05
 def connector_fraction(temp_c: float) -> float:
     """Connector derating: full to 80 °C, none at 90 °C (GB/T 18487.1-2023 Table C.14)."""
     return min(1.0, max(0.0, (90.0 - temp_c) / 10.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What this world's module put in its registers with a status: the figures the
+    oracles judge by (not the core's reading of them)."""
+
+    capability_a: float
+    voltage_v: float  # the higher of output and gun voltage, as its sensors read
+    current_a: float
+    gun_v: float  # the gun (battery side) voltage, as its sensor reads
+
+
+def _register_a(amps: float) -> float:
+    """A current as the module's 0.1 A capability register holds it (its documented layout:
+    nearest step, saturating at the ends)."""
+    return min(max(math.floor(amps * 10.0 + 0.5) / 10.0, 0.0), CAPABILITY_REGISTER_MAX_A)
+
+
+def _since(since: float | None, condition: bool, t: float) -> float | None:
+    if not condition:
+        return None
+    return t if since is None else since
 
 
 @dataclass(frozen=True)
@@ -165,7 +194,7 @@ class SafetyWorld:
         self.module_frozen = False
         # The bus owner is its own task: a status reaches the core some ticks after its poll.
         self.delivery_lag_ticks = 0
-        self.in_flight: list[ModuleStatus] = []
+        self.in_flight: list[tuple[ModuleStatus, Written]] = []
         self.ev_lies = False
         self.session_started_t = 0.0
         self.next_poll = 0.0
@@ -173,7 +202,7 @@ class SafetyWorld:
         self.last_status_a = 0.0
         self.last_status_gun_v = 0.0
         self.last_status_out_v = 0.0
-        self.last_status_cap = math.inf
+        self.last_status_cap = CAPABILITY_REGISTER_MAX_A
         self.last_bcl_t: float | None = None
         self.last_bcs_t: float | None = None
         self.bsm_permit = True
@@ -185,6 +214,17 @@ class SafetyWorld:
         self.bcp_max: float | None = None
         self.bcp_reported_v: float | None = None
         self.bhm_max: float | None = None
+        self.bcp_max_v: float | None = None  # BCP's maximum total voltage, as heard
+        # I17 / I18: since when the readings were over the limit (strictly, and within the
+        # measurement's resolution), the setpoint the plant holds and its settling time.
+        self.ov_since: float | None = None
+        self.ov_loose_since: float | None = None
+        self.oc_since: float | None = None
+        self.oc_loose_since: float | None = None
+        self.set_a = 0.0
+        self.settle_until = -math.inf
+        self.last_output_t = 0.0
+        self.last_written_gun_v = 0.0
         self.upstream: tuple[float, float] | None = None  # (limit A, expires)
         self.upstream_accepted_t = -1e9
         # A second source (the central system's maximum profile): limits only, which bind
@@ -269,6 +309,8 @@ class SafetyWorld:
             self.check_command(c)
             if isinstance(c, SetContactors) and c.closed != self.plant.k12_cmd:
                 self.k12_changed_t = self.t
+            if isinstance(c, SetModuleOutput):
+                self.on_setpoint(c.current_a if c.enabled else 0.0)
             self.plant.apply(c, self.t)
             msg = getattr(c, "message", None)
             if msg is not None:
@@ -296,6 +338,7 @@ class SafetyWorld:
         if c.dest == "handshake":
             self.bsm_permit = True
             self.bcl_demand = self.bcp_max = self.bcp_reported_v = self.bhm_max = None
+            self.bcp_max_v = None
             self.bcl_voltage = None
             self.first_cml_t = self.first_bro_t = None
             assert not self.s.safety.latched, "started with a latched fault (I12)"
@@ -321,8 +364,22 @@ class SafetyWorld:
             assert judged is not None and judged / test_v > INSULATION_FAULT_OHM_PER_V, \
                 f"I4 insulation passed at {judged} ohm ({test_v} V test)"
             self.insulation_passed = True
+        if c.dest == "fault" and c.reason.startswith("over-voltage"):
+            assert self.ov_loose_since is not None \
+                and self.last_output_t - self.ov_loose_since >= OVER_VOLTAGE_HOLD_S - EPS, \
+                f"I17 over-voltage fault on readings within the limit: {c.reason}"
+        if c.dest == "fault" and c.reason.startswith("over-current"):
+            assert self.oc_loose_since is not None \
+                and self.last_output_t - self.oc_loose_since >= OVER_CURRENT_HOLD_S - EPS, \
+                f"I18 over-current fault on a current within its command: {c.reason}"
         if c.dest == "fault" and "differs from the reported" in c.reason:
-            assert self.ev_lies, f"false battery-voltage fault from an honest EV: {c.reason}"
+            # A lying EV, or a gun-voltage sensor that reads off by as much (the two look
+            # alike to a charger): judged from what this world's sensor read.
+            reported = self.bcp_reported_v or 0.0
+            misread = abs(self.last_written_gun_v - reported) \
+                > BATTERY_V_TOLERANCE * reported - 0.2
+            assert self.ev_lies or misread, \
+                f"false battery-voltage fault from an honest EV: {c.reason}"
         if c.dest in ("stopping", "fault"):
             self.stopping_since_plug = True
         if c.dest == "charging":
@@ -377,6 +434,7 @@ class SafetyWorld:
             self.reported_soc = msg.soc_pct  # type: ignore[attr-defined]  # until a BCS
             self.bcp_max = msg.max_charge_current_a  # type: ignore[attr-defined]
             self.bcp_reported_v = msg.battery_voltage_v  # type: ignore[attr-defined]
+            self.bcp_max_v = msg.max_total_voltage_v  # type: ignore[attr-defined]
         if type(msg).__name__ == "BHM":
             self.bhm_max = msg.max_charge_voltage_v  # type: ignore[attr-defined]
         if type(msg).__name__ == "BRO" and self.s.state is State.PARAMETER_EXCHANGE \
@@ -412,14 +470,19 @@ class SafetyWorld:
                     assert self.s.state is State.FAULT and not self.plant.k12_cmd, \
                         f"I7 module link lost, {self.s.state.value} goes on"
             else:
-                self.in_flight.append(self.plant.status(self.t, self.ev))
+                self.in_flight.append((self.plant.status(self.t, self.ev), Written(
+                    _register_a(self.plant.capability_a),
+                    self.plant.read_voltage_v(self.ev), self.plant.current_a,
+                    self.plant.gun_v(self.ev) + self.plant.reads_high_v)))
         while self.in_flight and \
-                self.in_flight[0].t + self.delivery_lag_ticks * TICK <= self.t + EPS:
-            st_ = self.in_flight.pop(0)
+                self.in_flight[0][0].t + self.delivery_lag_ticks * TICK <= self.t + EPS:
+            st_, written = self.in_flight.pop(0)
             self.last_status_t, self.last_status_a = st_.t, st_.output_current_a
             self.last_status_gun_v, self.last_status_out_v = st_.gun_voltage_v, \
                 st_.output_voltage_v
-            self.last_status_cap = st_.capability_current_a or math.inf
+            # I1's module capability: the figure this world wrote (0 A is 0 A), not the
+            # decoded one (the core's reading is what is under test).
+            self.last_status_cap = written.capability_a
             self.last_status_rev_a = st_.reverse_capability_current_a or 0.0
             self.last_status_rev_w = st_.reverse_capability_power_w or 0.0
             if self.zero_since is not None and st_.t > self.zero_since \
@@ -429,8 +492,10 @@ class SafetyWorld:
             if self.insulation_asked_t is not None and st_.t > self.insulation_asked_t \
                     and st_.insulation_ohm is not None:
                 self.insulation_latest_ohm = st_.insulation_ohm
+            self.track_output(st_.t, written, live)  # before the core hears the sample
             self.feed(st_)
             self.check_contactor_feedback(st_)
+            self.check_output(st_.t, written)
             if st_.fault_word and live:
                 # D6 (grid trips) and every other module fault: the session ends at once
                 assert self.s.state is State.FAULT, \
@@ -475,6 +540,52 @@ class SafetyWorld:
         self.last_io_t = self.t
         self.feed(SafetyInputs(self.t, emergency_stop=self.estop, door_open=self.door,
                                gun_locked=not self.gun_unlocked))
+
+    def on_setpoint(self, amps: float) -> None:
+        """A new setpoint: lowering it (or turning it round) gives the output the settling
+        time of IEC 61851-23 101.2.1.3: 1 s, or |dI| / 20 A/s for a larger step."""
+        if abs(amps) < abs(self.set_a) or amps * self.set_a < 0:
+            self.settle_until = max(self.settle_until,
+                                    self.t + max(SETTLE_MIN_S, abs(amps - self.set_a) / 20.0))
+        self.set_a = amps
+
+    def track_output(self, t: float, w: Written, live: bool) -> None:
+        """I17: output voltage above min(gun, BHM, BCP maximum) + 15 V (GB/T 18487.1-2015
+        B.4.7.6) for 400 ms (IEC 61851-23:2023 CC.3.4.2) is a fault. I18: while the output
+        delivers (precharge, charging), current past the setpoint by 10 % (at >= 30 A) or 3 A
+        (below), or against it, for 1 s after the settling time (GB 44263-2024 §8.2.8) is a
+        fault (in a stop, the stop budget of I5 holds). Each judged from this world's own
+        readings, a poll of slack; within the register's 0.1 resolution neither way: here
+        since when each was over (strictly, and loosely), before the core hears the sample."""
+        self.last_output_t, self.last_written_gun_v = t, w.gun_v
+        if not live:
+            self.ov_since = self.ov_loose_since = self.oc_since = self.oc_loose_since = None
+            return
+        ceiling = self.voltage_ceiling()
+        self.ov_since = _since(self.ov_since, w.voltage_v > ceiling + 0.2, t)
+        self.ov_loose_since = _since(self.ov_loose_since, w.voltage_v > ceiling - 0.2, t)
+        cmd = self.set_a
+        sign = 1.0 if cmd >= 0 else -1.0
+        excess = max(sign * w.current_a - abs(cmd), -sign * w.current_a)
+        margin = 0.1 * abs(cmd) if abs(cmd) >= 30.0 else 3.0
+        settled = t >= self.settle_until and self.s.state in (State.PRECHARGE, State.CHARGING)
+        self.oc_since = _since(self.oc_since, settled and excess > margin + 0.2, t)
+        self.oc_loose_since = _since(self.oc_loose_since, settled and excess > margin - 0.2, t)
+
+    def voltage_ceiling(self) -> float:
+        return min(RATINGS.max_voltage_v, self.bhm_max or math.inf,
+                   self.bcp_max_v or math.inf) + OVER_VOLTAGE_MARGIN_V
+
+    def check_output(self, t: float, w: Written) -> None:
+        """I17 / I18 after the core heard the sample: held over long enough is a fault."""
+        if self.ov_since is not None and t - self.ov_since > OVER_VOLTAGE_HOLD_S + POLL + EPS:
+            assert self.s.state is State.FAULT, \
+                f"I17 output {w.voltage_v:.1f} V over {self.voltage_ceiling():.1f} V since " \
+                f"{self.ov_since:.2f} s, {self.s.state.value}"
+        if self.oc_since is not None and t - self.oc_since > OVER_CURRENT_HOLD_S + POLL + EPS:
+            assert self.s.state is State.FAULT, \
+                f"I18 {w.current_a:.1f} A against {self.set_a:.1f} A commanded since " \
+                f"{self.oc_since:.2f} s, {self.s.state.value}"
 
     def check_contactor_feedback(self, status: ModuleStatus) -> None:
         """I4/I5: K1/K2 feedback that disagrees with the command for longer than the

@@ -107,7 +107,10 @@ def test_only_changed_registers_are_written() -> None:
             owner.submit(SetModuleOutput(True, 400.0, 10.0))
             owner.submit(SetContactors(True))
             await owner.service(0.1)
-            assert writes == [(1, [4000, 100, 1]), (4, [1])]  # mode already charge
+            # The first command is written whole: the module's read-back of a register is
+            # not what it was told (mode reads charge, and is written all the same). Two
+            # commands whose registers are contiguous go out as one request.
+            assert writes == [(0, [1, 4000, 100, 1, 1])]
             writes.clear()
             owner.submit(SetModuleOutput(True, 400.0, 20.0))
             owner.submit(SetContactors(True))  # unchanged: not written
@@ -231,8 +234,11 @@ def test_exception_response_is_link_lost() -> None:
         owner = owner_for(TcpTarget("127.0.0.1", port), unit_id=7)
         try:
             events = await owner.service(0.0)
-            assert [type(e) for e in events] == [ModuleLinkLost]
-            assert "exception" in events[0].detail  # type: ignore[union-attr]
+            # The watchdog write and the poll, each refused: each a ModuleLinkLost.
+            assert events and all(isinstance(e, ModuleLinkLost) for e in events), events
+            assert all("exception" in e.detail for e in events)  # type: ignore[union-attr]
+            # An exception is an answer: the link stays up, no reconnect, no back-off.
+            assert owner.link.connected
         finally:
             await owner.close()
             await server.stop()
@@ -351,3 +357,138 @@ def test_status_decoder_accepts_a_real_block() -> None:
     assert isinstance(decode_status_payload(MAP, 0.0, payload), ModuleStatus)
     bad = decode_status_payload(MAP, 0.0, payload[:-2])
     assert isinstance(bad, DriverError) and f"expected {len(MAP.span)}" in bad.detail
+
+
+async def _charging_at(owner: ModuleBusOwner, sim: ModuleSim, battery: TrivialBattery,
+                       amps: float) -> float:
+    await owner.service(0.0)
+    owner.submit(SetContactors(True))
+    owner.submit(SetModuleOutput(True, 450.0, amps))
+    t, _ = await lockstep(owner, sim, battery, 0.1, 1.0)
+    assert sim.current_a > amps - 5.0, sim.current_a
+    return t
+
+
+def _recording(sim: ModuleSim) -> list[tuple[int, list[int]]]:
+    writes: list[tuple[int, list[int]]] = []
+    accept = sim.accept_write
+
+    def recording(address: int, values: list[int]) -> ExcCodes | None:
+        writes.append((address, values))
+        return accept(address, values)
+
+    sim.accept_write = recording  # type: ignore[method-assign]
+    return writes
+
+
+def test_a_lying_read_back_does_not_keep_a_stop_off_the_wire() -> None:
+    """I16: the module reads back 0 for setpoint, output enable and K1/K2 while it delivers
+    current; output off and K1/K2 open must still be written (they were skipped as
+    'already held' when the link trusted the read-back)."""
+    async def body() -> None:
+        sim, battery = ModuleSim(), TrivialBattery(contactors_closed=True)
+        server, port = await sim.start_tcp()
+        owner = owner_for(TcpTarget("127.0.0.1", port))
+        try:
+            t = await _charging_at(owner, sim, battery, 200.0)
+            sim.lies_readback = True
+            t, _ = await lockstep(owner, sim, battery, t, 0.3)
+            assert sim.current_a > 150.0  # it delivers; its registers read 0
+            owner.submit(SetModuleOutput(False, 0.0, 0.0))
+            t, _ = await lockstep(owner, sim, battery, t, 0.3)
+            assert sim.current_a == 0.0 and sim.regs[MAP["output_enable"].address] == 0
+            owner.submit(SetContactors(False))
+            await lockstep(owner, sim, battery, t, 0.3)
+            assert sim.regs[MAP["contactor_command"].address] == 0 and not sim.contactors_closed
+        finally:
+            await owner.close()
+            await server.stop()
+
+    run(body)
+
+
+def test_a_stop_the_module_does_not_hold_is_written_again() -> None:
+    """I16: a module that drops a write of output off (its register snaps back to 1) gets
+    it again after each status that shows it, and an honest one gets it once."""
+    async def body() -> None:
+        sim, battery = ModuleSim(), TrivialBattery(contactors_closed=True)
+        server, port = await sim.start_tcp()
+        owner = owner_for(TcpTarget("127.0.0.1", port))
+        writes = _recording(sim)
+        accept = sim.accept_write
+        enable = MAP["output_enable"].address
+
+        def stubborn(address: int, values: list[int]) -> ExcCodes | None:
+            result = accept(address, values)
+            sim._regs[enable] = 1  # the firmware ignores the stop
+            return result
+
+        try:
+            t = await _charging_at(owner, sim, battery, 100.0)
+            writes.clear()
+            owner.submit(SetModuleOutput(False, 0.0, 0.0))
+            sim.accept_write = stubborn  # type: ignore[method-assign]
+            t, _ = await lockstep(owner, sim, battery, t, 0.5)
+            offs = [w for w in writes if w == (enable, [0])]
+            assert len(offs) >= 4, writes  # the first, then again after every poll
+            assert owner.link.reasserted >= 3
+            sim.accept_write = accept  # type: ignore[method-assign]
+            await lockstep(owner, sim, battery, t, 0.2)
+            writes.clear()
+            await lockstep(owner, sim, battery, t + 0.2, 0.5)
+            assert writes == [], writes  # held now: nothing more
+        finally:
+            await owner.close()
+            await server.stop()
+
+    run(body)
+
+
+def test_an_emergency_stop_is_one_request() -> None:
+    """Output off and K1/K2 open commanded together reach the module in one FC16 write,
+    so a link that answers late cannot hold back the second (module-slow)."""
+    async def body() -> None:
+        sim, battery = ModuleSim(), TrivialBattery(contactors_closed=True)
+        server, port = await sim.start_tcp()
+        owner = owner_for(TcpTarget("127.0.0.1", port))
+        writes = _recording(sim)
+        try:
+            t = await _charging_at(owner, sim, battery, 100.0)
+            writes.clear()
+            owner.submit(SetModuleOutput(False, 0.0, 0.0))
+            owner.submit(SetContactors(False))
+            await owner.service(t)
+            assert writes == [(MAP["output_enable"].address, [0, 0])], writes
+        finally:
+            await owner.close()
+            await server.stop()
+
+    run(body)
+
+
+def test_a_refused_write_is_tried_again_at_once() -> None:
+    """A module that refuses every second request (exception 04): the stop is written
+    within the same service, and the link is kept (no reconnect, no back-off)."""
+    async def body() -> None:
+        sim, battery = ModuleSim(), TrivialBattery(contactors_closed=True)
+        server, port = await sim.start_tcp()
+        owner = owner_for(TcpTarget("127.0.0.1", port))
+        try:
+            t = await _charging_at(owner, sim, battery, 100.0)
+            sim.refuse_every = 2
+            for parity in range(2):  # whichever request the write falls on
+                owner.submit(SetModuleOutput(True, 450.0, 100.0 - parity))
+                await owner.service(t)
+                owner.submit(SetModuleOutput(False, 0.0, 0.0))
+                owner.submit(SetContactors(False))
+                await owner.service(t)
+                assert sim.regs[MAP["output_enable"].address] == 0
+                assert sim.regs[MAP["contactor_command"].address] == 0
+                assert owner.link.connected
+                owner.submit(SetContactors(True))
+                sim.requests += 1  # shift the parity for the next round
+        finally:
+            await owner.close()
+            await server.stop()
+
+    run(body)

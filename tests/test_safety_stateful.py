@@ -253,9 +253,21 @@ class SafetyMachine(RuleBasedStateMachine, SafetyWorld):
     def module_lags(self, ticks: int) -> None:
         self.delivery_lag_ticks = ticks
 
-    @rule(capability=st.floats(0, 400))
+    # 0 A is a capability of its own (a stack derated to nothing), drawn on purpose.
+    @rule(capability=st.one_of(st.just(0.0), st.floats(0, 400)))
     def module_derates(self, capability: float) -> None:
         self.plant.capability_a = capability
+
+    # A module whose voltage sensors read high: both sides of the vehicle's maximum + 15 V
+    # (I17) are reached from the 360-420 V packs the suite draws.
+    @rule(volts=st.one_of(st.just(0.0), st.floats(0, 150)))
+    def module_reads_high(self, volts: float) -> None:
+        self.plant.reads_high_v = volts
+
+    # A current loop that runs past its setpoint: both sides of 10 % / 3 A (I18).
+    @rule(amps=st.one_of(st.just(0.0), st.floats(0, 60)))
+    def module_overshoots(self, amps: float) -> None:
+        self.plant.overshoot_a = amps
 
     @rule(amps=st.one_of(st.floats(-300, 300), st.just(math.nan), st.just(math.inf)),
           ttl=st.floats(-5, 30), age=st.floats(0, 10))

@@ -105,6 +105,32 @@ class LedgerInterval:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerCheckpoint:
+    """Where a running session's metering stands: the runtime keeps the latest one durable
+    (one row per session, replaced), so a session killed at any moment (kill -9, power loss)
+    is closed at the next start from it: its open interval up to `last_*`, its energy so far.
+    Emitted with the first reading and then at least every CHECKPOINT_PERIOD or
+    CHECKPOINT_ENERGY_KWH of metered energy."""
+
+    wall: float  # when `last_*` was read
+    seq: int  # the seq the open interval will have
+    interval_open: bool  # False: no interval is open (not transferring energy)
+    interval_start_wall: float
+    interval_direction: str
+    interval_start_to_kwh: float  # meter counters at the open interval's start
+    interval_start_from_kwh: float
+    last_to_kwh: float  # meter counters now
+    last_from_kwh: float
+    to_vehicle_kwh: float  # metered for the session so far (both ways)
+    from_vehicle_kwh: float
+    vin: str = ""
+    start_wall: float | None = None
+    start_soc_pct: float | None = None
+    soc_pct: float | None = None
+    peak_power_w: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class SessionReport:
     """Reporting only: emitted once when a session reaches finished or fault."""
 
@@ -152,6 +178,7 @@ Command = (
     | CurrentDecided
     | Notice
     | LedgerInterval
+    | LedgerCheckpoint
     | SessionReport
     | SetMatrix
 )

@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from agent.core.commands import LedgerInterval
+from agent.core.commands import LedgerCheckpoint, LedgerInterval
 from agent.core.events import MeterReading
-from agent.core.timing import Timing
+from agent.core.timing import CHECKPOINT_ENERGY_KWH, CHECKPOINT_PERIOD, Timing
 
 SETTLEMENT_PERIOD_S = 900.0  # 15 min: China's ToU settlement / VPP dispatch period
 # DC meter class 1 (JJG 1149-2022, DC charger verification: energy error within +-1 % [V]) and
@@ -54,6 +54,9 @@ class Metering:
     banked_to_kwh: float = 0.0
     banked_from_kwh: float = 0.0
     note: str = ""
+    rebases: int = 0  # how often the counters went backwards in this session
+    checkpoint_wall: float | None = None  # the last checkpoint's, None before the first
+    checkpoint_kwh: float = 0.0
 
     @property
     def to_vehicle_kwh(self) -> float:
@@ -78,6 +81,7 @@ class Metering:
             # counted, close the open interval at the last good reading, and re-base on this
             # one (the record notes it; the energy between the two readings is unknown).
             self.note = "meter counters went backwards; re-based"
+            self.rebases += 1
             closed = self.finish(wall, "meter re-based")
             self.banked_to_kwh, self.banked_from_kwh = self.to_vehicle_kwh, self.from_vehicle_kwh
             self.first = self.last = r
@@ -106,6 +110,29 @@ class Metering:
         closed = self._close(self.last, wall, reason)
         self.interval_start = None
         return closed
+
+    def checkpoint(self, wall: float) -> LedgerCheckpoint | None:
+        """A checkpoint, if one is due: with the first reading, then every
+        CHECKPOINT_PERIOD of wall time or CHECKPOINT_ENERGY_KWH metered, whichever first.
+        The caller fills in who (VIN, SOC, peak power)."""
+        if self.last is None:
+            return None
+        moved = self.to_vehicle_kwh + self.from_vehicle_kwh
+        if self.checkpoint_wall is not None \
+                and wall - self.checkpoint_wall < CHECKPOINT_PERIOD.seconds \
+                and moved - self.checkpoint_kwh < CHECKPOINT_ENERGY_KWH:
+            return None
+        self.checkpoint_wall, self.checkpoint_kwh = wall, moved
+        start = self.interval_start or self.last
+        return LedgerCheckpoint(
+            wall=wall, seq=self.seq + 1, interval_open=self.interval_start is not None,
+            interval_start_wall=self.interval_start_wall if self.interval_start else wall,
+            interval_direction=self.interval_direction,
+            interval_start_to_kwh=start.to_vehicle_kwh,
+            interval_start_from_kwh=start.from_vehicle_kwh,
+            last_to_kwh=self.last.to_vehicle_kwh, last_from_kwh=self.last.from_vehicle_kwh,
+            to_vehicle_kwh=round(self.to_vehicle_kwh, 6),
+            from_vehicle_kwh=round(self.from_vehicle_kwh, 6))
 
     def cross_check(self, r: MeterReading, module_a: float | None, now: float) -> bool:
         """True once the meter has disagreed with the module's current for

@@ -9,6 +9,7 @@ Every commanded current goes through `agent.core.arbiter.decide_current`.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from transitions import Machine
 
@@ -58,6 +59,7 @@ from agent.core.messages import (
     CST,
     BmsMessage,
     CemTimeout,
+    ChargerError,
     ChargerFault,
     ChargerStopReason,
     Ready,
@@ -275,6 +277,7 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
             self.upstream.on_frequency(status.grid_frequency_hz, sampled_at)
         self._track_figures(status)
         self._check_contactor_feedback(status, sampled_at)
+        self._check_output(status, sampled_at)
         if status.insulation_ohm is not None:
             self.plant.insulation_ohm = status.insulation_ohm
             self.plant.insulation_at = sampled_at
@@ -287,6 +290,39 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                 latched=any(f.latched for f in faults),
                 faults=frozenset(f.cst for f in faults),
             )
+
+    def _check_output(self, status: ModuleStatus, sampled_at: float) -> None:
+        """The output held to its command while it delivers (I18) and to the voltage limits
+        while a vehicle is on the gun (I17); each a latched error shutdown (the plant is
+        broken)."""
+        if self.state in (State.IDLE, State.FINISHED):
+            return
+        p = self.plant
+        # Over-current while the output is meant to deliver; a stop and an error shutdown
+        # have their own budget for a current that does not fall (I5).
+        over_current = None
+        if self.state in (State.PRECHARGE, State.CHARGING):
+            over_current = p.over_current.sample(sampled_at, status.output_current_a)
+        else:
+            p.over_current.idle()
+        if over_current is not None:
+            self._fault(over_current, code="over_current", latched=True,
+                        errors=frozenset({ChargerError.CURRENT_MISMATCH}))
+        over_voltage = p.over_voltage.sample(
+            sampled_at, max(status.output_voltage_v, status.gun_voltage_v), self._max_voltage_v())
+        if over_voltage is not None:
+            self._fault(over_voltage, code="over_voltage", latched=True,
+                        errors=frozenset({ChargerError.VOLTAGE_ABNORMAL}))
+
+    def _max_voltage_v(self) -> float:
+        """The highest output voltage allowed now: the gun's rating, and the vehicle's
+        maximum once it has said it (handshake, then parameters)."""
+        d, limit = self.data, self.ratings.max_voltage_v
+        if d.bhm is not None:
+            limit = min(limit, d.bhm.max_charge_voltage_v)
+        if d.bcp is not None:  # from parameter exchange on, not only once charging
+            limit = min(limit, d.bcp.max_total_voltage_v)
+        return limit
 
     def _check_contactor_feedback(self, status: ModuleStatus, sampled_at: float) -> None:
         """K1/K2 feedback must follow the command within CONTACTOR_FEEDBACK, in every state
@@ -395,10 +431,25 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         d = self.data
         if self.state in (State.IDLE, State.FINISHED, State.FAULT):
             return
+        rebases = d.metering.rebases
         closed = d.metering.on_reading(reading, self._wall(), d.direction.active.value,
                                        self.state is State.CHARGING)
         if closed is not None:
             self._out.append(closed)
+        checkpoint = d.metering.checkpoint(self._wall())
+        if checkpoint is not None:
+            self._out.append(replace(
+                checkpoint, vin=d.brm.vin if d.brm else "", start_wall=d.wall_clock_at_start,
+                start_soc_pct=d.start_soc_pct, soc_pct=self.view.soc_pct,
+                peak_power_w=d.peak_power_w))
+        if d.metering.rebases != rebases:
+            # Billing must hear of it now, not in the session's record hours later.
+            self._out.append(Notice(self.now, "meter_rebased",
+                                    f"DC meter counters went backwards (replaced or reset: "
+                                    f"{reading.to_vehicle_kwh:.3f} kWh in, "
+                                    f"{reading.from_vehicle_kwh:.3f} "
+                                    "kWh out now); the energy so far is banked, counted on "
+                                    "from this reading"))
         if self.state is not State.CHARGING:
             return
         if d.bcs is not None and self.now - d.last_rx.get("BCS", -math.inf) \

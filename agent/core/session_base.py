@@ -21,7 +21,7 @@ from agent.core.commands import (
     StartInsulationTest,
     StateChanged,
 )
-from agent.core.messages import CST, CemTimeout, ChargerFault, ChargerStopReason
+from agent.core.messages import CST, CemTimeout, ChargerError, ChargerFault, ChargerStopReason
 from agent.core.outgoing import PeriodicSender
 from agent.core.ratings import GunRatings
 from agent.core.safety import Fault, SafetySupervisor
@@ -89,6 +89,7 @@ class SessionBase:
         latched: bool = False,
         cem: frozenset[CemTimeout] = frozenset(),
         faults: frozenset[ChargerFault] = frozenset({ChargerFault.OTHER}),
+        errors: frozenset[ChargerError] = frozenset(),
     ) -> None:
         """Error shutdown (ramp to <= 5 A, then open) or, if emergency, open at once."""
         self.safety.latch(Fault(code, reason, emergency=emergency, latched=latched))
@@ -99,7 +100,8 @@ class SessionBase:
             return
         self.data.fault_emergency = emergency
         self.data.cem_timeouts = cem
-        self.data.stop_message = CST(reasons=frozenset({ChargerStopReason.FAULT}), faults=faults)
+        self.data.stop_message = CST(reasons=frozenset({ChargerStopReason.FAULT}), faults=faults,
+                                     errors=errors)
         self._fire(Trigger.FAULT_DETECTED, reason)
 
     def _gun_lock_refuses(self) -> bool:
@@ -118,6 +120,7 @@ class SessionBase:
         ]
         self.act.module_enabled, self.act.current_a, self.act.contactors_closed = False, 0.0, False
         self.act.contactors_changed_at = self.now
+        self.plant.over_current.command(self.now, 0.0)
         self.act.voltage_v = 0.0
         self.act.internal_error = reason
         try:
@@ -149,6 +152,7 @@ class SessionBase:
                 a.module_enabled, round(a.voltage_v, 1), a.current_a):
             return
         a.module_enabled, a.voltage_v, a.current_a = enabled, voltage_v, current_a
+        self.plant.over_current.command(self.now, current_a if enabled else 0.0)
         self._out.append(SetModuleOutput(enabled, voltage_v, current_a))
         self._out.append(CurrentDecided(self.now, current_a, voltage_v, bound))
 

@@ -25,6 +25,7 @@ from agent.core.messages import (
     CemTimeout,
 )
 from agent.core.metering import Metering
+from agent.core.plant_checks import OverCurrentWatch, OverVoltageWatch
 from agent.core.vehicle_data_log import VehicleDataLog
 
 
@@ -147,3 +148,6 @@ class Plant:
     safety_io_lost: str = ""
     # The module pool's latest word for this gun (a gun of a pooled pile); None: none yet.
     pool: PoolCapability | None = None
+    # The output held to its command and to the voltage limits (I17, I18).
+    over_current: OverCurrentWatch = field(default_factory=OverCurrentWatch)
+    over_voltage: OverVoltageWatch = field(default_factory=OverVoltageWatch)

@@ -120,6 +120,13 @@ class SequenceSteps(SessionBase):
             if last is not None and at == last[0]:
                 return  # the same sample again: the next poll decides
             d.precharge_last = (at, st.output_voltage_v) if at is not None else None
+            reported = d.bcp.battery_voltage_v
+            if not battery_voltage_plausible(st.gun_voltage_v, reported):
+                # On the sample K1/K2 would close on, not only the first one (I4): a
+                # battery reading that went wrong during the match is no battery to close on.
+                self._fault(f"battery voltage {st.gun_voltage_v:.1f} V differs from the "
+                            f"reported {reported:.1f} V by more than 5 % (GB/T 18487.1 B.4.4)")
+                return
             if not precharge_gap_holds(st.gun_voltage_v, st.output_voltage_v):
                 d.precharge_last = None
             elif last is not None and abs(st.output_voltage_v - last[1]) <= \

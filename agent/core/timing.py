@@ -115,3 +115,29 @@ DIRECTION_DWELL = Timing(
     0.5, "GB/T 18487.1-2023 E.5.1 forbids a seamless switch; zero held 0.5 s (two BCS/BDS "
     "periods) so the vehicle sees the old phase end before the new one starts"
 )
+
+# The plant held to what it was told (agent/core/plant_checks.py, I17, I18).
+OVER_VOLTAGE_MARGIN_V = 15.0  # GB/T 18487.1-2015 B.4.7.6: V > EV max + 15 V -> open C1/C2 in 1 s
+OVER_VOLTAGE_HOLD = Timing(
+    0.4, "IEC 61851-23:2023 CC.3.4.2 (error OVP): over the limit > 400 ms -> error shutdown; "
+    "GB/T 18487.1-2015 B.4.7.6: C1/C2 open within 1 s"
+)
+# GB 44263-2024 §8.2.8: I > 1.1 x I_req (I_req >= 30 A) or > I_req + 3 A (below) for 1 s.
+OVER_CURRENT_RATIO = 1.1
+OVER_CURRENT_SMALL_A = 3.0
+OVER_CURRENT_SMALL_BELOW_A = 30.0
+OVER_CURRENT_HOLD = Timing(
+    1.0, "GB 44263-2024 §8.2.8: over the request for 1 s -> fault shutdown within 500 ms"
+)
+SETTLE_MIN = Timing(
+    1.0, "IEC 61851-23 101.2.1.3: a new request settled within 1 s (|dI| <= 20 A), else "
+    "within |dI| / 20 A/s"
+)
+SETTLE_SLOPE_A_PER_S = 20.0  # IEC 61851-23 101.2.1.3: dI_min >= 20 A/s
+
+# The ledger's checkpoint of a running session (agent/core/metering.py; LedgerCheckpoint).
+CHECKPOINT_PERIOD = Timing(
+    10.0, "project rule (issue 24): a session killed at any moment loses at most 10 s or "
+    "0.1 kWh of metered energy"
+)
+CHECKPOINT_ENERGY_KWH = 0.1

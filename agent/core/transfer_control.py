@@ -175,8 +175,12 @@ class TransferControl(SessionBase):
                        view: VehicleView) -> CurrentLimits:
         st, r = self.plant.status, self.ratings
         measured_v = st.output_voltage_v if st is not None else 0.0
-        capability = st.capability_current_a if st and st.capability_current_a else math.inf
-        power_cap = st.capability_power_w if st and st.capability_power_w else math.inf
+        # What the stack can deliver now; 0 means nothing (a stack derated to nothing), and
+        # only a module that does not report it leaves it open (I2).
+        capability = st.capability_current_a if st is not None \
+            and st.capability_current_a is not None else math.inf
+        power_cap = st.capability_power_w if st is not None \
+            and st.capability_power_w is not None else math.inf
         in_transfer = self.state is State.CHARGING
         pool_a, pool_w = self._pool()
         soc_a = soc_window_limit(self.health_policy(), view, Direction.CHARGE)[0] \

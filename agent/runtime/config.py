@@ -584,4 +584,7 @@ def load_config(path: str | Path) -> PileConfig:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (TOML is UTF-8; byte {exc.start} is not)"
+                          ) from exc
     return parse_config(doc)

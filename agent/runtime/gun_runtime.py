@@ -7,12 +7,14 @@ session's deadline, event-driven time). Nothing here decides anything about the 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from agent.core.commands import (
     Command,
     KickSafetyWatchdog,
+    LedgerCheckpoint,
     LedgerInterval,
     Notice,
     SessionReport,
@@ -101,6 +103,7 @@ class GunRuntime:
         self.ledger = ledger
         self.gun = gun
         self._history_for: float | None = None  # the session whose history was fed
+        self._key: tuple[float, str] | None = None  # (session start, its ledger key)
 
     async def step(self, t: float, extra_events: Iterable[Event] = ()) -> None:
         """One control cycle: vehicle input, module exchange, extra events, then a tick."""
@@ -153,9 +156,15 @@ class GunRuntime:
         return due
 
     def session_key(self) -> str:
+        """The session's key in the ledger: gun, start time and a random part, so that two
+        runs whose clocks start alike (the simulator's, a controller without RTC) or a
+        restart onto the same ledger never share one."""
         d = self.session.data
-        start = d.wall_clock_at_start if d.wall_clock_at_start is not None else d.started_at
-        return f"gun{self.gun}-{start:.3f}"
+        if self._key is None or self._key[0] != d.started_at:
+            start = d.wall_clock_at_start if d.wall_clock_at_start is not None \
+                else d.started_at
+            self._key = (d.started_at, f"gun{self.gun}-{start:.3f}-{uuid.uuid4().hex[:8]}")
+        return self._key[1]
 
     def _feed_history(self, t: float) -> None:
         """Once the vehicle is identified, what it moved earlier today, from the ledger (the
@@ -193,6 +202,14 @@ class GunRuntime:
             case SetModuleOutput() | SetContactors() | SetBleeder() | StartInsulationTest():
                 self.module.submit(command)
                 self._module_dirty = True
+            case LedgerCheckpoint() if self.ledger is not None:
+                try:
+                    self.ledger.write_checkpoint(self.session_key(), self.gun, command)
+                except LedgerError as exc:
+                    self._report(Notice(self.now, "ledger_write_failed", str(exc)))
+                    self.feed(DriverError(self.now, "ledger", str(exc), fatal=True))
+            case LedgerCheckpoint():
+                pass  # no ledger: nothing to keep
             case LedgerInterval() | SessionReport() if self.ledger is not None:
                 # Durable first: a record is on disk before anyone hears of it.
                 try:

@@ -252,6 +252,10 @@ async def run_pile(config: PileConfig, can_log: str | None = None,
         return 2
     try:
         ledger = Ledger(config.ledger.path)
+        # Before anything else: sessions a killed agent left open, closed from their
+        # checkpoints (the energy up to the last one is kept).
+        for line in ledger.recover("agent restarted"):
+            print(f"ledger: closed a session left open: {line}", file=out)
     except LedgerError as exc:
         print(f"pile-agent run: ledger {config.ledger.path}: {exc}", file=sys.stderr)
         for bus in buses:

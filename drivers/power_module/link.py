@@ -2,17 +2,25 @@
 
 Thin on purpose: it writes what the core commanded and reports what the module measured. It
 does not retry, reconnect or schedule; ModuleBusOwner (owner.py) does that for one bus.
+
+What reaches the wire is decided by what this link wrote and the module acknowledged, never by
+the module's read-back of its own registers: a module whose read-back lies (0 where it holds a
+setpoint, an enabled output, closed K1/K2) must not keep a stop from being written. A command
+that makes the output safer (a lower current, output off, K1/K2 open) is re-asserted after
+every status read that shows it not held: its register reads back otherwise, or the output
+still carries current, or K1/K2 still read closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
+from agent.core import timing as T
 from agent.core.events import DriverError, ModuleLinkLost, ModuleStatus
 from drivers.power_module.codec import (
     MODE_CHARGE,
@@ -36,6 +44,11 @@ WATCHDOG_TIMEOUT_MS = 1000
 
 class ModuleLinkError(ConnectionError):
     """A request on the module bus failed (timeout, refused, exception response)."""
+
+
+class ModuleRefused(ModuleLinkError):
+    """The module answered a request with a Modbus exception: it refused that request, but
+    the link carries answers (no reason to drop it and reconnect)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +100,18 @@ class ModuleLink:
         self.config = config or LinkConfig()
         self.regmap = regmap or load_register_map()
         self._client: Any = None
-        # What the device holds, as far as we know (readback or acknowledged writes).
-        self._known: dict[int, int] = {}
+        # Words the module acknowledged since the link (re)connected: what it was told.
+        self._written: dict[int, int] = {}
+        # The latest command's word per register: what it should hold.
+        self._commanded: dict[int, int] = {}
         # Writes not yet acknowledged, one dict per command, oldest first.
         self._pending: list[dict[int, int]] = []
+        self.reasserted = 0  # safe-direction words written again because they were not held
+        self.refused = False  # the last poll was answered with an exception
         self.regmap["watchdog_timeout"].encode(self.config.watchdog_timeout_ms)  # fail early
+        self._enable = self.regmap["output_enable"].address
+        self._contactors = self.regmap["contactor_command"].address
+        self._setpoint = self.regmap["setpoint_current"].address
 
     @property
     def connected(self) -> bool:
@@ -114,9 +134,12 @@ class ModuleLink:
         if not ok:
             await self.close()
             raise ModuleLinkError(f"connect to {self._describe()} failed: {detail}")
-        self._known.clear()  # the module may have restarted: its registers are unknown
+        self._written.clear()  # the module may have restarted: what it holds is unknown
+        # Armed after what is queued: a stop that waited for the link goes out first.
         reg = self.regmap["watchdog_timeout"]
-        await self._write(reg.address, reg.encode(self.config.watchdog_timeout_ms))
+        words = dict(zip(reg.addresses, reg.encode(self.config.watchdog_timeout_ms),
+                         strict=True))
+        self._queue(words, words)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -124,49 +147,67 @@ class ModuleLink:
             client.close()
 
     def stage(self, cmd: ModuleCommand) -> None:
-        """Queue the registers of cmd that differ from the device. ValueError if cmd is invalid."""
+        """Queue the registers of cmd that the module was not told yet (or not since it
+        reconnected). ValueError if cmd is invalid."""
         mode_addr = self.regmap["mode"].address
         previous_mode = self._latest(mode_addr)
         encoded = encode_command(self.regmap, cmd, previous_mode)
+        self._commanded.update(encoded.words)
         words = {
             addr: word for addr, word in encoded.words.items()
-            if encoded.trigger or self._known.get(addr) != word
+            if encoded.trigger or self._written.get(addr) != word
         }
+        self._queue(words, encoded.words)
+
+    def _queue(self, words: dict[int, int], replaces: Iterable[int]) -> None:
         # Latest command wins per register; older entries keep their place for the rest.
         for entry in self._pending:
-            for addr in encoded.words:
+            for addr in replaces:
                 entry.pop(addr, None)
         self._pending = [entry for entry in self._pending if entry]
         if words:
             self._pending.append(words)
 
     async def flush(self) -> None:
-        """Write the queued registers in command order. Raises ModuleLinkError; keeps the rest."""
+        """Write the queued registers in command order. Raises ModuleLinkError; keeps the rest.
+
+        Consecutive commands whose registers form one contiguous run go out as one request
+        (an emergency's output-off and K1/K2-open together: the module takes both or
+        neither, and a link that answers late cannot hold back the second)."""
         while self._pending:
-            entry = self._pending[0]
-            for start, values in contiguous_runs(entry):
+            count, merged = 1, dict(self._pending[0])
+            while count < len(self._pending) and len(
+                    contiguous_runs({**merged, **self._pending[count]})) == 1 \
+                    and len(contiguous_runs(merged)) == 1:
+                merged.update(self._pending[count])
+                count += 1
+            for start, values in contiguous_runs(merged):
                 await self._write(start, values)
-                for offset in range(len(values)):
-                    entry.pop(start + offset)
-            self._pending.pop(0)
+                for entry in self._pending[:count]:
+                    for offset in range(len(values)):
+                        entry.pop(start + offset, None)
+            del self._pending[:count]
 
     async def apply(self, cmd: ModuleCommand) -> None:
         self.stage(cmd)
         await self.flush()
 
     async def poll(self, t: float) -> ModuleStatus | ModuleLinkLost:
-        """Read the whole register span once. Never raises: failures become ModuleLinkLost."""
+        """Read the whole register span once. Never raises: failures become ModuleLinkLost
+        (`refused` says whether the module answered with an exception)."""
         span = self.regmap.span
+        self.refused = False
         try:
             block = await self._read(span.start, len(span))
         except ModuleLinkError as exc:
+            self.refused = isinstance(exc, ModuleRefused)
             return ModuleLinkLost(t, str(exc))
         except Exception as exc:  # a driver bug must reach the core as a fault, not kill a task
             return ModuleLinkLost(t, f"unexpected {type(exc).__name__}: {exc}")
         status = decode_status(self.regmap, t, block)
         if isinstance(status, DriverError):
             return ModuleLinkLost(t, f"malformed status from {self._describe()}: {status.detail}")
-        self._known.update(command_readback(self.regmap, block))
+        self._reassert(command_readback(self.regmap, block), status)
         return status
 
     # -- internals --------------------------------------------------------------------------
@@ -177,11 +218,29 @@ class ModuleLink:
         # connect or in the library.
         return 2 * self.config.request_timeout_s
 
+    def _reassert(self, readback: dict[int, int], status: ModuleStatus) -> None:
+        """Write again each safe-direction command the module does not hold (I16)."""
+        words: dict[int, int] = {}
+        enable = self._commanded.get(self._enable)
+        contactors = self._commanded.get(self._contactors)
+        if enable == 0 and (readback.get(self._enable) != 0
+                            or abs(status.output_current_a) > T.CONTACTOR_OPEN_CURRENT_A):
+            words[self._enable] = 0
+        if contactors == 0 and (readback.get(self._contactors) != 0
+                                or status.contactors_any_closed):
+            words[self._contactors] = 0
+        setpoint = self._commanded.get(self._setpoint)
+        if setpoint is not None and readback.get(self._setpoint, setpoint) > setpoint:
+            words[self._setpoint] = setpoint
+        if words and not any(addr in entry for entry in self._pending for addr in words):
+            self.reasserted += len(words)
+            self._queue(words, words)
+
     def _latest(self, address: int) -> int:
         for entry in reversed(self._pending):
             if address in entry:
                 return entry[address]
-        return self._known.get(address, MODE_CHARGE)
+        return self._written.get(address, MODE_CHARGE)
 
     def _describe(self) -> str:
         if isinstance(self.target, TcpTarget):
@@ -201,7 +260,7 @@ class ModuleLink:
             raise ModuleLinkError(f"{what}: {type(exc).__name__}: {exc}") from exc
         if response.isError():
             code = getattr(response, "exception_code", "?")
-            raise ModuleLinkError(f"{what}: {self._describe()} answered exception {code}")
+            raise ModuleRefused(f"{what}: {self._describe()} answered exception {code}")
         return response
 
     async def _write(self, address: int, values: Sequence[int]) -> None:
@@ -211,7 +270,7 @@ class ModuleLink:
                 address, list(values), device_id=self.config.unit_id
             ),
         )
-        self._known.update(zip(range(address, address + len(values)), values, strict=True))
+        self._written.update(zip(range(address, address + len(values)), values, strict=True))
 
     async def _read(self, address: int, count: int) -> list[int]:
         response = await self._request(

@@ -17,11 +17,14 @@ from typing import Protocol
 
 from agent.core.events import DriverError, Event, ModuleLinkLost
 from drivers.power_module.codec import SOURCE, ModuleCommand
-from drivers.power_module.link import ModuleLink, ModuleLinkError
+from drivers.power_module.link import ModuleLink, ModuleLinkError, ModuleRefused
 
 # 100 ms: EVerest polls UUGreen modules' V/I every 100 ms (UUGreenCanDevice.cpp); the State Grid
 # module refreshes V/I at <= 200 ms, so polling faster shows nothing new (safety-limits.md §1.6).
 POLL_PERIOD_S = 0.1
+# A write the module refused (an exception answer) is tried again at once this many times: a
+# stop must not wait for the next poll because the module refused one request.
+REFUSED_WRITE_RETRIES = 2
 # First retry quickly (a restarted TCP server is back within ~1 s), then double up to 2 s so a
 # dead module costs at most one connect attempt (bounded by the request timeout) every 2 s.
 BACKOFF_MIN_S = 0.1
@@ -74,13 +77,16 @@ class ModuleBusOwner:
         if not await self._ensure_connected(t, events):
             return events
         try:
-            await self.link.flush()
+            await self._flush(t, events)
         except ModuleLinkError as exc:
             await self._lost(t, str(exc), events)
             return events
         status = await self.link.poll(t)
         if isinstance(status, ModuleLinkLost):
-            await self._lost(t, status.detail, events)
+            if self.link.refused:
+                events.append(status)
+            else:
+                await self._lost(t, status.detail, events)
         else:
             self._backoff_s = self.backoff_min_s
             events.append(status)
@@ -141,6 +147,8 @@ class ModuleBusOwner:
 
     async def _lost(self, t: float, detail: str, events: list[Event]) -> None:
         # Close even on a mere timeout: a late answer on RTU would be taken for the next one.
+        # (An exception answer is an answer: the link stays, and what failed is retried at
+        # the next service without a back-off.)
         await self.link.close()
         self._next_connect_t = t + self._backoff_s
         events.append(ModuleLinkLost(t, f"{detail}; reconnect in {self._backoff_s:g} s"))
@@ -150,10 +158,22 @@ class ModuleBusOwner:
         events = self._stage_queued(t)
         if self.link.connected and self.link.pending_writes:
             try:
-                await self.link.flush()
+                await self._flush(t, events)
             except ModuleLinkError as exc:
                 await self._lost(t, str(exc), events)
         return events
+
+    async def _flush(self, t: float, events: list[Event]) -> None:
+        """The queued writes; a refused one is reported and tried again at once (up to
+        REFUSED_WRITE_RETRIES), then left queued for the next service. Raises
+        ModuleLinkError for a link that did not answer."""
+        for attempt in range(REFUSED_WRITE_RETRIES + 1):
+            try:
+                await self.link.flush()
+                return
+            except ModuleRefused as exc:
+                if attempt == 0:
+                    events.append(ModuleLinkLost(t, str(exc)))
 
     async def _sleep_or_wake(self, clock: Clock, seconds: float) -> None:
         if self._wake is None or self._queue:
