@@ -1094,7 +1094,10 @@ class SafetyWorld:
         accepted on one side and refused on the other."""
         issued, expires = self.t - age, self.t + ttl
         policy = self.s.upstream.policy
-        valid = (math.isfinite(amps) and abs(amps) <= RATINGS.max_current_a
+        # Each direction within its own rating: a discharge beyond the gun's discharge
+        # rating (any, on a charge-only gun) is refused, as the station answers upstream.
+        rated = self.ratings.max_current_a if amps >= 0 else self.ratings.max_discharge_current_a
+        valid = (math.isfinite(amps) and abs(amps) <= rated
                  and not self.t - issued > policy.max_delivery_age_s and expires > self.t
                  and not expires - self.t > policy.max_validity_s
                  and not self.t - self.upstream_accepted_t < policy.min_interval_s)

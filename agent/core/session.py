@@ -75,7 +75,7 @@ from agent.core.states import STOPPABLE, TRANSITIONS, State, Trigger
 from agent.core.steps import SequenceSteps
 from agent.core.thermal_guard import ThermalSupervisor
 from agent.core.transfer_control import TransferControl
-from agent.core.upstream import UpstreamArbiter, UpstreamPolicy
+from agent.core.upstream import UpstreamArbiter, UpstreamPolicy, setpoint_ratings
 from agent.core.vehicle_view import NO_VEHICLE
 
 _ENERGISED = (State.INSULATION_CHECK, State.PRECHARGE, State.CHARGING, State.STOPPING)
@@ -105,7 +105,8 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
         self.safety = SafetySupervisor()
         self.upstream = UpstreamArbiter(
             upstream or UpstreamPolicy(), ratings.max_current_a,
-            max(ratings.max_power_w, ratings.max_discharge_power_w), ratings.min_voltage_v)
+            max(ratings.max_power_w, ratings.max_discharge_power_w), ratings.min_voltage_v,
+            ratings=setpoint_ratings(ratings))
         self.thermal = thermal
         self.require_safety_io = require_safety_io
         self.thermal_limit_a = math.inf

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from agent.core.events import DroopSet, UpstreamCleared, UpstreamLimit, UpstreamSetpoint
 from agent.core.frequency_watt import FrequencyDroop, FreqWattCurve
+from agent.core.ratings import GunRatings
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,43 @@ class UpstreamPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class SetpointRatings:
+    """What a gun can do, per direction, in each unit an upstream setpoint comes in. The
+    arbiter refuses a setpoint beyond it, and so do the edges (OCPP Rejected, SunSpec
+    exception 03): upstream hears 'no' for what the station will not do (issue 21)."""
+
+    charge_a: float = math.inf
+    charge_w: float = math.inf
+    discharge_a: float = math.inf  # 0: a charge-only gun
+    discharge_w: float = math.inf
+
+
+def setpoint_ratings(r: GunRatings) -> SetpointRatings:
+    return SetpointRatings(r.max_current_a, r.max_power_w, r.max_discharge_current_a,
+                           r.max_discharge_power_w)
+
+
+def setpoint_problem(setpoint: float | None, unit: str, ratings: SetpointRatings) -> str:
+    """Why a signed setpoint (+ = into the vehicle) is beyond the gun, or ""."""
+    if setpoint is None:
+        return ""
+    if not math.isfinite(setpoint):
+        return "not a finite number"
+    if unit not in ("A", "W"):
+        return f"unit {unit!r} is neither A nor W"
+    if setpoint >= 0:
+        rated = ratings.charge_a if unit == "A" else ratings.charge_w
+        what = "charge"
+    else:
+        rated = ratings.discharge_a if unit == "A" else ratings.discharge_w
+        what = "discharge"
+    if abs(setpoint) > rated:
+        return f"{what} setpoint {abs(setpoint):g} {unit} above the gun's rated {what} " \
+               f"{rated:g} {unit}"
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamDecision:
     accepted: bool
     reason: str
@@ -83,12 +121,17 @@ class UpstreamArbiter:
     rated_current_a: float
     rated_power_w: float
     min_voltage_v: float
+    # Per direction (None: rated_current_a / rated_power_w both ways).
+    ratings: SetpointRatings | None = None
     offers: dict[str, _Offer] = field(default_factory=dict)
     frequency: tuple[float, float] | None = None  # (Hz, sampled at)
     droop: FrequencyDroop | None = None  # the policy's, until upstream sets another
 
     def __post_init__(self) -> None:
         self.droop = self.policy.droop
+        if self.ratings is None:
+            self.ratings = SetpointRatings(self.rated_current_a, self.rated_power_w,
+                                           self.rated_current_a, self.rated_power_w)
 
     # ---- input --------------------------------------------------------------------
 
@@ -135,8 +178,10 @@ class UpstreamArbiter:
         if sp.unit not in ("A", "W"):
             return f"unit {sp.unit!r} is neither A nor W"
         rated = self.rated_current_a if sp.unit == "A" else self.rated_power_w
-        if sp.setpoint is not None and abs(sp.setpoint) > rated:
-            return f"|{sp.setpoint} {sp.unit}| above the rated {rated} {sp.unit}"
+        assert self.ratings is not None
+        beyond = setpoint_problem(sp.setpoint, sp.unit, self.ratings)
+        if beyond:
+            return beyond
         if sp.charge_limit < 0 or sp.discharge_limit < 0:
             return "a limit below 0 (limits are magnitudes)"
         if sp.freq_watt_curve:

@@ -31,6 +31,7 @@ from agent.core.module_pool import ModulePool
 from agent.core.pile import PileCoordinator, gives_less
 from agent.core.session import GunSession
 from agent.core.thermal_guard import ThermalSupervisor
+from agent.core.upstream import setpoint_ratings
 from agent.ledger.outbox import Outbox
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import MonotonicClock
@@ -98,7 +99,8 @@ async def _start_ems(config: PileConfig, session: GunSession,
         EmsControls(EmsSettings(allow_discharge=e.allow_discharge,
                                 default_validity_s=e.default_validity_s,
                                 heartbeat_timeout_s=e.heartbeat_timeout_s,
-                                min_interval_s=config.upstream.min_interval_s)),
+                                min_interval_s=config.upstream.min_interval_s,
+                                ratings=setpoint_ratings(config.gun))),
         lambda: ems_snapshot(session, serial, int(clock.now())), clock.now,
         allowed_writers=e.allowed_writers, unit_id=e.unit_id)
     try:
@@ -119,7 +121,8 @@ def _ocpp_bridge(config: PileConfig, session: GunSession,
     client = OcppClient(OcppSettings(
         url=o.url, station_id=o.station_id, password=o.password or None,
         ca_file=o.ca_file or None, cert_file=o.cert_file or None, key_file=o.key_file or None,
-        rated_power_w=max(config.gun.max_power_w, config.gun.max_discharge_power_w)),
+        rated_power_w=max(config.gun.max_power_w, config.gun.max_discharge_power_w),
+        ratings=setpoint_ratings(config.gun)),
         outbox, time.time)
     return OcppBridge(client, session, time.time, meter_interval_s=o.meter_interval_s)
 

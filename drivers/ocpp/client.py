@@ -33,7 +33,9 @@ from ocpp.v21.datatypes import (
 )
 from ocpp.v21.enums import Action
 
+from agent.core.upstream import SetpointRatings, setpoint_problem
 from agent.ledger.outbox import Outbox
+from drivers.ocpp import rpc_frames
 from drivers.ocpp.profiles import Offer, ProfileStore, Rejection, parse_profile
 
 log = logging.getLogger("pile_agent.ocpp")
@@ -53,6 +55,9 @@ class OcppSettings:
     vendor: str = "pile-agent"
     model: str = "V2G DC pile"
     rated_power_w: float = 0.0
+    # The gun's ratings per direction: a setpoint beyond them is Rejected, as the core's
+    # arbiter would refuse it (agent/core/upstream.py setpoint_problem).
+    ratings: SetpointRatings = field(default_factory=SetpointRatings)
     # More SetChargingProfile requests per second than this: RateLimitExceeded (2.1).
     profiles_per_s: float = 1.0
 
@@ -90,6 +95,30 @@ class _Station(ChargePoint):  # type: ignore[misc]
     """The ocpp handlers; the state lives in the client."""
 
     owner: OcppClient
+
+    async def route_message(self, raw: str | bytes) -> None:
+        """Every frame answered (drivers/ocpp/rpc_frames.py): a bad frame, an action this
+        station does not implement or a payload its schema refuses gets its CALLERROR and
+        one log line; a SEND gets none; a handler's own failure is an InternalError."""
+        frame = rpc_frames.parse(raw)
+        if isinstance(frame, rpc_frames.Frame) and frame.type_id == rpc_frames.CALL:
+            frame = rpc_frames.action_error(frame, frozenset(self.route_map)) or frame
+        if isinstance(frame, rpc_frames.FrameError):
+            log.warning("refused a frame: %s: %s", frame.code, frame.description)
+            await self._send(frame.call_error())
+            return
+        if frame.type_id in (rpc_frames.SEND, rpc_frames.CALLRESULTERROR):
+            log.info("frame %d (%s) from the central system: nothing to answer",
+                     frame.type_id, frame.action or frame.message_id)
+            return
+        try:
+            await super().route_message(raw)
+        except Exception as exc:  # a handler's bug must not end the link or go unanswered
+            log.error("handling %s failed: %s: %s", frame.action or frame.message_id,
+                      type(exc).__name__, exc)
+            if frame.type_id == rpc_frames.CALL:
+                await self._send(rpc_frames.FrameError(
+                    frame.message_id, "InternalError", f"{type(exc).__name__}").call_error())
 
     @on(Action.set_charging_profile)  # type: ignore[untyped-decorator]
     def _set_profile(self, evse_id: int, charging_profile: dict[str, Any],
@@ -219,6 +248,12 @@ class OcppClient:
             return _rejected(profile.reason_code, profile.info)
         if evse_id == 0 and profile.purpose.startswith("Tx"):
             return _rejected("InvalidValue", "a Tx profile needs an EVSE")
+        beyond = next((why for q in profile.periods
+                       if (why := setpoint_problem(q.setpoint, profile.unit,
+                                                   self.settings.ratings))), "")
+        if beyond:
+            self.log.append(f"profile rejected: InvalidValue: {beyond}")
+            return _rejected("InvalidValue", beyond)
         self._profile_times.append(now)
         self.store.set(profile)
         return call_result.SetChargingProfile(status="Accepted")

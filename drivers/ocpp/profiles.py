@@ -11,7 +11,9 @@ What is checked on SetChargingProfile (rejected with status Rejected and a reaso
 - a setpoint outside [dischargeLimit, limit] (V2X rule);
 - a mode the purpose does not allow (`MODES_BY_PURPOSE`, [V]: to check against the
   spec's table);
-- a TxProfile without a running transaction, or for another one.
+- a TxProfile without a running transaction, or for another one;
+- a profile already over when it arrives (validTo passed, an Absolute schedule ended): it
+  would displace a live profile and never apply (issue 21).
 
 `ProfileStore.offers` turns what is valid now into two offers for the core's upstream
 arbiter: `ocpp:max` (ChargingStationMaxProfile and ExternalConstraints: limits only) and
@@ -138,14 +140,23 @@ def _parse(raw: Mapping[str, Any], received: float,
     if not periods or starts[0] != 0 or starts != sorted(set(starts)):
         return Rejection("InvalidSchedule", "periods must start at 0 and increase")
     duration = sched.get("duration")
+    valid_to = epoch(raw.get("valid_to")) or math.inf
+    if valid_to <= received:
+        # Accepted, it would displace a live profile of its purpose and stack level and
+        # never apply: the gun would lose its limit (issue 21). K01: Rejected [V].
+        return Rejection("InvalidValue", f"validTo {raw.get('valid_to')} already passed")
+    start = epoch(sched.get("start_schedule")) if kind != "Dynamic" \
+        else epoch(raw.get("dyn_update_time")) or received
+    if kind == "Absolute" and start is not None and duration is not None \
+            and start + float(duration) <= received:
+        return Rejection("InvalidSchedule", "the schedule ended before it was received "
+                                            f"(start {sched.get('start_schedule')}, "
+                                            f"{duration} s)")
     return Profile(
         id=int(raw["id"]), stack_level=int(raw["stack_level"]), purpose=purpose, kind=kind,
         unit=unit, periods=tuple(periods),
-        start=epoch(sched.get("start_schedule")) if kind != "Dynamic"
-        else epoch(raw.get("dyn_update_time")) or received,
-        duration_s=float(duration) if duration is not None else None,
-        valid_from=epoch(raw.get("valid_from")) or -math.inf,
-        valid_to=epoch(raw.get("valid_to")) or math.inf,
+        start=start, duration_s=float(duration) if duration is not None else None,
+        valid_from=epoch(raw.get("valid_from")) or -math.inf, valid_to=valid_to,
         transaction_id=tx, received=received,
         max_offline_s=float(raw["max_offline_duration"])
         if raw.get("max_offline_duration") is not None else None)

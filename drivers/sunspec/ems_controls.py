@@ -10,8 +10,10 @@ offer; this module only says what the EMS asked for, in the agent's units and si
   configured default), renewed by every write (SunSpec reversion: the EMS must refresh).
 - 702 WChaRteMax/WDisChaRteMax: charge and discharge limits in W.
 - 711 Ena/DbOf/DbUf/KOf/KUf: the frequency droop (`DroopSet`).
-- 715 ControllerHb: the EMS's heartbeat; silent for `heartbeat_timeout_s`: its offer is
-  withdrawn. OpCtl STOP: limits of 0 W both ways (the DER is stopped, the session stays).
+- 715 ControllerHb: the EMS's heartbeat; silent for `heartbeat_timeout_s`: its whole offer
+  (setpoint and limits) is withdrawn at once, so the gun goes to the fallback, and nothing
+  is offered until the heartbeat moves again (writes meanwhile are kept for then). OpCtl
+  STOP: limits of 0 W both ways (the DER is stopped, the session stays).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from agent.core.events import DroopSet, Event, UpstreamCleared, UpstreamSetpoint
+from agent.core.upstream import SetpointRatings, setpoint_problem
 from drivers.sunspec.codec import ILLEGAL_DATA_VALUE, Written
 
 OP_STOP, OP_START = 0, 1
@@ -33,6 +36,9 @@ class EmsSettings:
     default_validity_s: float = 60.0  # when the EMS never wrote WSetRvrtTms
     heartbeat_timeout_s: float = 0.0  # 0: the heartbeat is served but not watched
     min_interval_s: float = 1.0  # the core's per-source rate limit (UpstreamPolicy)
+    # The gun's ratings per direction: a WSet beyond them is refused (exception 03) as the
+    # core's arbiter would refuse it (agent/core/upstream.py setpoint_problem).
+    ratings: SetpointRatings = field(default_factory=SetpointRatings)
 
 
 @dataclass
@@ -49,6 +55,7 @@ class EmsControls:
     droop: float = 0.05
     controller_hb: int | None = None
     hb_changed_at: float = 0.0
+    hb_lost: bool = False  # the heartbeat went silent: nothing is offered until it moves
     expires_at: float = 0.0
     pending: bool = False
     droop_pending: bool = False
@@ -58,10 +65,16 @@ class EmsControls:
 
     def on_write(self, t: float, written: list[Written]) -> int | None:
         """Apply one accepted Modbus write; a Modbus exception code refuses all of it."""
-        for w in written:
-            if w.point.write == "wset_w" and w.value < 0 and not self.settings.allow_discharge:
+        for w in written:  # every point of the write, not only its first
+            if w.point.write != "wset_w":
+                continue
+            if w.value < 0 and not self.settings.allow_discharge:
                 self.log.append(f"{t:.1f} s refused WSet {-w.value:.0f} W: discharge not "
                                 "enabled for the EMS")
+                return ILLEGAL_DATA_VALUE
+            beyond = setpoint_problem(w.value, "W", self.settings.ratings)
+            if beyond:
+                self.log.append(f"{t:.1f} s refused WSet: {beyond}")
                 return ILLEGAL_DATA_VALUE
         for w in written:
             self._apply(t, w.point.write, w.value)
@@ -92,6 +105,10 @@ class EmsControls:
             case "controller_heartbeat":
                 if int(value) != self.controller_hb:
                     self.controller_hb, self.hb_changed_at = int(value), t
+                    if self.hb_lost:
+                        self.hb_lost, self.pending = False, True
+                        self.log.append(f"{t:.1f} s EMS heartbeat back: its controls apply "
+                                        "again")
             case _:
                 pass  # alarm_reset: nothing latches on the EMS side
 
@@ -99,13 +116,19 @@ class EmsControls:
         out: list[Event] = []
         s = self.settings
         if s.heartbeat_timeout_s > 0 and self.controller_hb is not None \
-                and t - self.hb_changed_at > s.heartbeat_timeout_s:
-            self.log.append(f"{t:.1f} s EMS heartbeat silent for {s.heartbeat_timeout_s} s")
-            self.controller_hb, self.wset_enabled, self.pending = None, False, True
+                and not self.hb_lost and t - self.hb_changed_at > s.heartbeat_timeout_s:
+            # Withdrawn whole and at once (not rate-limited): losing the EMS may only move
+            # the gun to the fallback, never leave its limits standing as if it were live.
+            self.hb_lost, self.pending = True, False
+            self.log.append(f"{t:.1f} s EMS heartbeat silent for {s.heartbeat_timeout_s:g} s: "
+                            "its setpoint and limits withdrawn (fallback)")
+            if self.offered:
+                self.offered = False
+                out.append(UpstreamCleared(t, s.source))
         if self.droop_pending:
             self.droop_pending = False
             out.append(DroopSet(t, s.source, self.droop_enabled, self.dead_band_hz, self.droop))
-        if not self.pending or t - self.last_sent < s.min_interval_s:
+        if self.hb_lost or not self.pending or t - self.last_sent < s.min_interval_s:
             return out
         self.pending, self.last_sent = False, t
         stopped = self.op_ctl == OP_STOP

@@ -1,0 +1,136 @@
+"""Every frame a central system sends gets an answer (issue 21): a raw-websocket central
+system, written here from OCPP-J (OCPP 2.1 Part 4) with `websockets` and `json` only (not the
+`ocpp` package the station uses), sends malformed frames, unknown and unimplemented actions
+and schema-breaking payloads, and checks each CALLERROR's code; a SEND gets no answer; no
+traceback reaches stderr (one log line per bad frame)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import websockets
+
+from agent.ledger.outbox import Outbox
+from drivers.ocpp.client import OcppClient, OcppSettings
+
+CASES: list[tuple[str, str | bytes, str, str]] = [
+    # (what, the frame, the errorCode expected, the MessageId expected in the answer)
+    ("not JSON", "this is not json", "RpcFrameworkError", "-1"),
+    ("binary frame", b"\x02\x00\xff", "RpcFrameworkError", "-1"),
+    ("not an array", '{"a": 1}', "RpcFrameworkError", "-1"),
+    ("CALL of 3 members", '[2, "m1", "Reset"]', "RpcFrameworkError", "m1"),
+    ("CALL with a list payload", '[2, "m2", "Reset", []]', "RpcFrameworkError", "m2"),
+    ("unknown type 9", '[9, "m3", "Reset", {}]', "MessageTypeNotSupported", "m3"),
+    ("MessageId of 37", '[2, "' + "x" * 37 + '", "Reset", {"type": "OnIdle"}]',
+     "RpcFrameworkError", "-1"),
+    ("unknown action", '[2, "m4", "MakeCoffee", {}]', "NotImplemented", "m4"),
+    ("GetCompositeSchedule", '[2, "m5", "GetCompositeSchedule", {"duration": 60, "evseId": 1}]',
+     "NotSupported", "m5"),
+    ("GetBaseReport", '[2, "m6", "GetBaseReport", {"requestId": 1, "reportBase": "FullInventory"}]',
+     "NotSupported", "m6"),
+    ("ChangeAvailability", '[2, "m7", "ChangeAvailability", {"operationalStatus": "Inoperative"}]',
+     "NotSupported", "m7"),
+    ("UnlockConnector", '[2, "m8", "UnlockConnector", {"evseId": 1, "connectorId": 1}]',
+     "NotSupported", "m8"),
+    ("DataTransfer", '[2, "m9", "DataTransfer", {"vendorId": "x"}]', "NotSupported", "m9"),
+    ("AFRRSignal", '[2, "m10", "AFRRSignal", {"timestamp": "2026-12-06T09:00:00Z", '
+     '"signal": 1}]', "NotSupported", "m10"),
+    ("required field missing", '[2, "m11", "Reset", {}]', "OccurrenceConstraintViolation",
+     "m11"),
+    ("enum outside", '[2, "m12", "Reset", {"type": "Sometime"}]',
+     "PropertyConstraintViolation", "m12"),
+    ("wrong type", '[2, "m13", "Reset", {"type": 7}]', "TypeConstraintViolation", "m13"),
+]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class RawCsms:
+    """A central system of a few lines: answers the station's CALLs it needs for boot and
+    keeps every other frame the station sends."""
+
+    def __init__(self) -> None:
+        self.ws: Any = None
+        self.connected = asyncio.Event()
+        self.frames: asyncio.Queue[list[Any]] = asyncio.Queue()
+
+    async def handler(self, ws: Any) -> None:
+        self.ws = ws
+        self.connected.set()
+        async for raw in ws:
+            msg = json.loads(raw)
+            if msg[0] == 2:  # the station's CALL: answer what boot needs
+                answers = {"BootNotification": {"currentTime": _now(), "interval": 300,
+                                                "status": "Accepted"},
+                           "Heartbeat": {"currentTime": _now()}}
+                await ws.send(json.dumps([3, msg[1], answers.get(msg[2], {})]))
+            else:
+                await self.frames.put(msg)
+
+    async def answer_to(self, frame: str | bytes, timeout: float = 3.0) -> list[Any] | None:
+        await self.ws.send(frame)
+        try:
+            return await asyncio.wait_for(self.frames.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+@contextlib.asynccontextmanager
+async def station_and_csms() -> AsyncIterator[RawCsms]:
+    csms = RawCsms()
+    async with websockets.serve(csms.handler, "127.0.0.1", 0,
+                                subprotocols=["ocpp2.1"]) as server:  # type: ignore[list-item]
+        port = server.sockets[0].getsockname()[1]
+        client = OcppClient(OcppSettings(url=f"ws://127.0.0.1:{port}/ocpp", station_id="RAW",
+                                         reconnect_s=0.1), Outbox(":memory:"),
+                            lambda: datetime.now(UTC).timestamp())
+        task = asyncio.create_task(client.run())
+        try:
+            await asyncio.wait_for(csms.connected.wait(), 10.0)
+            await asyncio.sleep(0.3)  # boot and the first status are through
+            yield csms
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def test_every_bad_frame_gets_its_callerror(capfd: pytest.CaptureFixture[str],
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> list[tuple[str, list[Any] | None]]:
+        got = []
+        async with station_and_csms() as csms:
+            for what, frame, _code, _mid in CASES:
+                got.append((what, await csms.answer_to(frame)))
+            # 2.1's SEND is never answered, whatever its action.
+            got.append(("SEND", await csms.answer_to('[6, "s1", "NotifyPeriodicEventStream", '
+                                                      '{}]', timeout=0.5)))
+            # The link survived all of it: a good CALL is still answered.
+            got.append(("good", await csms.answer_to('[2, "ok", "Reset", {"type": "OnIdle"}]')))
+        return got
+
+    with caplog.at_level(logging.INFO):
+        got = asyncio.run(run())
+    answers = dict(got)
+    for what, _frame, code, mid in CASES:
+        answer = answers[what]
+        assert answer is not None, f"{what}: no answer"
+        assert answer[0] == 4 and answer[1] == mid and answer[2] == code, (what, answer)
+        assert len(answer) == 5 and isinstance(answer[3], str) and answer[4] == {}, answer
+    assert answers["SEND"] is None
+    good = answers["good"]
+    assert good is not None and good[:2] == [3, "ok"], good
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
+    lines = [r for r in caplog.records if r.name == "pile_agent.ocpp"
+             and "refused a frame" in r.getMessage()]
+    assert len(lines) == len(CASES), [r.getMessage() for r in lines]
