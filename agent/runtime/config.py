@@ -144,6 +144,8 @@ class EmsConfig:
     allow_discharge: bool = False  # WSet injection (discharge) refused unless true
     default_validity_s: float = 60.0  # a WSet without WSetRvrtTms lapses after this
     heartbeat_timeout_s: float = 0.0  # 715 ControllerHb watched when > 0
+    # Model 1 SN: this pile's serial (unset: the OCPP station id, else "gun<charger number>")
+    serial_number: str = ""
 
 
 def parse_ems(table: object) -> EmsConfig:
@@ -165,6 +167,8 @@ def parse_ems(table: object) -> EmsConfig:
         raise ConfigError(f"ems.host: {ems.host!r} is not an IP address") from exc
     if not 0 < ems.port < 65536 or not 1 <= ems.unit_id <= 247:
         raise ConfigError("ems: port must be 1-65535 and unit_id 1-247")
+    if len(ems.serial_number) > 32 or not ems.serial_number.isascii():
+        raise ConfigError("ems.serial_number: at most 32 ASCII characters (SunSpec model 1 SN)")
     if not 1 <= ems.default_validity_s <= 900 or not 0 <= ems.heartbeat_timeout_s <= 3600:
         raise ConfigError("ems: default_validity_s must be 1-900 (the upstream validity "
                           "ceiling), heartbeat_timeout_s 0-3600")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from agent.core.ratings import offers_v2g
 from agent.core.session import GunSession
 from agent.core.states import State
 
@@ -16,7 +17,11 @@ try:
     VERSION = metadata.version("pile-agent")
 except metadata.PackageNotFoundError:  # run from a source tree that was never installed
     VERSION = "unknown"
-SUNSPEC_MODES = 0b1  # 702 CtrlModes: bit 0 MaxW; the map serves WSet (704) and 711
+# 702 CtrlModes (SunSpec's bit names): the map serves WSet (704, FIXED_W, bit 1) and the
+# frequency droop (711, FREQ_WATT, bit 5 [V]); not WMaxLimPct (MAX_W, bit 0).
+SUNSPEC_MODES = (1 << 1) | (1 << 5)
+# 714 Prt.PrtTyp: EV 2 for a charge-only gun, BIDIR 5 for one that discharges (PV is 0).
+PORT_EV, PORT_BIDIRECTIONAL = 2, 5
 
 
 def ems_snapshot(session: GunSession, serial: str, der_heartbeat: int
@@ -50,9 +55,12 @@ def ems_snapshot(session: GunSession, serial: str, der_heartbeat: int
         "vehicle_soc_pct": view.soc_pct,
         "storage_state": 2.0 if alarms else 0.0,
         "ports": 1.0, "zero": 0.0, "one": 1.0, "der_heartbeat": float(der_heartbeat),
+        # 714's model-level DC figures: the sum over its ports (one gun here).
+        "dc_current_a": st.output_current_a if st is not None else None, "dc_power_w": dc_w,
     }
     port: dict[str, float | str | None] = {
-        "port_type": 0.0, "port_id": float(r.charger_number), "port_name": "gun 1",
+        "port_type": float(PORT_BIDIRECTIONAL if offers_v2g(r) else PORT_EV),
+        "port_id": float(r.charger_number), "port_name": f"gun {r.charger_number}",
         "dc_current_a": st.output_current_a if st is not None else None,
         "dc_voltage_v": st.output_voltage_v if st is not None else None,
         "dc_power_w": dc_w, "energy_to_vehicle_wh": to_wh, "energy_from_vehicle_wh": from_wh,

@@ -93,7 +93,7 @@ async def _start_ems(config: PileConfig, session: GunSession,
     if not e.enabled:
         return None
     base, models = load_map()
-    serial = f"{config.gun.charger_number}"
+    serial = e.serial_number or config.ocpp.station_id or f"gun{config.gun.charger_number}"
     server = SunSpecServer(
         layout(base, models, n_ports=1),
         EmsControls(EmsSettings(allow_discharge=e.allow_discharge,

@@ -25,6 +25,7 @@ from drivers.sunspec.codec import Layout, Snapshot, decode_write, encode_image
 from drivers.sunspec.ems_controls import EmsControls
 
 _FC_READS = (3, 4)
+_FC_WRITES = (6, 16)  # write single register, write multiple registers
 _PEER: contextvars.ContextVar[str] = contextvars.ContextVar("sunspec_peer", default="")
 
 SnapshotSource = Callable[[], tuple[Snapshot, Sequence[Snapshot]]]
@@ -102,6 +103,10 @@ class SunSpecServer:
     async def _action(self, function_code: int, start_address: int, address: int, count: int,
                       current_registers: list[int],
                       set_values: list[int] | list[bool] | None) -> ExcCodes | None:
+        if function_code not in (*_FC_READS, *_FC_WRITES):
+            # Coils, discrete inputs and the rest: the map is registers only (a coil read
+            # once answered with the bits of "SunS").
+            return ExcCodes.ILLEGAL_FUNCTION
         if function_code in _FC_READS or set_values is None:
             current_registers[: self.layout.size] = self.image()
             return None
