@@ -10,7 +10,7 @@ import sys
 import time
 
 from agent.ledger.outbox import Outbox
-from drivers.ocpp.client import OcppClient, OcppSettings
+from drivers.ocpp.client import OcppClient, OcppSettings, SampledValue
 
 
 async def main(path: str, url: str, mode: str) -> None:
@@ -21,8 +21,10 @@ async def main(path: str, url: str, mode: str) -> None:
     if mode == "write":
         i = 0
         while True:
+            value = SampledValue("Energy.Active.Import.Register", float(i), "Wh",
+                                 "Sample.Periodic")
             seq = client.transaction_event("Updated", "MeterValuePeriodic", "tx-kill",
-                                           meter={"Energy.Active.Import.Register": float(i)})
+                                           meter=[value])
             print(seq, flush=True)
             i += 1
             await asyncio.sleep(0.002)

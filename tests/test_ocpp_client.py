@@ -19,7 +19,13 @@ import pytest
 from ocpp.v21 import call
 
 from agent.ledger.outbox import Outbox
-from drivers.ocpp.client import OcppClient, OcppSettings, Reset, StopTransaction
+from drivers.ocpp.client import (
+    OcppClient,
+    OcppSettings,
+    Reset,
+    SampledValue,
+    StopTransaction,
+)
 from drivers.ocpp.profiles import (
     MODES,
     MODES_BY_PURPOSE,
@@ -151,11 +157,16 @@ def test_boot_status_smart_charging_and_the_device_model(tmp_path: Path) -> None
                 [offer] = [o for o in client.offers() if o.source == "ocpp:tx"]
                 assert (offer.setpoint, offer.charge_limit, offer.discharge_limit, offer.unit) \
                     == (-20_000.0, 50_000.0, 30_000.0, "W")
-                # A second profile within the second: RateLimitExceeded (OCPP 2.1).
+                # A second TxProfile for the EVSE within the second: RateLimitExceeded
+                # (OCPP 2.1); the rate is per EVSE and purpose, so the station's maximum
+                # profile right after it is taken (at the rating: it limits nothing here).
                 r = await side.call(call.SetChargingProfile(evse_id=1, charging_profile=profile(
-                    8, "ChargingStationMaxProfile", [period("ChargingOnly", limit=90_000.0)])))
+                    10, "TxProfile", [period("ChargingOnly", limit=90_000.0)], tx="tx-1")))
                 assert r.status == "Rejected" and r.status_info["reason_code"] == \
                     "RateLimitExceeded"
+                r = await side.call(call.SetChargingProfile(evse_id=0, charging_profile=profile(
+                    11, "ChargingStationMaxProfile", [period("ChargingOnly", limit=1e6)])))
+                assert r.status == "Accepted", r
                 await asyncio.sleep(1.05)
                 r = await side.call(call.SetChargingProfile(evse_id=0, charging_profile=profile(
                     8, "ChargingStationMaxProfile", [period("CentralSetpoint", setpoint=1.0)])))
@@ -213,8 +224,10 @@ def test_boot_status_smart_charging_and_the_device_model(tmp_path: Path) -> None
                 await csms.wait_for("Heartbeat", beats + 1)
 
                 client.transaction_event("Ended", "StopAuthorized", "tx-1",
-                                         meter={"Energy.Active.Import.Register": 1234.5,
-                                                "Energy.Active.Export.Register": 321.0},
+                                         meter=[SampledValue("Energy.Active.Import.Register",
+                                                             1234.5, "Wh", "Transaction.End"),
+                                                SampledValue("Energy.Active.Export.Register",
+                                                             321.0, "Wh", "Transaction.End")],
                                          stopped_reason="Remote")
                 await csms.wait_for("TransactionEvent", 2)
                 assert not [o for o in client.offers() if o.source == "ocpp:tx"], \
@@ -291,7 +304,9 @@ def test_offline_events_are_replayed_in_order_and_max_offline_duration_lapses(
             await until(lambda: not client.online)
             for i in range(20):
                 client.transaction_event("Updated", "MeterValuePeriodic", "tx-9",
-                                         meter={"Energy.Active.Export.Register": float(i)})
+                                         meter=[SampledValue("Energy.Active.Export.Register",
+                                                             float(i), "Wh",
+                                                             "Sample.Periodic")])
             assert any(o.source == "ocpp:tx" for o in client.offers())  # within 1 s
             await asyncio.sleep(1.2)
             assert not any(o.source == "ocpp:tx" for o in client.offers()), \

@@ -134,3 +134,60 @@ def test_every_bad_frame_gets_its_callerror(capfd: pytest.CaptureFixture[str],
     lines = [r for r in caplog.records if r.name == "pile_agent.ocpp"
              and "refused a frame" in r.getMessage()]
     assert len(lines) == len(CASES), [r.getMessage() for r in lines]
+
+
+# ---- what the station sends conforms ------------------------------------------------------
+
+def _as_sent(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload as it goes on the wire (the client hands snake_case to the package)."""
+    from ocpp.charge_point import snake_to_camel_case
+    return snake_to_camel_case(payload)  # type: ignore[no-any-return]
+
+
+def test_transaction_events_meet_the_schema_and_say_discharge_and_remote_stop() -> None:
+    from agent.core.events import ModuleStatus, VehicleConnected
+    from agent.core.ratings import GunRatings
+    from agent.core.session import GunSession
+    from agent.core.states import State
+    from agent.runtime.ocpp_bridge import OcppBridge
+    from drivers.ocpp import rpc_frames
+    from drivers.ocpp.client import StopTransaction
+
+    session = GunSession(GunRatings(max_discharge_current_a=200.0,
+                                    max_discharge_power_w=100_000.0))
+    session.handle(VehicleConnected(0.0, wall_clock_s=1_796_550_000.0))
+    session.handle(ModuleStatus(t=0.1, output_voltage_v=400.0, output_current_a=-100.0,
+                                gun_voltage_v=400.0, temperature_c=40.0,
+                                contactors_closed=True, contactors_any_closed=True,
+                                fault_word=0))
+    outbox = Outbox(":memory:")
+    client = OcppClient(OcppSettings(url="ws://127.0.0.1:9/ocpp", station_id="T"), outbox,
+                        lambda: 1_796_550_000.0)
+    bridge = OcppBridge(client, session, lambda: 1_796_550_000.0)
+    bridge.events(0.2)  # Started
+    client.requests.append(StopTransaction(bridge.transaction_id or ""))
+    bridge.events(0.3)  # the central system's stop, handed to the session
+    session.state = State.FINISHED  # as the stop sequence would end
+    bridge.events(0.4)  # Ended
+    sent = [payload for _row, payload in outbox.pending()]
+    assert [p["event_type"] for p in sent] == ["Started", "Ended"], sent
+    for payload in sent:
+        frame = rpc_frames.Frame(rpc_frames.CALL, "x", "TransactionEvent", _as_sent(payload))
+        assert rpc_frames.schema_error(frame) is None, (rpc_frames.schema_error(frame), payload)
+        for value in payload["meter_value"][0]["sampled_value"]:
+            assert value["value"] >= 0 and value["unit_of_measure"]["unit"], value
+    started = {v["measurand"]: v for v in sent[0]["meter_value"][0]["sampled_value"]}
+    assert started["Power.Active.Export"]["value"] == pytest.approx(40_000.0)
+    assert started["Power.Active.Import"]["value"] == 0.0
+    assert started["Power.Active.Export"]["context"] == "Transaction.Begin"
+    ended = sent[1]
+    assert ended["trigger_reason"] == "RemoteStop"
+    assert ended["transaction_info"]["stopped_reason"] == "Remote"
+
+
+def test_boot_names_the_serial_number_and_firmware() -> None:
+    client = OcppClient(OcppSettings(url="ws://127.0.0.1:9/ocpp", station_id="SZ-0042-1"),
+                        Outbox(":memory:"), lambda: 0.0)
+    station = client._station_type()
+    assert station.serial_number == "SZ-0042-1"
+    assert station.firmware_version and station.firmware_version != "unknown"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from agent.core.events import Event, StopRequested, UpstreamCleared, UpstreamSetpoint
 from agent.core.session import GunSession
 from agent.core.states import State
-from drivers.ocpp.client import OcppClient, Reset, StopTransaction
+from drivers.ocpp.client import OcppClient, Reset, SampledValue, StopTransaction
 from drivers.ocpp.profiles import Offer
 
 REFRESH_S = 30.0  # well inside the offers' validity (profiles.OFFER_VALIDITY_S)
@@ -35,6 +35,7 @@ class OcppBridge:
         self.transaction_id: str | None = None
         self._next_meter = math.inf
         self._needs_sent = False
+        self._remote_stop = False  # the running transaction was stopped by the central system
         self.log: list[str] = []
 
     def events(self, t: float) -> list[Event]:
@@ -42,6 +43,7 @@ class OcppBridge:
         for request in self.client.drain_requests():
             match request:
                 case StopTransaction():
+                    self._remote_stop = True  # the Ended event says so (E06)
                     out.append(StopRequested(t, "central system: RequestStopTransaction"))
                 case Reset(kind="Immediate"):
                     out.append(StopRequested(t, "central system: Reset (Immediate)"))
@@ -80,15 +82,21 @@ class OcppBridge:
                 self.transaction_id = f"{uuid.uuid4()}"
                 c.set_connector_status("Occupied")
                 c.transaction_event("Started", "CablePluggedIn", self.transaction_id,
-                                    self._meter(), charging_state="EVConnected")
+                                    self._meter("Transaction.Begin"),
+                                    charging_state="EVConnected")
                 self._next_meter, self._needs_sent = t + self.meter_interval_s, False
             return
         if s.state in _DONE:
             ok = s.state is State.FINISHED
-            c.transaction_event("Ended", "StopAuthorized" if ok else "AbnormalCondition",
-                                self.transaction_id, self._meter(),
-                                stopped_reason="Local" if ok else "EmergencyStop",
+            if ok and self._remote_stop:
+                trigger, reason = "RemoteStop", "Remote"
+            else:
+                trigger = "StopAuthorized" if ok else "AbnormalCondition"
+                reason = "Local" if ok else "EmergencyStop"
+            c.transaction_event("Ended", trigger, self.transaction_id,
+                                self._meter("Transaction.End"), stopped_reason=reason,
                                 charging_state="Idle")
+            self._remote_stop = False
             c.set_connector_status("Available" if s.state is State.FINISHED else "Faulted")
             self.transaction_id = None
             return
@@ -98,23 +106,31 @@ class OcppBridge:
         if t >= self._next_meter:
             self._next_meter = t + self.meter_interval_s
             charging = s.state is State.CHARGING
+            # 2.1's ChargingStateEnumType has no discharging state: energy transfer either
+            # way is Charging, its direction in the Power.Active.Import/Export measurands.
             c.transaction_event("Updated", "MeterValuePeriodic", self.transaction_id,
-                                self._meter(),
+                                self._meter("Sample.Periodic"),
                                 charging_state="Charging" if charging else "EVConnected")
 
-    def _meter(self) -> dict[str, float]:
+    def _meter(self, context: str) -> list[SampledValue]:
+        """The sampled values of one event: each with its unit and reading context (OCPP
+        2.1 SampledValueType). Import and Export are both non-negative: a discharge is
+        Power.Active.Export, not a negative Import."""
         s = self.session
-        out: dict[str, float] = {}
+        out: list[SampledValue] = []
         last = s.data.metering.last
         if last is not None:
-            out["Energy.Active.Import.Register"] = last.to_vehicle_kwh * 1000.0
-            out["Energy.Active.Export.Register"] = last.from_vehicle_kwh * 1000.0
+            out += [SampledValue("Energy.Active.Import.Register", last.to_vehicle_kwh * 1000.0,
+                                 "Wh", context),
+                    SampledValue("Energy.Active.Export.Register",
+                                 last.from_vehicle_kwh * 1000.0, "Wh", context)]
         st = s.plant.status
         if st is not None:
-            # OCPP's sign matches ours: + = import into the vehicle.
-            out["Power.Active.Import"] = st.output_voltage_v * st.output_current_a
+            watts = st.output_voltage_v * st.output_current_a  # + = into the vehicle
+            out += [SampledValue("Power.Active.Import", max(watts, 0.0), "W", context),
+                    SampledValue("Power.Active.Export", max(-watts, 0.0), "W", context)]
         if s.view.soc_pct is not None:
-            out["SoC"] = s.view.soc_pct
+            out.append(SampledValue("SoC", s.view.soc_pct, "Percent", context))
         return out
 
     def _needs(self) -> dict[str, object]:

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 
 import websockets
@@ -54,6 +55,8 @@ class OcppSettings:
     reconnect_s: float = 2.0
     vendor: str = "pile-agent"
     model: str = "V2G DC pile"
+    serial_number: str = ""  # BootNotification serialNumber (default: the station id)
+    firmware_version: str = field(default_factory=lambda: _package_version())
     rated_power_w: float = 0.0
     # The gun's ratings per direction: a setpoint beyond them is Rejected, as the core's
     # arbiter would refuse it (agent/core/upstream.py setpoint_problem).
@@ -66,6 +69,17 @@ class OcppSettings:
         if self.url.startswith("wss://"):
             return 3 if self.cert_file else 2
         return 1 if self.password else 0
+
+
+@dataclass(frozen=True, slots=True)
+class SampledValue:
+    """One OCPP 2.1 SampledValueType: a measurand, its value (never negative for the
+    Import/Export pairs), its unit of measure and its reading context."""
+
+    measurand: str
+    value: float
+    unit: str
+    context: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +99,13 @@ class RemoteStart:
 
 
 Request = StopTransaction | Reset | RemoteStart
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("pile-agent")
+    except metadata.PackageNotFoundError:  # a source tree never installed
+        return "unknown"
 
 
 def iso(wall: float) -> str:
@@ -214,7 +235,7 @@ class OcppClient:
     variables: dict[tuple[str, str], tuple[str, bool]] = field(default_factory=dict)
     needs: dict[str, Any] | None = None  # NotifyEVChargingNeeds waiting to be sent
     auth_cache: dict[str, bool] = field(default_factory=dict)
-    _profile_times: list[float] = field(default_factory=list)
+    _profile_times: dict[tuple[int, str], list[float]] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _cp: _Station | None = None
 
@@ -237,9 +258,15 @@ class OcppClient:
 
     def set_profile(self, evse_id: int, raw: dict[str, Any]) -> call_result.SetChargingProfile:
         now = self.wall()
-        self._profile_times = [t for t in self._profile_times if now - t < 1.0]
-        if len(self._profile_times) >= self.settings.profiles_per_s:
-            return _rejected("RateLimitExceeded", "more than one profile a second")
+        # Per EVSE and purpose (a station maximum and a TxProfile back to back are two
+        # streams, not one too fast).
+        key = (evse_id, str(raw.get("charging_profile_purpose", "")))
+        times = [t for t in self._profile_times.get(key, []) if now - t < 1.0]
+        self._profile_times[key] = times
+        if len(times) >= self.settings.profiles_per_s:
+            return _rejected("RateLimitExceeded",
+                             f"more than {self.settings.profiles_per_s:g} {key[1]} a second "
+                             f"for EVSE {evse_id}")
         if evse_id not in (0, self.settings.evse_id):
             return _rejected("UnknownEvse", f"EVSE {evse_id}")
         profile = parse_profile(raw, now, self.transaction_id)
@@ -254,7 +281,7 @@ class OcppClient:
         if beyond:
             self.log.append(f"profile rejected: InvalidValue: {beyond}")
             return _rejected("InvalidValue", beyond)
-        self._profile_times.append(now)
+        times.append(now)
         self.store.set(profile)
         return call_result.SetChargingProfile(status="Accepted")
 
@@ -328,7 +355,7 @@ class OcppClient:
     # ---- transactions: through the durable outbox ----------------------------------------
 
     def transaction_event(self, event_type: str, trigger: str, transaction_id: str,
-                          meter: dict[str, float] | None = None, stopped_reason: str = "",
+                          meter: list[SampledValue] | None = None, stopped_reason: str = "",
                           charging_state: str | None = None) -> int:
         now = self.wall()
         tx: dict[str, Any] = {"transaction_id": transaction_id}
@@ -343,7 +370,8 @@ class OcppClient:
         }
         if meter:
             payload["meter_value"] = [{"timestamp": iso(now), "sampled_value": [
-                {"value": round(v, 3), "measurand": m} for m, v in meter.items()]}]
+                {"value": round(v.value, 3), "measurand": v.measurand, "context": v.context,
+                 "unit_of_measure": {"unit": v.unit}} for v in meter]}]
         if event_type == "Started":
             self.transaction_id = transaction_id
             self.store.transaction_started = now  # Relative profiles count from here
@@ -400,9 +428,7 @@ class OcppClient:
 
     async def _session(self, cp: _Station, reader: asyncio.Task[None]) -> None:
         boot = await cp.call(call.BootNotification(
-            charging_station=ChargingStationType(model=self.settings.model,
-                                                 vendor_name=self.settings.vendor),
-            reason="PowerUp"))
+            charging_station=self._station_type(), reason="PowerUp"))
         if boot is None or boot.status != "Accepted":
             raise OSError(f"boot not accepted: {boot}")
         self.heartbeat_s = float(boot.interval or self.heartbeat_s)
@@ -418,9 +444,7 @@ class OcppClient:
                     await self._status(cp)
                 else:
                     await cp.call(call.BootNotification(
-                        charging_station=ChargingStationType(
-                            model=self.settings.model, vendor_name=self.settings.vendor),
-                        reason="Triggered"))
+                        charging_station=self._station_type(), reason="Triggered"))
             self.triggered.clear()
             if self.needs is not None:
                 needs, self.needs = self.needs, None
@@ -433,6 +457,12 @@ class OcppClient:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=0.2)
         raise OSError("connection closed")
+
+    def _station_type(self) -> ChargingStationType:
+        s = self.settings
+        return ChargingStationType(model=s.model, vendor_name=s.vendor,
+                                   serial_number=(s.serial_number or s.station_id)[:25],
+                                   firmware_version=s.firmware_version[:50])
 
     async def _status(self, cp: _Station) -> None:
         await cp.call(call.StatusNotification(
