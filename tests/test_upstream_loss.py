@@ -5,8 +5,10 @@ each driven through its own driver into the core's upstream arbiter."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -226,3 +228,51 @@ def test_an_ocpp_setpoint_beyond_the_gun_is_rejected() -> None:
     fine = _profile(8, {"operation_mode": "CentralSetpoint", "setpoint": -50_000.0,
                         "discharge_limit": -60_000.0, "limit": 60_000.0})
     assert client.set_profile(1, fine).status == "Accepted"
+
+
+# ---- every refusal and loss is said, not only kept in memory -------------------------------
+
+def test_refusals_and_losses_are_log_records(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    c = EmsControls(EmsSettings(allow_discharge=False, heartbeat_timeout_s=HB_TIMEOUT_S,
+                                default_validity_s=5.0))
+    assert _wset(c, 10_000) == ILLEGAL_DATA_VALUE  # discharge not enabled
+    _write(c, 0.0, "ControllerHb", [0, 1])
+    _write(c, 0.0, "WSetEna", [1])
+    _write(c, 0.0, "WSet", _s32((-10_000) & 0xFFFFFFFF))  # charging 10 kW
+    c.poll(0.0)
+    c.poll(6.0)  # the 5 s validity lapses
+    c.poll(12.0)  # the heartbeat has been silent 12 s
+    client = OcppClient(OcppSettings(url="ws://127.0.0.1:9/ocpp", station_id="T"),
+                        Outbox(":memory:"), lambda: NOW)
+    assert client.set_profile(1, _profile(3, SETPOINT, valid_to="2020-01-01T00:00:00Z")
+                              ).status == "Rejected"
+    ems = [r.getMessage() for r in caplog.records if r.name == "pile_agent.ems"]
+    ocpp = [r.getMessage() for r in caplog.records if r.name == "pile_agent.ocpp"]
+    assert any("refused WSet" in m and "not enabled" in m for m in ems), ems
+    assert any("lapsed" in m for m in ems), ems
+    assert any("heartbeat silent" in m for m in ems), ems
+    assert any("profile rejected" in m and "validTo" in m for m in ocpp), ocpp
+
+
+def test_a_link_that_cannot_connect_is_a_log_record(caplog: pytest.LogCaptureFixture) -> None:
+    """A refused connection (as a 401 or a failed TLS check, which websockets and ssl raise
+    the same way): one log line per attempt, and the client keeps trying."""
+    import asyncio
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    client = OcppClient(OcppSettings(url=f"ws://127.0.0.1:{port}/ocpp", station_id="T",
+                                     reconnect_s=0.05), Outbox(":memory:"), lambda: NOW)
+
+    async def run() -> None:
+        task = asyncio.create_task(client.run())
+        await asyncio.sleep(0.4)
+        task.cancel()
+
+    caplog.set_level(logging.WARNING, logger="pile_agent.ocpp")
+    asyncio.run(run())
+    links = [r.getMessage() for r in caplog.records if r.getMessage().startswith("link:")]
+    assert (len(links) >= 2 and "Connect" in links[0]) or "refused" in links[0], links

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import math
 import ssl
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from agent.core.upstream import SetpointRatings, setpoint_problem
 from agent.ledger.outbox import Outbox
 from drivers.ocpp import rpc_frames
 from drivers.ocpp.profiles import Offer, ProfileStore, Rejection, parse_profile
+from drivers.said_lines import SaidLines
 
 log = logging.getLogger("pile_agent.ocpp")
 SUBPROTOCOL = "ocpp2.1"
@@ -231,7 +231,7 @@ class OcppClient:
     allowed_transfer: tuple[str, ...] = ("DC", "DC_BPT")
     heartbeat_s: float = 300.0
     connector_status: str = "Available"
-    log: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    log: SaidLines = field(default_factory=lambda: SaidLines("pile_agent.ocpp"))
     variables: dict[tuple[str, str], tuple[str, bool]] = field(default_factory=dict)
     needs: dict[str, Any] | None = None  # NotifyEVChargingNeeds waiting to be sent
     auth_cache: dict[str, bool] = field(default_factory=dict)

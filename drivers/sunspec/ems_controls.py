@@ -18,12 +18,13 @@ offer; this module only says what the EMS asked for, in the agent's units and si
 
 from __future__ import annotations
 
+import logging
 import math
-from collections import deque
 from dataclasses import dataclass, field
 
 from agent.core.events import DroopSet, Event, UpstreamCleared, UpstreamSetpoint
 from agent.core.upstream import SetpointRatings, setpoint_problem
+from drivers.said_lines import SaidLines
 from drivers.sunspec.codec import ILLEGAL_DATA_VALUE, Written
 
 OP_STOP, OP_START = 0, 1
@@ -61,7 +62,8 @@ class EmsControls:
     droop_pending: bool = False
     last_sent: float = -math.inf
     offered: bool = False
-    log: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    log: SaidLines = field(default_factory=lambda: SaidLines("pile_agent.ems"))
+    lapse_said: bool = False
 
     def on_write(self, t: float, written: list[Written]) -> int | None:
         """Apply one accepted Modbus write; a Modbus exception code refuses all of it."""
@@ -108,7 +110,7 @@ class EmsControls:
                     if self.hb_lost:
                         self.hb_lost, self.pending = False, True
                         self.log.append(f"{t:.1f} s EMS heartbeat back: its controls apply "
-                                        "again")
+                                        "again", logging.INFO)
             case _:
                 pass  # alarm_reset: nothing latches on the EMS side
 
@@ -125,6 +127,10 @@ class EmsControls:
             if self.offered:
                 self.offered = False
                 out.append(UpstreamCleared(t, s.source))
+        if self.offered and not self.lapse_said and t >= self.expires_at:
+            self.lapse_said = True  # the arbiter drops it at its expiry on its own
+            self.log.append(f"{t:.1f} s EMS offer lapsed (no write within its "
+                            f"{self.revert_s or s.default_validity_s:g} s): fallback")
         if self.droop_pending:
             self.droop_pending = False
             out.append(DroopSet(t, s.source, self.droop_enabled, self.dead_band_hz, self.droop))
@@ -139,7 +145,7 @@ class EmsControls:
                 self.offered = False
                 out.append(UpstreamCleared(t, s.source))
             return out
-        self.offered = True
+        self.offered, self.lapse_said = True, False
         self.expires_at = t + (self.revert_s or s.default_validity_s)
         setpoint = self.wset_w if self.wset_enabled and not stopped else None
         charge = 0.0 if stopped else self.charge_limit_w

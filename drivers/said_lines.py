@@ -1,0 +1,18 @@
+"""What a driver says about refusals and losses (a refused profile or write, a failed login
+or TLS check, a dropped link, a lost heartbeat, a lapsed setpoint): the last lines are kept
+for status and tests, and each is also one log record, so nothing stays in memory only."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+
+class SaidLines(deque[str]):
+    def __init__(self, logger: str, maxlen: int = 200) -> None:
+        super().__init__(maxlen=maxlen)
+        self._logger = logging.getLogger(logger)
+
+    def append(self, line: str, level: int = logging.WARNING) -> None:
+        super().append(line)
+        self._logger.log(level, line)
