@@ -191,3 +191,83 @@ def test_boot_names_the_serial_number_and_firmware() -> None:
     station = client._station_type()
     assert station.serial_number == "SZ-0042-1"
     assert station.firmware_version and station.firmware_version != "unknown"
+
+
+def _set(client: OcppClient, component: str, variable: str, value: str) -> str:
+    result = client.set_variable({"component": {"name": component},
+                                  "variable": {"name": variable}, "attribute_value": value})
+    return str(result.attribute_status)
+
+
+def _get(client: OcppClient, component: str, variable: str) -> tuple[str, str | None]:
+    result = client.get_variable({"component": {"name": component},
+                                  "variable": {"name": variable}})
+    return str(result.attribute_status), result.attribute_value
+
+
+def test_the_device_model_serves_its_variables_and_each_setting_acts() -> None:
+    from agent.core.events import ModuleStatus, VehicleConnected
+    from agent.core.ratings import GunRatings
+    from agent.core.session import GunSession
+    from agent.core.upstream import SetpointRatings
+    from agent.runtime.ocpp_bridge import OcppBridge
+
+    outbox = Outbox(":memory:")
+    client = OcppClient(OcppSettings(url="ws://127.0.0.1:9/ocpp", station_id="SZ-1",
+                                     reconnect_s=2.0,
+                                     ratings=SetpointRatings(250.0, 150e3, 200.0, 100e3)),
+                        outbox, lambda: 1_796_550_000.0)
+    assert _get(client, "V2XChargingCtrlr", "SupportedEnergyTransferModes") == \
+        ("Accepted", "DC,DC_BPT")
+    assert _get(client, "ChargingStation", "SerialNumber") == ("Accepted", "SZ-1")
+    assert _get(client, "SmartChargingCtrlr", "PeriodsPerSchedule")[0] == "Accepted"
+    assert _get(client, "OCPPCommCtrlr", "RetryBackOffWaitMinimum") == ("Accepted", "2")
+    # Read-only ones refuse a write; nonsense is refused.
+    assert _set(client, "ChargingStation", "SerialNumber", "X") == "Rejected"
+    assert _set(client, "SampledDataCtrlr", "TxUpdatedMeasurands", "Voltage") == "Rejected"
+    assert _set(client, "SampledDataCtrlr", "TxUpdatedInterval", "0") == "Rejected"
+    # The back-off: 2 s doubled up to RepeatTimes, plus up to RandomRange.
+    assert _set(client, "OCPPCommCtrlr", "RetryBackOffRepeatTimes", "2") == "Accepted"
+    assert _set(client, "OCPPCommCtrlr", "RetryBackOffRandomRange", "3") == "Accepted"
+    waits = [client.backoff_s(lambda: 0.5) for _ in range(4)]
+    assert waits == [3.5, 5.5, 9.5, 9.5], waits
+    assert _set(client, "OCPPCommCtrlr", "MessageTimeout", "12") == "Accepted"
+    assert client.message_timeout_s == 12.0
+    # SampledDataCtrlr: the interval and the measurands of Updated events.
+    session = GunSession(GunRatings(max_discharge_current_a=200.0,
+                                    max_discharge_power_w=100_000.0))
+    session.handle(VehicleConnected(0.0, wall_clock_s=1_796_550_000.0))
+    session.handle(ModuleStatus(t=0.1, output_voltage_v=400.0, output_current_a=50.0,
+                                gun_voltage_v=400.0, temperature_c=40.0,
+                                contactors_closed=True, contactors_any_closed=True,
+                                fault_word=0))
+    bridge = OcppBridge(client, session, lambda: 1_796_550_000.0, meter_interval_s=60.0)
+    assert _get(client, "SampledDataCtrlr", "TxUpdatedInterval") == ("Accepted", "60")
+    assert _set(client, "SampledDataCtrlr", "TxUpdatedInterval", "5") == "Accepted"
+    assert _set(client, "SampledDataCtrlr", "TxUpdatedMeasurands",
+                "Power.Active.Import") == "Accepted"
+    bridge.events(0.2)  # Started; the next Updated 5 s on
+    bridge.events(4.0)
+    bridge.events(5.3)
+    sent = [payload for _row, payload in outbox.pending()]
+    assert [p["event_type"] for p in sent] == ["Started", "Updated"], sent
+    updated = sent[1]["meter_value"][0]["sampled_value"]
+    assert [v["measurand"] for v in updated] == ["Power.Active.Import"], updated
+
+
+def test_a_profile_beyond_the_schedule_limits_is_rejected() -> None:
+    from drivers.ocpp.client import PERIODS_PER_SCHEDULE, PROFILE_STACK_LEVEL
+    client = OcppClient(OcppSettings(url="ws://127.0.0.1:9/ocpp", station_id="T"),
+                        Outbox(":memory:"), lambda: 1_796_550_000.0)
+    periods = [{"start_period": i * 60, "limit": 10_000.0}
+               for i in range(PERIODS_PER_SCHEDULE + 1)]
+    raw = {"id": 1, "stack_level": 0, "charging_profile_purpose": "TxDefaultProfile",
+           "charging_profile_kind": "Relative",
+           "charging_schedule": [{"id": 1, "charging_rate_unit": "W",
+                                  "charging_schedule_period": periods}]}
+    assert client.set_profile(1, raw).status == "Rejected"
+    raw["charging_schedule"][0]["charging_schedule_period"] = periods[:2]  # type: ignore[index]
+    raw["stack_level"] = PROFILE_STACK_LEVEL + 1
+    assert client.set_profile(1, raw).status == "Rejected"
+    raw["stack_level"] = PROFILE_STACK_LEVEL
+    assert client.set_profile(1, raw).status == "Accepted"

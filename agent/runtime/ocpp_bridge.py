@@ -24,13 +24,19 @@ REFRESH_S = 30.0  # well inside the offers' validity (profiles.OFFER_VALIDITY_S)
 _DONE = (State.FINISHED, State.FAULT)
 
 
+# SampledDataCtrlr: which variable names the measurands of each event's context.
+_MEASURANDS_OF = {"Transaction.Begin": "TxStartedMeasurands",
+                  "Sample.Periodic": "TxUpdatedMeasurands",
+                  "Transaction.End": "TxEndedMeasurands"}
+
+
 class OcppBridge:
     def __init__(self, client: OcppClient, session: GunSession, wall: Callable[[], float],
                  meter_interval_s: float = 60.0) -> None:
         self.client = client
         self.session = session
         self.wall = wall
-        self.meter_interval_s = meter_interval_s
+        client.use_tx_updated_interval(meter_interval_s)
         self._sent: dict[str, tuple[float, tuple[object, ...]]] = {}
         self.transaction_id: str | None = None
         self._next_meter = math.inf
@@ -84,7 +90,7 @@ class OcppBridge:
                 c.transaction_event("Started", "CablePluggedIn", self.transaction_id,
                                     self._meter("Transaction.Begin"),
                                     charging_state="EVConnected")
-                self._next_meter, self._needs_sent = t + self.meter_interval_s, False
+                self._next_meter, self._needs_sent = t + c.tx_updated_interval_s, False
             return
         if s.state in _DONE:
             ok = s.state is State.FINISHED
@@ -104,7 +110,7 @@ class OcppBridge:
             self._needs_sent = True
             c.ev_charging_needs(self._needs())
         if t >= self._next_meter:
-            self._next_meter = t + self.meter_interval_s
+            self._next_meter = t + c.tx_updated_interval_s
             charging = s.state is State.CHARGING
             # 2.1's ChargingStateEnumType has no discharging state: energy transfer either
             # way is Charging, its direction in the Power.Active.Import/Export measurands.
@@ -113,6 +119,10 @@ class OcppBridge:
                                 charging_state="Charging" if charging else "EVConnected")
 
     def _meter(self, context: str) -> list[SampledValue]:
+        wanted = self.client.measurands[_MEASURANDS_OF[context]]
+        return [v for v in self._sampled(context) if v.measurand in wanted]
+
+    def _sampled(self, context: str) -> list[SampledValue]:
         """The sampled values of one event: each with its unit and reading context (OCPP
         2.1 SampledValueType). Import and Export are both non-negative: a discharge is
         Power.Active.Export, not a negative Import."""

@@ -15,10 +15,12 @@ import base64
 import contextlib
 import logging
 import math
+import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from typing import Any
 
@@ -40,6 +42,12 @@ from drivers.ocpp.profiles import Offer, ProfileStore, Rejection, parse_profile
 from drivers.said_lines import SaidLines
 
 log = logging.getLogger("pile_agent.ocpp")
+# What the station can sample (SampledDataCtrlr's measurands) and what it accepts of a
+# schedule (SmartChargingCtrlr.PeriodsPerSchedule, ProfileStackLevel).
+MEASURANDS = ("Energy.Active.Import.Register", "Energy.Active.Export.Register",
+              "Power.Active.Import", "Power.Active.Export", "SoC")
+PERIODS_PER_SCHEDULE = 48
+PROFILE_STACK_LEVEL = 8
 SUBPROTOCOL = "ocpp2.1"
 
 
@@ -235,6 +243,16 @@ class OcppClient:
     variables: dict[tuple[str, str], tuple[str, bool]] = field(default_factory=dict)
     needs: dict[str, Any] | None = None  # NotifyEVChargingNeeds waiting to be sent
     auth_cache: dict[str, bool] = field(default_factory=dict)
+    # The device model's settable variables (each changes what the station does):
+    tx_updated_interval_s: float = 60.0  # SampledDataCtrlr.TxUpdatedInterval
+    measurands: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
+        ctx: MEASURANDS for ctx in ("TxStartedMeasurands", "TxUpdatedMeasurands",
+                                    "TxEndedMeasurands")})
+    retry_random_range_s: float = 0.0  # OCPPCommCtrlr.RetryBackOffRandomRange
+    retry_repeat_times: int = 0  # OCPPCommCtrlr.RetryBackOffRepeatTimes (0: no doubling)
+    message_timeout_s: float = 30.0  # OCPPCommCtrlr.MessageTimeout
+    retry_wait_min_s: float = -1.0  # OCPPCommCtrlr.RetryBackOffWaitMinimum (-1: reconnect_s)
+    _attempts: int = 0
     _profile_times: dict[tuple[int, str], list[float]] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _cp: _Station | None = None
@@ -252,7 +270,27 @@ class OcppClient:
             ("SecurityCtrlr", "SecurityProfile"): (str(s.security_profile), False),
             ("SecurityCtrlr", "Identity"): (s.station_id, False),
             ("EVSE", "Power"): (f"{s.rated_power_w:.0f}", False),
+            ("ChargingStation", "Model"): (s.model, False),
+            ("ChargingStation", "VendorName"): (s.vendor, False),
+            ("ChargingStation", "SerialNumber"): (s.serial_number or s.station_id, False),
+            ("ChargingStation", "FirmwareVersion"): (s.firmware_version, False),
+            ("V2XChargingCtrlr", "SupportedEnergyTransferModes"): (
+                "DC,DC_BPT" if s.ratings.discharge_a > 0 else "DC", False),
+            ("SmartChargingCtrlr", "PeriodsPerSchedule"): (str(PERIODS_PER_SCHEDULE), False),
+            ("SmartChargingCtrlr", "ProfileStackLevel"): (str(PROFILE_STACK_LEVEL), False),
+            # A (re)connect always resends every connector's status: no threshold.
+            ("OCPPCommCtrlr", "OfflineThreshold"): ("0", False),
         }
+        if self.retry_wait_min_s < 0:
+            self.retry_wait_min_s = s.reconnect_s
+        for name, value in (("TxUpdatedInterval", f"{self.tx_updated_interval_s:.0f}"),
+                            *((ctx, ",".join(m)) for ctx, m in self.measurands.items())):
+            self.variables[("SampledDataCtrlr", name)] = (value, True)
+        for name, number in (("RetryBackOffWaitMinimum", self.retry_wait_min_s),
+                             ("RetryBackOffRandomRange", self.retry_random_range_s),
+                             ("RetryBackOffRepeatTimes", float(self.retry_repeat_times)),
+                             ("MessageTimeout", self.message_timeout_s)):
+            self.variables[("OCPPCommCtrlr", name)] = (f"{number:g}", True)
 
     # ---- CSMS requests -----------------------------------------------------------------
 
@@ -275,6 +313,12 @@ class OcppClient:
             return _rejected(profile.reason_code, profile.info)
         if evse_id == 0 and profile.purpose.startswith("Tx"):
             return _rejected("InvalidValue", "a Tx profile needs an EVSE")
+        if len(profile.periods) > PERIODS_PER_SCHEDULE or \
+                profile.stack_level > PROFILE_STACK_LEVEL:
+            why = (f"{len(profile.periods)} periods (at most {PERIODS_PER_SCHEDULE}) or stack "
+                   f"level {profile.stack_level} (at most {PROFILE_STACK_LEVEL})")
+            self.log.append(f"profile rejected: InvalidValue: {why}")
+            return _rejected("InvalidValue", why)
         beyond = next((why for q in profile.periods
                        if (why := setpoint_problem(q.setpoint, profile.unit,
                                                    self.settings.ratings))), "")
@@ -302,20 +346,73 @@ class OcppClient:
         if current is None:
             status = "UnknownVariable" if any(c == key[0] for c, _ in self.variables) \
                 else "UnknownComponent"
-        elif not current[1]:
+        elif not current[1] or key not in self._setters():
             status = "Rejected"
-        elif key == ("OCPPCommCtrlr", "HeartbeatInterval"):
-            try:
-                seconds = int(d["attribute_value"])
-            except (TypeError, ValueError):
-                seconds = 0
-            status = "Accepted" if 1 <= seconds <= 86_400 else "Rejected"
-            if status == "Accepted":
-                self.heartbeat_s = float(seconds)
-                self.variables[key] = (str(seconds), True)
         else:
-            status = "Rejected"
+            parse, apply = self._setters()[key]
+            value = parse(str(d.get("attribute_value", "")))
+            status = "Rejected" if value is None else "Accepted"
+            if value is not None:
+                apply(value)
+                self.variables[key] = (str(d["attribute_value"]), True)
+        if status == "Rejected":
+            self.log.append(f"SetVariables {key[0]}.{key[1]} = {d.get('attribute_value')!r} "
+                            "rejected")
         return SetVariableResultType(attribute_status=status, component=comp, variable=var)
+
+    def _setters(self) -> dict[tuple[str, str], tuple[Callable[[str], Any], Callable[[Any],
+                                                                                     None]]]:
+        """Each settable variable: its parser (None: rejected) and what setting it does."""
+        def whole(low: int, high: int) -> Callable[[str], int | None]:
+            def parse(text: str) -> int | None:
+                try:
+                    n = int(text)
+                except ValueError:
+                    return None
+                return n if low <= n <= high else None
+            return parse
+
+        def measurands(text: str) -> tuple[str, ...] | None:
+            names = tuple(m.strip() for m in text.split(",") if m.strip())
+            return names if names and all(m in MEASURANDS for m in names) else None
+
+        def set_timeout(n: int) -> None:
+            self.message_timeout_s = float(n)
+            if self._cp is not None:
+                self._cp._response_timeout = float(n)
+
+        out: dict[tuple[str, str], tuple[Callable[[str], Any], Callable[[Any], None]]] = {
+            ("OCPPCommCtrlr", "HeartbeatInterval"): (
+                whole(1, 86_400), lambda n: setattr(self, "heartbeat_s", float(n))),
+            ("SampledDataCtrlr", "TxUpdatedInterval"): (
+                whole(1, 86_400), lambda n: setattr(self, "tx_updated_interval_s", float(n))),
+            ("OCPPCommCtrlr", "RetryBackOffWaitMinimum"): (
+                whole(0, 3_600), lambda n: setattr(self, "retry_wait_min_s", float(n))),
+            ("OCPPCommCtrlr", "RetryBackOffRandomRange"): (
+                whole(0, 3_600), lambda n: setattr(self, "retry_random_range_s", float(n))),
+            ("OCPPCommCtrlr", "RetryBackOffRepeatTimes"): (
+                whole(0, 10), lambda n: setattr(self, "retry_repeat_times", n)),
+            ("OCPPCommCtrlr", "MessageTimeout"): (whole(1, 600), set_timeout),
+        }
+        for ctx in self.measurands:
+            out[("SampledDataCtrlr", ctx)] = (measurands, partial(self.measurands.__setitem__,
+                                                                  ctx))
+        return out
+
+    def use_tx_updated_interval(self, seconds: float) -> None:
+        """The configured interval of Updated meter values (the central system may change
+        it through SampledDataCtrlr.TxUpdatedInterval)."""
+        self.tx_updated_interval_s = seconds
+        self.variables[("SampledDataCtrlr", "TxUpdatedInterval")] = (f"{seconds:g}", True)
+
+    def backoff_s(self, rand: Callable[[], float] = random.random) -> float:
+        """The wait before the next connection attempt (OCPPCommCtrlr RetryBackOff*): the
+        minimum, doubled per failed attempt up to RepeatTimes, plus a random part of up to
+        RandomRange. Counts the attempt."""
+        doubled = self.retry_wait_min_s * float(2 ** min(self._attempts,
+                                                           self.retry_repeat_times))
+        self._attempts += 1
+        return float(doubled + rand() * self.retry_random_range_s)
 
     # ---- what the pile takes from it ------------------------------------------------------
 
@@ -390,6 +487,7 @@ class OcppClient:
             try:
                 async with self._connect() as ws:
                     cp = _Station(self.settings.station_id, ws)
+                    cp._response_timeout = self.message_timeout_s
                     cp.owner = self
                     self._cp = cp
                     reader = asyncio.create_task(cp.start())
@@ -409,7 +507,7 @@ class OcppClient:
                 self.online, self.offline_since = False, self.wall()
             elif self.offline_since is None:
                 self.offline_since = self.wall()
-            await asyncio.sleep(self.settings.reconnect_s)
+            await asyncio.sleep(self.backoff_s())
 
     def _connect(self) -> Any:
         s = self.settings
@@ -432,7 +530,7 @@ class OcppClient:
         if boot is None or boot.status != "Accepted":
             raise OSError(f"boot not accepted: {boot}")
         self.heartbeat_s = float(boot.interval or self.heartbeat_s)
-        self.online, self.offline_since = True, None
+        self.online, self.offline_since, self._attempts = True, None, 0
         await self._status(cp)
         next_beat = self.wall() + self.heartbeat_s
         while not reader.done():
