@@ -31,13 +31,26 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
 from functools import partial
+from typing import Any
 from unittest import mock
 
 from agent import cli
-from agent.core import arbiter, outgoing, plant_checks, ratings, steps, thermal_guard, timing
+from agent.core import (
+    arbiter,
+    gbt_profile,
+    outgoing,
+    plant_checks,
+    ratings,
+    steps,
+    thermal_guard,
+    timing,
+)
+from agent.core import health_policy as health_module
 from agent.core import metering as metering_module
 from agent.core import transfer_control as transfer_module
+from agent.core import upstream as upstream_module
 from agent.core.arbiter import Limit, VoltageDecision
+from agent.core.commands import LedgerInterval, SessionReport
 from agent.core.events import (
     EnergyHistory,
     Event,
@@ -59,13 +72,18 @@ from agent.core.states import State
 from agent.core.transfer_control import TransferControl
 from agent.core.upstream import UpstreamArbiter
 from agent.core.vehicle_view import VehicleView
+from agent.ledger import outbox as outbox_module
+from agent.ledger import store as store_module
+from agent.runtime.gun_runtime import GunRuntime
 from drivers.gbt27930 import codec as gbt_codec
 from drivers.gbt27930.wire import current_raw
 from drivers.ocpp import profiles as profiles_module
 from drivers.ocpp.profiles import ProfileStore
 from drivers.power_module import codec as module_codec
 from drivers.power_module.link import ModuleLink
+from drivers.sunspec import ems_controls as ems_module
 from drivers.sunspec.ems_controls import EmsControls
+from drivers.sunspec.server import SunSpecServer
 
 INF = timing.Timing(math.inf, "mutation: disabled")
 # The safety suite first (the table then names it when it catches a mutant), then the unit
@@ -77,7 +95,8 @@ SAFETY_TESTS = ["tests/test_safety_watchdogs.py", "tests/test_v2g_watchdogs.py",
                 "tests/test_v2g_session.py", "tests/test_arbiter.py",
                 "tests/test_upstream_arbiter.py", "tests/test_sunspec_server.py",
                 "tests/test_ocpp_client.py", "tests/test_plant_checks.py",
-                "tests/test_module_link.py", "tests/test_ledger_faults.py"]
+                "tests/test_module_link.py", "tests/test_ledger_faults.py",
+                "tests/test_audit_mutants.py"]
 Mutation = Callable[[], AbstractContextManager[object]]
 
 
@@ -451,6 +470,110 @@ PLANT: dict[str, Mutation] = {
 }
 
 
+def _cdp_with_charge_sign(m: CDP) -> bytes:
+    """CDP's maximum discharge current encoded with CML's charge sign."""
+    return gbt_codec._pack("CDP", {
+        "offered": gbt_codec.consent_byte(m.offered),
+        "max_discharge_current": current_raw(-m.max_discharge_current_a, "CDP"),
+        "max_discharge_power": gbt_codec._r(m.max_discharge_power_w, 100, "CDP"),
+        "min_input_voltage": gbt_codec._r(m.min_input_voltage_v, 0.1, "CDP"),
+        "version": m.version})
+
+
+def _bdp_consent_stands(original: Callable[..., tuple[object, bool]], d: SessionData,
+                        now: float) -> tuple[object, bool]:
+    """With no BDS ever received, the BDP's consent stands in energy transfer too."""
+    limits, consent = original(d, now)
+    if d.bds is None and d.bdp is not None and limits is not None:
+        return limits, d.bdp.consent
+    return limits, consent
+
+
+def _unknown_soc_allows(original: Callable[..., tuple[float, str]], policy: HealthPolicy,
+                        view: VehicleView, direction: object) -> tuple[float, str]:
+    if view.soc_pct is None:
+        return math.inf, ""
+    return original(policy, view, direction)
+
+
+def _loopback_always_writes() -> AbstractContextManager[object]:
+    original = SunSpecServer.__init__
+
+    def init(self: SunSpecServer, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.allowed_writers = (*self.allowed_writers, "127.0.0.1")
+
+    return mock.patch.object(SunSpecServer, "__init__", init)
+
+
+def _gate_on_first_point(self: EmsControls, t: float, written: list[Any]) -> int | None:
+    """EmsControls.on_write checking the discharge gate and the ratings on the write's first
+    point only."""
+    for w in written[:1]:
+        if w.point.write == "wset_w" and w.value < 0 and not self.settings.allow_discharge:
+            return ems_module.ILLEGAL_DATA_VALUE
+        if w.point.write == "wset_w" and upstream_module.setpoint_problem(
+                w.value, "W", self.settings.ratings):
+            return ems_module.ILLEGAL_DATA_VALUE
+    for w in written:
+        self._apply(t, w.point.write, w.value)
+    return None
+
+
+def _charging_only_discharges(original: Callable[..., Any], p: object, q: object,
+                              until: float) -> Any:
+    offer = original(p, q, until)
+    if offer.mode == "ChargingOnly":
+        return dataclasses.replace(offer, discharge_limit=math.inf)
+    return offer
+
+
+def _synchronous_normal() -> AbstractContextManager[object]:
+    original = store_module.open_durable
+
+    def opened(path: object, schema: str) -> Any:
+        db = original(path, schema)  # type: ignore[arg-type]
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    return _patches(mock.patch.object(store_module, "open_durable", opened),
+                    mock.patch.object(outbox_module, "open_durable", opened))
+
+
+def _report_before_write(original: Callable[..., None], self: GunRuntime,
+                         command: object) -> None:
+    if isinstance(command, LedgerInterval | SessionReport):
+        self._report(command)  # type: ignore[arg-type]
+    original(self, command)
+
+
+def _function(module: object, name: str,
+              change: Callable[..., object]) -> AbstractContextManager[object]:
+    """Patch module.name (a function) with change(original, *args)."""
+    original = getattr(module, name)
+    return mock.patch.object(module, name, partial(change, original))
+
+
+# What an audit found the whole suite let through (issue 25: tests/test_audit_mutants.py).
+AUDIT: dict[str, Mutation] = {
+    "audit:cdp-charge-sign": lambda: mock.patch.dict(gbt_codec._ENCODERS,
+                                                     {CDP: _cdp_with_charge_sign}),
+    "audit:bdp-consent-without-bds": partial(_function, gbt_profile, "_discharge",
+                                             _bdp_consent_stands),
+    "audit:unknown-soc-allows-discharge": lambda: _patches(
+        _function(health_module, "soc_window_limit", _unknown_soc_allows),
+        _function(transfer_module, "soc_window_limit", _unknown_soc_allows)),
+    "audit:loopback-always-writes": _loopback_always_writes,
+    "audit:discharge-gate-first-point": lambda: mock.patch.object(
+        EmsControls, "on_write", _gate_on_first_point),
+    "audit:charging-only-discharges": partial(_function, profiles_module, "_tx_offer",
+                                              _charging_only_discharges),
+    "audit:ledger-synchronous-normal": _synchronous_normal,
+    "audit:report-before-write": partial(_wrapped, GunRuntime, "_execute",
+                                         _report_before_write),
+}
+
+
 MUTATIONS: dict[str, Mutation] = {
     **{f"limit:{lim.name}": partial(_without_limit, lim)
        for lim in arbiter.Limit if lim not in (Limit.INVALID_INPUT, Limit.RAMP)},
@@ -479,6 +602,7 @@ MUTATIONS: dict[str, Mutation] = {
     **V2G,
     **UPSTREAM,
     **PLANT,
+    **AUDIT,
 }
 
 

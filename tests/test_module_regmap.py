@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent.core.commands import SetBleeder, SetContactors, SetModuleOutput, StartInsulationTest
@@ -82,13 +82,24 @@ def test_scaling_round_trips_from_raw(case: tuple[Register, int]) -> None:
     assert reg.encode(reg.decode(words)) == words
 
 
+# setpoint_current is a limit (rounding toward zero): 1.1875 A is written as 1.1 A, which a
+# "within half a count" property missed on most draws (issue 25: found once in CI).
+@example(MAP["setpoint_current"], 1.1875)
+@example(MAP["setpoint_voltage"], 1.15)
 @given(st.sampled_from(REGISTERS), st.floats(allow_nan=False, allow_infinity=False))
-def test_scaling_round_trips_within_half_a_count(reg: Register, value: float) -> None:
+def test_scaling_round_trips_within_its_rounding(reg: Register, value: float) -> None:
+    """Nearest: within half a count. Toward zero (a limit): within one count and never
+    above the value in magnitude, so no limit is raised by the encoding."""
     if not reg.minimum <= value <= reg.maximum:
         with pytest.raises(ValueError, match=reg.name):
             reg.encode(value)
         return
-    assert abs(reg.decode(reg.encode(value)) - value) <= reg.scale / 2 + 1e-9
+    back = reg.decode(reg.encode(value))
+    if reg.rounding == "toward_zero":
+        assert abs(back) <= abs(value) + 1e-9 and abs(back - value) < reg.scale + 1e-9, \
+            (reg.name, value, back)
+    else:
+        assert abs(back - value) <= reg.scale / 2 + 1e-9, (reg.name, value, back)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 1000.1, -0.1])
