@@ -137,6 +137,17 @@ def _register_a(amps: float) -> float:
     return min(max(math.floor(amps * 10.0 + 0.5) / 10.0, 0.0), CAPABILITY_REGISTER_MAX_A)
 
 
+# Coverage: what kind of fault a FAULT's reason names (the first word that matches).
+FAULT_KINDS = ("over-voltage", "over-current", "module fault", "link lost", "silent",
+               "timeout", "insulation", "contactor", "welded", "emergency stop", "door",
+               "gun lock", "battery voltage", "precharge", "disconnected", "safety I/O",
+               "current did not fall")
+
+
+def _fault_kind(reason: str) -> str:
+    return next((k for k in FAULT_KINDS if k in reason), "other")
+
+
 def _since(since: float | None, condition: bool, t: float) -> float | None:
     if not condition:
         return None
@@ -280,6 +291,7 @@ class SafetyWorld:
         self.low_since_want = False
         self.session_in_kwh = self.session_out_kwh = 0.0
         self.discharged = False  # some session discharged (coverage)
+        self.fault_kinds: set[str] = set()  # the kinds of fault reached (coverage)
         self.direction_changes = 0
         self.heard_since_tick = True
         self.last_tick_t = 0.0
@@ -380,6 +392,8 @@ class SafetyWorld:
                 > BATTERY_V_TOLERANCE * reported - 0.2
             assert self.ev_lies or misread, \
                 f"false battery-voltage fault from an honest EV: {c.reason}"
+        if c.dest == "fault":
+            self.fault_kinds.add(_fault_kind(c.reason))
         if c.dest in ("stopping", "fault"):
             self.stopping_since_plug = True
         if c.dest == "charging":
