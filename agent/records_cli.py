@@ -42,7 +42,7 @@ def load_tariff(path: str | None) -> Tariff:
 def run_records(ledger_path: str, fmt: str, tariff_path: str | None) -> int:
     try:
         tariff = load_tariff(tariff_path)
-        ledger = Ledger.reading(ledger_path)  # read-only: nothing is created or written
+        ledger = Ledger(ledger_path, read_only=True)  # nothing is created or written
     except (ValueError, LedgerError) as exc:
         print(f"pile-agent records: {exc}", file=sys.stderr)
         return 2

@@ -91,14 +91,7 @@ def test_commands_reach_the_sim_and_status_comes_back_signed() -> None:
 def test_only_changed_registers_are_written() -> None:
     async def body() -> None:
         sim = ModuleSim()
-        writes: list[tuple[int, list[int]]] = []
-        accept = sim.accept_write
-
-        def recording(address: int, values: list[int]) -> ExcCodes | None:
-            writes.append((address, values))
-            return accept(address, values)
-
-        sim.accept_write = recording  # type: ignore[method-assign]
+        writes = _recording(sim)
         server, port = await sim.start_tcp()
         owner = owner_for(TcpTarget("127.0.0.1", port))
         try:

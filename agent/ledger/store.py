@@ -137,17 +137,12 @@ def open_for_reading(path: str | Path) -> sqlite3.Connection:
 
 
 class Ledger:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """read_only: an existing ledger, checked to be one, nothing created or written
+        (pile-agent records)."""
         self.path = str(path)
-        self._db = open_durable(self.path, SCHEMA)
-        self._identity = _identity(self.path)
-
-    @classmethod
-    def reading(cls, path: str | Path) -> Ledger:
-        """An existing ledger, read-only (pile-agent records)."""
-        ledger = cls.__new__(cls)
-        ledger.path, ledger._db, ledger._identity = str(path), open_for_reading(path), None
-        return ledger
+        self._db = open_for_reading(path) if read_only else open_durable(self.path, SCHEMA)
+        self._identity = None if read_only else _identity(self.path)
 
     def close(self) -> None:
         self._db.close()

@@ -43,7 +43,9 @@ from drivers.said_lines import SaidLines
 
 log = logging.getLogger("pile_agent.ocpp")
 # What the station can sample (SampledDataCtrlr's measurands) and what it accepts of a
-# schedule (SmartChargingCtrlr.PeriodsPerSchedule, ProfileStackLevel).
+# schedule (SmartChargingCtrlr.PeriodsPerSchedule, ProfileStackLevel): this station's own
+# limits, advertised read-only in its device model as OCPP 2.1 asks a station to (48: a
+# day in half hours; 8 stack levels), and enforced (Rejected beyond them).
 MEASURANDS = ("Energy.Active.Import.Register", "Energy.Active.Export.Register",
               "Power.Active.Import", "Power.Active.Export", "SoC")
 PERIODS_PER_SCHEDULE = 48
