@@ -42,6 +42,8 @@ limits_st = st.builds(
     health_a=maybe_inf,
     consent_a=maybe_inf,
     direction_a=maybe_inf,
+    pool_a=maybe_inf,
+    pool_power_w=st.one_of(st.floats(min_value=0.0, max_value=1e6), st.just(math.inf)),
 )
 
 
@@ -63,6 +65,8 @@ def _ceiling(lim: CurrentLimits) -> float:
         lim.health_a,
         lim.consent_a,
         lim.direction_a,
+        lim.pool_a,  # the module pool's word for this gun (docs/PILE.md)
+        lim.pool_power_w / max(lim.voltage_v, 1.0),
     )
 
 
@@ -129,6 +133,10 @@ def test_each_limit_can_bind() -> None:
         Limit.CONSENT: {"consent_a": 0.0},
         Limit.DIRECTION: {"direction_a": 0.0},
     }
+    pool_cases = {"pool_a": 20.0}, {"pool_power_w": 4000.0}
+    for override in pool_cases:
+        d = decide_current(CurrentLimits(**{**base, **override}), 1000.0, 0.01, 100.0)
+        assert d.bound_by is Limit.MODULE_POOL, (override, d)
     for expected, override in cases.items():
         d = decide_current(CurrentLimits(**{**base, **override}), 1000.0, 0.01, 100.0)
         assert d.bound_by is expected, (expected, d)
@@ -140,7 +148,7 @@ def test_each_limit_can_bind() -> None:
                         "power_limit_w", "ev_demand_a", "voltage_v",
                         "thermal_a", "upstream_a", "grid_limit_w", "ev_power_w",
                         "ev_voltage_a", "soc_window_a", "energy_window_a", "health_a",
-                        "consent_a", "direction_a"]))
+                        "consent_a", "direction_a", "pool_a", "pool_power_w"]))
 def test_nan_anywhere_means_zero(field: str) -> None:
     base = dict(state_a=math.inf, ev_demand_a=100.0, ev_max_a=200.0, charger_max_a=250.0,
                 module_capability_a=300.0, power_limit_w=1e6, voltage_v=400.0)

@@ -158,6 +158,26 @@ def test_the_meter_cross_check_needs_a_persistent_disagreement() -> None:
     assert not m.cross_check(reading, None, 30.0)
 
 
+@pytest.mark.parametrize(("module_a", "meter_a", "fault"), [
+    (200.0, 203.8, False), (200.0, 204.2, True),    # 1.9 % and 2.1 % at 200 A
+    (-150.0, -152.85, False), (-150.0, -153.15, True),  # the same, discharging
+    (50.0, 51.9, False), (50.0, 52.1, True),        # below 100 A the 2 A floor binds
+])
+def test_the_meter_cross_check_on_both_sides_of_its_line(module_a: float, meter_a: float,
+                                                         fault: bool) -> None:
+    """JJG 1149 class 1 meter (+-1 %) against the module's +-1 %: more than 2 % apart (never
+    less than 2 A) for over 5 s is a fault; just inside it never is."""
+    from agent.core.events import MeterReading
+    from agent.core.metering import Metering
+
+    m = Metering()
+    reading = MeterReading(0.0, 400.0, meter_a, 400.0 * meter_a, 1.0, 2.0)
+    verdicts = [m.cross_check(reading, module_a, float(t)) for t in range(8)]
+    assert any(verdicts) is fault, verdicts
+    if fault:
+        assert verdicts.index(True) == 6  # after more than 5 s, not before
+
+
 def test_a_meter_whose_counters_go_backwards_is_re_based_not_lost() -> None:
     from agent.core.events import MeterReading
     from agent.core.metering import Metering
