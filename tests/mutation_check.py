@@ -47,6 +47,7 @@ from agent.core import (
 )
 from agent.core import health_policy as health_module
 from agent.core import metering as metering_module
+from agent.core import module_faults as module_faults_module
 from agent.core import transfer_control as transfer_module
 from agent.core import upstream as upstream_module
 from agent.core.arbiter import Limit, VoltageDecision
@@ -62,6 +63,7 @@ from agent.core.events import (
 )
 from agent.core.health_policy import HealthPolicy
 from agent.core.messages import BSM, CCS, CDP, CML, Level
+from agent.core.messages import ChargerFault as ChargerFaultEnum
 from agent.core.ratings import GunRatings
 from agent.core.safety import Fault, SafetySupervisor
 from agent.core.safety_handling import SafetyHandling
@@ -80,6 +82,7 @@ from drivers.gbt27930.wire import current_raw
 from drivers.ocpp import profiles as profiles_module
 from drivers.ocpp.profiles import ProfileStore
 from drivers.power_module import codec as module_codec
+from drivers.power_module import regmap as regmap_module
 from drivers.power_module.link import ModuleLink
 from drivers.sunspec import ems_controls as ems_module
 from drivers.sunspec.ems_controls import EmsControls
@@ -96,7 +99,7 @@ SAFETY_TESTS = ["tests/test_safety_watchdogs.py", "tests/test_v2g_watchdogs.py",
                 "tests/test_upstream_arbiter.py", "tests/test_sunspec_server.py",
                 "tests/test_ocpp_client.py", "tests/test_plant_checks.py",
                 "tests/test_module_link.py", "tests/test_ledger_faults.py",
-                "tests/test_audit_mutants.py"]
+                "tests/test_audit_mutants.py", "tests/test_module_status_words.py"]
 Mutation = Callable[[], AbstractContextManager[object]]
 
 
@@ -554,6 +557,20 @@ def _function(module: object, name: str,
     return mock.patch.object(module, name, partial(change, original))
 
 
+def _current_scale_wrong() -> AbstractContextManager[object]:
+    """register_map.toml with output_current at 0.01 A a count instead of 0.1 A: encoder and
+    decoder agree with each other, so only words written from the device's layout see it."""
+    original = regmap_module.parse_register_map
+
+    def parse(document: Any) -> Any:
+        regs = [dict(r, scale=0.01, min=-327.68, max=327.67)
+                if r.get("name") == "output_current" else r
+                for r in document.get("register", [])]
+        return original({**document, "register": regs})
+
+    return mock.patch.object(regmap_module, "parse_register_map", parse)
+
+
 # What an audit found the whole suite let through (issue 25: tests/test_audit_mutants.py).
 AUDIT: dict[str, Mutation] = {
     "audit:cdp-charge-sign": lambda: mock.patch.dict(gbt_codec._ENCODERS,
@@ -571,6 +588,11 @@ AUDIT: dict[str, Mutation] = {
     "audit:ledger-synchronous-normal": _synchronous_normal,
     "audit:report-before-write": partial(_wrapped, GunRuntime, "_execute",
                                          _report_before_write),
+    "audit:register-scale": _current_scale_wrong,
+    "audit:fault-bit-misclassified": lambda: mock.patch.dict(
+        module_faults_module.MODULE_FAULT_BITS,
+        {2: module_faults_module.ModuleFaultBit("over_current", False, False,
+                                                ChargerFaultEnum.OTHER)}),
 }
 
 

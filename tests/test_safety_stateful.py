@@ -61,9 +61,11 @@ DISTURBANCES = (
     "io_silent", "io_lost", "io_back", "contactor_stuck_open", "current_stuck", "imd_dead",
     "voltage_offset", "voltage_offset_up", "output_weak", "consent_withdrawn",
     "consent_given", "ev_stops_bds", "ev_resumes_bds", "ems_silent")
-# Module fault bits: over-temperature, over-voltage, watchdog, contactor mismatch, and the
-# grid trips that must end a discharge at once (D6: over/under voltage, frequency, islanding).
-FAULT_BITS = [0, 1, 4, 5, 7, 8, 9, 10]
+# Every documented module fault bit: over-temperature, over-voltage, over-current, internal,
+# watchdog, contactor mismatch, input fault, and the grid trips that must end a discharge at
+# once (D6: over/under voltage, frequency, islanding). tests/test_module_status_words.py
+# holds each bit's reaction to what the map documents.
+FAULT_BITS = list(range(11))
 
 
 def _maybe(draw: st.DrawFn, strategy: st.SearchStrategy[float], unset: float) -> float:
