@@ -589,6 +589,11 @@ AUDIT: dict[str, Mutation] = {
     "audit:report-before-write": partial(_wrapped, GunRuntime, "_execute",
                                          _report_before_write),
     "audit:register-scale": _current_scale_wrong,
+    # Stale and over-long offers taken (the world's oracle once read the core's own policy).
+    "audit:upstream-policy-loosened": partial(
+        _wrapped, UpstreamArbiter, "__post_init__",
+        lambda original, self: (original(self), setattr(self, "policy", dataclasses.replace(
+            self.policy, max_delivery_age_s=120.0, max_validity_s=7200.0)))),
     "audit:fault-bit-misclassified": lambda: mock.patch.dict(
         module_faults_module.MODULE_FAULT_BITS,
         {2: module_faults_module.ModuleFaultBit("over_current", False, False,

@@ -104,6 +104,11 @@ DIRECTION_BUDGET_S = 5.0  # GB/T 18487.1-2023 Annex E: <= 5 A within 5 s of a ch
 DIRECTION_A = 5.0  # ... measured
 DIRECTION_DWELL_S = 0.5  # zero held before the new phase (E.5.1)
 NOMINAL_KWH = 60.0  # the world's BCP nominal energy: equivalent cycles' base
+# Upstream offers (I13), the project's rules as docs/SAFETY.md and docs/UPSTREAM.md state
+# them, written here rather than read from the core's policy (a loosened policy must fail):
+UPSTREAM_MAX_AGE_S = 5.0  # issued longer ago than this: stale
+UPSTREAM_MAX_VALIDITY_S = 900.0  # valid for longer: refused (OCPP 2.1: upstream refreshes)
+UPSTREAM_MIN_INTERVAL_S = 1.0  # one offer a second per source (OCPP 2.1 RateLimitExceeded)
 # The output held to its command and limits (issue 24, docs/SAFETY.md I17, I18)
 OVER_VOLTAGE_MARGIN_V = 15.0  # GB/T 18487.1-2015 B.4.7.6: EV max + 15 V
 OVER_VOLTAGE_HOLD_S = 0.4  # IEC 61851-23:2023 CC.3.4.2: over the limit > 400 ms
@@ -1095,9 +1100,8 @@ class SafetyWorld:
     def central_caps(self, charge_a: float, discharge_a: float, ttl: float) -> None:
         """The central system's maximum profile: limits only (source ocpp:max), vetted as
         the core does: one per source per second, validity within the policy."""
-        policy = self.s.upstream.policy
-        if ttl > 0 and not ttl > policy.max_validity_s \
-                and not self.t - self.caps_accepted_t < policy.min_interval_s:
+        if ttl > 0 and not ttl > UPSTREAM_MAX_VALIDITY_S \
+                and not self.t - self.caps_accepted_t < UPSTREAM_MIN_INTERVAL_S:
             self.caps, self.caps_accepted_t = (charge_a, discharge_a, self.t + ttl), self.t
         self.feed(UpstreamSetpoint(self.t, "ocpp:max", self.t + ttl, charge_limit=charge_a,
                                    discharge_limit=discharge_a))
@@ -1107,14 +1111,13 @@ class SafetyWorld:
         says (I13), with the same arithmetic as the core: a boundary case must not be
         accepted on one side and refused on the other."""
         issued, expires = self.t - age, self.t + ttl
-        policy = self.s.upstream.policy
         # Each direction within its own rating: a discharge beyond the gun's discharge
         # rating (any, on a charge-only gun) is refused, as the station answers upstream.
         rated = self.ratings.max_current_a if amps >= 0 else self.ratings.max_discharge_current_a
         valid = (math.isfinite(amps) and abs(amps) <= rated
-                 and not self.t - issued > policy.max_delivery_age_s and expires > self.t
-                 and not expires - self.t > policy.max_validity_s
-                 and not self.t - self.upstream_accepted_t < policy.min_interval_s)
+                 and not self.t - issued > UPSTREAM_MAX_AGE_S and expires > self.t
+                 and not expires - self.t > UPSTREAM_MAX_VALIDITY_S
+                 and not self.t - self.upstream_accepted_t < UPSTREAM_MIN_INTERVAL_S)
         if valid:
             self.upstream, self.upstream_accepted_t = (amps, expires), self.t
         self.feed(UpstreamLimit(issued, "ems", amps, expires_at=expires))
