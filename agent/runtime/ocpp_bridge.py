@@ -4,7 +4,8 @@ Each step: the client's offers become `UpstreamSetpoint` events on the session c
 change, and refreshed every `REFRESH_S`; a source that disappears is cleared); the
 central system's requests become core events (RequestStopTransaction -> StopRequested);
 the session's life becomes transaction events in the durable outbox (Started at plug-in,
-Updated every `meter_interval_s` with the DC meter's registers, power and SOC, Ended with
+Updated every SampledDataCtrlr.TxUpdatedInterval (`meter_interval_s` until the central
+system sets it) with the DC meter's registers, power and SOC, Ended with
 the stop reason) and NotifyEVChargingNeeds once the vehicle's needs are known.
 """
 

@@ -252,7 +252,9 @@ class OcppClient:
                                     "TxEndedMeasurands")})
     retry_random_range_s: float = 0.0  # OCPPCommCtrlr.RetryBackOffRandomRange
     retry_repeat_times: int = 0  # OCPPCommCtrlr.RetryBackOffRepeatTimes (0: no doubling)
-    message_timeout_s: float = 30.0  # OCPPCommCtrlr.MessageTimeout
+    # OCPPCommCtrlr.MessageTimeout: 30 s, the `ocpp` package's own call timeout (OCPP 2.1
+    # leaves the value to the station [V])
+    message_timeout_s: float = 30.0
     retry_wait_min_s: float = -1.0  # OCPPCommCtrlr.RetryBackOffWaitMinimum (-1: reconnect_s)
     _attempts: int = 0
     _profile_times: dict[tuple[int, str], list[float]] = field(default_factory=dict)
