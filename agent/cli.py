@@ -89,7 +89,26 @@ def _parser() -> argparse.ArgumentParser:
                           "discharge unpaid)")
     day.add_argument("--json", action="store_true", help="print the figures as JSON")
 
-    run = sub.add_parser("run", help="run the agent against real interfaces")
+    hil = sub.add_parser("hil", help="the hardware-in-the-loop harness as a product")
+    hil_sub = hil.add_subparsers(dest="hil_command", required=True)
+    serve = hil_sub.add_parser(
+        "serve", help="serve the simulated hardware a pile.toml names (on loopback), with "
+                      "cars that come and go, until stopped")
+    what = serve.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", metavar="PILE_TOML")
+    what.add_argument("--example-config", action="store_true",
+                      help="print a ready pile.toml: a 2-gun V2G pile on loopback")
+    serve.add_argument("--seed", type=int, default=1, help="draw of the cars (default 1)")
+    serve.add_argument("--v2g-share", type=float, default=0.5,
+                       help="share of the cars that offer V2G (default 0.5)")
+    serve.add_argument("--cars", type=int, default=0,
+                       help="cars per gun, then none (default 0: for ever)")
+    serve.add_argument("--stay-s", type=float, default=45.0,
+                       help="a car's owner is back after this; the car stops and leaves "
+                            "(default 45 s)")
+
+    run = sub.add_parser("run", help="run the agent against real interfaces until stopped "
+                                     "(SIGTERM/SIGINT)")
     run.add_argument("--config", required=True, metavar="PILE_TOML")
     run.add_argument("--can-log", metavar="FILE", help="write the CAN traffic in candump format")
     return p
@@ -222,6 +241,30 @@ def _station_day(args: argparse.Namespace) -> int:
     return run_station_day_cli(options, args.json)
 
 
+def _hil_serve(args: argparse.Namespace) -> int:
+    from hil.served_pile import EXAMPLE_CONFIG, CarPlan, serve
+
+    if args.example_config:
+        print(EXAMPLE_CONFIG, end="")
+        return 0
+    if not (math.isfinite(args.v2g_share) and 0 <= args.v2g_share <= 1) or args.cars < 0 \
+            or not (math.isfinite(args.stay_s) and 5 <= args.stay_s <= 86_400):
+        print(f"pile-agent hil serve: --v2g-share {args.v2g_share} / --cars {args.cars} / "
+              f"--stay-s {args.stay_s}: a share 0-1, cars >= 0, a stay of 5-86400 s",
+              file=sys.stderr)
+        return 2
+    from agent.runtime.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"pile-agent hil serve: bad config: {exc}", file=sys.stderr)
+        return 2
+    plan = CarPlan(seed=args.seed, v2g_share=args.v2g_share, cars=args.cars,
+                   stay_s=args.stay_s)
+    return asyncio.run(serve(config, plan, sys.stdout))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -263,6 +306,8 @@ def _main(argv: list[str] | None) -> int:
                           args.day_hours)
     if args.command == "station-day":
         return _station_day(args)
+    if args.command == "hil":
+        return _hil_serve(args)
     if args.command == "sim":
         from hil.faults import SCENARIOS
         from hil.pile_scenarios import PILE_SCENARIOS

@@ -54,7 +54,7 @@ class AgentThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.rc = self.loop.run_until_complete(run_pile(self.config, can_log=self.can_log,
-                                                        out=io.StringIO()))
+                                                        out=io.StringIO(), signals=False))
 
     def start(self) -> None:
         self.thread.start()

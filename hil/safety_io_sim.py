@@ -67,6 +67,9 @@ class SafetyIoSim:
         self.estop_trips_hardware = True
         self.door_open = False
         self.gun_unlocked = False
+        # Detection point 1 (GB/T 18487.1 Annex B): 4 V a car plugged in and latched (the
+        # harness's default: a car is on the gun), 12 V the gun in its holster.
+        self.cc1_v = 4.0
         self.force_connector_c: float | None = None
         self.requests = 0  # Modbus requests received (the simulation's transport load)
         self._reads = 0
@@ -134,6 +137,7 @@ class SafetyIoSim:
                 | (0 if self.gun_unlocked else bits.bit("gun_locked"))
                 | (bits.bit("safety_relay_tripped") if self.tripped else 0))
         self.io.put("inputs", word)
+        self.io.put("cc1_voltage", self.cc1_v)
         status = self.imd.map["status"]
         self.imd.put("status", (status.bit("measurement_valid") if self._imd_result else 0)
                      | (status.bit("measuring") if self._imd_timer is not None else 0)

@@ -10,8 +10,8 @@ from pathlib import Path
 from pymodbus.client import AsyncModbusTcpClient
 
 from agent.ledger.store import Ledger
-from agent.runtime.config import parse_config
-from agent.runtime.realtime import run_pile
+from agent.runtime.config import PileConfig, parse_config
+from agent.runtime.pile_service import PileService
 from drivers.sunspec.codec import layout, load_map
 from hil.csms_sim import Csms
 from hil.ev_bms import VehicleConfig
@@ -37,6 +37,19 @@ async def _site_ems(port: int, seen: list[object]) -> None:
     client.close()
 
 
+async def _serve_sessions(config: PileConfig, out: io.StringIO, sessions: int = 1) -> int:
+    """The pile's service until every gun has reported `sessions` sessions, then an
+    orderly stop; its exit code."""
+    service = PileService(config, out=out)
+    run = asyncio.create_task(service.run())
+    while not (service.reports and all(len(r) >= sessions for r in service.reports.values())):
+        if run.done():
+            return run.result()
+        await asyncio.sleep(0.05)
+    service.stop("test: sessions done")
+    return await run
+
+
 def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
     ems_seen: list[object] = []
     csms = Csms(password="0123456789abcdef")
@@ -56,7 +69,7 @@ def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
         ems = asyncio.create_task(_site_ems(ems_port, ems_seen))
         out = io.StringIO()
         try:
-            rc = await asyncio.wait_for(run_pile(config, out=out), 90.0)
+            rc = await asyncio.wait_for(_serve_sessions(config, out), 90.0)
             # The session's last commands reached the module before the agent exited.
             assert pile.module._get("output_enable") == 0
             assert pile.module._get("contactor_command") == 0
@@ -104,7 +117,7 @@ def test_run_drives_two_guns_sharing_a_module_pool(tmp_path: Path) -> None:
         assert config.pile is not None and len(config.guns) == 2
         out = io.StringIO()
         try:
-            rc = await asyncio.wait_for(run_pile(config, out=out), 90.0)
+            rc = await asyncio.wait_for(_serve_sessions(config, out), 90.0)
         finally:
             await pile.close()
         assert pile.matrix is not None

@@ -128,6 +128,16 @@ class StopRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class ShutdownDeadline:
+    """The agent is stopping and its stop budget is spent: a session whose orderly stop
+    (StopRequested) has not finished ends now, outputs off and K1/K2 open, and is reported
+    with `reason` (docs/OPERATIONS.md)."""
+
+    t: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class TemperatureReading:
     """One temperature sensor; NaN when the driver could not turn the reading into °C.
 
@@ -152,6 +162,9 @@ class SafetyInputs:
     gun_locked: bool = True
     # The safety controller opened K1/K2 on its own (heartbeat lost or E-stop loop).
     safety_relay_tripped: bool = False
+    # Detection point 1 (GB/T 18487.1 Annex B), volts; None where the board has no such
+    # input or the reading is unusable.
+    cc1_voltage_v: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +335,7 @@ Event = (
     | ModuleLinkLost
     | DriverError
     | StopRequested
+    | ShutdownDeadline
     | TemperatureReading
     | SafetyInputs
     | InsulationStatus

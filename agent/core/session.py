@@ -31,6 +31,7 @@ from agent.core.events import (
     ModuleStatus,
     OwnerPolicy,
     PoolCapability,
+    ShutdownDeadline,
     StopRequested,
     Tick,
     VehicleConnected,
@@ -211,6 +212,11 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
                 self._on_unplugged()
             case StopRequested(reason=reason):
                 self._stop(reason, CST(reasons=frozenset({ChargerStopReason.MANUAL})))
+            case ShutdownDeadline(reason=reason):
+                if self.state not in (State.IDLE, State.FINISHED, State.FAULT):
+                    self.data.outcome_reason = self.data.outcome_reason or reason
+                    self._fault(f"{reason}: the stop sequence did not finish in time",
+                                code="agent_stopped", emergency=True)
             case OwnerPolicy(policy=policy, source=source):
                 problems = policy.problems()
                 if problems:

@@ -74,6 +74,9 @@ class SessionBase:
     def _stop(self, reason: str, cst: CST) -> None:
         if self.state in STOPPABLE:
             self.data.stop_message = cst
+            # The first cause of the stop is the session's outcome reason, not the last
+            # step of the stop sequence ("BSD received").
+            self.data.outcome_reason = self.data.outcome_reason or reason
             self._fire(Trigger.STOP_REQUESTED, reason)
 
     def _stop_for(self, reason: str) -> None:

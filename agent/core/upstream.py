@@ -26,6 +26,7 @@ The rules, the same for every source:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.core.events import DroopSet, UpstreamCleared, UpstreamLimit, UpstreamSetpoint
@@ -76,6 +77,14 @@ class SetpointRatings:
 def setpoint_ratings(r: GunRatings) -> SetpointRatings:
     return SetpointRatings(r.max_current_a, r.max_power_w, r.max_discharge_current_a,
                            r.max_discharge_power_w)
+
+
+def pile_ratings(guns: Sequence[GunRatings]) -> SetpointRatings:
+    """A pile-level setpoint (the EMS's one DER, OCPP's evseId 0) is shared among the guns
+    (agent/core/pile_split.py): beyond all of them together it is refused."""
+    return SetpointRatings(sum(r.max_current_a for r in guns), sum(r.max_power_w for r in guns),
+                           sum(r.max_discharge_current_a for r in guns),
+                           sum(r.max_discharge_power_w for r in guns))
 
 
 def setpoint_problem(setpoint: float | None, unit: str, ratings: SetpointRatings) -> str:

@@ -64,6 +64,16 @@ class Outbox:
     def mark_sent(self, row_id: int, wall: float) -> None:
         self._db.execute("UPDATE ocpp_outbox SET sent_wall = ? WHERE id = ?", (wall, row_id))
 
+    def unended(self) -> list[tuple[str, int]]:
+        """Transactions with a Started event and no Ended one (the agent died in them):
+        (transactionId, EVSE id), oldest first."""
+        rows = self._db.execute(
+            "SELECT transaction_id, json_extract(payload, '$.evse.id') FROM ocpp_outbox o "
+            "WHERE json_extract(payload, '$.event_type') = 'Started' AND NOT EXISTS ("
+            "  SELECT 1 FROM ocpp_outbox e WHERE e.transaction_id = o.transaction_id"
+            "  AND json_extract(e.payload, '$.event_type') = 'Ended') ORDER BY id").fetchall()
+        return [(str(t), int(e or 1)) for t, e in rows]
+
     def counts(self) -> tuple[int, int]:
         """(sent, waiting)."""
         sent, waiting = self._db.execute(

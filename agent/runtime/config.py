@@ -227,6 +227,9 @@ class GunSetup:
     safety_bus: SafetyBusConfig
     meter: MeterConfig
     priority: int = 0  # the module pool serves higher first
+    # false: the gun serves no car (taken out of service by the operator; OCPP
+    # ChangeAvailability can do the same at run time)
+    in_service: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +306,10 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
     can = check_can(_build(CanConfig, doc.get("can", {}), "can"), "can")
     modbus = check_modbus(_build(ModbusConfig, doc.get("modbus", {}), "modbus"), "modbus")
     gun_doc = doc.get("gun", {})
-    gun = _build(GunRatings, {} if isinstance(gun_doc, list) else gun_doc, "gun")
+    single = {} if isinstance(gun_doc, list) else gun_doc
+    if not isinstance(single, dict):
+        raise ConfigError("[gun] must be a table (or [[gun]] tables)")
+    gun = _build(GunRatings, {k: v for k, v in single.items() if k != "in_service"}, "gun")
     for problem in gun.problems():
         raise ConfigError(f"gun.{problem}")
     bus = check_safety_bus(_build(SafetyBusConfig, doc.get("safety_bus", {}), "safety_bus"),
@@ -324,7 +330,8 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
         raise ConfigError(str(exc)) from exc
     ems = parse_ems(doc.get("ems", {}))
     ocpp = parse_ocpp(doc.get("ocpp", {}))
-    base = GunSetup(gun, can, modbus, bus, meter)
+    base = GunSetup(gun, can, modbus, bus, meter,
+                    in_service=_in_service(single.get("in_service", True), "gun"))
     guns = parse_guns(gun_doc, base) if isinstance(gun_doc, list) else (base,)
     if "thermal" in doc and not all(g.safety_bus.enabled for g in guns):
         # The temperatures come from each gun's I/O board on its safety bus; without it the
@@ -332,9 +339,6 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
         raise ConfigError("[thermal]: needs [safety_bus] enabled = true for every gun (the "
                           "PT1000s are read from the I/O board)")
     pile = parse_pile(doc["pile"], guns) if "pile" in doc else None
-    if len(guns) > 1 and (ems.enabled or ocpp.enabled):
-        raise ConfigError("[ems] / [ocpp]: one gun only for now (a SunSpec port group and an "
-                          "OCPP EVSE per gun are not wired yet; docs/PILE.md)")
     return PileConfig(can=can, modbus=modbus, gun=guns[0].ratings, safety_bus=bus,
                       thermal=thermal, meter=meter, v2g=v2g, health=health, owners=owners,
                       ledger=ledger, tariff=tariff,
@@ -355,7 +359,8 @@ def parse_guns(tables: list[Any], base: GunSetup) -> tuple[GunSetup, ...]:
         if not isinstance(table, dict):
             raise ConfigError(f"[[gun]] #{i}: must be a table")
         ratings = _build(GunRatings, {k: v for k, v in table.items()
-                                      if k not in (*_PER_GUN, "priority")}, where,
+                                      if k not in (*_PER_GUN, "priority", "in_service")},
+                         where,
                          base=replace(base.ratings, charger_number=i + 1))
         for problem in ratings.problems():
             raise ConfigError(f"{where}.{problem}")
@@ -368,7 +373,8 @@ def parse_guns(tables: list[Any], base: GunSetup) -> tuple[GunSetup, ...]:
         guns.append(GunSetup(ratings, check_can(parts["can"], f"{where}.can"),
                              check_modbus(parts["modbus"], f"{where}.modbus"),
                              check_safety_bus(parts["safety_bus"], f"{where}.safety_bus"),
-                             check_meter(parts["meter"], f"{where}.meter"), priority))
+                             check_meter(parts["meter"], f"{where}.meter"), priority,
+                             _in_service(table.get("in_service", True), where)))
     if not guns:
         raise ConfigError("[[gun]]: at least one gun")
     numbers = [g.ratings.charger_number for g in guns]
@@ -380,6 +386,12 @@ def parse_guns(tables: list[Any], base: GunSetup) -> tuple[GunSetup, ...]:
         raise ConfigError("[[gun]] can.channel: each gun needs its own CAN channel "
                           "(GB/T 27930 addresses one charger and one BMS per bus)")
     return tuple(guns)
+
+
+def _in_service(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.in_service: true or false, got {value!r}")
+    return value
 
 
 def parse_pile(table: object, guns: tuple[GunSetup, ...]) -> PoolSetup:

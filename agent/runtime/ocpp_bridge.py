@@ -1,4 +1,4 @@
-"""Between one gun's session and the OCPP client (drivers/ocpp).
+"""Between one gun's session and its EVSE at the OCPP client (drivers/ocpp).
 
 Each step: the client's offers become `UpstreamSetpoint` events on the session clock (on a
 change, and refreshed every `REFRESH_S`; a source that disappears is cleared); the
@@ -18,9 +18,17 @@ from collections.abc import Callable
 from agent.core.events import Event, StopRequested, UpstreamCleared, UpstreamSetpoint
 from agent.core.session import GunSession
 from agent.core.states import State
-from drivers.ocpp.client import OcppClient, Reset, SampledValue, StopTransaction
+from drivers.ocpp.client import (
+    ChangeAvailability,
+    OcppClient,
+    Reset,
+    SampledValue,
+    StopTransaction,
+)
 from drivers.ocpp.profiles import Offer
 
+# A session the agent's own stop ended (agent/runtime/pile_service.py) has this reason.
+AGENT_STOPPED = "agent stopped"
 REFRESH_S = 30.0  # well inside the offers' validity (profiles.OFFER_VALIDITY_S)
 _DONE = (State.FINISHED, State.FAULT)
 
@@ -33,10 +41,21 @@ _MEASURANDS_OF = {"Transaction.Begin": "TxStartedMeasurands",
 
 class OcppBridge:
     def __init__(self, client: OcppClient, session: GunSession, wall: Callable[[], float],
-                 meter_interval_s: float = 60.0) -> None:
+                 meter_interval_s: float = 60.0, *, evse_id: int | None = None,
+                 station_offers: bool = True,
+                 status: Callable[[], str] | None = None,
+                 on_availability: Callable[[bool], None] = lambda _operative: None) -> None:
+        """evse_id: this gun's EVSE (None: the client's only one). station_offers: the
+        station's own limits (evseId 0) go to this gun too (a one-gun station; a pile shares
+        them among its guns instead). status: the gun's connector status (else read from
+        the session)."""
         self.client = client
         self.session = session
         self.wall = wall
+        self.evse_id = evse_id if evse_id is not None else next(iter(client.evses))
+        self.station_offers = station_offers
+        self.status = status
+        self.on_availability = on_availability
         client.use_tx_updated_interval(meter_interval_s)
         self._sent: dict[str, tuple[float, tuple[object, ...]]] = {}
         self.transaction_id: str | None = None
@@ -47,8 +66,12 @@ class OcppBridge:
 
     def events(self, t: float) -> list[Event]:
         out = self._offers(t)
-        for request in self.client.drain_requests():
+        for request in self.client.drain_requests(self.evse_id):
             match request:
+                case ChangeAvailability(operative=operative):
+                    self.on_availability(operative)
+                    self.log.append(f"{t:.1f} s availability: "
+                                    f"{'Operative' if operative else 'Inoperative'}")
                 case StopTransaction():
                     self._remote_stop = True  # the Ended event says so (E06)
                     out.append(StopRequested(t, "central system: RequestStopTransaction"))
@@ -58,6 +81,8 @@ class OcppBridge:
                 case _:
                     self.log.append(f"{t:.1f} s {request}")
         self._transaction(t)
+        if self.status is not None:
+            self.client.set_connector_status(self.status(), self.evse_id)
         return out
 
     # ---- offers -> the core's upstream arbiter -------------------------------------------
@@ -65,7 +90,10 @@ class OcppBridge:
     def _offers(self, t: float) -> list[Event]:
         now_wall = self.wall()
         out: list[Event] = []
-        live = {o.source: o for o in self.client.offers()}
+        c = self.client
+        offers = [*c.station_offers(), *c.evse_offers(self.evse_id)] if self.station_offers \
+            else c.evse_offers(self.evse_id)
+        live = {o.source: o for o in offers}
         for source, o in live.items():
             key = (o.setpoint, o.charge_limit, o.discharge_limit, o.unit, o.curve, o.baseline)
             last = self._sent.get(source)
@@ -74,7 +102,7 @@ class OcppBridge:
             if last is not None and last[1] == key and t - last[0] < REFRESH_S:
                 continue
             self._sent[source] = (t, key)
-            out.append(_event(o, t, now_wall))
+            out.append(offer_event(o, t, now_wall))
         for source in [s for s in self._sent if s not in live]:
             del self._sent[source]
             out.append(UpstreamCleared(t, source))
@@ -87,29 +115,33 @@ class OcppBridge:
         if self.transaction_id is None:
             if s.state not in (State.IDLE, *_DONE):
                 self.transaction_id = f"{uuid.uuid4()}"
-                c.set_connector_status("Occupied")
+                c.set_connector_status("Occupied", self.evse_id)
                 c.transaction_event("Started", "CablePluggedIn", self.transaction_id,
                                     self._meter("Transaction.Begin"),
-                                    charging_state="EVConnected")
+                                    charging_state="EVConnected", evse_id=self.evse_id)
                 self._next_meter, self._needs_sent = t + c.tx_updated_interval_s, False
             return
         if s.state in _DONE:
             ok = s.state is State.FINISHED
-            if ok and self._remote_stop:
+            if s.data.outcome_reason.startswith(AGENT_STOPPED):
+                # The station's software is going down (a service stop or restart).
+                trigger, reason = "AbnormalCondition", "Reboot"
+            elif ok and self._remote_stop:
                 trigger, reason = "RemoteStop", "Remote"
             else:
                 trigger = "StopAuthorized" if ok else "AbnormalCondition"
                 reason = "Local" if ok else "EmergencyStop"
             c.transaction_event("Ended", trigger, self.transaction_id,
                                 self._meter("Transaction.End"), stopped_reason=reason,
-                                charging_state="Idle")
+                                charging_state="Idle", evse_id=self.evse_id)
             self._remote_stop = False
-            c.set_connector_status("Available" if s.state is State.FINISHED else "Faulted")
+            c.set_connector_status("Available" if s.state is State.FINISHED else "Faulted",
+                                   self.evse_id)
             self.transaction_id = None
             return
         if not self._needs_sent and s.view.charge is not None:
             self._needs_sent = True
-            c.ev_charging_needs(self._needs())
+            c.ev_charging_needs(self._needs(), self.evse_id)
         if t >= self._next_meter:
             self._next_meter = t + c.tx_updated_interval_s
             charging = s.state is State.CHARGING
@@ -117,7 +149,8 @@ class OcppBridge:
             # way is Charging, its direction in the Power.Active.Import/Export measurands.
             c.transaction_event("Updated", "MeterValuePeriodic", self.transaction_id,
                                 self._meter("Sample.Periodic"),
-                                charging_state="Charging" if charging else "EVConnected")
+                                charging_state="Charging" if charging else "EVConnected",
+                                evse_id=self.evse_id)
 
     def _meter(self, context: str) -> list[SampledValue]:
         wanted = self.client.measurands[_MEASURANDS_OF[context]]
@@ -164,7 +197,7 @@ class OcppBridge:
         return needs
 
 
-def _event(o: Offer, t: float, now_wall: float) -> UpstreamSetpoint:
+def offer_event(o: Offer, t: float, now_wall: float) -> UpstreamSetpoint:
     validity = max(0.0, o.valid_until - now_wall)  # <= profiles.OFFER_VALIDITY_S
     return UpstreamSetpoint(t, o.source, t + validity, setpoint=o.setpoint,
                             charge_limit=o.charge_limit, discharge_limit=o.discharge_limit,

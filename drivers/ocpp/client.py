@@ -54,6 +54,15 @@ SUBPROTOCOL = "ocpp2.1"
 
 
 @dataclass(frozen=True, slots=True)
+class EvseSettings:
+    """One EVSE of the station (a gun): its id (the gun's charger number) and the ratings
+    a setpoint on it is checked against."""
+
+    id: int
+    ratings: SetpointRatings = field(default_factory=SetpointRatings)
+
+
+@dataclass(frozen=True, slots=True)
 class OcppSettings:
     url: str  # ws://host:port/path or wss://...; the station id is appended
     station_id: str
@@ -73,6 +82,12 @@ class OcppSettings:
     ratings: SetpointRatings = field(default_factory=SetpointRatings)
     # More SetChargingProfile requests per second than this: RateLimitExceeded (2.1).
     profiles_per_s: float = 1.0
+    # Every EVSE of the station, one per gun, connector 1 each (empty: one EVSE, `evse_id`
+    # with `ratings`).
+    evses: tuple[EvseSettings, ...] = ()
+
+    def evse_list(self) -> tuple[EvseSettings, ...]:
+        return self.evses or (EvseSettings(self.evse_id, self.ratings),)
 
     @property
     def security_profile(self) -> int:
@@ -108,7 +123,29 @@ class RemoteStart:
     remote_start_id: int
 
 
-Request = StopTransaction | Reset | RemoteStart
+@dataclass(frozen=True, slots=True)
+class ChangeAvailability:
+    operative: bool
+
+
+Request = StopTransaction | Reset | RemoteStart | ChangeAvailability
+
+
+@dataclass
+class Evse:
+    """What the station holds per EVSE: its connector's status, its transaction, its
+    profiles (TxProfile, TxDefaultProfile), what the central system allows it, and what
+    it asked of the gun."""
+
+    id: int
+    ratings: SetpointRatings
+    store: ProfileStore = field(default_factory=ProfileStore)
+    connector_status: str = "Available"
+    transaction_id: str | None = None
+    allowed_transfer: tuple[str, ...] = ("DC", "DC_BPT")
+    needs: dict[str, Any] | None = None  # NotifyEVChargingNeeds waiting to be sent
+    requests: list[Request] = field(default_factory=list)
+    status_due: bool = True  # a StatusNotification to send
 
 
 def _package_version() -> str:
@@ -161,15 +198,17 @@ class _Station(ChargePoint):  # type: ignore[misc]
                        charging_profile_criteria: dict[str, Any] | None = None,
                        **_: Any) -> call_result.ClearChargingProfile:
         c = charging_profile_criteria or {}
-        found = self.owner.store.clear(charging_profile_id, c.get("charging_profile_purpose"),
-                                       c.get("stack_level"))
+        found = self.owner.clear_profiles(charging_profile_id, c.get("evse_id"),
+                                          c.get("charging_profile_purpose"),
+                                          c.get("stack_level"))
         return call_result.ClearChargingProfile(status="Accepted" if found else "Unknown")
 
     @on(Action.update_dynamic_schedule)  # type: ignore[untyped-decorator]
     def _update_dynamic(self, charging_profile_id: int, schedule_update: dict[str, Any],
                         **_: Any) -> call_result.UpdateDynamicSchedule:
-        problem = self.owner.store.update_dynamic(charging_profile_id, schedule_update,
-                                                  self.owner.wall())
+        store = self.owner.store_holding(charging_profile_id)
+        problem = store.update_dynamic(charging_profile_id, schedule_update, self.owner.wall()) \
+            if store is not None else Rejection("UnknownProfile", "no profile with that id")
         if problem is not None:
             return call_result.UpdateDynamicSchedule(
                 status="Rejected", status_info=StatusInfoType(problem.reason_code, problem.info))
@@ -189,41 +228,72 @@ class _Station(ChargePoint):  # type: ignore[misc]
 
     @on(Action.request_start_transaction)  # type: ignore[untyped-decorator]
     def _remote_start(self, id_token: dict[str, Any], remote_start_id: int,
+                      evse_id: int | None = None,
                       **_: Any) -> call_result.RequestStartTransaction:
-        self.owner.requests.append(RemoteStart(str(id_token.get("id_token")), remote_start_id))
-        return call_result.RequestStartTransaction(
-            status="Accepted", transaction_id=self.owner.transaction_id)
+        evse = self.owner.evses.get(evse_id if evse_id is not None
+                                    else next(iter(self.owner.evses)))
+        if evse is None:
+            return call_result.RequestStartTransaction(
+                status="Rejected", status_info=StatusInfoType("UnknownEvse"))
+        evse.requests.append(RemoteStart(str(id_token.get("id_token")), remote_start_id))
+        return call_result.RequestStartTransaction(status="Accepted",
+                                                   transaction_id=evse.transaction_id)
 
     @on(Action.request_stop_transaction)  # type: ignore[untyped-decorator]
     def _remote_stop(self, transaction_id: str,
                      **_: Any) -> call_result.RequestStopTransaction:
-        if transaction_id != self.owner.transaction_id:
+        evse = self.owner.evse_of(transaction_id)
+        if evse is None:
             return call_result.RequestStopTransaction(
                 status="Rejected", status_info=StatusInfoType("TxNotFound"))
-        self.owner.requests.append(StopTransaction(transaction_id))
+        evse.requests.append(StopTransaction(transaction_id))
         return call_result.RequestStopTransaction(status="Accepted")
 
     @on(Action.reset)  # type: ignore[untyped-decorator]
-    def _reset(self, type: str, **_: Any) -> call_result.Reset:
-        self.owner.requests.append(Reset(type))
-        busy = self.owner.transaction_id is not None
+    def _reset(self, type: str, evse_id: int | None = None, **_: Any) -> call_result.Reset:
+        targets = self.owner.targets(evse_id)
+        if not targets:
+            return call_result.Reset(status="Rejected",
+                                     status_info=StatusInfoType("UnknownEvse"))
+        for evse in targets:
+            evse.requests.append(Reset(type))
+        busy = any(e.transaction_id is not None for e in targets)
         return call_result.Reset(status="Scheduled" if busy and type == "OnIdle"
                                  else "Accepted")
+
+    @on(Action.change_availability)  # type: ignore[untyped-decorator]
+    def _availability(self, operational_status: str, evse: dict[str, Any] | None = None,
+                      **_: Any) -> call_result.ChangeAvailability:
+        """G03/G04: Inoperative takes the EVSE (or, without one, every EVSE) out of
+        service; a running transaction goes on to its end first (Scheduled)."""
+        targets = self.owner.targets(evse.get("id") if evse else None)
+        if not targets:
+            return call_result.ChangeAvailability(
+                status="Rejected", status_info=StatusInfoType("UnknownEvse"))
+        for e in targets:
+            e.requests.append(ChangeAvailability(operational_status == "Operative"))
+        busy = operational_status != "Operative" and any(
+            e.transaction_id is not None for e in targets)
+        return call_result.ChangeAvailability(status="Scheduled" if busy else "Accepted")
 
     @on(Action.trigger_message)  # type: ignore[untyped-decorator]
     def _trigger(self, requested_message: str, **_: Any) -> call_result.TriggerMessage:
         if requested_message not in ("BootNotification", "Heartbeat", "StatusNotification"):
             return call_result.TriggerMessage(status="NotImplemented")
+        if requested_message == "StatusNotification":
+            for evse in self.owner.evses.values():
+                evse.status_due = True
         self.owner.triggered.append(requested_message)
         return call_result.TriggerMessage(status="Accepted")
 
     @on(Action.notify_allowed_energy_transfer)  # type: ignore[untyped-decorator]
     def _allowed(self, transaction_id: str, allowed_energy_transfer: list[str],
                  **_: Any) -> call_result.NotifyAllowedEnergyTransfer:
-        if transaction_id != self.owner.transaction_id:
+        evse = self.owner.evse_of(transaction_id)
+        if evse is None:
             return call_result.NotifyAllowedEnergyTransfer(
                 status="Rejected", status_info=StatusInfoType("TxNotFound"))
-        self.owner.allowed_transfer = tuple(allowed_energy_transfer)
+        evse.allowed_transfer = tuple(allowed_energy_transfer)
         return call_result.NotifyAllowedEnergyTransfer(status="Accepted")
 
 
@@ -232,18 +302,17 @@ class OcppClient:
     settings: OcppSettings
     outbox: Outbox
     wall: Callable[[], float]
+    # The station's own profiles (evseId 0): ChargingStationMaxProfile,
+    # ExternalConstraints, and a TxDefaultProfile for every EVSE without its own.
     store: ProfileStore = field(default_factory=ProfileStore)
-    requests: list[Request] = field(default_factory=list)
+    evses: dict[int, Evse] = field(default_factory=dict)
     triggered: list[str] = field(default_factory=list)
     online: bool = False
     offline_since: float | None = None
-    transaction_id: str | None = None
-    allowed_transfer: tuple[str, ...] = ("DC", "DC_BPT")
     heartbeat_s: float = 300.0
-    connector_status: str = "Available"
+    booted: bool = False  # BootNotification accepted since the process started
     log: SaidLines = field(default_factory=lambda: SaidLines("pile_agent.ocpp"))
     variables: dict[tuple[str, str], tuple[str, bool]] = field(default_factory=dict)
-    needs: dict[str, Any] | None = None  # NotifyEVChargingNeeds waiting to be sent
     auth_cache: dict[str, bool] = field(default_factory=dict)
     # The device model's settable variables (each changes what the station does):
     tx_updated_interval_s: float = 60.0  # SampledDataCtrlr.TxUpdatedInterval
@@ -263,6 +332,7 @@ class OcppClient:
 
     def __post_init__(self) -> None:
         s = self.settings
+        self.evses = {e.id: Evse(e.id, e.ratings) for e in s.evse_list()}
         self.variables = {  # (component, variable) -> (value, writable)
             ("OCPPCommCtrlr", "HeartbeatInterval"): (str(int(self.heartbeat_s)), True),
             ("SmartChargingCtrlr", "Enabled"): ("true", False),
@@ -279,7 +349,8 @@ class OcppClient:
             ("ChargingStation", "SerialNumber"): (s.serial_number or s.station_id, False),
             ("ChargingStation", "FirmwareVersion"): (s.firmware_version, False),
             ("V2XChargingCtrlr", "SupportedEnergyTransferModes"): (
-                "DC,DC_BPT" if s.ratings.discharge_a > 0 else "DC", False),
+                "DC,DC_BPT" if any(e.ratings.discharge_a > 0 for e in s.evse_list())
+                else "DC", False),
             ("SmartChargingCtrlr", "PeriodsPerSchedule"): (str(PERIODS_PER_SCHEDULE), False),
             ("SmartChargingCtrlr", "ProfileStackLevel"): (str(PROFILE_STACK_LEVEL), False),
             # A (re)connect always resends every connector's status: no threshold.
@@ -309,29 +380,61 @@ class OcppClient:
             return _rejected("RateLimitExceeded",
                              f"more than {self.settings.profiles_per_s:g} {key[1]} a second "
                              f"for EVSE {evse_id}")
-        if evse_id not in (0, self.settings.evse_id):
+        evse = self.evses.get(evse_id)
+        if evse_id != 0 and evse is None:
             return _rejected("UnknownEvse", f"EVSE {evse_id}")
-        profile = parse_profile(raw, now, self.transaction_id)
+        profile = parse_profile(raw, now, evse.transaction_id if evse else None)
         if isinstance(profile, Rejection):
             self.log.append(f"profile rejected: {profile.reason_code}: {profile.info}")
             return _rejected(profile.reason_code, profile.info)
-        if evse_id == 0 and profile.purpose.startswith("Tx"):
-            return _rejected("InvalidValue", "a Tx profile needs an EVSE")
+        if evse_id == 0 and profile.purpose == "TxProfile":
+            return _rejected("InvalidValue", "a TxProfile needs an EVSE")
+        if evse_id != 0 and profile.purpose.startswith("ChargingStation"):
+            # K01: the station's maximum and external constraints are the station's.
+            return _rejected("InvalidValue", f"a {profile.purpose} is set on evseId 0")
         if len(profile.periods) > PERIODS_PER_SCHEDULE or \
                 profile.stack_level > PROFILE_STACK_LEVEL:
             why = (f"{len(profile.periods)} periods (at most {PERIODS_PER_SCHEDULE}) or stack "
                    f"level {profile.stack_level} (at most {PROFILE_STACK_LEVEL})")
             self.log.append(f"profile rejected: InvalidValue: {why}")
             return _rejected("InvalidValue", why)
-        beyond = next((why for q in profile.periods
-                       if (why := setpoint_problem(q.setpoint, profile.unit,
-                                                   self.settings.ratings))), "")
+        ratings = [evse.ratings] if evse else [e.ratings for e in self.evses.values()]
+        beyond = next((why for q in profile.periods for r in ratings
+                       if (why := setpoint_problem(q.setpoint, profile.unit, r))), "")
         if beyond:
             self.log.append(f"profile rejected: InvalidValue: {beyond}")
             return _rejected("InvalidValue", beyond)
         times.append(now)
-        self.store.set(profile)
+        (evse.store if evse else self.store).set(profile)
         return call_result.SetChargingProfile(status="Accepted")
+
+    def targets(self, evse_id: int | None) -> list[Evse]:
+        """The EVSEs a request names: one, or (None or 0) every one; [] for an unknown."""
+        if not evse_id:
+            return list(self.evses.values())
+        evse = self.evses.get(evse_id)
+        return [evse] if evse is not None else []
+
+    def evse_of(self, transaction_id: str) -> Evse | None:
+        return next((e for e in self.evses.values()
+                     if e.transaction_id is not None and e.transaction_id == transaction_id),
+                    None)
+
+    def store_holding(self, profile_id: int) -> ProfileStore | None:
+        for store in (self.store, *(e.store for e in self.evses.values())):
+            if profile_id in store.profiles:
+                return store
+        return None
+
+    def clear_profiles(self, profile_id: int | None, evse_id: int | None,
+                       purpose: str | None, stack_level: int | None) -> bool:
+        stores = [self.store] if evse_id == 0 else \
+            [e.store for e in self.targets(evse_id)] if evse_id else \
+            [self.store, *(e.store for e in self.evses.values())]
+        found = False
+        for store in stores:
+            found = store.clear(profile_id, purpose, stack_level) or found
+        return found
 
     def get_variable(self, d: dict[str, Any]) -> GetVariableResultType:
         comp, var = d["component"], d["variable"]
@@ -420,17 +523,47 @@ class OcppClient:
 
     # ---- what the pile takes from it ------------------------------------------------------
 
-    def offers(self) -> list[Offer]:
+    def _offline_s(self, now: float) -> float:
+        return now - self.offline_since if self.offline_since is not None else 0.0
+
+    def station_offers(self) -> list[Offer]:
+        """The station's limits (evseId 0: ChargingStationMaxProfile, ExternalConstraints):
+        the pile's, shared among its guns (agent/core/pile_split.py)."""
         now = self.wall()
-        offline_s = now - self.offline_since if self.offline_since is not None else 0.0
-        out = self.store.offers(now, offline_s)
-        if "DC_BPT" not in self.allowed_transfer:
+        return [o for o in self.store.offers(now, self._offline_s(now)) if o.source != "ocpp:tx"]
+
+    def evse_offers(self, evse_id: int) -> list[Offer]:
+        """One EVSE's own: its TxProfile or TxDefaultProfile (else the station's
+        TxDefaultProfile), and no discharge where the central system allows none."""
+        now, evse = self.wall(), self.evses[evse_id]
+        offline_s = self._offline_s(now)
+        out = [o for o in evse.store.offers(now, offline_s) if o.source == "ocpp:tx"] or \
+            [o for o in self.store.offers(now, offline_s) if o.source == "ocpp:tx"]
+        if "DC_BPT" not in evse.allowed_transfer:
             # NotifyAllowedEnergyTransfer without bidirectional DC: no discharge offer.
             out.append(Offer("ocpp:allowed", "A", now + 60.0, None, math.inf, 0.0))
         return out
 
-    def drain_requests(self) -> list[Request]:
-        out, self.requests = self.requests, []
+    def offers(self) -> list[Offer]:
+        """A one-EVSE station's offers: the station's and its EVSE's."""
+        return [*self.station_offers(), *self.evse_offers(next(iter(self.evses)))]
+
+    @property
+    def requests(self) -> list[Request]:
+        """The first EVSE's requests (a one-EVSE station)."""
+        return self.evses[next(iter(self.evses))].requests
+
+    @property
+    def transaction_id(self) -> str | None:
+        return self.evses[next(iter(self.evses))].transaction_id
+
+    @property
+    def allowed_transfer(self) -> tuple[str, ...]:
+        return self.evses[next(iter(self.evses))].allowed_transfer
+
+    def drain_requests(self, evse_id: int | None = None) -> list[Request]:
+        evse = self.evses[evse_id if evse_id is not None else next(iter(self.evses))]
+        out, evse.requests = evse.requests, []
         return out
 
     # ---- authorisation -----------------------------------------------------------------
@@ -449,7 +582,8 @@ class OcppClient:
                 ok = bool(r.id_token_info["status"] == "Accepted")
                 self.auth_cache[id_token] = ok
                 if ok and r.allowed_energy_transfer:
-                    self.allowed_transfer = tuple(r.allowed_energy_transfer)
+                    for evse in self.evses.values():
+                        evse.allowed_transfer = tuple(r.allowed_energy_transfer)
                 return ok
         return self.auth_cache.get(id_token, False)
 
@@ -457,8 +591,10 @@ class OcppClient:
 
     def transaction_event(self, event_type: str, trigger: str, transaction_id: str,
                           meter: list[SampledValue] | None = None, stopped_reason: str = "",
-                          charging_state: str | None = None) -> int:
+                          charging_state: str | None = None,
+                          evse_id: int | None = None) -> int:
         now = self.wall()
+        evse = self.evses[evse_id if evse_id is not None else next(iter(self.evses))]
         tx: dict[str, Any] = {"transaction_id": transaction_id}
         if charging_state:
             tx["charging_state"] = charging_state
@@ -467,19 +603,19 @@ class OcppClient:
         payload: dict[str, Any] = {
             "event_type": event_type, "timestamp": iso(now), "trigger_reason": trigger,
             "transaction_info": tx, "offline": not self.online,
-            "evse": {"id": self.settings.evse_id, "connector_id": 1},
+            "evse": {"id": evse.id, "connector_id": 1},
         }
         if meter:
             payload["meter_value"] = [{"timestamp": iso(now), "sampled_value": [
                 {"value": round(v.value, 3), "measurand": v.measurand, "context": v.context,
                  "unit_of_measure": {"unit": v.unit}} for v in meter]}]
         if event_type == "Started":
-            self.transaction_id = transaction_id
-            self.store.transaction_started = now  # Relative profiles count from here
+            evse.transaction_id = transaction_id
+            evse.store.transaction_started = now  # Relative profiles count from here
         seq = self.outbox.enqueue(transaction_id, payload, now)
         if event_type == "Ended":
-            self.transaction_id = None
-            self.store.end_transaction()
+            evse.transaction_id = None
+            evse.store.end_transaction()
         self._wake.set()
         return seq
 
@@ -529,12 +665,17 @@ class OcppClient:
                                   additional_headers=headers, ssl=context, open_timeout=5)
 
     async def _session(self, cp: _Station, reader: asyncio.Task[None]) -> None:
-        boot = await cp.call(call.BootNotification(
-            charging_station=self._station_type(), reason="PowerUp"))
-        if boot is None or boot.status != "Accepted":
-            raise OSError(f"boot not accepted: {boot}")
-        self.heartbeat_s = float(boot.interval or self.heartbeat_s)
+        if not self.booted:
+            # B01: once per start of the station; a reconnect does not boot again.
+            boot = await cp.call(call.BootNotification(
+                charging_station=self._station_type(), reason="PowerUp"))
+            if boot is None or boot.status != "Accepted":
+                raise OSError(f"boot not accepted: {boot}")
+            self.heartbeat_s = float(boot.interval or self.heartbeat_s)
+            self.booted = True
         self.online, self.offline_since, self._attempts = True, None, 0
+        for evse in self.evses.values():  # every connector's status on every (re)connect
+            evse.status_due = True
         await self._status(cp)
         next_beat = self.wall() + self.heartbeat_s
         while not reader.done():
@@ -548,10 +689,13 @@ class OcppClient:
                     await cp.call(call.BootNotification(
                         charging_station=self._station_type(), reason="Triggered"))
             self.triggered.clear()
-            if self.needs is not None:
-                needs, self.needs = self.needs, None
-                await cp.call(call.NotifyEVChargingNeeds(evse_id=self.settings.evse_id,
-                                                         charging_needs=needs))
+            for evse in self.evses.values():
+                if evse.needs is not None:
+                    needs, evse.needs = evse.needs, None
+                    await cp.call(call.NotifyEVChargingNeeds(evse_id=evse.id,
+                                                             charging_needs=needs))
+            if any(e.status_due for e in self.evses.values()):
+                await self._status(cp)
             if self.wall() >= next_beat:
                 await cp.call(call.Heartbeat())
                 next_beat = self.wall() + self.heartbeat_s
@@ -567,9 +711,13 @@ class OcppClient:
                                    firmware_version=s.firmware_version[:50])
 
     async def _status(self, cp: _Station) -> None:
-        await cp.call(call.StatusNotification(
-            timestamp=iso(self.wall()), connector_status=self.connector_status,
-            evse_id=self.settings.evse_id, connector_id=1))
+        """A StatusNotification for each connector whose status is due."""
+        for evse in self.evses.values():
+            if evse.status_due:
+                evse.status_due = False
+                await cp.call(call.StatusNotification(
+                    timestamp=iso(self.wall()), connector_status=evse.connector_status,
+                    evse_id=evse.id, connector_id=1))
 
     async def _flush(self, cp: _Station) -> None:
         for row_id, payload in self.outbox.pending():
@@ -578,15 +726,20 @@ class OcppClient:
                 raise OSError("TransactionEvent answered with an error")
             self.outbox.mark_sent(row_id, self.wall())
 
-    def ev_charging_needs(self, needs: dict[str, Any]) -> None:
+    def ev_charging_needs(self, needs: dict[str, Any], evse_id: int | None = None) -> None:
         """Queue a NotifyEVChargingNeeds (snake_case ChargingNeedsType), sent when online."""
-        self.needs = needs
+        self.evses[evse_id if evse_id is not None else next(iter(self.evses))].needs = needs
         self._wake.set()
 
-    def set_connector_status(self, status: str) -> None:
-        if status != self.connector_status:
-            self.connector_status = status
-            self.triggered.append("StatusNotification")
+    def connector_status(self, evse_id: int | None = None) -> str:
+        return self.evses[evse_id if evse_id is not None else next(iter(self.evses))
+                          ].connector_status
+
+    def set_connector_status(self, status: str, evse_id: int | None = None) -> None:
+        evse = self.evses[evse_id if evse_id is not None else next(iter(self.evses))]
+        if status != evse.connector_status:
+            evse.connector_status = status
+            evse.status_due = True
             self._wake.set()
 
 

@@ -51,12 +51,14 @@ def decode_io(regmap: RegisterMap, t: float, words: Sequence[int]) -> list[Event
         return [*events, SafetyInputs(t, emergency_stop=True, door_open=True,
                                       gun_locked=False, safety_relay_tripped=True)]
     word = int(inputs)
+    cc1 = _raw(regmap, "cc1_voltage", words) if "cc1_voltage" in regmap.registers else None
     events.append(SafetyInputs(
         t,
         emergency_stop=not word & bits.bit("estop_loop_closed"),
         door_open=not word & bits.bit("door_closed"),
         gun_locked=bool(word & bits.bit("gun_locked")),
         safety_relay_tripped=bool(word & bits.bit("safety_relay_tripped")),
+        cc1_voltage_v=cc1,
     ))
     return events
 

@@ -1,0 +1,176 @@
+"""The pile's upstream for the life of the process, for every gun: the SunSpec server for
+the site EMS and the OCPP 2.1 client, started with the service and stopped with it (they
+stay up between sessions).
+
+- SunSpec: one DER for the pile (models 1, 701-704, 711, 713, 715) with a 714 port per
+  gun. Its WSet / WChaRteMax / WDisChaRteMax are the pile's: shared among the guns
+  (agent/core/pile_split.py, through agent/runtime/pile_offers.py).
+- OCPP: one connection for the station, an EVSE per gun (evseId = the gun's charger
+  number, connector 1), a bridge per gun (its transactions, its status, its own
+  profiles); the station's own limits (evseId 0) are shared among the guns like the
+  EMS's.
+
+Offers and requests reach each gun as events in its inbox; the gun's arbiter decides
+(agent/core/upstream.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import IO
+
+from agent.core.events import Event, UpstreamCleared
+from agent.core.pile_split import standing
+from agent.core.upstream import pile_ratings, setpoint_ratings
+from agent.ledger.outbox import Outbox
+from agent.runtime.clock import Clock
+from agent.runtime.config import PileConfig
+from agent.runtime.ems_view import ems_snapshot
+from agent.runtime.gun_service import GunService
+from agent.runtime.ocpp_bridge import REFRESH_S, OcppBridge, offer_event
+from agent.runtime.pile_offers import PileOffers
+from drivers.ocpp.client import EvseSettings, OcppClient, OcppSettings
+from drivers.sunspec.codec import layout, load_map
+from drivers.sunspec.ems_controls import EmsControls, EmsSettings
+from drivers.sunspec.server import SunSpecServer
+
+# The EMS's and the central system's time-based inputs (an EMS heartbeat lost, an OCPP
+# request queued) are looked at this often; an EMS write is acted on at once.
+UPSTREAM_POLL_S = 0.1
+
+
+class UpstreamLinks:
+    def __init__(self, config: PileConfig, guns: list[GunService], clock: Clock,
+                 wall: Callable[[], float], out: IO[str]) -> None:
+        self.config = config
+        self.guns = guns
+        self.clock = clock
+        self.wall = wall
+        self.out = out
+        self.ems: SunSpecServer | None = None
+        self.client: OcppClient | None = None
+        self.bridges: list[OcppBridge] = []
+        self.pile_offers = PileOffers(min_interval_s=config.upstream.min_interval_s)
+        self._station: dict[str, tuple[float, tuple[object, ...]]] = {}  # OCPP evseId 0
+        self._written = asyncio.Event()
+
+    async def start(self, stack: contextlib.ExitStack) -> str:
+        """Listen and connect; an error text if the EMS's port cannot be served."""
+        config = self.config
+        ratings = [g.session.ratings for g in self.guns]
+        e = config.ems
+        if e.enabled:
+            base, models = load_map()
+            serial = e.serial_number or config.ocpp.station_id or "pile"
+            sessions = [g.session for g in self.guns]
+            server = SunSpecServer(
+                layout(base, models, n_ports=len(self.guns)),
+                EmsControls(EmsSettings(allow_discharge=e.allow_discharge,
+                                        default_validity_s=e.default_validity_s,
+                                        heartbeat_timeout_s=e.heartbeat_timeout_s,
+                                        min_interval_s=config.upstream.min_interval_s,
+                                        ratings=pile_ratings(ratings))),
+                lambda: ems_snapshot(sessions, serial, int(self.clock.now())),
+                self.clock.now, allowed_writers=e.allowed_writers, unit_id=e.unit_id)
+            try:
+                await server.start(e.host, e.port)
+            except OSError as exc:
+                return f"cannot serve the EMS on {e.host}:{e.port}: {exc}"
+            server.on_write = self._written.set
+            self.ems = server
+        o = config.ocpp
+        if o.enabled:
+            outbox = Outbox(config.ledger.path)
+            stack.callback(outbox.close)
+            client = OcppClient(OcppSettings(
+                url=o.url, station_id=o.station_id, password=o.password or None,
+                ca_file=o.ca_file or None, cert_file=o.cert_file or None,
+                key_file=o.key_file or None,
+                rated_power_w=max(max(r.max_power_w, r.max_discharge_power_w)
+                                  for r in ratings),
+                evses=tuple(EvseSettings(g.number, setpoint_ratings(g.session.ratings))
+                            for g in self.guns)), outbox, time.time)
+            self._end_left_open(client)
+            self.client = client
+            self.bridges = [OcppBridge(client, g.session, time.time,
+                                       meter_interval_s=o.meter_interval_s, evse_id=g.number,
+                                       station_offers=False, status=g.status,
+                                       on_availability=g.set_in_service)
+                            for g in self.guns]
+        return ""
+
+    def _end_left_open(self, client: OcppClient) -> None:
+        """Transactions a killed agent left without an Ended event get one now
+        (stoppedReason PowerLoss: the agent lost the session), before any new one; the
+        outbox sends them in order once online."""
+        for transaction_id, evse_id in client.outbox.unended():
+            evse = evse_id if evse_id in client.evses else None
+            client.transaction_event("Ended", "AbnormalCondition", transaction_id,
+                                     stopped_reason="PowerLoss", charging_state="Idle",
+                                     evse_id=evse)
+            print(f"ocpp: transaction {transaction_id} on EVSE {evse_id} ended after the "
+                  "restart (PowerLoss)", file=self.out, flush=True)
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        out = [asyncio.create_task(self._poll_loop(), name="upstream")]
+        if self.client is not None:
+            out.append(asyncio.create_task(self.client.run(), name="ocpp"))
+        return out
+
+    def poll_now(self) -> None:
+        """Offers and requests to the guns, the guns' sessions to the central system."""
+        now = self.clock.now()
+        if self.ems is not None:
+            self.pile_offers.take(self.ems.events(now))
+        if self.client is not None:
+            self.pile_offers.take(self._station_events(now))
+        for bridge, gun in zip(self.bridges, self.guns, strict=False):
+            for event in bridge.events(now):
+                gun.put(event)
+        by_number = {g.number: g for g in self.guns}
+        standings = [standing(g.number, g.session, g.priority) for g in self.guns]
+        for number, event in self.pile_offers.poll(now, standings):
+            for gun in (self.guns if number is None else [by_number[number]]):
+                gun.put(event)
+
+    def _station_events(self, now: float) -> list[Event]:
+        """The station's own profiles (evseId 0), on a change or every REFRESH_S."""
+        assert self.client is not None
+        wall = self.wall()
+        out: list[Event] = []
+        live = {o.source: o for o in self.client.station_offers()}
+        for source, o in live.items():
+            key = (o.setpoint, o.charge_limit, o.discharge_limit, o.unit, o.curve, o.baseline)
+            last = self._station.get(source)
+            if last is not None and last[1] == key and now - last[0] < REFRESH_S:
+                continue
+            self._station[source] = (now, key)
+            out.append(offer_event(o, now, wall))
+        for source in [s for s in self._station if s not in live]:
+            del self._station[source]
+            out.append(UpstreamCleared(now, source))
+        return out
+
+    async def drain(self, seconds: float) -> None:
+        """Up to `seconds` for the outbox to reach the central system (what is left is
+        replayed at the next start)."""
+        if self.client is None:
+            return
+        client = self.client
+        deadline = time.monotonic() + max(seconds, 0.0)
+        while client.online and client.outbox.counts()[1] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        if self.ems is not None:
+            await self.ems.stop()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            self._written.clear()
+            self.poll_now()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._written.wait(), UPSTREAM_POLL_S)
