@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="guns of the station-day at the energy level (default 36)")
     bench.add_argument("--day-hours", type=float, default=24.0, metavar="H",
                        help="its simulated hours (default 24)")
+    bench.add_argument("--soak", type=float, metavar="MINUTES",
+                       help="instead: the service against the served pile for MINUTES of "
+                            "real time (sessions per gun, faults, RSS growth, CPU, CCS p99, "
+                            "records lost or duplicated)")
+    bench.add_argument("--soak-guns", type=int, default=4, metavar="N",
+                       help="guns of the soak's pile (default 4)")
 
     day = sub.add_parser("station-day",
                          help="a whole station's day at the energy level: the module pool and "
@@ -281,6 +287,19 @@ def _main(argv: list[str] | None) -> int:
         from agent.records_cli import run_records
 
         return run_records(args.ledger, args.format, args.tariff)
+    if args.command == "bench" and args.soak is not None:
+        if not (math.isfinite(args.soak) and 0 < args.soak <= 7 * 24 * 60) \
+                or not 1 <= args.soak_guns <= 16:
+            print(f"pile-agent bench: --soak {args.soak} / --soak-guns {args.soak_guns}: "
+                  "minutes in (0, 10080], 1-16 guns", file=sys.stderr)
+            return 2
+        import json
+
+        from hil.soak import soak
+
+        print(json.dumps(asyncio.run(soak(args.soak, args.soak_guns)),
+                         indent=2 if args.pretty else None))
+        return 0
     if args.command == "bench":
         if not 1 <= args.trials <= 1000:
             print(f"pile-agent bench: --trials {args.trials}: must be 1-1000", file=sys.stderr)

@@ -41,7 +41,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from agent.core.messages import BCL, ChargeMode
 from agent.runtime.config import parse_config
-from agent.runtime.realtime import run_pile
+from agent.runtime.pile_service import PileService
 from drivers.gbt27930.link import GbtLink, Role
 from drivers.power_module.link import ModuleLink, TcpTarget
 from drivers.sunspec.codec import layout, load_map
@@ -235,7 +235,7 @@ async def _measure(trials: int) -> dict[str, Any]:
             "ledger": {"path": str(Path(tmp) / "ledger.sqlite")},
             "ems": {"enabled": True, "port": ems_port},
         })
-        agent = asyncio.create_task(run_pile(config, can_log=str(log), out=io.StringIO()))
+        service, agent = _serve(config, str(log))
         results: dict[str, Any] = {}
         try:
             if not await b.until(lambda: b.module.current_a > 100.0, 60.0):
@@ -261,6 +261,7 @@ async def _measure(trials: int) -> dict[str, Any]:
                     "share_above_55ms": round(sum(p > 55.0 for p in periods)
                                               / len(periods), 3)}
         finally:
+            service.stop("bench over")
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(agent, 15.0)
             await b.pile.close()
@@ -272,6 +273,12 @@ async def _measure(trials: int) -> dict[str, Any]:
     return results
 
 
+def _serve(config: Any, can_log: str | None = None) -> tuple[PileService, asyncio.Task[int]]:
+    """The pile's service in this process, until the bench stops it."""
+    service = PileService(config, out=io.StringIO(), can_log=can_log)
+    return service, asyncio.create_task(service.run())
+
+
 async def _estop_once() -> list[float]:
     """One more E-stop press, in a session of its own (the agent and the simulators
     started afresh, charging), at a random phase of the I/O board's poll."""
@@ -280,13 +287,14 @@ async def _estop_once() -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         devices["safety_bus"]["poll_period_s"] = SAFETY_POLL_S
         config = parse_config({**devices, "ledger": {"path": str(Path(tmp) / "l.sqlite")}})
-        agent = asyncio.create_task(run_pile(config, out=io.StringIO()))
+        service, agent = _serve(config)
         try:
             if not await b.until(lambda: b.module.current_a > 50.0, 60.0):
                 return []
             await asyncio.sleep(random.uniform(0.0, SAFETY_POLL_S))
             return await b.emergency_stop()
         finally:
+            service.stop("bench over")
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(agent, 15.0)
             await b.pile.close()

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from typing import Any
 import can
 
 from agent.runtime.config import PileConfig, parse_config
-from agent.runtime.realtime import run_pile
+from agent.runtime.pile_service import PileService
 from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile
 from hil.matrix_sim import GroupSim
@@ -43,21 +44,31 @@ WINDOW_S = 10.0  # steady charging, every gun
 
 
 class AgentThread:
-    """`run_pile` on its own event loop in its own thread."""
+    """The pile's service on its own event loop in its own thread."""
 
     def __init__(self, config: PileConfig, can_log: str) -> None:
         self.loop = asyncio.new_event_loop()
         self.config, self.can_log = config, can_log
         self.rc: int | None = None
+        self.service: PileService | None = None
         self.thread = threading.Thread(target=self._run, name="agent", daemon=True)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.rc = self.loop.run_until_complete(run_pile(self.config, can_log=self.can_log,
-                                                        out=io.StringIO(), signals=False))
+
+        async def serve() -> int:
+            self.service = PileService(self.config, out=io.StringIO(), can_log=self.can_log)
+            return await self.service.run()
+
+        self.rc = self.loop.run_until_complete(serve())
 
     def start(self) -> None:
         self.thread.start()
+
+    def stop(self) -> None:
+        """An orderly stop, as SIGTERM gives the process."""
+        if self.service is not None:
+            self.loop.call_soon_threadsafe(self.service.stop, "bench over")
 
     def cpu_s(self) -> float:
         """CPU seconds of the agent's thread and of its CAN reader threads (python-can's
@@ -183,6 +194,13 @@ async def _until_charging(pile: LoopbackPile, seconds: float = 90.0) -> bool:
     return all(g.module.current_a > 50.0 for g in pile.guns)
 
 
+async def _until_settled(pile: LoopbackPile, seconds: float = 20.0) -> None:
+    """The cars' stops have gone through: every gun at <= 5 A."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and any(abs(g.module.current_a) > 5.0 for g in pile.guns):
+        await asyncio.sleep(0.05)
+
+
 async def measure(guns: int) -> dict[str, Any]:
     """The agent as deployed: `pile-agent run` in a process of its own, its CAN buses
     udp_loopback; where that interface cannot open, the agent in a thread of this process
@@ -217,6 +235,8 @@ async def measure_in_process(guns: int) -> dict[str, Any]:
         finally:
             for g in pile.guns:
                 g.bms.request_stop()
+            await _until_settled(pile)
+            proc.send_signal(signal.SIGTERM)  # the service runs until stopped
             try:
                 await asyncio.wait_for(proc.wait(), 30.0)
             except TimeoutError:
@@ -245,6 +265,8 @@ async def measure_in_thread(guns: int) -> dict[str, Any]:
         finally:
             for g in pile.guns:
                 g.bms.request_stop()
+            await _until_settled(pile)
+            agent.stop()
             await asyncio.to_thread(agent.thread.join, 30.0)
             await pile.close()
     out["rss_max_mb_whole_process"] = peak_rss_mb()

@@ -42,7 +42,7 @@ def cc1_band(volts: float | None) -> Cc1:
     if volts is None or not math.isfinite(volts):
         return Cc1.ABNORMAL
     for nominal, band in CC1_NOMINAL_V:
-        if abs(volts - nominal) <= CC1_WINDOW_V:
+        if abs(volts - nominal) <= CC1_WINDOW_V + 1e-9:  # the edge is inside
             return band
     return Cc1.ABNORMAL
 

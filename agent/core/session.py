@@ -213,7 +213,11 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
             case StopRequested(reason=reason):
                 self._stop(reason, CST(reasons=frozenset({ChargerStopReason.MANUAL})))
             case ShutdownDeadline(reason=reason):
-                if self.state not in (State.IDLE, State.FINISHED, State.FAULT):
+                # What still runs, or an error shutdown still ramping with K1/K2 closed,
+                # ends now: output off, K1/K2 open (an already reported fault keeps its
+                # reason).
+                if self.state not in (State.IDLE, State.FINISHED, State.FAULT) \
+                        or self.act.contactors_closed or self.act.module_enabled:
                     self.data.outcome_reason = self.data.outcome_reason or reason
                     self._fault(f"{reason}: the stop sequence did not finish in time",
                                 code="agent_stopped", emergency=True)
