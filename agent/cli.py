@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="share of the cars that offer V2G (default 0.5)")
     serve.add_argument("--cars", type=int, default=0,
                        help="cars per gun, then none (default 0: for ever)")
+    serve.add_argument("--fault-share", type=float, default=0.0,
+                       help="share of the cars whose BMS falls silent mid-session (a fault "
+                            "the agent must end the session on; default 0)")
     serve.add_argument("--stay-s", type=float, default=45.0,
                        help="a car's owner is back after this; the car stops and leaves "
                             "(default 45 s)")
@@ -253,11 +256,11 @@ def _hil_serve(args: argparse.Namespace) -> int:
     if args.example_config:
         print(EXAMPLE_CONFIG, end="")
         return 0
-    if not (math.isfinite(args.v2g_share) and 0 <= args.v2g_share <= 1) or args.cars < 0 \
-            or not (math.isfinite(args.stay_s) and 5 <= args.stay_s <= 86_400):
-        print(f"pile-agent hil serve: --v2g-share {args.v2g_share} / --cars {args.cars} / "
-              f"--stay-s {args.stay_s}: a share 0-1, cars >= 0, a stay of 5-86400 s",
-              file=sys.stderr)
+    if not all(math.isfinite(x) and 0 <= x <= 1 for x in (args.v2g_share, args.fault_share)) \
+            or args.cars < 0 or not (math.isfinite(args.stay_s) and 5 <= args.stay_s <= 86_400):
+        print(f"pile-agent hil serve: --v2g-share {args.v2g_share} / --fault-share "
+              f"{args.fault_share} / --cars {args.cars} / --stay-s {args.stay_s}: shares 0-1, "
+              "cars >= 0, a stay of 5-86400 s", file=sys.stderr)
         return 2
     from agent.runtime.config import ConfigError, load_config
 
@@ -267,7 +270,7 @@ def _hil_serve(args: argparse.Namespace) -> int:
         print(f"pile-agent hil serve: bad config: {exc}", file=sys.stderr)
         return 2
     plan = CarPlan(seed=args.seed, v2g_share=args.v2g_share, cars=args.cars,
-                   stay_s=args.stay_s)
+                   stay_s=args.stay_s, fault_share=args.fault_share)
     return asyncio.run(serve(config, plan, sys.stdout))
 
 

@@ -50,6 +50,11 @@ class CarPlan:
     dwell_s: float = 2.0  # a finished car stays plugged in this long
     stay_s: float = 45.0  # its owner is back after this: the car stops and leaves
     cars: int = 0  # per gun, then no more (0: for ever)
+    # Of the cars, those whose BMS falls silent mid-session (a broken car or a pulled
+    # connector's CAN pair): the agent must end the session on the timeout, and the gun
+    # serve the next car after this one is unplugged.
+    fault_share: float = 0.0
+    silent_leave_s: float = 5.0  # a silent car is unplugged this long after it fell silent
 
 
 def draw_car(rng: random.Random, plan: CarPlan, gun: int, n: int) -> VehicleConfig:
@@ -114,6 +119,7 @@ class ServedGun:
     arrives_at: float = 0.0
     plugged_at: float = 0.0
     leaves_at: float | None = None
+    silent_at: float | None = None  # this car's BMS falls silent then
     cars: int = 0
     log: list[str] = field(default_factory=list)
 
@@ -130,6 +136,10 @@ class ServedGun:
                 self.cars += 1
                 vehicle = draw_car(self.rng, self.plan, self.number, self.cars)
                 self.bms, self.plugged_at, self.leaves_at = BmsSimulator(vehicle), t, None
+                self.silent_at = t + self.rng.uniform(8.0, 15.0) \
+                    if self.rng.random() < self.plan.fault_share else None
+                if self.silent_at is not None:
+                    self.bms.silence(self.silent_at)
                 self.safety.cc1_v = CC1_PLUGGED_V
                 self.say(f"gun {self.number}: car {self.cars} plugged in ({vehicle.vin}, "
                          f"{'V2G' if vehicle.v2g else 'charge only'}, "
@@ -144,6 +154,9 @@ class ServedGun:
         bms.battery.current_a = 0.0
         if t - self.plugged_at >= self.plan.stay_s and bms.phase not in ("stopping", "done"):
             bms.request_stop()  # the owner is back
+        if self.leaves_at is None and self.silent_at is not None and t >= self.silent_at:
+            self.say(f"gun {self.number}: car {self.cars} fell silent (injected)")
+            self.leaves_at = t + self.plan.silent_leave_s
         if self.leaves_at is None and (bms.finished or t - self.plugged_at
                                        >= self.plan.stay_s + 30.0):
             self.leaves_at = t + self.plan.dwell_s

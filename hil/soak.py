@@ -11,7 +11,7 @@ figures come from what the others saw and what the ledger holds:
 - sessions per gun, and how they ended (faults counted);
 - the agent's RSS at the start of the window and at its end (growth per hour), its CPU
   share of one core over the window, the CCS period's median and p99 while charging;
-- ledger intervals lost or duplicated (each session's must run 0, 1, 2, ... with no gap),
+- ledger intervals lost or duplicated (each session's must run 1, 2, 3, ... with no gap),
   OCPP transaction events lost or duplicated (each transaction's seqNo 0..n, Started
   first, Ended last, one ledger session per transaction): all must be 0.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -42,6 +43,9 @@ from hil.loopback_pile import free_port
 
 PASSWORD = "0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[1]
+# A car in ten falls silent mid-session: the agent ends that session on the timeout and
+# serves the next car once it is unplugged (faults are part of a soak, not an exception).
+FAULT_SHARE = 0.1
 WARM_UP_S = 10.0  # the window starts after the agent's start-up (imports, first cars)
 # A CCS gap longer than this is the pause between two sessions, not a late message.
 SESSION_GAP_MS = 500.0
@@ -146,8 +150,8 @@ def ledger_audit(path: Path) -> dict[str, Any]:
         for s in sessions:
             seqs = [int(str(i["seq"])) for i in ledger.intervals(str(s["session_key"]))]
             duplicated += len(seqs) - len(set(seqs))
-            if seqs:
-                lost += max(seqs) + 1 - len(set(seqs))
+            # Numbered from 1 in each session (agent/core/metering.py).
+            lost += len(set(range(1, max(seqs, default=0) + 1)) - set(seqs))
     finally:
         ledger.close()
     per_gun: dict[str, int] = {}
@@ -185,14 +189,16 @@ def ocpp_audit(events: list[dict[str, Any]]) -> dict[str, Any]:
             wrong_evse}
 
 
-async def soak(minutes: float, guns: int = 4, seed: int = 1,
-               workdir: Path | None = None) -> dict[str, Any]:
+async def soak(minutes: float, guns: int = 4, seed: int = 1, workdir: Path | None = None,
+               fault_share: float = FAULT_SHARE) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         tmp = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        return await _soak(tmp, minutes, guns, seed)
+        return await _soak(tmp, minutes, guns, seed, fault_share)
 
 
-async def _soak(tmp: Path, minutes: float, guns: int, seed: int) -> dict[str, Any]:
+async def _soak(tmp: Path, minutes: float, guns: int, seed: int,
+                fault_share: float) -> dict[str, Any]:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the EMS's first connects
     csms = Csms(password=PASSWORD)
     csms_port, ems_port = await csms.start(), free_port()
     cfg = pile_toml(tmp, guns, ems_port, csms_port)
@@ -201,7 +207,8 @@ async def _soak(tmp: Path, minutes: float, guns: int, seed: int) -> dict[str, An
     stop = asyncio.Event()
     try:
         with process(["hil", "serve", "--config", str(cfg), "--seed", str(seed),
-                      "--v2g-share", "0.5", "--stay-s", "20"], tmp, "serve.log") as served, \
+                      "--v2g-share", "0.5", "--stay-s", "20",
+                      "--fault-share", str(fault_share)], tmp, "serve.log") as served, \
                 process(["run", "--config", str(cfg), "--can-log", str(log)], tmp,
                         "run.log") as agent:
             reader = asyncio.create_task(ems.run(stop))
@@ -226,6 +233,7 @@ async def _soak(tmp: Path, minutes: float, guns: int, seed: int) -> dict[str, An
     hours = window_s / 3600.0
     result: dict[str, Any] = {
         "minutes": round(window_s / 60.0, 2), "guns": guns,
+        "cars_falling_silent": int((tmp / "serve.log").read_text().count("fell silent")),
         "agent_exit_code": rc, "agent_alive_through_the_window": alive,
         "stop_s": round(stop_s, 2),
         "rss_mb_start": round(rss0, 1), "rss_mb_end": round(rss1, 1),
@@ -240,6 +248,10 @@ async def _soak(tmp: Path, minutes: float, guns: int, seed: int) -> dict[str, An
                                  for g in range(1, guns + 1)},
         "ledger": ledger_audit(tmp / "ledger.sqlite"),
         "ocpp": {**ocpp_audit(csms.of("TransactionEvent")),
-                 "boot_notifications": len(csms.of("BootNotification"))},
+                 "boot_notifications": len(csms.of("BootNotification")),
+                 "connector_statuses": {
+                     str(n): sorted({s["connector_status"]
+                                     for s in csms.of("StatusNotification")
+                                     if s["evse_id"] == n}) for n in range(1, guns + 1)}},
     }
     return result

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +22,7 @@ from agent.ledger.store import Ledger
 from agent.runtime.config import parse_config
 from agent.runtime.gun_service import HANG_S
 from agent.runtime.pile_service import PileService
+from agent.runtime.realtime import install_signals
 from agent.runtime.sd_notify import SdNotifier
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.loopback_pile import LoopbackPile
@@ -228,3 +231,28 @@ def test_a_gun_out_of_service_serves_no_car(tmp_path: Path) -> None:
     seen, output, rc = asyncio.run(_with_service(tmp_path, [SHORT], body,
                                                  extra={"gun": {"in_service": False}}))
     assert rc == 0 and seen == ["Unavailable", "idle"], (seen, output)
+
+
+def test_a_signal_stops_in_order_and_a_second_one_exits_at_once() -> None:
+    """SIGTERM: the orderly stop (the service's stop reason names it); SIGINT after it: the
+    exit at once with 128 + the signal, as a shell would report it."""
+
+    async def body() -> tuple[str, list[int]]:
+        service = PileService(parse_config({}), out=io.StringIO())
+        codes: list[int] = []
+        install_signals(service, exit_now=codes.append)
+        loop = asyncio.get_running_loop()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            first = service.stop_reason
+            assert codes == []
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(0.2)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        return first, codes
+
+    reason, codes = asyncio.run(body())
+    assert reason == "agent stopped (SIGTERM)" and codes == [128 + signal.SIGINT]

@@ -9,8 +9,9 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.events import UpstreamSetpoint
+from agent.core.events import UpstreamCleared, UpstreamSetpoint
 from agent.core.pile_split import GunStanding, split, water_fill
+from agent.runtime.pile_offers import PileOffers
 
 capacities = st.dictionaries(st.integers(1, 8), st.one_of(
     st.just(0.0), st.floats(1.0, 200_000.0)), min_size=1, max_size=8)
@@ -82,3 +83,26 @@ def test_amps_are_shared_by_the_guns_amps() -> None:
                            GunStanding(3, 250.0, 150_000.0, priority=1)])
     assert shares[3].charge_limit == 250.0  # the higher priority first
     assert shares[1].charge_limit == 25.0 and shares[2].charge_limit == 25.0
+
+
+def test_shares_are_issued_when_they_are_sent() -> None:
+    """A share re-split for a gun whose car arrived, or refreshed, is a new offer: its time
+    is the time it is sent (the core refuses an offer as stale or too frequent by its
+    time), at most one per min_interval_s per gun, and the pile's clear clears it."""
+    offers = PileOffers(min_interval_s=1.0)
+    offers.take([UpstreamSetpoint(0.0, "ems", 600.0, charge_limit=100_000.0, unit="W")])
+    idle, plugged = GunStanding(1), GunStanding(1, 250.0, 150_000.0)
+    [(gun, first)] = offers.poll(0.1, [idle])
+    assert gun == 1 and isinstance(first, UpstreamSetpoint) and first.t == 0.1
+    assert first.charge_limit == 0.0  # no car, no share
+    assert offers.poll(0.6, [plugged]) == []  # within the same second: not yet
+    [(_, second)] = offers.poll(1.2, [plugged])
+    assert isinstance(second, UpstreamSetpoint)
+    assert second.t == 1.2 and second.charge_limit == 100_000.0
+    assert offers.poll(20.0, [plugged]) == []  # unchanged
+    [(_, refreshed)] = offers.poll(31.5, [plugged])
+    assert isinstance(refreshed, UpstreamSetpoint) and refreshed.t == 31.5
+    offers.take([UpstreamCleared(32.0, "ems")])
+    [(_, cleared)] = offers.poll(32.1, [plugged])
+    assert isinstance(cleared, UpstreamCleared) and cleared.source == "ems"
+    assert offers.poll(40.0, [plugged]) == []

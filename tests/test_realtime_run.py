@@ -84,6 +84,9 @@ def test_run_completes_a_session_in_real_time(tmp_path: Path) -> None:
     # [ems]: the site EMS read the SunSpec marker and its limit reached the core.
     assert ems_seen == [[0x5375, 0x6E53], False], ems_seen
     assert "notice setpoint_accepted: ems: accepted" in output, output
+    # Its share reached the gun as a fresh offer when the car arrived (never refused as
+    # stale or too frequent: the car would wait for the EMS offer to lapse).
+    assert "setpoint_rejected" not in output, output
     # [ocpp]: booted with basic auth; the transaction went Started .. Ended, numbered.
     assert csms.of("BootNotification") and not csms.refused
     events = csms.of("TransactionEvent")

@@ -3,9 +3,9 @@ on loopback: the served pile (`pile-agent hil serve`, or hil/served_pile.py in t
 process where the test must reach into the hardware), the hil central system and a site
 EMS over SunSpec Modbus TCP.
 
-- Two guns, car after car: >= 3 sessions on each, one of them V2G (discharging for the
-  EMS's pile-level WSet), one transaction per session on the right EVSE, the EMS reading
-  both guns' 714 ports between and during sessions.
+- Four guns, car after car for two minutes (the soak): >= 3 sessions on each, V2G cars
+  discharging for the EMS's pile-level WSet, one transaction per session on the right
+  EVSE, the EMS reading every gun's 714 port between and during sessions.
 - SIGTERM during a discharge: <= 5 A within 1 s, exit 0 within 5 s, the session in the
   ledger as stopped by the agent.
 - kill -9 and restart: the output off before the first CAN frame of the new process, the
@@ -26,7 +26,7 @@ from drivers.gbt27930.link import LinkNotice, LinkProblem
 from hil.csms_sim import Csms
 from hil.loopback_pile import free_port
 from hil.served_pile import CarPlan, ServedPile
-from hil.soak import PASSWORD, SiteEms, pile_toml, process
+from hil.soak import PASSWORD, SiteEms, pile_toml, process, soak
 
 
 def _pile_toml(tmp: Path, guns: int = 2, ems_port: int = 0, ocpp_port: int = 0) -> Path:
@@ -49,65 +49,31 @@ def _ledger_sessions(tmp: Path) -> list[dict[str, Any]]:
         ledger.close()
 
 
-def test_two_guns_serve_car_after_car_with_ocpp_and_the_ems(tmp_path: Path) -> None:
-    ems_port, csms = free_port(), Csms(password=PASSWORD)
-    reads: list[tuple[float, int, int]] = []
-
-    async def body() -> tuple[int | None, str]:
-        csms_port = await csms.start()
-        cfg = _pile_toml(tmp_path, 2, ems_port, csms_port)
-        stop = asyncio.Event()
-        with process(["hil", "serve", "--config", str(cfg), "--seed", "5",
-                      "--v2g-share", "0.5", "--stay-s", "15"], tmp_path, "serve.log"), \
-                process(["run", "--config", str(cfg)], tmp_path, "run.log") as agent:
-            site = SiteEms(ems_port, 2, discharge_w=20_000.0)
-            ems = asyncio.create_task(site.run(stop))
-            deadline = time.monotonic() + 240.0
-            try:
-                while time.monotonic() < deadline and agent.poll() is None:
-                    ended = [e["evse"]["id"] for e in csms.of("TransactionEvent")
-                             if e["event_type"] == "Ended"]
-                    if all(ended.count(n) >= 3 for n in (1, 2)):
-                        break
-                    await asyncio.sleep(0.5)
-            finally:
-                stop.set()
-                await ems
-                reads.extend(site.reads)
-            agent.send_signal(signal.SIGTERM)
-            t0 = time.monotonic()
-            rc = await asyncio.get_running_loop().run_in_executor(None, agent.wait, 15)
-            took = time.monotonic() - t0
-        await csms.stop()
-        return rc, f"exit after SIGTERM in {took:.2f} s"
-
-    rc, took = asyncio.run(body())
-    output = (tmp_path / "run.log").read_text()
-    assert rc == 0, (took, output[-3000:])
-    assert float(took.split()[-2]) <= 5.0, took
-    events = csms.of("TransactionEvent")
-    by_tx: dict[str, list[dict[str, Any]]] = {}
-    for e in events:
-        by_tx.setdefault(e["transaction_info"]["transaction_id"], []).append(e)
-    per_evse: dict[int, int] = {}
-    for tx, evs in by_tx.items():
-        evse = {e["evse"]["id"] for e in evs}
-        assert len(evse) == 1, (tx, evse)  # a transaction stays on its EVSE
-        assert [e["seq_no"] for e in evs] == list(range(len(evs))), tx
-        assert evs[0]["event_type"] == "Started", tx
-        per_evse[evse.pop()] = per_evse.get(evs[0]["evse"]["id"], 0) + 1
-    assert per_evse.get(1, 0) >= 3 and per_evse.get(2, 0) >= 3, (per_evse, output[-3000:])
-    assert len(csms.of("BootNotification")) == 1
-    statuses = {(s["evse_id"], s["connector_status"]) for s in csms.of("StatusNotification")}
-    assert {(1, "Occupied"), (2, "Occupied"), (1, "Available"), (2, "Available")} <= statuses
-    # One ledger record per transaction; at least one V2G session discharged.
-    sessions = _ledger_sessions(tmp_path)
-    assert len(sessions) == len(by_tx), (len(sessions), len(by_tx))
-    assert any(float(s["from_vehicle_kwh"] or 0) > 0 for s in sessions), sessions
-    # The EMS read both ports, idle and energising, for the whole run.
-    for gun in (1, 2):
-        states = {st for _, n, st in reads if n == gun}
-        assert {0, 1} <= states and -1 not in states, (gun, states)
+def test_four_guns_serve_car_after_car_for_two_minutes(tmp_path: Path) -> None:
+    """The soak (`pile-agent bench --soak 2 --soak-guns 4`): the served pile and the agent
+    as processes of their own, the hil central system and a site EMS in this one. Every
+    gun serves >= 3 cars, V2G cars discharge for the EMS's pile-level WSet, each session
+    is one transaction on its gun's EVSE and one ledger record, none of either lost or
+    duplicated, and the EMS reads every port, idle and energising, all along."""
+    r = asyncio.run(soak(2.0, guns=4, workdir=tmp_path))
+    output = (tmp_path / "run.log").read_text()[-3000:]
+    assert r["agent_exit_code"] == 0 and r["agent_alive_through_the_window"], (r, output)
+    assert r["stop_s"] <= 5.0, r
+    ledger, ocpp = r["ledger"], r["ocpp"]
+    for gun in ("1", "2", "3", "4"):
+        assert ledger["sessions_per_gun"].get(gun, 0) >= 3, (ledger, output)
+        assert ocpp["transactions_per_evse"].get(gun, 0) >= 3, ocpp
+        assert {"Available", "Occupied"} <= set(ocpp["connector_statuses"][gun]), ocpp
+        assert r["ems_port_states_seen"][gun] == [0, 1], r["ems_port_states_seen"]
+    assert ledger["intervals_lost"] == 0 and ledger["intervals_duplicated"] == 0, ledger
+    assert ocpp["events_lost"] == 0 and ocpp["events_duplicated"] == 0, ocpp
+    assert ocpp["transactions_not_started_and_ended"] == 0, ocpp
+    assert ocpp["transactions_on_two_evses"] == 0, ocpp
+    assert ocpp["transactions"] == ledger["sessions"], (ocpp, ledger)
+    assert ocpp["boot_notifications"] == 1, ocpp  # not on a reconnect
+    assert ledger["discharged_kwh"] > 0, ledger  # the V2G cars followed the EMS
+    assert r["ems_failed_reads"] == 0 and r["ems_reads"] > 0, r
+    assert r["ccs_period_ms"]["n"] > 0 and r["rss_mb_end"] > 0, r
 
 
 async def _until(test: Any, timeout: float, what: str) -> None:

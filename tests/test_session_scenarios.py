@@ -20,6 +20,7 @@ from agent.core.events import (
     ModuleLinkLost,
     SafetyInputs,
     SafetyIoLost,
+    ShutdownDeadline,
     StopRequested,
     UpstreamLimit,
     VehicleDisconnected,
@@ -382,3 +383,38 @@ def test_the_session_names_its_next_deadline_and_sends_on_its_grid() -> None:
         assert not any(isinstance(c, Transmit) for c in s.handle(Tick(t)))
     assert s.next_deadline() == pytest.approx(0.75)
     assert any(isinstance(c, Transmit) for c in s.handle(Tick(0.75)))
+
+
+def test_the_shutdown_deadline_ends_an_energised_session_as_an_emergency() -> None:
+    """The agent's stop budget spent while the session still delivers: output off and K1/K2
+    open at once, reported as a fault that names the agent's stop."""
+    p = _pile(50.0, 90.0)
+    _charge_for(p, 2.0)
+    commands = p.feed(ShutdownDeadline(p.t, "agent stopped (SIGTERM)"))
+    assert SetContactors(closed=False) in commands
+    assert any(isinstance(c, SetModuleOutput) and not c.enabled for c in commands)
+    report = p.log.reports[-1]
+    assert report.outcome == "fault" and report.reason.startswith("agent stopped (SIGTERM)")
+
+
+def test_the_shutdown_deadline_after_the_plant_is_safe_is_an_interruption() -> None:
+    """Stopped in order up to the welding check (output off, K1/K2 open) and only the
+    vehicle's statistics missing: the session is interrupted, not faulted."""
+    p = _pile(50.0, 90.0)
+    _charge_for(p, 2.0)
+    p.feed(StopRequested(p.t, "agent stopped (SIGTERM)"))
+    assert p.run_until(lambda q: q.session.state is State.WELDING_CHECK, 15)
+    p.bms.silence(p.t)  # the vehicle's BSD never comes
+    p.feed(ShutdownDeadline(p.t, "agent stopped (SIGTERM)"))
+    report = p.log.reports[-1]
+    assert report.outcome == "interrupted", report
+    assert report.reason.startswith("agent stopped (SIGTERM)"), report
+    assert p.session.state is State.FAULT and not p.session.act.contactors_closed
+
+
+def test_the_shutdown_deadline_leaves_a_finished_session_as_it_was() -> None:
+    p = _pile()
+    assert p.run_until(lambda q: q.session.state is State.FINISHED, 600)
+    reports = len(p.log.reports)
+    assert p.feed(ShutdownDeadline(p.t, "agent stopped (SIGTERM)")) == []
+    assert len(p.log.reports) == reports and p.session.state is State.FINISHED

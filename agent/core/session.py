@@ -215,10 +215,15 @@ class GunSession(SequenceSteps, SafetyHandling, TransferControl):
             case ShutdownDeadline(reason=reason):
                 # What still runs, or an error shutdown still ramping with K1/K2 closed,
                 # ends now: output off, K1/K2 open (an already reported fault keeps its
-                # reason).
+                # reason). A session already safe (output off, K1/K2 open) that only waits
+                # for the vehicle's statistics (BSD) is reported as interrupted, not as a
+                # fault: nothing went wrong but the agent's stop.
                 if self.state not in (State.IDLE, State.FINISHED, State.FAULT) \
                         or self.act.contactors_closed or self.act.module_enabled:
+                    safe = not (self.act.contactors_closed or self.act.module_enabled)
                     self.data.outcome_reason = self.data.outcome_reason or reason
+                    if safe:
+                        self.data.outcome_override = "interrupted"
                     self._fault(f"{reason}: the stop sequence did not finish in time",
                                 code="agent_stopped", emergency=True)
             case OwnerPolicy(policy=policy, source=source):

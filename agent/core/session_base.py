@@ -199,7 +199,8 @@ class SessionBase:
         temps = [t for t in (d.bsm.max_temperature_c if d.bsm else None,
                              d.bsd.max_temperature_c if d.bsd else None) if t is not None]
         self._out.append(SessionReport(
-            t=self.now, outcome=outcome, reason=d.outcome_reason, energy_kwh=d.energy_kwh,
+            t=self.now, outcome=d.outcome_override or outcome, reason=d.outcome_reason,
+            energy_kwh=d.energy_kwh,
             duration_s=self.now - d.started_at, start_soc_pct=d.start_soc_pct,
             end_soc_pct=d.end_soc_pct, vehicle_data=dict(d.vehicle_data.counts),
             vin=d.brm.vin if d.brm else "", metering_note=d.metering.note,

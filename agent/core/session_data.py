@@ -98,6 +98,9 @@ class SessionData:
     fault_at: float | None = None
     reported: bool = False
     outcome_reason: str = ""
+    # The report's outcome when it is not the state's ("interrupted": the agent stopped
+    # with the plant already safe, before the vehicle's last messages).
+    outcome_override: str = ""
 
     @property
     def energy_kwh(self) -> float:

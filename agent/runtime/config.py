@@ -188,6 +188,13 @@ class OcppConfig:
     cert_file: str = ""
     key_file: str = ""
     meter_interval_s: float = 60.0  # TransactionEvent Updated with meter values
+    # Reconnecting (OCPPCommCtrlr RetryBackOff*, initial values; the central system may set
+    # them): wait the minimum, doubled after each failed attempt up to repeat_times, plus a
+    # random part of up to random_range_s, so that a site's piles do not all reconnect in
+    # the same second after an outage.
+    retry_wait_min_s: float = 2.0
+    retry_random_range_s: float = 3.0
+    retry_repeat_times: int = 5
 
 
 def parse_ocpp(table: object) -> OcppConfig:
@@ -209,6 +216,10 @@ def parse_ocpp(table: object) -> OcppConfig:
         raise ConfigError("ocpp.password: 16 to 40 characters (OCPP 2.1 BasicAuthPassword)")
     if not 1 <= o.meter_interval_s <= 3600:
         raise ConfigError("ocpp.meter_interval_s: 1-3600")
+    if not 0 <= o.retry_wait_min_s <= 3600 or not 0 <= o.retry_random_range_s <= 3600 \
+            or not 0 <= o.retry_repeat_times <= 10:
+        raise ConfigError("ocpp: retry_wait_min_s and retry_random_range_s 0-3600 s, "
+                          "retry_repeat_times 0-10")
     return o
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.core.events import Event, UpstreamCleared, UpstreamSetpoint
 from agent.core.pile_split import GunStanding, split
@@ -64,6 +64,9 @@ class PileOffers:
                     del self._sent[key]
                 continue
             for number, share in split(offer, guns).items():
+                # Issued now: the core judges an offer's age and rate by its time, and a
+                # share re-split a second later is a new offer, not the pile's first again.
+                share = replace(share, t=now)
                 key = (number, source)
                 last = self._sent.get(key)
                 if last is not None:

@@ -36,6 +36,7 @@ from agent.core.commands import (
     SetMatrix,
     SetModuleOutput,
 )
+from agent.core.pile import PileCoordinator
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import MonotonicClock
 from agent.runtime.config import GunSetup, PileConfig
@@ -45,7 +46,7 @@ from agent.runtime.upstream_links import UpstreamLinks
 from agent.runtime.wiring import coordinator, gun_drivers, gun_service, open_bus
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.codec import assign_extension_pgns
-from drivers.module_matrix.link import MatrixEvent
+from drivers.module_matrix.link import MatrixBusOwner, MatrixEvent
 
 log = logging.getLogger("pile_agent.pile")
 
@@ -203,11 +204,9 @@ class PileService:
 
     # ---- the pile's own tasks ----------------------------------------------------------------
 
-    async def _pool(self, pile: object, owner: object) -> None:
-        from agent.core.pile import PileCoordinator
-        from drivers.module_matrix.link import MatrixBusOwner
-
-        assert isinstance(pile, PileCoordinator) and isinstance(owner, MatrixBusOwner)
+    async def _pool(self, pile: PileCoordinator, owner: MatrixBusOwner) -> None:
+        """The module pool: the matrix board's reads in, its commands out, and each gun's
+        word (its capability) every POOL_PERIOD_S and on each read."""
         inbox: list[MatrixEvent] = []
         wake = asyncio.Event()
 

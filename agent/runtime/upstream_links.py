@@ -88,7 +88,9 @@ class UpstreamLinks:
             client = OcppClient(OcppSettings(
                 url=o.url, station_id=o.station_id, password=o.password or None,
                 ca_file=o.ca_file or None, cert_file=o.cert_file or None,
-                key_file=o.key_file or None,
+                key_file=o.key_file or None, reconnect_s=o.retry_wait_min_s,
+                retry_random_range_s=o.retry_random_range_s,
+                retry_repeat_times=o.retry_repeat_times,
                 rated_power_w=max(max(r.max_power_w, r.max_discharge_power_w)
                                   for r in ratings),
                 evses=tuple(EvseSettings(g.number, setpoint_ratings(g.session.ratings))

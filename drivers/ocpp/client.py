@@ -71,7 +71,11 @@ class OcppSettings:
     cert_file: str | None = None  # client certificate (security profile 3)
     key_file: str | None = None
     evse_id: int = 1
-    reconnect_s: float = 2.0
+    reconnect_s: float = 2.0  # OCPPCommCtrlr.RetryBackOffWaitMinimum's initial value
+    # OCPPCommCtrlr RetryBackOffRandomRange and RetryBackOffRepeatTimes' initial values (the
+    # central system may set all three; a pile's come from [ocpp] in pile.toml).
+    retry_random_range_s: float = 0.0
+    retry_repeat_times: int = 0
     vendor: str = "pile-agent"
     model: str = "V2G DC pile"
     serial_number: str = ""  # BootNotification serialNumber (default: the station id)
@@ -358,6 +362,8 @@ class OcppClient:
         }
         if self.retry_wait_min_s < 0:
             self.retry_wait_min_s = s.reconnect_s
+            self.retry_random_range_s = s.retry_random_range_s
+            self.retry_repeat_times = s.retry_repeat_times
         for name, value in (("TxUpdatedInterval", f"{self.tx_updated_interval_s:.0f}"),
                             *((ctx, ",".join(m)) for ctx, m in self.measurands.items())):
             self.variables[("SampledDataCtrlr", name)] = (value, True)

@@ -1,11 +1,12 @@
 """The SunSpec Modbus TCP server the site EMS / VPP talks to (pymodbus).
 
-Reads are answered from the pile's live snapshot, encoded by `codec.encode_image` at the
-moment of the request. Writes are taken only from the allowed client addresses (others
-get exception 01, ILLEGAL FUNCTION: the function is not available to them), must cover
-whole writable points with values in range (02 / 03), and become upstream events through
-`EmsControls`; `events(t)` hands them to the runtime. Bound to 127.0.0.1 unless the
-operator configures another address.
+Reads are answered from the pile's live snapshot, encoded by `codec.encode_image`, at most
+IMAGE_MAX_AGE_S old (an EMS that reads point by point costs one encoding per 100 ms, not
+one per register; a write is seen by the next read). Writes are taken only from the
+allowed client addresses (others get exception 01, ILLEGAL FUNCTION: the function is not
+available to them), must cover whole writable points with values in range (02 / 03),
+and become upstream events through `EmsControls`; `events(t)` hands them to the runtime.
+Bound to 127.0.0.1 unless the operator configures another address.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ _FC_WRITES = (6, 16)  # write single register, write multiple registers
 _PEER: contextvars.ContextVar[str] = contextvars.ContextVar("sunspec_peer", default="")
 
 SnapshotSource = Callable[[], tuple[Snapshot, Sequence[Snapshot]]]
+# Information, not control: a reading this old is as good as a fresh one to an EMS that
+# polls every second or so (the module's own figures are up to 100 ms old).
+IMAGE_MAX_AGE_S = 0.1
 
 
 class _PeerAwareHandler(ServerRequestHandler):
@@ -65,6 +69,7 @@ class SunSpecServer:
         self._server: Any = None
         # Called after each accepted write, so the runtime can act on it at once.
         self.on_write: Callable[[], None] | None = None
+        self._image: tuple[float, list[int]] | None = None  # (when, registers)
 
     async def start(self, host: str = "127.0.0.1", port: int = 502) -> int:
         """Serve; port=0 picks a free port, which is returned."""
@@ -83,8 +88,12 @@ class SunSpecServer:
         return self.controls.poll(t)
 
     def image(self) -> list[int]:
-        values, ports = self.snapshot()
         t = self.clock()
+        # On the pile's clock (a simulation's runs faster than the wall); a clock that has
+        # not moved (a test's fixed one) always gets a fresh image.
+        if self._image is not None and 0.0 < t - self._image[0] < IMAGE_MAX_AGE_S:
+            return self._image[1]
+        values, ports = self.snapshot()
         c = self.controls
         merged = {**values,
                   "wset_enabled": 1.0 if c.wset_enabled else 0.0, "wset_mode": 1.0,
@@ -98,7 +107,9 @@ class SunSpecServer:
                   "op_ctl": float(c.op_ctl), "droop_enabled": 1.0 if c.droop_enabled else 0.0,
                   "droop_dead_band_hz": c.dead_band_hz, "droop": c.droop,
                   "controller_heartbeat": float(c.controller_hb or 0)}
-        return encode_image(self.layout, merged, ports)
+        image = encode_image(self.layout, merged, ports)
+        self._image = (t, image)
+        return image
 
     async def _action(self, function_code: int, start_address: int, address: int, count: int,
                       current_registers: list[int],
@@ -118,6 +129,7 @@ class SunSpecServer:
         if isinstance(written, int):
             self.refused.append((peer, address, f"exception {written}"))
             return ExcCodes(written)
+        self._image = None  # the next read shows the write
         refused = self.controls.on_write(self.clock(), written)
         if refused is not None:
             self.refused.append((peer, address, f"exception {refused}"))
