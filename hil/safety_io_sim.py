@@ -79,6 +79,7 @@ class SafetyIoSim:
         self.imd_hung = False  # fault injection: a measurement that never completes
         # safety controller
         self.tripped = False
+        self.tripped_by_heartbeat = False  # the latched trip's cause was the watchdog
         self._last_heartbeat = self.io.get("heartbeat")
         self._heartbeat_age_s = 0.0
         self._armed = False
@@ -113,9 +114,10 @@ class SafetyIoSim:
         else:
             self._heartbeat_age_s += dt_s
         timeout_s = self.io.get("heartbeat_timeout") / 1000.0
-        if (self._armed and self._heartbeat_age_s > timeout_s) \
-                or (self.estop_pressed and self.estop_trips_hardware):
-            self.tripped = True
+        if self._armed and self._heartbeat_age_s > timeout_s and not self.tripped:
+            self.tripped = self.tripped_by_heartbeat = True
+        if self.estop_pressed and self.estop_trips_hardware:
+            self.tripped, self.tripped_by_heartbeat = True, False
         if self.tripped and self.module is not None:
             self.module.force_safe()  # the hardware enable line drops K1/K2 and the output
 
@@ -135,7 +137,9 @@ class SafetyIoSim:
         word = ((0 if self.estop_pressed else bits.bit("estop_loop_closed"))
                 | (0 if self.door_open else bits.bit("door_closed"))
                 | (0 if self.gun_unlocked else bits.bit("gun_locked"))
-                | (bits.bit("safety_relay_tripped") if self.tripped else 0))
+                | (bits.bit("safety_relay_tripped") if self.tripped else 0)
+                | (bits.bit("tripped_by_heartbeat") if self.tripped and self.tripped_by_heartbeat
+                   else 0))
         self.io.put("inputs", word)
         self.io.put("cc1_voltage", self.cc1_v)
         status = self.imd.map["status"]
@@ -171,7 +175,8 @@ class SafetyIoSim:
             self._imd_result = False
             self.imd.put("resistance", 0)
         elif name == "trip_reset" and value == 1 and not self.estop_pressed:
-            self.tripped, self._heartbeat_age_s = False, 0.0
+            self.tripped, self.tripped_by_heartbeat, self._heartbeat_age_s = False, False, 0.0
+            self._armed = False  # armed again by the next heartbeat that moves
         self._publish()
 
     def _devices(self) -> list[SimDevice]:

@@ -9,8 +9,18 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.commands import KickSafetyWatchdog, StartInsulationTest
-from agent.core.events import InsulationStatus, SafetyInputs, SafetyIoLost, TemperatureReading
+from agent.core.commands import KickSafetyWatchdog, Notice, ResetSafetyTrip, StartInsulationTest
+from agent.core.events import (
+    FaultsCleared,
+    InsulationStatus,
+    SafetyInputs,
+    SafetyIoLost,
+    TemperatureReading,
+)
+from agent.core.ratings import GunRatings
+from agent.core.session import GunSession
+from agent.core.states import State
+from agent.core.timing import TRIP_REARM_RETRY
 from drivers.power_module.link import RtuTarget, TcpTarget
 from drivers.safety_io.codec import decode_imd, decode_io, load_imd_map, load_io_map
 from drivers.safety_io.link import SafetyBusOwner
@@ -110,13 +120,58 @@ def test_heartbeat_watchdog_trips_the_relay_and_opens_k1_k2() -> None:
             assert not sim.tripped and module._get("contactor_command") == 1
             await _cycle(owner, sim, 1.0, 0.4, kick=False)
             assert not sim.tripped  # 400 ms < the 500 ms contract
-            await _cycle(owner, sim, 1.4, 0.3, kick=False)
+            events = await _cycle(owner, sim, 1.4, 0.3, kick=False)
             assert sim.tripped and module._get("contactor_command") == 0
+            inputs = [e for e in events if isinstance(e, SafetyInputs)]
+            assert inputs[-1].safety_relay_tripped and inputs[-1].trip_by_heartbeat
+            # The living agent re-arms it (ResetSafetyTrip writes trip_reset).
+            owner.submit(ResetSafetyTrip("test"))
+            events = await _cycle(owner, sim, 1.7, 0.2)
+            last = [e for e in events if isinstance(e, SafetyInputs)][-1]
+            assert not sim.tripped and not last.safety_relay_tripped
+            # An E-stop trip is not the heartbeat's, and the board refuses a re-arm while
+            # the E-stop is pressed.
+            sim.estop_pressed = True
+            events = await _cycle(owner, sim, 1.9, 0.2)
+            owner.submit(ResetSafetyTrip("test"))
+            events += await _cycle(owner, sim, 2.1, 0.2)
+            last = [e for e in events if isinstance(e, SafetyInputs)][-1]
+            assert sim.tripped and last.safety_relay_tripped and not last.trip_by_heartbeat
         finally:
             await owner.close()
             await server.stop()
 
     asyncio.run(body())
+
+
+def _tripped(t: float, *, by_heartbeat: bool, estop: bool = False) -> SafetyInputs:
+    return SafetyInputs(t, emergency_stop=estop, door_open=False, gun_locked=True,
+                        safety_relay_tripped=True, trip_by_heartbeat=by_heartbeat)
+
+
+def test_the_core_re_arms_a_heartbeat_trip_only_while_nothing_is_at_stake() -> None:
+    """A heartbeat trip found with no session (a previous process died, or this one hung)
+    is re-armed at most once per TRIP_REARM_RETRY and is no fault; an E-stop trip, or a
+    heartbeat trip with the E-stop pressed, is a latched fault and is not re-armed."""
+    s = GunSession(GunRatings(), require_safety_io=True)
+    out = s.handle(_tripped(0.0, by_heartbeat=True))
+    assert [c for c in out if isinstance(c, ResetSafetyTrip)]
+    assert any(isinstance(c, Notice) and c.kind == "safety_trip_rearmed" for c in out)
+    assert s.state is State.IDLE and not s.safety.latched
+    period = TRIP_REARM_RETRY.seconds
+    assert not [c for c in s.handle(_tripped(period - 0.1, by_heartbeat=True))
+                if isinstance(c, ResetSafetyTrip)]
+    assert [c for c in s.handle(_tripped(period + 0.1, by_heartbeat=True))
+            if isinstance(c, ResetSafetyTrip)]
+    for inputs in (_tripped(20.0, by_heartbeat=False),
+                   _tripped(20.0, by_heartbeat=True, estop=True)):
+        s = GunSession(GunRatings(), require_safety_io=True)
+        out = s.handle(inputs)
+        assert not [c for c in out if isinstance(c, ResetSafetyTrip)], inputs
+        assert s.safety.latched and not s.is_start_allowed(), inputs
+        # A reset by the central system or a technician asks the board to re-arm.
+        cleared = s.handle(FaultsCleared(21.0, "central system: Reset"))
+        assert [c for c in cleared if isinstance(c, ResetSafetyTrip)], inputs
 
 
 def test_rtu_over_a_pty_null_modem() -> None:

@@ -178,6 +178,8 @@ def test_kill_9_and_restart(tmp_path: Path) -> None:
                 await _until(lambda: any(e["event_type"] == "Ended"
                                          for e in csms.of("TransactionEvent")), 60.0,
                              "the replayed end")
+                # The car still plugged in is greeted again (CHM): a new session.
+                await _until(lambda: bool(first_frame), 20.0, "the new agent's first frame")
                 agent.send_signal(signal.SIGTERM)
                 await asyncio.get_running_loop().run_in_executor(None, agent.wait, 10)
         finally:
@@ -190,6 +192,9 @@ def test_kill_9_and_restart(tmp_path: Path) -> None:
     output = (tmp_path / "run2.log").read_text()
     assert first_frame == [(0.0, 0.0)], (first_frame, output[-2000:])
     assert "closed a session left open" in output, output[-2000:]
+    # The I/O board tripped when the killed agent's heartbeat stopped; the new one re-arms
+    # it (nothing at stake), so the gun is usable again without a visit.
+    assert "notice safety_trip_rearmed" in output, output[-2000:]
     sessions = _ledger_sessions(tmp_path)
     killed = [s for s in sessions if s["stop_reason"] == "agent restarted"]
     assert len(killed) == 1 and float(killed[0]["to_vehicle_kwh"] or 0) > 0, sessions

@@ -59,6 +59,15 @@ class KickSafetyWatchdog:
 
 
 @dataclass(frozen=True, slots=True)
+class ResetSafetyTrip:
+    """Re-arm the safety controller's latched trip (the board refuses while the E-stop is
+    pressed): after its heartbeat trip once the agent lives again and nothing is at stake,
+    or when a service technician or the central system clears the faults."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class StateChanged:
     """Reporting only: the session moved between states."""
 
@@ -174,6 +183,7 @@ Command = (
     | SetBleeder
     | StartInsulationTest
     | KickSafetyWatchdog
+    | ResetSafetyTrip
     | StateChanged
     | CurrentDecided
     | Notice

@@ -162,6 +162,9 @@ class SafetyInputs:
     gun_locked: bool = True
     # The safety controller opened K1/K2 on its own (heartbeat lost or E-stop loop).
     safety_relay_tripped: bool = False
+    # ... and it was its heartbeat watchdog that tripped it (the agent was dead or hung),
+    # not the E-stop loop.
+    trip_by_heartbeat: bool = False
     # Detection point 1 (GB/T 18487.1 Annex B), volts; None where the board has no such
     # input or the reading is unusable.
     cc1_voltage_v: float | None = None

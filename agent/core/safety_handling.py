@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from agent.core import timing as T
-from agent.core.commands import KickSafetyWatchdog, Notice
+from agent.core.commands import KickSafetyWatchdog, Notice, ResetSafetyTrip
 from agent.core.events import (
     DroopSet,
     Event,
@@ -85,6 +85,8 @@ class SafetyHandling(SessionBase):
 
     def _check_inputs(self) -> None:
         fault = self.safety.input_fault()
+        if fault is not None and fault.code == "safety_relay" and self._rearm_heartbeat_trip():
+            return
         if fault is None:
             if self.safety.gun_unlocked() and self.act.contactors_closed and self.state in _LIVE:
                 # An error stop, not an emergency: opening under load would arc the contacts.
@@ -96,6 +98,26 @@ class SafetyHandling(SessionBase):
                 ChargerFault.OTHER
             self._fault(fault.detail, code=fault.code, emergency=True, latched=fault.latched,
                         faults=frozenset({cst}))
+
+    def _rearm_heartbeat_trip(self) -> bool:
+        """The safety controller's heartbeat trip, found while nothing is at stake (no
+        session, K1/K2 open, the E-stop loop closed): the agent that failed to beat was dead
+        or hung, and this one lives, so it re-arms the board (at most once per
+        TRIP_REARM_RETRY) instead of latching a fault; without this every restart of the
+        service would leave the gun out of use. A trip by the E-stop, or one during a
+        session, stays a latched fault that only a reset clears. True if handled here."""
+        i = self.safety.inputs
+        if i is None or not i.trip_by_heartbeat or i.emergency_stop \
+                or self.state is not State.IDLE or self.act.contactors_closed:
+            return False
+        last = self.plant.trip_rearmed_at
+        if last is None or self.now - last >= T.TRIP_REARM_RETRY.seconds:
+            self.plant.trip_rearmed_at = self.now
+            self._out.append(ResetSafetyTrip("heartbeat trip while the agent was away"))
+            self._out.append(Notice(self.now, "safety_trip_rearmed",
+                                    "the safety controller's heartbeat trip (a previous "
+                                    "process, or a hang) re-armed; nothing was at stake"))
+        return True
 
     def _on_insulation(self, status: InsulationStatus) -> None:
         if status.device_fault:
@@ -121,6 +143,9 @@ class SafetyHandling(SessionBase):
             self._out.append(Notice(self.now, "faults_not_cleared",
                                     f"by {by}: the shutdown is still running (K1/K2 closed)"))
             return
+        i = self.safety.inputs
+        if i is not None and i.safety_relay_tripped:
+            self._out.append(ResetSafetyTrip(f"faults cleared by {by}"))
         cleared = self.safety.clear()
         self.plant.feedback_judged_from = self.now
         thermal_ok = self.thermal.clear(self.now) if self.thermal is not None else True

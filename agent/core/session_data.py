@@ -149,6 +149,7 @@ class Plant:
     insulation_at: float | None = None
     safety_io_at: float | None = None
     safety_io_lost: str = ""
+    trip_rearmed_at: float | None = None  # the safety controller's heartbeat trip re-armed
     # The module pool's latest word for this gun (a gun of a pooled pile); None: none yet.
     pool: PoolCapability | None = None
     # The output held to its command and to the voltage limits (I17, I18).

@@ -54,6 +54,10 @@ PRECHARGE_BUDGET = Timing(
 STOP_CURRENT_BUDGET = Timing(
     10.0, "GB/T 27930-2015 §8 / GB/T 18487.1 B.4.6: current <= 5 A within 10 s of BST/CST"
 )
+# The safety controller's heartbeat trip (the agent was dead or hung) is re-armed by the
+# living agent while nothing is at stake, at most this often (a loop that keeps hanging must
+# not keep the relay toggling). Project rule; the board's contract: io_board_map.toml.
+TRIP_REARM_RETRY = Timing(5.0, "project rule: one re-arm of a heartbeat trip per 5 s")
 CONTACTOR_FEEDBACK = Timing(
     1.0, "GB/T 18487.1-2015 B.4.7.1: C1/C2 open within 100 ms; 1 s allows polled feedback"
 )

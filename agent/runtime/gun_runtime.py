@@ -17,6 +17,7 @@ from agent.core.commands import (
     LedgerCheckpoint,
     LedgerInterval,
     Notice,
+    ResetSafetyTrip,
     SessionReport,
     SetBleeder,
     SetContactors,
@@ -52,7 +53,8 @@ class ModuleOwner(Protocol):
 
 
 class SafetyOwner(Protocol):
-    def submit(self, command: KickSafetyWatchdog | StartInsulationTest) -> None: ...
+    def submit(self, command: KickSafetyWatchdog | StartInsulationTest | ResetSafetyTrip
+               ) -> None: ...
 
     async def service(self, t: float) -> list[Event]: ...
 
@@ -197,7 +199,8 @@ class GunRuntime:
                     self.vehicle.send(message, self.now)
                 except Exception as exc:  # the next tick sees the fault
                     self.feed(DriverError(self.now, "can", f"send failed: {exc!r}", fatal=True))
-            case KickSafetyWatchdog() | StartInsulationTest() if self.safety is not None:
+            case KickSafetyWatchdog() | StartInsulationTest() | ResetSafetyTrip() \
+                    if self.safety is not None:
                 self.safety.submit(command)
             case SetModuleOutput() | SetContactors() | SetBleeder() | StartInsulationTest():
                 self.module.submit(command)

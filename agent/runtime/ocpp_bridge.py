@@ -15,7 +15,13 @@ import math
 import uuid
 from collections.abc import Callable
 
-from agent.core.events import Event, StopRequested, UpstreamCleared, UpstreamSetpoint
+from agent.core.events import (
+    Event,
+    FaultsCleared,
+    StopRequested,
+    UpstreamCleared,
+    UpstreamSetpoint,
+)
 from agent.core.session import GunSession
 from agent.core.states import State
 from drivers.ocpp.client import (
@@ -75,9 +81,15 @@ class OcppBridge:
                 case StopTransaction():
                     self._remote_stop = True  # the Ended event says so (E06)
                     out.append(StopRequested(t, "central system: RequestStopTransaction"))
-                case Reset(kind="Immediate"):
-                    out.append(StopRequested(t, "central system: Reset (Immediate)"))
-                    self.log.append(f"{t:.1f} s reset requested: restart after the stop")
+                case Reset(kind=kind):
+                    # The EVSE's reset: a running transaction stops first (Immediate), and
+                    # latched faults are cleared where their cause is gone (the safety
+                    # controller's trip re-armed): the way a central system puts a gun
+                    # back in service after a fault (OCPP 2.1 B11/B12).
+                    if kind != "OnIdle":
+                        out.append(StopRequested(t, f"central system: Reset ({kind})"))
+                    out.append(FaultsCleared(t, f"central system: Reset ({kind})"))
+                    self.log.append(f"{t:.1f} s reset ({kind}): faults cleared")
                 case _:
                     self.log.append(f"{t:.1f} s {request}")
         self._transaction(t)

@@ -58,6 +58,8 @@ def decode_io(regmap: RegisterMap, t: float, words: Sequence[int]) -> list[Event
         door_open=not word & bits.bit("door_closed"),
         gun_locked=bool(word & bits.bit("gun_locked")),
         safety_relay_tripped=bool(word & bits.bit("safety_relay_tripped")),
+        trip_by_heartbeat=bool(word & bits.bit("safety_relay_tripped"))
+        and bool(word & bits.bit("tripped_by_heartbeat")),
         cc1_voltage_v=cc1,
     ))
     return events

@@ -8,13 +8,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from agent.core.commands import KickSafetyWatchdog, StartInsulationTest
+from agent.core.commands import KickSafetyWatchdog, ResetSafetyTrip, StartInsulationTest
 from agent.core.events import Event, SafetyIoLost
 from drivers.power_module.link import RtuTarget, TcpTarget, make_client
 from drivers.power_module.owner import Clock
 from drivers.safety_io.codec import decode_imd, decode_io, load_imd_map, load_io_map
 
-SafetyCommand = KickSafetyWatchdog | StartInsulationTest
+SafetyCommand = KickSafetyWatchdog | StartInsulationTest | ResetSafetyTrip
 # Bender isoCHA answers within its 500 ms first-byte timeout (EVerest SerialCommHub).
 REQUEST_TIMEOUT_S = 0.5
 POLL_PERIOD_S = 0.1  # E-stop and temperatures every 100 ms; the E-stop also acts in hardware
@@ -48,6 +48,9 @@ class SafetyBusOwner:
         if isinstance(command, KickSafetyWatchdog):
             reg = self.io_map["heartbeat"]
             self._pending.append((self.io_unit, reg.address, reg.encode(command.counter)))
+        elif isinstance(command, ResetSafetyTrip):
+            reg = self.io_map["trip_reset"]
+            self._pending.append((self.io_unit, reg.address, reg.encode(1)))
         else:
             reg = self.imd_map["start_measurement"]
             self._pending.append((self.imd_unit, reg.address, reg.encode(1)))
