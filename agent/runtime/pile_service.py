@@ -12,7 +12,8 @@ lifecycle:
   second STATUS= and, while every gun's loop is alive, WATCHDOG=1;
 - stop (`stop()`, SIGTERM/SIGINT in `run_pile`): STOPPING=1; every session stops in order
   (CST, ramp to <= 5 A, K1/K2 open); what has not finished in STOP_BUDGET_S ends at once;
-  every session is in the ledger, OCPP's Ended events in the outbox (sent if online);
+  every session is in the ledger, OCPP's Ended events in the outbox (sent if online, in
+  what is left of the budget);
   the drivers close. Within EXIT_BUDGET_S in all.
 """
 
@@ -61,8 +62,10 @@ STATUS_PERIOD_S = 1.0
 # and the drivers' last writes.
 EXIT_BUDGET_S = 5.0
 STOP_BUDGET_S = 3.5
-OCPP_DRAIN_S = 0.8
 DRAIN_S = 0.3  # each module's queued commands at exit (runs for all guns at once)
+# What is left of the exit budget after the sessions stopped goes to the OCPP events (at
+# least this much); the rest waits in the outbox for the next start.
+OCPP_DRAIN_MIN_S = 0.8
 
 
 class PileService:
@@ -199,7 +202,7 @@ class PileService:
             if not g.settled:
                 g.end_now(reason)
         upstream.poll_now()  # the Ended events, into the outbox
-        await upstream.drain(min(OCPP_DRAIN_S, EXIT_BUDGET_S - DRAIN_S - 0.2
+        await upstream.drain(max(OCPP_DRAIN_MIN_S, EXIT_BUDGET_S - DRAIN_S - 0.5
                                  - (self.clock.now() - t0)))
 
     # ---- the pile's own tasks ----------------------------------------------------------------
