@@ -61,6 +61,9 @@ DRIVER_RESTART_S = 1.0
 # A car the session refused to start with (E-stop pressed, I/O board not read yet) is
 # offered again this often while it stays plugged in.
 START_RETRY_S = 1.0
+# An exception that repeats in a gun's step is logged (with its traceback) at most this
+# often; `errors` counts every one, and the status line shows the count.
+ERROR_LOG_PERIOD_S = 60.0
 _DONE = (State.IDLE, State.FINISHED, State.FAULT)
 
 
@@ -107,6 +110,7 @@ class GunService:
         self._handed_at = -math.inf
         self.stopping = ""  # the reason the agent stops ("" while it runs)
         self.errors = 0  # exceptions contained in this gun's loop
+        self._logged_error_at = -math.inf
         self.sessions = 0  # sessions started
         self._data = session.data
         self._last_cap: PoolCapability | None = None
@@ -255,8 +259,11 @@ class GunService:
         """An exception in this gun's step: logged with its traceback, and a fault of this
         gun's session (outputs off, K1/K2 open); the loop and every other gun go on."""
         self.errors += 1
-        log.error("gun %d: exception in the control step (%d so far)", self.number,
-                  self.errors, exc_info=exc)
+        if now - self._logged_error_at >= ERROR_LOG_PERIOD_S:
+            # With its traceback, but not ten times a second for a bug that repeats.
+            self._logged_error_at = now
+            log.error("gun %d: exception in the control step (%d so far)", self.number,
+                      self.errors, exc_info=exc)
         try:
             self.runtime.feed(DriverError(now, "runtime", f"step failed: {exc!r}", fatal=True))
         except Exception:
