@@ -20,6 +20,8 @@ from ocpp.v21 import call
 
 from agent.ledger.outbox import Outbox
 from drivers.ocpp.client import (
+    ChangeAvailability,
+    EvseSettings,
     OcppClient,
     OcppSettings,
     Reset,
@@ -432,6 +434,68 @@ def test_security_profiles_2_and_3_over_tls(tmp_path: Path) -> None:
             async with station(tmp_path, csms, port, ca_file=str(tmp_path / "ca.pem")) as c:
                 await until(lambda: len(c.log) >= 2)
             assert len(csms.of("BootNotification")) == 1, "booted without a certificate"
+        finally:
+            await csms.stop()
+
+    asyncio.run(run())
+
+
+def test_one_connection_an_evse_per_gun(tmp_path: Path) -> None:
+    """A pile of two guns is one station with EVSEs 1 and 2: a status and a transaction per
+    EVSE, TxDefaultProfile per EVSE (else the station's), the station's maximum only at
+    evseId 0 (shared among the guns by the pile), requests routed to the EVSE they name,
+    one BootNotification for the station however often it reconnects."""
+    async def run() -> None:
+        csms = Csms()
+        port = await csms.start()
+        try:
+            evses = (EvseSettings(1), EvseSettings(2))
+            async with station(tmp_path, csms, port, evses=evses) as client:
+                await csms.wait_for("StatusNotification", 2)
+                assert {s["evse_id"] for s in csms.of("StatusNotification")} == {1, 2}
+                side = csms.stations["CP-1"]
+                client.transaction_event("Started", "CablePluggedIn", "tx-2", evse_id=2)
+                client.set_connector_status("Occupied", 2)
+                await csms.wait_for("TransactionEvent")
+                assert csms.of("TransactionEvent")[0]["evse"] == {"id": 2, "connector_id": 1}
+                await until(lambda: ("Occupied", 2) in {
+                    (s["connector_status"], s["evse_id"]) for s in csms.of("StatusNotification")})
+                r = await side.call(call.SetChargingProfile(evse_id=2, charging_profile=profile(
+                    1, "TxDefaultProfile", [period("ChargingOnly", limit=20_000.0)])))
+                assert r.status == "Accepted"
+                r = await side.call(call.SetChargingProfile(evse_id=0, charging_profile=profile(
+                    2, "TxDefaultProfile", [period("ChargingOnly", limit=30_000.0)])))
+                assert r.status == "Accepted"
+                assert [o.charge_limit for o in client.evse_offers(2)] == [20_000.0]
+                assert [o.charge_limit for o in client.evse_offers(1)] == [30_000.0]
+                r = await side.call(call.SetChargingProfile(evse_id=1, charging_profile=profile(
+                    3, "ChargingStationMaxProfile", [period("ChargingOnly", limit=1e5)])))
+                assert r.status == "Rejected"  # the station's maximum is the station's
+                r = await side.call(call.SetChargingProfile(evse_id=0, charging_profile=profile(
+                    3, "ChargingStationMaxProfile", [period("ChargingOnly", limit=1e5)])))
+                assert r.status == "Accepted"
+                assert [o.source for o in client.station_offers()] == ["ocpp:max"]
+                assert all(o.source == "ocpp:tx" for o in client.evse_offers(1))
+                r = await side.call(call.SetChargingProfile(evse_id=3, charging_profile=profile(
+                    4, "TxDefaultProfile", [period("ChargingOnly", limit=1.0)])))
+                assert r.status == "Rejected" and r.status_info["reason_code"] == "UnknownEvse"
+                r = await side.call(call.RequestStopTransaction(transaction_id="tx-2"))
+                assert r.status == "Accepted"
+                assert client.drain_requests(2) == [StopTransaction("tx-2")]
+                assert client.drain_requests(1) == []
+                r = await side.call(call.ChangeAvailability(
+                    operational_status="Inoperative", evse={"id": 2}))
+                assert r.status == "Scheduled"  # its transaction runs on to its end
+                assert client.drain_requests(2) == [ChangeAvailability(False)]
+                r = await side.call(call.Reset(type="OnIdle"))
+                assert r.status == "Scheduled"
+                assert client.drain_requests(1) == [Reset("OnIdle")]
+                assert client.drain_requests(2) == [Reset("OnIdle")]
+                # A reconnect does not boot again; it sends every connector's status.
+                statuses = len(csms.of("StatusNotification"))
+                await side._connection.close()
+                await until(lambda: len(csms.of("StatusNotification")) >= statuses + 2)
+                assert len(csms.of("BootNotification")) == 1
         finally:
             await csms.stop()
 
