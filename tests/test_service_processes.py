@@ -74,6 +74,7 @@ def test_four_guns_serve_car_after_car_for_two_minutes(tmp_path: Path) -> None:
     assert ledger["discharged_kwh"] > 0, ledger  # the V2G cars followed the EMS
     assert r["ems_failed_reads"] == 0 and r["ems_reads"] > 0, r
     assert r["ccs_period_ms"]["n"] > 0 and r["rss_mb_end"] > 0, r
+    assert r["rss_mb_half_way"] > 0 and r["rss_growth_mb_per_h_second_half"] is not None, r
 
 
 async def _until(test: Any, timeout: float, what: str) -> None:
