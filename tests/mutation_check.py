@@ -39,7 +39,9 @@ from agent.core import (
     arbiter,
     gbt_profile,
     outgoing,
+    pile_split,
     plant_checks,
+    plug_detection,
     ratings,
     steps,
     thermal_guard,
@@ -51,7 +53,7 @@ from agent.core import module_faults as module_faults_module
 from agent.core import transfer_control as transfer_module
 from agent.core import upstream as upstream_module
 from agent.core.arbiter import Limit, VoltageDecision
-from agent.core.commands import LedgerInterval, SessionReport
+from agent.core.commands import LedgerInterval, ResetSafetyTrip, SessionReport
 from agent.core.events import (
     EnergyHistory,
     Event,
@@ -99,7 +101,9 @@ SAFETY_TESTS = ["tests/test_safety_watchdogs.py", "tests/test_v2g_watchdogs.py",
                 "tests/test_upstream_arbiter.py", "tests/test_sunspec_server.py",
                 "tests/test_ocpp_client.py", "tests/test_plant_checks.py",
                 "tests/test_module_link.py", "tests/test_ledger_faults.py",
-                "tests/test_audit_mutants.py", "tests/test_module_status_words.py"]
+                "tests/test_audit_mutants.py", "tests/test_module_status_words.py",
+                "tests/test_plug_detection.py", "tests/test_pile_split.py",
+                "tests/test_safety_io.py"]
 Mutation = Callable[[], AbstractContextManager[object]]
 
 
@@ -601,6 +605,29 @@ AUDIT: dict[str, Mutation] = {
 }
 
 
+# The service's own safety rules (issue 20).
+SERVICE: dict[str, Mutation] = {
+    # A plug bounce starts a session.
+    "service:plug-no-confirm": lambda: mock.patch.object(
+        plug_detection, "CONNECT_CONFIRM", timing.Timing(0.0, "mutation")),
+    # A pile-level limit shared as if every gun could have its whole capacity.
+    "service:split-ignores-the-total": partial(
+        _function, pile_split, "water_fill",
+        lambda _original, total, capacities, priorities: dict(capacities)),
+    # The heartbeat trip re-armed whatever is at stake.
+    "service:rearm-at-stake": lambda: mock.patch.object(
+        SafetyHandling, "_rearm_heartbeat_trip", _rearm_regardless),
+}
+
+
+def _rearm_regardless(self: SafetyHandling) -> bool:
+    i = self.safety.inputs
+    if i is None or not i.trip_by_heartbeat:
+        return False
+    self._out.append(ResetSafetyTrip("mutation"))
+    return True
+
+
 MUTATIONS: dict[str, Mutation] = {
     **{f"limit:{lim.name}": partial(_without_limit, lim)
        for lim in arbiter.Limit if lim not in (Limit.INVALID_INPUT, Limit.RAMP)},
@@ -630,6 +657,7 @@ MUTATIONS: dict[str, Mutation] = {
     **UPSTREAM,
     **PLANT,
     **AUDIT,
+    **SERVICE,
 }
 
 

@@ -20,16 +20,19 @@ from agent.core.events import (
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
-from agent.core.timing import TRIP_REARM_RETRY
 from drivers.power_module.link import RtuTarget, TcpTarget
 from drivers.safety_io.codec import decode_imd, decode_io, load_imd_map, load_io_map
 from drivers.safety_io.link import SafetyBusOwner
 from drivers.safety_io.pt1000 import MAX_OHM, MIN_OHM, celsius_from_ohm, ohm_from_celsius
+from hil.ev_bms import VehicleConfig
 from hil.module_sim import ModuleSim
+from hil.plant import InProcessPile
 from hil.safety_io_sim import SafetyIoSim
 from tests.test_module_link import PtyNullModem
 
 IO_MAP, IMD_MAP = load_io_map(), load_imd_map()
+# The oracle's own number: one re-arm of a heartbeat trip per 5 s (the project's rule).
+REARM_RETRY_S = 5.0
 
 
 @given(st.floats(-100, 850))
@@ -151,14 +154,14 @@ def _tripped(t: float, *, by_heartbeat: bool, estop: bool = False) -> SafetyInpu
 
 def test_the_core_re_arms_a_heartbeat_trip_only_while_nothing_is_at_stake() -> None:
     """A heartbeat trip found with no session (a previous process died, or this one hung)
-    is re-armed at most once per TRIP_REARM_RETRY and is no fault; an E-stop trip, or a
+    is re-armed at most once per 5 s and is no fault; an E-stop trip, or a
     heartbeat trip with the E-stop pressed, is a latched fault and is not re-armed."""
     s = GunSession(GunRatings(), require_safety_io=True)
     out = s.handle(_tripped(0.0, by_heartbeat=True))
     assert [c for c in out if isinstance(c, ResetSafetyTrip)]
     assert any(isinstance(c, Notice) and c.kind == "safety_trip_rearmed" for c in out)
     assert s.state is State.IDLE and not s.safety.latched
-    period = TRIP_REARM_RETRY.seconds
+    period = REARM_RETRY_S
     assert not [c for c in s.handle(_tripped(period - 0.1, by_heartbeat=True))
                 if isinstance(c, ResetSafetyTrip)]
     assert [c for c in s.handle(_tripped(period + 0.1, by_heartbeat=True))
@@ -192,3 +195,17 @@ def test_rtu_over_a_pty_null_modem() -> None:
             modem.close()
 
     asyncio.run(body())
+
+
+def test_a_heartbeat_trip_during_a_session_is_a_fault_and_is_not_re_armed() -> None:
+    """The agent hung past the board's watchdog while it delivered: the board cut K1/K2,
+    and the session ends in an emergency; the trip stays until a reset (no re-arm while
+    something was at stake)."""
+    p = InProcessPile(vehicle=VehicleConfig(start_soc_pct=40.0, target_soc_pct=90.0))
+    p.plug_in()
+    assert p.run_until(lambda q: q.session.state is State.CHARGING, 30)
+    out = p.feed(_tripped(p.t, by_heartbeat=True))
+    assert not [c for c in out if isinstance(c, ResetSafetyTrip)]
+    assert p.session.state is State.FAULT and "safety_relay" in p.session.safety.latched
+    later = p.feed(_tripped(p.t + 10.0, by_heartbeat=True))
+    assert not [c for c in later if isinstance(c, ResetSafetyTrip)]
