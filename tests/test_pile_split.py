@@ -92,17 +92,17 @@ def test_shares_are_issued_when_they_are_sent() -> None:
     offers = PileOffers(min_interval_s=1.0)
     offers.take([UpstreamSetpoint(0.0, "ems", 600.0, charge_limit=100_000.0, unit="W")])
     idle, plugged = GunStanding(1), GunStanding(1, 250.0, 150_000.0)
-    [(gun, first)] = offers.poll(0.1, [idle])
+    [(gun, first)] = offers.poll(0.1, lambda: [idle])
     assert gun == 1 and isinstance(first, UpstreamSetpoint) and first.t == 0.1
     assert first.charge_limit == 0.0  # no car, no share
-    assert offers.poll(0.6, [plugged]) == []  # within the same second: not yet
-    [(_, second)] = offers.poll(1.2, [plugged])
+    assert offers.poll(0.6, lambda: [plugged]) == []  # within the same second: not yet
+    [(_, second)] = offers.poll(1.2, lambda: [plugged])
     assert isinstance(second, UpstreamSetpoint)
     assert second.t == 1.2 and second.charge_limit == 100_000.0
-    assert offers.poll(20.0, [plugged]) == []  # unchanged
-    [(_, refreshed)] = offers.poll(31.5, [plugged])
+    assert offers.poll(20.0, lambda: [plugged]) == []  # unchanged
+    [(_, refreshed)] = offers.poll(31.5, lambda: [plugged])
     assert isinstance(refreshed, UpstreamSetpoint) and refreshed.t == 31.5
     offers.take([UpstreamCleared(32.0, "ems")])
-    [(_, cleared)] = offers.poll(32.1, [plugged])
+    [(_, cleared)] = offers.poll(32.1, lambda: [plugged])
     assert isinstance(cleared, UpstreamCleared) and cleared.source == "ems"
-    assert offers.poll(40.0, [plugged]) == []
+    assert offers.poll(40.0, lambda: [plugged]) == []

@@ -86,6 +86,17 @@ class GunDrivers:
     meter: MeterBusOwner | None
     meter_period_s: float = 1.0
 
+    async def close(self, drain_s: float = 0.0) -> None:
+        """Queued module commands (output off, K1/K2 open) written first, then every bus
+        closed."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.module.drain(0.0), drain_s)
+        await self.module.close()
+        if self.safety is not None:
+            await self.safety.close()
+        if self.meter is not None:
+            await self.meter.close()
+
 
 class GunService:
     def __init__(self, number: int, session: GunSession, runtime: GunRuntime,
@@ -207,14 +218,7 @@ class GunService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.on_close()
-        d = self.drivers
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(d.module.drain(self.clock.now()), drain_s)
-        await d.module.close()
-        if d.safety is not None:
-            await d.safety.close()
-        if d.meter is not None:
-            await d.meter.close()
+        await self.drivers.close(drain_s)
 
     def _supervise(self, what: str,
                    run: Callable[[], Coroutine[Any, Any, None]]) -> None:

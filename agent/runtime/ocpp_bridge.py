@@ -100,25 +100,10 @@ class OcppBridge:
     # ---- offers -> the core's upstream arbiter -------------------------------------------
 
     def _offers(self, t: float) -> list[Event]:
-        now_wall = self.wall()
-        out: list[Event] = []
         c = self.client
         offers = [*c.station_offers(), *c.evse_offers(self.evse_id)] if self.station_offers \
             else c.evse_offers(self.evse_id)
-        live = {o.source: o for o in offers}
-        for source, o in live.items():
-            key = (o.setpoint, o.charge_limit, o.discharge_limit, o.unit, o.curve, o.baseline)
-            last = self._sent.get(source)
-            if last is not None and t - last[0] < 1.0:
-                continue  # the core takes one offer per source per second
-            if last is not None and last[1] == key and t - last[0] < REFRESH_S:
-                continue
-            self._sent[source] = (t, key)
-            out.append(offer_event(o, t, now_wall))
-        for source in [s for s in self._sent if s not in live]:
-            del self._sent[source]
-            out.append(UpstreamCleared(t, source))
-        return out
+        return relay_offers(offers, self._sent, t, self.wall())
 
     # ---- the session -> transaction events -----------------------------------------------
 
@@ -207,6 +192,28 @@ class OcppBridge:
                 "max_discharge_current": discharge.max_current_a,
                 "max_discharge_power": discharge.max_power_w}
         return needs
+
+
+def relay_offers(offers: list[Offer], sent: dict[str, tuple[float, tuple[object, ...]]],
+                 t: float, now_wall: float) -> list[Event]:
+    """The client's live offers as core events: a source's offer when it changed (at most
+    one a second: the core takes no more) or every REFRESH_S; a source gone, cleared.
+    `sent` is the caller's memory of what went out (source -> (t, what))."""
+    out: list[Event] = []
+    live = {o.source: o for o in offers}
+    for source, o in live.items():
+        key = (o.setpoint, o.charge_limit, o.discharge_limit, o.unit, o.curve, o.baseline)
+        last = sent.get(source)
+        if last is not None and t - last[0] < 1.0:
+            continue  # the core takes one offer per source per second
+        if last is not None and last[1] == key and t - last[0] < REFRESH_S:
+            continue
+        sent[source] = (t, key)
+        out.append(offer_event(o, t, now_wall))
+    for source in [s for s in sent if s not in live]:
+        del sent[source]
+        out.append(UpstreamCleared(t, source))
+    return out
 
 
 def offer_event(o: Offer, t: float, now_wall: float) -> UpstreamSetpoint:

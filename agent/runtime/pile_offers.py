@@ -6,7 +6,7 @@ each gun what changed, no faster than the core takes offers from one source."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from agent.core.events import Event, UpstreamCleared, UpstreamSetpoint
@@ -54,9 +54,13 @@ class PileOffers:
                 case _:  # DroopSet: the pile's droop, every gun's
                     self._out.append((None, event))
 
-    def poll(self, now: float, guns: Sequence[GunStanding]) -> list[tuple[int | None, Event]]:
-        """(gun number, or None for every gun; event) to deliver now."""
+    def poll(self, now: float, standings: Callable[[], Sequence[GunStanding]]
+             ) -> list[tuple[int | None, Event]]:
+        """(gun number, or None for every gun; event) to deliver now. The guns' standings
+        are asked for only while a pile offer lives (ten times a second otherwise for
+        nothing)."""
         out, self._out = self._out, []
+        guns = standings() if self.live else ()
         for source, offer in list(self.live.items()):
             if offer.expires_at <= now:  # lapsed: each gun's share lapses with it
                 del self.live[source]

@@ -37,6 +37,7 @@ from agent.core.commands import (
     SetMatrix,
     SetModuleOutput,
 )
+from agent.core.events import ModuleLinkLost
 from agent.core.pile import PileCoordinator
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import MonotonicClock
@@ -83,7 +84,6 @@ class PileService:
         self.clock = MonotonicClock()
         self.guns: list[GunService] = []
         self.reports: dict[int, list[SessionReport]] = {}
-        self.upstream: UpstreamLinks | None = None
         self.started = asyncio.Event()
         self.stop_reason = ""
         self._stop = asyncio.Event()
@@ -120,7 +120,7 @@ class PileService:
                 bus = open_bus(setup)
                 if isinstance(bus, str):
                     print(f"pile-agent run: {bus}", file=sys.stderr)
-                    await _close_drivers(drivers)
+                    await asyncio.gather(*(d.close() for d in drivers))
                     return 2
                 buses.append(bus)
                 stack.callback(bus.shutdown)
@@ -142,7 +142,6 @@ class PileService:
                 for g in self.guns:
                     await g.close(0.0)
                 return 2
-            self.upstream = upstream
             return await self._serve(upstream)
 
     async def _serve(self, upstream: UpstreamLinks) -> int:
@@ -180,7 +179,7 @@ class PileService:
                 events = await asyncio.wait_for(d.module.service(self.clock.now()), 2.0)
             except TimeoutError:
                 events = []
-            lost = [e for e in events if type(e).__name__ == "ModuleLinkLost"] or not events
+            lost = not events or any(isinstance(e, ModuleLinkLost) for e in events)
             print(f"gun {number}: start-up: output off and K1/K2 open "
                   f"{'NOT confirmed (module silent)' if lost else 'written'}",
                   file=self.out, flush=True)
@@ -266,12 +265,3 @@ class PileService:
                 fields.append("WATCHDOG=1")
             self.notifier.notify(*fields)
             await asyncio.sleep(period)
-
-
-async def _close_drivers(drivers: list[GunDrivers]) -> None:
-    for d in drivers:
-        await d.module.close()
-        if d.safety is not None:
-            await d.safety.close()
-        if d.meter is not None:
-            await d.meter.close()

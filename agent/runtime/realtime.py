@@ -9,7 +9,6 @@ STATUS and feeds the watchdog (agent/runtime/sd_notify.py; docs/OPERATIONS.md).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -19,8 +18,6 @@ from typing import IO
 from agent.runtime.config import PileConfig
 from agent.runtime.pile_service import PileService
 from agent.runtime.sd_notify import SdNotifier
-
-log = logging.getLogger("pile_agent")
 
 
 def install_signals(service: PileService,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from agent.core.events import Event, UpstreamCleared
+from agent.core.events import Event
 from agent.core.pile_split import standing
 from agent.core.upstream import pile_ratings, setpoint_ratings
 from agent.ledger.outbox import Outbox
@@ -30,7 +30,7 @@ from agent.runtime.clock import Clock
 from agent.runtime.config import PileConfig
 from agent.runtime.ems_view import ems_snapshot
 from agent.runtime.gun_service import GunService
-from agent.runtime.ocpp_bridge import REFRESH_S, OcppBridge, offer_event
+from agent.runtime.ocpp_bridge import OcppBridge, relay_offers
 from agent.runtime.pile_offers import PileOffers
 from drivers.ocpp.client import EvseSettings, OcppClient, OcppSettings
 from drivers.sunspec.codec import layout, load_map
@@ -133,28 +133,15 @@ class UpstreamLinks:
             for event in bridge.events(now):
                 gun.put(event)
         by_number = {g.number: g for g in self.guns}
-        standings = [standing(g.number, g.session, g.priority) for g in self.guns]
-        for number, event in self.pile_offers.poll(now, standings):
+        for number, event in self.pile_offers.poll(
+                now, lambda: [standing(g.number, g.session, g.priority) for g in self.guns]):
             for gun in (self.guns if number is None else [by_number[number]]):
                 gun.put(event)
 
     def _station_events(self, now: float) -> list[Event]:
-        """The station's own profiles (evseId 0), on a change or every REFRESH_S."""
+        """The station's own profiles (evseId 0), as the bridges relay an EVSE's."""
         assert self.client is not None
-        wall = self.wall()
-        out: list[Event] = []
-        live = {o.source: o for o in self.client.station_offers()}
-        for source, o in live.items():
-            key = (o.setpoint, o.charge_limit, o.discharge_limit, o.unit, o.curve, o.baseline)
-            last = self._station.get(source)
-            if last is not None and last[1] == key and now - last[0] < REFRESH_S:
-                continue
-            self._station[source] = (now, key)
-            out.append(offer_event(o, now, wall))
-        for source in [s for s in self._station if s not in live]:
-            del self._station[source]
-            out.append(UpstreamCleared(now, source))
-        return out
+        return relay_offers(self.client.station_offers(), self._station, now, self.wall())
 
     async def drain(self, seconds: float) -> None:
         """Up to `seconds` for the outbox to reach the central system (what is left is
