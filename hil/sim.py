@@ -27,6 +27,7 @@ import can
 
 from agent.core.commands import Command, CurrentDecided, Notice, SessionReport, StateChanged
 from agent.core.events import Event, StopRequested, VehicleConnected
+from agent.core.health_policy import HealthPolicy
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
@@ -94,6 +95,8 @@ class SimOptions:
     site_start_s: float | None = None
     site_end_s: float | None = None
     lock_step: bool = False  # step every 10 ms instead of jumping to the next due instant
+    trace_output: bool = False  # keep the module's output current every 10 ms (V2G: always)
+    health: HealthPolicy | None = None  # the operator's battery-health policy (None: none)
 
 
 @dataclass
@@ -185,7 +188,8 @@ class SimulatedPile:
         self._replay_stopped = False
         self.safety_io = SafetyIoSim(self.module_sim)
         self.session = GunSession(ratings, thermal=ThermalSupervisor(), require_safety_io=True,
-                                  upstream=self.v2g.upstream if self.v2g else None)
+                                  upstream=self.v2g.upstream if self.v2g else None,
+                                  health=options.health)
         self.ledger = Ledger(options.ledger)
         # Sessions a killed run left open: closed from their checkpoints before this one.
         self.result.recovered = self.ledger.recover("agent restarted")
@@ -382,6 +386,7 @@ class SimulatedPile:
                 if self.ocpp is not None:
                     extra += self.ocpp.events(t)
                 extra += self.v2g.step(self, self.script, t)
+            if self.v2g is not None or self.options.trace_output:
                 self._observe(t)
             # The agent steps when its deadline comes, or when a frame or an event arrives
             # for it (event-driven time; in lock-step, every step).

@@ -45,7 +45,7 @@ from agent.core.health_policy import (
     discharge_health_limit,
     soc_window_limit,
 )
-from agent.core.module_pool import SWITCH_CURRENT_A, Capability, Group, GunNeed, ModulePool
+from agent.core.module_pool import Capability, Group, GunNeed, ModulePool
 from agent.core.pile import ONE_GROUP_W
 from agent.core.ratings import GunRatings
 from agent.core.vehicle_view import Cells, ChargeLimits, DischargeLimits, VehicleView
@@ -55,6 +55,10 @@ from hil.module_sim import ModuleParams, derate_factor, heated
 from hil.station_cars import HOUR_S, Car, Dispatch, draw_cars
 
 MODULE = ModuleParams()  # each gun's output unit, as hil/pile_sim.py's
+# The day's judge states its own figures (never the agent's constants): a matrix contactor
+# opens only at <= 5 A (GB/T 18487.1-2023 Annex E), and the grid and export limits are the
+# ones this day was given, not what the pool holds.
+SWITCH_LIMIT_A = 5.0
 MAX_WAIT_S = 900.0  # a car that finds every gun of its kind busy waits this long, then leaves
 BUCKET_S = 900.0  # the station's power profile in quarter hours, as settlement meters do
 GROUP_A, GROUP_W = 125.0, 60_000.0  # one module group, as in hil/pile_scenarios.py
@@ -219,6 +223,7 @@ class StationDay:
         export = o.export_limit_w if o.export_limit_w is not None \
             else EXPORT_W_PER_GUN * o.guns
         self.pool = ModulePool(tuple(self.groups), grid_limit_w=grid, export_limit_w=export)
+        self.grid_limit_w, self.export_limit_w = grid, export
         # The V2G guns spread over the station: every (1 / v2g_share)-th gun.
         n_v2g = round(o.guns * o.v2g_share)
         v2g_guns = {1 + (k * o.guns) // n_v2g for k in range(n_v2g)} if n_v2g else set()
@@ -281,7 +286,7 @@ class StationDay:
             # A faulted group's own output has tripped: it leaves its gun at once.
             if not c.closed and self.matrix.get(c.group) == c.gun \
                     and c.group not in self.pool.faulted \
-                    and abs(currents[c.gun]) > SWITCH_CURRENT_A:
+                    and abs(currents[c.gun]) > SWITCH_LIMIT_A:
                 r.switched_under_load.append(f"{t:.0f} s {c.group} off gun {c.gun} at "
                                              f"{currents[c.gun]:.1f} A")
             # The contactor follows within the step: its feedback reads so at the next one.
@@ -314,8 +319,8 @@ class StationDay:
         r.peak_import_kw = max(r.peak_import_kw, import_w / 1000)
         r.peak_export_kw = max(r.peak_export_kw, export_w / 1000)
         # 1 W of slack for float sums; the pool's shares add up to the limit exactly.
-        r.above_grid_steps += import_w > self.pool.grid_limit_w + 1.0
-        r.above_export_steps += export_w > self.pool.export_limit_w + 1.0
+        r.above_grid_steps += import_w > self.grid_limit_w + 1.0
+        r.above_export_steps += export_w > self.export_limit_w + 1.0
         self._add_power(t, dt, import_w, export_w)
 
     # ---- cars come and go -----------------------------------------------------------

@@ -43,13 +43,20 @@ def fields_of(name: str, d: bytes) -> dict[str, float]:
 
 def decode_log(lines: Iterable[str]) -> list[tuple[str, dict[str, float]]]:
     """Message names in bus order, with a few fields; TP messages when complete."""
-    out: list[tuple[str, dict[str, float]]] = []
+    return [(name, fields) for _t, name, fields in decode_log_timed(lines)]
+
+
+def decode_log_timed(lines: Iterable[str]) -> list[tuple[float, str, dict[str, float]]]:
+    """As decode_log, each with the candump line's time stamp (a TP message: its last
+    packet's)."""
+    out: list[tuple[float, str, dict[str, float]]] = []
     transfers: dict[int, tuple[int, int, bytearray]] = {}  # source -> (pf, size, data)
     for line in lines:
         parts = line.split()
         if len(parts) != 3 or "#" not in parts[2]:
             continue
         ident_hex, data_hex = parts[2].split("#")
+        stamp = float(parts[0].strip("()"))
         ident, data = int(ident_hex, 16), bytes.fromhex(data_hex)
         pf, source = (ident >> 16) & 0xFF, ident & 0xFF
         if pf == 0xEC and data and data[0] == 0x10:  # TP.CM_RTS
@@ -60,9 +67,9 @@ def decode_log(lines: Iterable[str]) -> list[tuple[str, dict[str, float]]]:
             if len(buf) >= size:
                 del transfers[source]
                 name = NAMES.get(tpf, f"PF{tpf:02X}")
-                out.append((name, fields_of(name, bytes(buf[:size]))))
+                out.append((stamp, name, fields_of(name, bytes(buf[:size]))))
         elif pf in NAMES:
-            out.append((NAMES[pf], fields_of(NAMES[pf], data)))
+            out.append((stamp, NAMES[pf], fields_of(NAMES[pf], data)))
     return out
 
 

@@ -118,6 +118,21 @@ CAPABILITY_REGISTER_MAX_A = 330.0  # the capability register: 0.1 A steps, 0-330
 # The session's energy (the core integrates polled samples, the world every tick) agrees
 # to within this: a second at full power.
 ENERGY_SLACK_KWH = 0.05
+# The module's documented fault word (bit: name, emergency, latched), and what each must do
+# while charging, from the device's description of the bit and the clauses: the module's
+# own output and control cannot be trusted (over-voltage, over-current, internal, contactor
+# mismatch) -> an emergency (K1/K2 open at once, GB/T 18487.1-2015 B.4.7.1) that latches
+# until service (IEC 61851-23 CC.4.4); the module has already turned itself off for a cause
+# that passes (over-temperature, its watchdog, the AC input, the grid trips) -> an error
+# shutdown that does not latch.
+MODULE_FAULT_REACTION: dict[int, tuple[str, bool, bool]] = {
+    0: ("over_temperature", False, False), 1: ("over_voltage", True, True),
+    2: ("over_current", True, True), 3: ("internal", True, True),
+    4: ("watchdog_expired", False, False), 5: ("contactor_mismatch", True, True),
+    6: ("input_fault", False, False), 7: ("grid_over_voltage", False, False),
+    8: ("grid_under_voltage", False, False), 9: ("grid_frequency", False, False),
+    10: ("anti_islanding", False, False),
+}
 
 
 def connector_fraction(temp_c: float) -> float:
@@ -300,6 +315,13 @@ class SafetyWorld:
         self.direction_changes = 0
         self.heard_since_tick = True
         self.last_tick_t = 0.0
+        # I5 / I12 from the world's own record of what it made happen, never from the
+        # core's verdicts: an emergency cause seen while K1/K2 were closed (it allows an
+        # opening under load until they open), when this shutdown began, and the latching
+        # causes a FAULT acted on (they block a start until a service that finds them gone).
+        self.emergency_seen: str | None = None
+        self.shutdown_began_t: float | None = None
+        self.latched_causes: set[str] = set()
 
     # ---- feeding the core --------------------------------------------------------
 
@@ -343,8 +365,54 @@ class SafetyWorld:
             if isinstance(c, StateChanged):
                 self.on_state(c)
 
+    def emergency_cause(self) -> str | None:
+        """What in the world, now, lets K1/K2 open under load (docs/SAFETY.md I5: E-stop,
+        door, module lost, unplug, welded; the safety I/O lost, I7; a connector past its
+        trip temperature, I10; a module fault bit whose meaning is an emergency)."""
+        p = self.plant
+        emergency_bits = sum(1 << n for n, (_name, emergency, _l)
+                             in MODULE_FAULT_REACTION.items() if emergency)
+        causes = {
+            "E-stop": self.estop or self.inputs[0], "door": self.door or self.inputs[1],
+            "safety I/O lost": bool(self.io_mode), "unplugged": not self.plugged,
+            "module lost": self.module_silent or self.module_frozen,
+            "module fault": bool(p.fault_word & emergency_bits),
+            "contactor": p.welded or bool(p.welded_poles) or p.stuck_open,
+            "connector trip": not self.sensor_open and self.connector_c >= CONNECTOR_TRIP_C,
+        }
+        return next((name for name, present in causes.items() if present), None)
+
+    def note_emergency(self) -> None:
+        if not self.plant.k12_cmd:
+            self.emergency_seen = None
+        elif self.emergency_seen is None:
+            self.emergency_seen = self.emergency_cause()
+
+    def latch_causes(self, reason: str) -> None:
+        """I12: the latching causes present in the world that this FAULT names (the latch
+        decided by the world's table, not by the core's)."""
+        p = self.plant
+        present = {
+            "E-stop": (self.estop, "emergency stop"),
+            "welded": (p.welded or bool(p.welded_poles), "weld"),
+            # a pack at <= 100 ohm/V at some voltage the gun can test at (B.5.1)
+            "insulation": (p.insulation_ohm <= INSULATION_FAULT_OHM_PER_V
+                           * RATINGS.max_voltage_v, "insulation fault"),
+            "connector trip": (self.connector_c >= CONNECTOR_TRIP_C, "trip"),
+            "sensor open": (self.sensor_open, "open"),
+            **{name: (bool(p.fault_word >> n & 1), name)
+               for n, (name, _e, latched) in MODULE_FAULT_REACTION.items() if latched},
+        }
+        self.latched_causes |= {cause for cause, (there, said) in present.items()
+                                if there and said in reason}
+
     def on_state(self, c: StateChanged) -> None:
         self.state_since = self.t
+        if c.dest in ("stopping", "fault") and c.source not in ("stopping", "fault",
+                                                                "welding_check"):
+            self.shutdown_began_t = self.t
+        if c.dest == "fault":
+            self.latch_causes(c.reason)
         if c.dest == "precharge" and self.unlock_at_precharge:
             self.unlock_at_precharge = False
             self.inputs = (False, False, True)  # the lock opens just before K1/K2 close
@@ -358,7 +426,8 @@ class SafetyWorld:
             self.bcp_max_v = None
             self.bcl_voltage = None
             self.first_cml_t = self.first_bro_t = None
-            assert not self.s.safety.latched, "started with a latched fault (I12)"
+            assert not self.latched_causes, \
+                f"started with latched faults {sorted(self.latched_causes)} (I12)"
             assert not self.estop, "started with the E-stop pressed (I12)"
             self.insulation_passed = False
             self.stopping_since_plug = False
@@ -418,6 +487,7 @@ class SafetyWorld:
                 self.hear_vehicle(message if isinstance(item, bytes) else item, message, pgn,
                                   payload)
         self.step_plant()
+        self.note_emergency()
 
     def hear_vehicle(self, msg: object, heard: object, pgn: int, payload: bytes) -> None:
         """Track what the car said (what it sent, not what the decoder made of it: a
@@ -842,13 +912,15 @@ class SafetyWorld:
             gap = self.last_status_gun_v - self.last_status_out_v
             assert 1.0 - EPS <= gap <= 10.0 + EPS, f"I4 output {gap:.2f} V below the battery"
         elif isinstance(c, SetContactors) and not c.closed:
-            # I5: open at <= 5 A unless an emergency path (or the stop budget ran out)
-            d = self.s.data
+            # I5: open at <= 5 A unless the world holds an emergency cause, or the stop
+            # budget ran out (both from the world's record, not the core's fault data)
             low = abs(self.last_status_a) <= OPEN_AT_A + EPS
-            budget = d.fault_at is not None and self.t - d.fault_at > \
-                STOP_BUDGET_S
-            assert low or d.fault_emergency or budget or self.s.act.internal_error, \
-                f"I5 opened at {self.last_status_a:.1f} A in {state.value}"
+            budget = self.shutdown_began_t is not None \
+                and self.t - self.shutdown_began_t >= STOP_BUDGET_S - EPS
+            emergency = self.emergency_seen or self.emergency_cause()
+            assert low or emergency or budget, \
+                f"I5 opened at {self.last_status_a:.1f} A in {state.value} with no " \
+                f"emergency in the world"
 
     def check_direction_change(self, amps: float) -> None:
         """D5: a command whose sign differs from the last nonzero one comes only after zero
@@ -1059,6 +1131,11 @@ class SafetyWorld:
                 plant.current_stuck, plant.imd_dead, plant.offset_v = False, False, 0.0
                 self.connector_c, self.sensor_open = 40.0, False
                 self.service_t = self.t
+                # I12: service clears a latch only with K1/K2 open and its cause gone (the
+                # E-stop released); the repairs above remove every other cause.
+                if not self.plant.k12_cmd:
+                    self.latched_causes &= {"E-stop"} if self.estop or self.inputs[0] \
+                        else set()
                 self.feed(FaultsCleared(self.t, "service"))
             case "io_silent" | "io_lost" | "io_back":
                 self.io_mode = {"io_silent": "silent", "io_lost": "lost"}.get(kind, "")

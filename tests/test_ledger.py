@@ -65,6 +65,39 @@ def test_kill_9_at_random_moments_loses_no_committed_interval(tmp_path: Path) ->
     assert len(stored) >= 12
 
 
+def test_kill_inside_a_commit_loses_no_reported_interval(tmp_path: Path) -> None:
+    """SIGKILL at an fsync (strace's fault injection): the transaction's pages are in the
+    WAL, its sync has not returned. Every interval reported is on disk, every row whole. A
+    ledger that does not sync each commit (synchronous=OFF, or NORMAL in WAL) is never
+    killed here: it writes its 400 intervals and exits, and the test fails."""
+    path = tmp_path / "ledger.sqlite"
+    rng = random.Random(20261206)
+    reported: set[int] = set()
+    next_seq = 0
+    for _round in range(6):
+        when = rng.randint(6, 40)  # the when-th fsync of the process, schema ones included
+        proc = subprocess.run(
+            ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync,fdatasync",
+             "-e", f"inject=fsync,fdatasync:signal=KILL:when={when}",
+             sys.executable, "-m", "tests.ledger_writer", str(path), str(next_seq), "400"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == -signal.SIGKILL, \
+            (proc.returncode, "no commit reached an fsync", proc.stderr[-500:])
+        said = [int(x) for x in proc.stdout.split()]
+        reported.update(said)
+        next_seq = max([next_seq, *said]) + 1
+    ledger = Ledger(path)
+    rows = ledger.intervals("kill-test")
+    assert ledger._db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    ledger.close()
+    stored = {int(r["seq"]) for r in rows}  # type: ignore[call-overload]
+    assert reported and reported <= stored, sorted(reported - stored)[:5]
+    for r in rows:
+        n = int(r["seq"]) + 1  # type: ignore[call-overload]
+        assert r["meter_to_vehicle_kwh"] == n * 0.25
+        assert r["meter_from_vehicle_kwh"] == n * 0.125
+
+
 def _interval(seq: int, start: float, to_kwh: float, from_kwh: float) -> LedgerInterval:
     return LedgerInterval(seq, start, start + 900.0, "charge" if to_kwh else "discharge",
                           to_kwh, from_kwh, 0.0, 0.0, "quarter hour")

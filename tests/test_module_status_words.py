@@ -13,7 +13,7 @@ from agent.core.events import ModuleStatus
 from agent.core.states import State
 from drivers.power_module.codec import decode_status
 from drivers.power_module.regmap import load_register_map
-from tests.safety_world import TICK, SafetyWorld
+from tests.safety_world import MODULE_FAULT_REACTION, TICK, SafetyWorld
 
 MAP = load_register_map()
 
@@ -52,24 +52,15 @@ def test_contactor_feedback_pole_by_pole(bits: int, both: bool, any_: bool) -> N
     assert (st.contactors_closed, st.contactors_any_closed) == (both, any_)
 
 
-# The documented fault bits and what each must do while charging, from the map's own
-# description and the clauses: the module's own output and control cannot be trusted
-# (over-voltage, over-current, internal, contactor mismatch) -> an emergency (K1/K2 open at
-# once, GB/T 18487.1-2015 B.4.7.1) that latches until service (IEC 61851-23 CC.4.4); the
-# module has already turned itself off for a cause that passes (over-temperature, its
-# watchdog, the AC input, the grid trips) -> an error shutdown that does not latch.
-FAULT_BITS = {
-    "over_temperature": (False, False), "over_voltage": (True, True),
-    "over_current": (True, True), "internal": (True, True),
-    "watchdog_expired": (False, False), "contactor_mismatch": (True, True),
-    "input_fault": (False, False), "grid_over_voltage": (False, False),
-    "grid_under_voltage": (False, False), "grid_frequency": (False, False),
-    "anti_islanding": (False, False),
-}
+# The documented fault bits and what each must do while charging: the world's table
+# (tests/safety_world.py MODULE_FAULT_REACTION, written from each bit's meaning and clauses).
+FAULT_BITS = {name: (emergency, latched)
+              for name, emergency, latched in MODULE_FAULT_REACTION.values()}
 
 
 def test_every_documented_fault_bit_is_classified() -> None:
-    assert set(FAULT_BITS) == set(MAP["fault_word"].bits.values())
+    assert {n: name for n, (name, _e, _l) in MODULE_FAULT_REACTION.items()} \
+        == dict(MAP["fault_word"].bits)
 
 
 @pytest.mark.parametrize("name", sorted(FAULT_BITS))

@@ -168,7 +168,8 @@ class SafetyHandling(SessionBase):
                 if f.latched or self._at_stake():
                     kind = next((v for k, v in _CST_FOR_SENSOR.items() if k in f.sensor),
                                 ChargerFault.OTHER)
-                    self._fault(f"{f.sensor}: {f.detail}", code=f"thermal_{f.kind}",
+                    self._fault(f"{f.sensor} {f.kind.replace('_', ' ')}: {f.detail}",
+                                code=f"thermal_{f.kind}",
                                 emergency=f.kind == "over_temperature", latched=f.latched,
                                 faults=frozenset({kind}))
         if self.require_safety_io and self._at_stake():
