@@ -120,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
                                      "(SIGTERM/SIGINT)")
     run.add_argument("--config", required=True, metavar="PILE_TOML")
     run.add_argument("--can-log", metavar="FILE", help="write the CAN traffic in candump format")
+    run.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="text: lines for people (default); json: one JSON object a line "
+                          "(time, gun, session, event, reason)")
+
+    status = sub.add_parser("status", help="each gun of the running agent, from its status "
+                                           "endpoint ([status] in the config)")
+    status.add_argument("--config", required=True, metavar="PILE_TOML")
+    status.add_argument("--json", action="store_true", help="the endpoint's JSON as it is")
     return p
 
 
@@ -286,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        from agent.status_cli import run_status
+
+        return run_status(args.config, args.json)
     if args.command == "records":
         from agent.records_cli import run_records
 
@@ -383,7 +395,7 @@ def _main(argv: list[str] | None) -> int:
     if not _writable(args.can_log):
         print(f"pile-agent run: --can-log {args.can_log}: cannot write there", file=sys.stderr)
         return 2
-    return asyncio.run(run_pile(config, can_log=args.can_log))
+    return asyncio.run(run_pile(config, can_log=args.can_log, log_format=args.log_format))
 
 
 if __name__ == "__main__":

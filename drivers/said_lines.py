@@ -13,6 +13,8 @@ class SaidLines(deque[str]):
         super().__init__(maxlen=maxlen)
         self._logger = logging.getLogger(logger)
 
-    def append(self, line: str, level: int = logging.WARNING) -> None:
+    def append(self, line: str, level: int = logging.WARNING, event: str = "") -> None:
+        """event: what kind of record it is (refused, link_lost, link_up, ...) for a
+        structured log; the line is the reason."""
         super().append(line)
-        self._logger.log(level, line)
+        self._logger.log(level, line, extra={"event": event} if event else None)

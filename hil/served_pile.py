@@ -292,6 +292,17 @@ EXAMPLE_CONFIG = """\
 [ledger]
 path = "pile-ledger.sqlite"
 
+# What an operator sees (docs/OPERATIONS.md): `pile-agent status --config pile.toml`, the
+# status page at http://127.0.0.1:8750/ and Prometheus metrics at :9464/metrics.
+[status]
+host = "127.0.0.1"
+port = 8750
+
+[metrics]
+enabled = true
+host = "127.0.0.1"
+port = 9464
+
 # The site EMS / VPP's SunSpec Modbus TCP server (model 714: a port per gun).
 [ems]
 enabled = true

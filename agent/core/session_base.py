@@ -102,6 +102,7 @@ class SessionBase:
                 self._command_contactors(closed=False)
             return
         self.data.fault_emergency = emergency
+        self.data.fault_code = code
         self.data.cem_timeouts = cem
         self.data.stop_message = CST(reasons=frozenset({ChargerStopReason.FAULT}), faults=faults,
                                      errors=errors)
@@ -128,6 +129,8 @@ class SessionBase:
         self.act.internal_error = reason
         try:
             self.data.fault_emergency = True
+            if self.state is not State.FAULT:
+                self.data.fault_code = "internal_error"
             if self.state is not State.FAULT and self.trigger(Trigger.FAULT_DETECTED.value):
                 self.data.state_entered_at = self.now
                 self.data.fault_at = self.now

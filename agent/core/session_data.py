@@ -98,6 +98,7 @@ class SessionData:
     fault_at: float | None = None
     reported: bool = False
     outcome_reason: str = ""
+    fault_code: str = ""  # the first fault's code (its kind, for metrics and logs)
     # The report's outcome when it is not the state's ("interrupted": the agent stopped
     # with the plant already safe, before the vehicle's last messages).
     outcome_override: str = ""

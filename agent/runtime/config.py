@@ -224,6 +224,37 @@ def parse_ocpp(table: object) -> OcppConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusConfig:
+    """The local status endpoint (docs/OPERATIONS.md): GET /status (JSON, `pile-agent
+    status`) and / (the status page). Read-only; loopback unless the operator opens it to
+    the pile's maintenance port."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8750
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint: GET /metrics (docs/OPERATIONS.md)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+def parse_endpoint(cls: type[Any], table: object, section: str) -> Any:
+    endpoint = _build(cls, table, section)
+    try:
+        ipaddress.ip_address(endpoint.host)
+    except ValueError as exc:
+        raise ConfigError(f"{section}.host: {endpoint.host!r} is not an IP address") from exc
+    if not 0 <= endpoint.port < 65536:  # 0: a free port, chosen at start (tests)
+        raise ConfigError(f"{section}.port: {endpoint.port} is not a port (0-65535)")
+    return endpoint
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerConfig:
     path: str = "pile-ledger.sqlite"  # SQLite (WAL, synchronous=FULL); relative to the cwd
 
@@ -272,6 +303,8 @@ class PileConfig:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     ems: EmsConfig = field(default_factory=EmsConfig)
     ocpp: OcppConfig = field(default_factory=OcppConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Every gun with its own interfaces ([[gun]] tables; one from [gun] otherwise), and the
     # pile's shared module pool ([pile]); None: each gun has its own module stack.
     guns: tuple[GunSetup, ...] = ()
@@ -282,7 +315,7 @@ class PileConfig:
 
 
 SECTIONS = ("can", "modbus", "gun", "safety_bus", "thermal", "meter", "v2g", "health",
-            "ledger", "tariff", "upstream", "ems", "ocpp", "pile")
+            "ledger", "tariff", "upstream", "ems", "ocpp", "pile", "status", "metrics")
 
 
 def _build(cls: type[Any], table: object, section: str, base: Any = None) -> Any:
@@ -354,7 +387,10 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
                       thermal=thermal, meter=meter, v2g=v2g, health=health, owners=owners,
                       ledger=ledger, tariff=tariff,
                       upstream=parse_upstream(doc.get("upstream", {}), guns[0].ratings),
-                      ems=ems, ocpp=ocpp, guns=guns, pile=pile)
+                      ems=ems, ocpp=ocpp, guns=guns, pile=pile,
+                      status=parse_endpoint(StatusConfig, doc.get("status", {}), "status"),
+                      metrics=parse_endpoint(MetricsConfig, doc.get("metrics", {}),
+                                             "metrics"))
 
 
 _PER_GUN = {"can": CanConfig, "modbus": ModbusConfig, "safety_bus": SafetyBusConfig,

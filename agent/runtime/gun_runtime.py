@@ -30,6 +30,7 @@ from agent.core.events import DriverError, EnergyHistory, Event, Tick
 from agent.core.messages import ChargerMessage
 from agent.core.outgoing import grid_slot
 from agent.core.session import GunSession
+from agent.core.states import State
 from agent.ledger.store import Ledger, LedgerError
 
 DAY_S = 86_400.0
@@ -104,6 +105,7 @@ class GunRuntime:
         self._next_meter_t = -1.0
         self.ledger = ledger
         self.gun = gun
+        self.on_sent: Callable[[ChargerMessage, float], None] = lambda _m, _t: None
         self._history_for: float | None = None  # the session whose history was fed
         self._key: tuple[float, str] | None = None  # (session start, its ledger key)
 
@@ -168,6 +170,13 @@ class GunRuntime:
             self._key = (d.started_at, f"gun{self.gun}-{start:.3f}-{uuid.uuid4().hex[:8]}")
         return self._key[1]
 
+    def session_id(self) -> str | None:
+        """The running (or last) session's ledger key; None before the gun's first one."""
+        if self.session.state is State.IDLE and (
+                self._key is None or self._key[0] != self.session.data.started_at):
+            return None
+        return self.session_key()
+
     def _feed_history(self, t: float) -> None:
         """Once the vehicle is identified, what it moved earlier today, from the ledger (the
         per-day battery-health limits)."""
@@ -199,6 +208,8 @@ class GunRuntime:
                     self.vehicle.send(message, self.now)
                 except Exception as exc:  # the next tick sees the fault
                     self.feed(DriverError(self.now, "can", f"send failed: {exc!r}", fatal=True))
+                else:
+                    self.on_sent(message, self.now)
             case KickSafetyWatchdog() | StartInsulationTest() | ResetSafetyTrip() \
                     if self.safety is not None:
                 self.safety.submit(command)

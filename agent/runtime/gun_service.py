@@ -40,6 +40,7 @@ from agent.core.session import GunSession
 from agent.core.states import State
 from agent.runtime.clock import Clock
 from agent.runtime.gun_runtime import GunRuntime
+from agent.runtime.gun_telemetry import GunTelemetry
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.power_module.owner import ModuleBusOwner
 from drivers.safety_io.link import SafetyBusOwner
@@ -101,7 +102,8 @@ class GunDrivers:
 class GunService:
     def __init__(self, number: int, session: GunSession, runtime: GunRuntime,
                  drivers: GunDrivers, clock: Clock, wall: Callable[[], float],
-                 bell: Doorbell, in_service: bool = True, priority: int = 0) -> None:
+                 bell: Doorbell, in_service: bool = True, priority: int = 0,
+                 telemetry: GunTelemetry | None = None) -> None:
         self.number = number
         self.session = session
         self.runtime = runtime
@@ -115,6 +117,8 @@ class GunService:
         self.alive_at = clock.now()
         self.in_service = in_service
         self.priority = priority  # the pile's sharing order (module pool, pile setpoints)
+        self.telemetry = telemetry or GunTelemetry()
+        self.step_seconds: Callable[[float], None] = lambda _s: None  # a step's duration
         self.plug = PlugDetector() if drivers.safety is not None else None
         self._assume_plugged = drivers.safety is None  # no CC1: one car, at start-up
         self._served_car = False  # the plugged car was handed to the session
@@ -248,6 +252,7 @@ class GunService:
                 raise
             except Exception as exc:
                 self._contain(now, exc)
+            self.step_seconds(self.clock.now() - now)
             self.wake.clear()
             if self.inbox or self.bell.rung:
                 continue

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import IO
+from importlib import metadata, resources
+from typing import IO, Any
 
 import can
 
@@ -38,11 +40,17 @@ from agent.core.commands import (
     SetModuleOutput,
 )
 from agent.core.events import ModuleLinkLost
+from agent.core.messages import CCS, ChargerMessage
 from agent.core.pile import PileCoordinator
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import MonotonicClock
 from agent.runtime.config import GunSetup, PileConfig
+from agent.runtime.event_log import EventLog
 from agent.runtime.gun_service import GunDrivers, GunService
+from agent.runtime.gun_telemetry import GunTelemetry
+from agent.runtime.http_endpoint import HttpEndpoint, Route
+from agent.runtime.metrics import PileMetrics
+from agent.runtime.pile_status import LinkState, pile_snapshot
 from agent.runtime.sd_notify import SdNotifier
 from agent.runtime.upstream_links import UpstreamLinks
 from agent.runtime.wiring import coordinator, gun_drivers, gun_service, open_bus
@@ -51,6 +59,16 @@ from drivers.gbt27930.codec import assign_extension_pgns
 from drivers.module_matrix.link import MatrixBusOwner, MatrixEvent
 
 log = logging.getLogger("pile_agent.pile")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("pile-agent")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _version()
 
 # The module pool re-plans at least this often (and on each matrix read): its word to a gun
 # must stay younger than a module status (1 s, MODULE_STATUS_STALE) with room to spare.
@@ -69,15 +87,38 @@ DRAIN_S = 0.3  # each module's queued commands at exit (runs for all guns at onc
 OCPP_DRAIN_MIN_S = 0.8
 
 
+def status_page() -> bytes:
+    return resources.files("agent.runtime").joinpath("static/status.html").read_bytes()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _ccs_observer(telemetry: GunTelemetry, observe: Callable[[float], None]
+                  ) -> Callable[[ChargerMessage, float], None]:
+    """The CCS period of a gun: the time between two CCS it sent (GB/T 27930: 50 ms)."""
+    def on_sent(message: ChargerMessage, t: float) -> None:
+        if isinstance(message, CCS):
+            if telemetry.last_ccs_t is not None:
+                observe(t - telemetry.last_ccs_t)
+            telemetry.last_ccs_t = t
+
+    return on_sent
+
+
 class PileService:
     def __init__(self, config: PileConfig, out: IO[str] = sys.stdout,
                  can_log: str | None = None, notifier: SdNotifier | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, events: EventLog | None = None
+                 ) -> None:
         if not config.guns:
             config = replace(config, guns=(GunSetup(config.gun, config.can, config.modbus,
                                                     config.safety_bus, config.meter),))
         self.config = config
         self.out = out
+        self.events = events or EventLog(out, wall=wall)
+        self.events.gun_prefix = len(config.guns) > 1
         self.can_log = can_log
         self.notifier = notifier or SdNotifier({})
         self.wall = wall
@@ -85,6 +126,10 @@ class PileService:
         self.guns: list[GunService] = []
         self.reports: dict[int, list[SessionReport]] = {}
         self.started = asyncio.Event()
+        self.started_wall = wall()
+        self.upstream: UpstreamLinks | None = None
+        self.metrics: PileMetrics | None = None
+        self.endpoints: list[HttpEndpoint] = []
         self.stop_reason = ""
         self._stop = asyncio.Event()
         self._hung: set[int] = set()
@@ -107,7 +152,8 @@ class PileService:
             # Before anything else: sessions a killed agent left open, closed from their
             # checkpoints (the energy up to the last one is kept).
             for line in ledger.recover("agent restarted"):
-                print(f"ledger: closed a session left open: {line}", file=self.out, flush=True)
+                self.events.emit("ledger_recovered", line, level="warning",
+                                 text=f"ledger: closed a session left open: {line}")
         except LedgerError as exc:
             print(f"pile-agent run: ledger {self.config.ledger.path}: {exc}", file=sys.stderr)
             return 2
@@ -132,16 +178,19 @@ class PileService:
                 writer = CandumpWriter(fh, channel=setup.can.channel, epoch=epoch) \
                     if fh is not None else None
                 service, reports = gun_service(self.config, setup, d, bus, ledger, writer,
-                                               self.out, self.clock, self.wall)
+                                               self.events, self.clock, self.wall)
                 self.guns.append(service)
                 self.reports[service.number] = reports
-            upstream = UpstreamLinks(self.config, self.guns, self.clock, self.wall, self.out)
+            upstream = UpstreamLinks(self.config, self.guns, self.clock, self.wall, self.events)
             problem = await upstream.start(stack)
             if problem:
                 print(f"pile-agent run: {problem}", file=sys.stderr)
                 for g in self.guns:
                     await g.close(0.0)
                 return 2
+            self.upstream = upstream
+            self._observe()
+            await self._open_endpoints()
             return await self._serve(upstream)
 
     async def _serve(self, upstream: UpstreamLinks) -> int:
@@ -153,7 +202,8 @@ class PileService:
         if pool is not None:
             tasks.append(asyncio.create_task(self._pool(*pool), name="pool"))
         self.notifier.notify("READY=1", "STATUS=" + self._status_line())
-        print(f"pile-agent: serving {len(self.guns)} gun(s)", file=self.out, flush=True)
+        self.events.emit("agent_ready", f"serving {len(self.guns)} gun(s)",
+                         text=f"pile-agent: serving {len(self.guns)} gun(s)")
         self.started.set()
         try:
             await self._stop.wait()
@@ -163,6 +213,8 @@ class PileService:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            for endpoint in self.endpoints:
+                await endpoint.stop()
             await asyncio.gather(*(g.close(DRAIN_S) for g in self.guns))
             if pool is not None:
                 await pool[1].close()
@@ -180,9 +232,10 @@ class PileService:
             except TimeoutError:
                 events = []
             lost = not events or any(isinstance(e, ModuleLinkLost) for e in events)
-            print(f"gun {number}: start-up: output off and K1/K2 open "
-                  f"{'NOT confirmed (module silent)' if lost else 'written'}",
-                  file=self.out, flush=True)
+            what = f"output off and K1/K2 open " \
+                f"{'NOT confirmed (module silent)' if lost else 'written'}"
+            self.events.emit("start_up", what, gun=number, level="warning" if lost else "info",
+                             text=f"gun {number}: start-up: {what}")
 
         await asyncio.gather(*(one(s.ratings.charger_number, d)
                                for s, d in zip(self.config.guns, drivers, strict=True)))
@@ -191,7 +244,7 @@ class PileService:
         reason = self.stop_reason or "agent stopped"
         t0 = self.clock.now()
         self.notifier.notify("STOPPING=1", f"STATUS=stopping: {reason}")
-        print(f"pile-agent: stopping ({reason})", file=self.out, flush=True)
+        self.events.emit("agent_stopping", reason, text=f"pile-agent: stopping ({reason})")
         for g in self.guns:
             g.request_stop(reason)
         while not all(g.settled for g in self.guns) \
@@ -228,8 +281,9 @@ class PileService:
                     if isinstance(command, SetMatrix):
                         owner.submit(command)
                     elif isinstance(command, Notice):
-                        print(f"[{command.t:9.3f} s] pile: {command.detail}", file=self.out,
-                              flush=True)
+                        self.events.emit("notice", command.detail, t=command.t,
+                                         kind=command.kind,
+                                         text=f"[{command.t:9.3f} s] pile: {command.detail}")
                 for g in self.guns:
                     cap = caps.get(g.number)
                     if cap is not None:
@@ -241,6 +295,52 @@ class PileService:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+    # ---- what operators see -----------------------------------------------------------------
+
+    def links(self) -> LinkState:
+        return self.upstream.link_state(self.clock.now()) if self.upstream is not None \
+            else LinkState()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The pile as `pile-agent status` and the status page show it."""
+        return pile_snapshot(self.guns, self.links(), self.clock.now(), self.wall(),
+                             self.started_wall, VERSION)
+
+    def _observe(self) -> None:
+        """The process's histograms, observed as things happen (with [metrics] on)."""
+        if not self.config.metrics.enabled:
+            return
+        metrics = self.metrics = PileMetrics(lambda: self.guns, self.links, self.clock.now)
+        for g in self.guns:
+            g.step_seconds = metrics.step_seconds.observe
+            g.runtime.on_sent = _ccs_observer(g.telemetry, metrics.ccs_period_seconds.observe)
+
+    async def _open_endpoints(self) -> None:
+        """The status endpoint and the metrics; one that cannot listen is said and the pile
+        goes on (they are for people, the charging does not need them)."""
+        wanted: dict[tuple[str, int], dict[str, Route]] = {}
+        st, mt = self.config.status, self.config.metrics
+        if st.enabled:
+            wanted.setdefault((st.host, st.port), {}).update({
+                "/status": lambda: ("application/json",
+                                    json.dumps(self.snapshot()).encode()),
+                "/": lambda: ("text/html; charset=utf-8", status_page()),
+            })
+        if mt.enabled and self.metrics is not None:
+            wanted.setdefault((mt.host, mt.port), {})["/metrics"] = self.metrics.render
+        for (host, port), routes in wanted.items():
+            endpoint = HttpEndpoint(routes)
+            try:
+                await endpoint.start(host, port)
+            except OSError as exc:
+                self.events.emit("endpoint_failed", f"cannot serve {' '.join(sorted(routes))} "
+                                 f"on {host}:{port}: {exc}", level="error")
+                continue
+            self.endpoints.append(endpoint)
+            bound = endpoint.address[1] if endpoint.address is not None else port
+            self.events.emit("endpoint", f"serving {' '.join(sorted(routes))} on "
+                             f"http://{_url_host(host)}:{bound}/")
 
     def _status_line(self) -> str:
         return "; ".join(g.status_line() for g in self.guns)
@@ -255,11 +355,16 @@ class PileService:
             now = self.clock.now()
             hung = {g.number for g in self.guns if not g.alive(now)}
             for number in hung - self._hung:
-                log.error("gun %d: its control loop has not run for over %.0f s; the "
-                          "watchdog is no longer fed", number, now - self.gun(number).alive_at)
-                print(f"gun {number}: control loop hung; watchdog withheld", file=self.out,
-                      flush=True)
+                self.events.emit("hung", f"its control loop has not run for over "
+                                 f"{now - self.gun(number).alive_at:.0f} s; the watchdog is no "
+                                 "longer fed", gun=number, level="error",
+                                 text=f"gun {number}: control loop hung; watchdog withheld")
             self._hung = hung
+            wall = self.wall()
+            for g in self.guns:
+                st = g.session.plant.status
+                g.telemetry.sample(wall, st.output_current_a * st.output_voltage_v
+                                   if st is not None else 0.0)
             fields = ["STATUS=" + self._status_line()]
             if not hung:
                 fields.append("WATCHDOG=1")

@@ -9,6 +9,7 @@ STATUS and feeds the watchdog (agent/runtime/sd_notify.py; docs/OPERATIONS.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from typing import IO
 
 from agent.runtime.config import PileConfig
+from agent.runtime.event_log import EventLog, route_python_logging
 from agent.runtime.pile_service import PileService
 from agent.runtime.sd_notify import SdNotifier
 
@@ -38,11 +40,18 @@ def install_signals(service: PileService,
 
 
 async def run_pile(config: PileConfig, can_log: str | None = None,
-                   out: IO[str] = sys.stdout, *, signals: bool = True) -> int:
+                   out: IO[str] = sys.stdout, *, signals: bool = True,
+                   log_format: str = "text") -> int:
     """The service until SIGTERM/SIGINT (or, with signals=False, until cancelled: a
     harness that runs it on a thread of its own); 0 after an orderly stop, 2 if it cannot
-    start."""
-    service = PileService(config, out=out, can_log=can_log, notifier=SdNotifier())
-    if signals:
-        install_signals(service)
-    return await service.run()
+    start. log_format: "text" (lines for people) or "json" (one object a line)."""
+    events = EventLog(out, json_lines=log_format == "json")
+    bridge = route_python_logging(events)
+    try:
+        service = PileService(config, out=out, can_log=can_log, notifier=SdNotifier(),
+                              events=events)
+        if signals:
+            install_signals(service)
+        return await service.run()
+    finally:
+        logging.getLogger("pile_agent").removeHandler(bridge)

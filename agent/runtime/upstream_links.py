@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import IO
 
 from agent.core.events import Event
 from agent.core.pile_split import standing
@@ -29,9 +28,11 @@ from agent.ledger.outbox import Outbox
 from agent.runtime.clock import Clock
 from agent.runtime.config import PileConfig
 from agent.runtime.ems_view import ems_snapshot
+from agent.runtime.event_log import EventLog
 from agent.runtime.gun_service import GunService
 from agent.runtime.ocpp_bridge import OcppBridge, relay_offers
 from agent.runtime.pile_offers import PileOffers
+from agent.runtime.pile_status import LinkState
 from drivers.ocpp.client import EvseSettings, OcppClient, OcppSettings
 from drivers.sunspec.codec import layout, load_map
 from drivers.sunspec.ems_controls import EmsControls, EmsSettings
@@ -44,12 +45,12 @@ UPSTREAM_POLL_S = 0.1
 
 class UpstreamLinks:
     def __init__(self, config: PileConfig, guns: list[GunService], clock: Clock,
-                 wall: Callable[[], float], out: IO[str]) -> None:
+                 wall: Callable[[], float], events: EventLog) -> None:
         self.config = config
         self.guns = guns
         self.clock = clock
         self.wall = wall
-        self.out = out
+        self.events = events
         self.ems: SunSpecServer | None = None
         self.client: OcppClient | None = None
         self.bridges: list[OcppBridge] = []
@@ -113,8 +114,22 @@ class UpstreamLinks:
             client.transaction_event("Ended", "AbnormalCondition", transaction_id,
                                      stopped_reason="PowerLoss", charging_state="Idle",
                                      evse_id=evse)
-            print(f"ocpp: transaction {transaction_id} on EVSE {evse_id} ended after the "
-                  "restart (PowerLoss)", file=self.out, flush=True)
+            self.events.emit("transaction_ended", f"transaction {transaction_id} on EVSE "
+                             f"{evse_id} ended after the restart (PowerLoss)", gun=evse,
+                             level="warning", text=f"ocpp: transaction {transaction_id} on "
+                             f"EVSE {evse_id} ended after the restart (PowerLoss)")
+
+    def link_state(self, now: float) -> LinkState:
+        """How the links stand, for the status endpoint and the metrics."""
+        c, ems = self.client, self.ems
+        hb_age, hb_lost = None, False
+        if ems is not None and ems.controls.controller_hb is not None:
+            hb_age, hb_lost = now - ems.controls.hb_changed_at, ems.controls.hb_lost
+        return LinkState(
+            ocpp_enabled=c is not None, ocpp_online=c is not None and c.online,
+            ocpp_outbox=c.outbox.counts()[1] if c is not None else 0,
+            ocpp_offline_since=c.offline_since if c is not None else None,
+            ems_enabled=ems is not None, ems_heartbeat_age_s=hb_age, ems_heartbeat_lost=hb_lost)
 
     def tasks(self) -> list[asyncio.Task[None]]:
         out = [asyncio.create_task(self._poll_loop(), name="upstream")]

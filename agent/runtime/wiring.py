@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import can
 
@@ -17,8 +17,10 @@ from agent.core.thermal_guard import ThermalSupervisor
 from agent.ledger.store import Ledger
 from agent.runtime.clock import Clock
 from agent.runtime.config import GunSetup, PileConfig
+from agent.runtime.event_log import REFUSALS, EventLog
 from agent.runtime.gun_runtime import GunRuntime
 from agent.runtime.gun_service import Doorbell, GunDrivers, GunService
+from agent.runtime.gun_telemetry import GunTelemetry
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.link import GbtLink, Role
@@ -29,22 +31,33 @@ from drivers.power_module.owner import ModuleBusOwner
 from drivers.safety_io.link import SafetyBusOwner
 
 
-def printer(out: IO[str], who: str = "") -> tuple[list[SessionReport],
-                                                 Callable[[Command], None]]:
-    """The session's state changes, notices and reports as lines on `out` (the journal,
-    under systemd); the reports kept."""
+def reporter(events: EventLog, gun: int, session_id: Callable[[], str | None],
+             telemetry: GunTelemetry, fault_code: Callable[[], str]
+             ) -> tuple[list[SessionReport], Callable[[Command], None]]:
+    """The session's state changes, notices and reports as event records (the journal,
+    under systemd) and into the gun's telemetry; the reports kept."""
     reports: list[SessionReport] = []
+    who = events.who(gun)
 
     def report(command: Command) -> None:
+        telemetry.on_command(command, fault_code())
         match command:
             case StateChanged(t=t, source=src, dest=dest, reason=why):
-                print(f"[{t:9.3f} s] {who}{src} -> {dest}: {why}", file=out, flush=True)
+                events.emit("fault" if dest == "fault" else "state", why, t=t, gun=gun,
+                            session=session_id(), level="warning" if dest == "fault"
+                            else "info", text=f"[{t:9.3f} s] {who}{src} -> {dest}: {why}",
+                            source=src, dest=dest)
             case Notice(t=t, kind=kind, detail=detail):
-                print(f"[{t:9.3f} s] {who}notice {kind}: {detail}", file=out, flush=True)
+                events.emit("refused" if kind in REFUSALS else "notice", detail, t=t,
+                            gun=gun, session=session_id(), kind=kind,
+                            text=f"[{t:9.3f} s] {who}notice {kind}: {detail}")
             case SessionReport():
                 reports.append(command)
-                print(f"{who}session {command.outcome}: {command.reason}; "
-                      f"{command.energy_kwh:.2f} kWh", file=out, flush=True)
+                events.emit("session", command.reason, gun=gun, session=session_id(),
+                            text=f"{who}session {command.outcome}: {command.reason}; "
+                                 f"{command.energy_kwh:.2f} kWh",
+                            outcome=command.outcome, energy_kwh=round(command.energy_kwh, 4),
+                            discharged_kwh=round(command.discharged_kwh, 4))
 
     return reports, report
 
@@ -82,16 +95,20 @@ def gun_drivers(setup: GunSetup) -> GunDrivers:
 
 
 def gun_service(config: PileConfig, setup: GunSetup, drivers: GunDrivers, bus: can.BusABC,
-                ledger: Ledger, log: CandumpWriter | None, out: IO[str], clock: Clock,
+                ledger: Ledger, log: CandumpWriter | None, events: EventLog, clock: Clock,
                 wall: Callable[[], float]) -> tuple[GunService, list[SessionReport]]:
     number = setup.ratings.charger_number
-    reports, report = printer(out, f"gun {number}: " if len(config.guns) > 1 else "")
+    runtime_box: list[GunRuntime] = []
+    telemetry = GunTelemetry()
     session = GunSession(setup.ratings, thermal=ThermalSupervisor(config.thermal)
                          if drivers.safety else None,
                          require_safety_io=drivers.safety is not None,
                          health=config.health, owner_policies=config.owners,
                          upstream=config.upstream.policy(setup.ratings),
                          pooled=config.pile is not None)
+    reports, report = reporter(events, number,
+                               lambda: runtime_box[0].session_id() if runtime_box else None,
+                               telemetry, lambda: session.data.fault_code)
     # Each frame wakes the gun's loop as it arrives (a BCL is decided on at once):
     # socketcan's descriptor on the event loop; a bus without one through a reader thread.
     bell = Doorbell(asyncio.Event())
@@ -99,8 +116,10 @@ def gun_service(config: PileConfig, setup: GunSetup, drivers: GunDrivers, bus: c
     runtime = GunRuntime(session, GbtLink(rx, Role.CHARGER, log=log), drivers.module, report,
                          module_period_s=None, safety=drivers.safety, meter=drivers.meter,
                          meter_period_s=drivers.meter_period_s, ledger=ledger, gun=number)
+    runtime_box.append(runtime)
     service = GunService(number, session, runtime, drivers, clock, wall, bell,
-                         in_service=setup.in_service, priority=setup.priority)
+                         in_service=setup.in_service, priority=setup.priority,
+                         telemetry=telemetry)
     service.on_close = rx.close
     return service, reports
 

@@ -86,6 +86,8 @@ class GbtLink:
         self._t = 0.0
         self._problems: list[LinkProblem] = []
         self.frames_sent = 0  # the simulator wakes the peer when this moves
+        self.frames_received = 0  # from the peer (metrics)
+        self.frames_rejected = 0  # of which undecodable or out of range (metrics)
 
     # ---- sending -------------------------------------------------------------------
 
@@ -135,7 +137,11 @@ class GbtLink:
                 break
             if frame is None:
                 break
-            out.extend(self._on_frame(frame, t))
+            received = self._on_frame(frame, t)
+            for item in received:
+                if isinstance(item, LinkNotice) and item.kind in ("rejected", "unknown_pgn"):
+                    self.frames_rejected += 1
+            out.extend(received)
         self._apply(self._rx.on_time(t))
         self._apply(self._tx.on_time(t))
         out.extend(self._problems)
@@ -153,6 +159,7 @@ class GbtLink:
         source, destination, pf = ident & 0xFF, (ident >> 8) & 0xFF, (ident >> 16) & 0xFF
         if source != self.peer or destination != self.own:
             return []
+        self.frames_received += 1
         data = bytes(frame.data)
         if self.log is not None:
             self.log.write(t, ident, data)

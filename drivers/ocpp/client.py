@@ -391,7 +391,8 @@ class OcppClient:
             return _rejected("UnknownEvse", f"EVSE {evse_id}")
         profile = parse_profile(raw, now, evse.transaction_id if evse else None)
         if isinstance(profile, Rejection):
-            self.log.append(f"profile rejected: {profile.reason_code}: {profile.info}")
+            self.log.append(f"profile rejected: {profile.reason_code}: {profile.info}",
+                            event="refused")
             return _rejected(profile.reason_code, profile.info)
         if evse_id == 0 and profile.purpose == "TxProfile":
             return _rejected("InvalidValue", "a TxProfile needs an EVSE")
@@ -402,13 +403,13 @@ class OcppClient:
                 profile.stack_level > PROFILE_STACK_LEVEL:
             why = (f"{len(profile.periods)} periods (at most {PERIODS_PER_SCHEDULE}) or stack "
                    f"level {profile.stack_level} (at most {PROFILE_STACK_LEVEL})")
-            self.log.append(f"profile rejected: InvalidValue: {why}")
+            self.log.append(f"profile rejected: InvalidValue: {why}", event="refused")
             return _rejected("InvalidValue", why)
         ratings = [evse.ratings] if evse else [e.ratings for e in self.evses.values()]
         beyond = next((why for q in profile.periods for r in ratings
                        if (why := setpoint_problem(q.setpoint, profile.unit, r))), "")
         if beyond:
-            self.log.append(f"profile rejected: InvalidValue: {beyond}")
+            self.log.append(f"profile rejected: InvalidValue: {beyond}", event="refused")
             return _rejected("InvalidValue", beyond)
         times.append(now)
         (evse.store if evse else self.store).set(profile)
@@ -470,7 +471,7 @@ class OcppClient:
                 self.variables[key] = (str(d["attribute_value"]), True)
         if status == "Rejected":
             self.log.append(f"SetVariables {key[0]}.{key[1]} = {d.get('attribute_value')!r} "
-                            "rejected")
+                            "rejected", event="refused")
         return SetVariableResultType(attribute_status=status, component=comp, variable=var)
 
     def _setters(self) -> dict[tuple[str, str], tuple[Callable[[str], Any], Callable[[Any],
@@ -647,7 +648,7 @@ class OcppClient:
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await reader
             except (TimeoutError, OSError, websockets.exceptions.WebSocketException) as exc:
-                self.log.append(f"link: {type(exc).__name__}: {exc}")
+                self.log.append(f"link: {type(exc).__name__}: {exc}", event="link_lost")
             self._cp = None
             if self.online:
                 self.online, self.offline_since = False, self.wall()
@@ -680,6 +681,7 @@ class OcppClient:
             self.heartbeat_s = float(boot.interval or self.heartbeat_s)
             self.booted = True
         self.online, self.offline_since, self._attempts = True, None, 0
+        self.log.append(f"link: online to {self.settings.url}", logging.INFO, event="link_up")
         for evse in self.evses.values():  # every connector's status on every (re)connect
             evse.status_due = True
         await self._status(cp)

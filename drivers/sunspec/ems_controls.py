@@ -72,11 +72,11 @@ class EmsControls:
                 continue
             if w.value < 0 and not self.settings.allow_discharge:
                 self.log.append(f"{t:.1f} s refused WSet {-w.value:.0f} W: discharge not "
-                                "enabled for the EMS")
+                                "enabled for the EMS", event="refused")
                 return ILLEGAL_DATA_VALUE
             beyond = setpoint_problem(w.value, "W", self.settings.ratings)
             if beyond:
-                self.log.append(f"{t:.1f} s refused WSet: {beyond}")
+                self.log.append(f"{t:.1f} s refused WSet: {beyond}", event="refused")
                 return ILLEGAL_DATA_VALUE
         for w in written:
             self._apply(t, w.point.write, w.value)
@@ -110,7 +110,7 @@ class EmsControls:
                     if self.hb_lost:
                         self.hb_lost, self.pending = False, True
                         self.log.append(f"{t:.1f} s EMS heartbeat back: its controls apply "
-                                        "again", logging.INFO)
+                                        "again", logging.INFO, event="link_up")
             case _:
                 pass  # alarm_reset: nothing latches on the EMS side
 
@@ -123,14 +123,15 @@ class EmsControls:
             # the gun to the fallback, never leave its limits standing as if it were live.
             self.hb_lost, self.pending = True, False
             self.log.append(f"{t:.1f} s EMS heartbeat silent for {s.heartbeat_timeout_s:g} s: "
-                            "its setpoint and limits withdrawn (fallback)")
+                            "its setpoint and limits withdrawn (fallback)", event="link_lost")
             if self.offered:
                 self.offered = False
                 out.append(UpstreamCleared(t, s.source))
         if self.offered and not self.lapse_said and t >= self.expires_at:
             self.lapse_said = True  # the arbiter drops it at its expiry on its own
             self.log.append(f"{t:.1f} s EMS offer lapsed (no write within its "
-                            f"{self.revert_s or s.default_validity_s:g} s): fallback")
+                            f"{self.revert_s or s.default_validity_s:g} s): fallback",
+                            event="lapsed")
         if self.droop_pending:
             self.droop_pending = False
             out.append(DroopSet(t, s.source, self.droop_enabled, self.dead_band_hz, self.droop))
