@@ -8,6 +8,7 @@ import asyncio
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,7 +129,49 @@ def _parser() -> argparse.ArgumentParser:
                                            "endpoint ([status] in the config)")
     status.add_argument("--config", required=True, metavar="PILE_TOML")
     status.add_argument("--json", action="store_true", help="the endpoint's JSON as it is")
+
+    diag = sub.add_parser("diagnostics", help="one archive of a time window: events, the "
+                                              "sessions' CAN traces, the ledger's rows, the "
+                                              "config (secrets redacted), versions")
+    diag.add_argument("--config", required=True, metavar="PILE_TOML")
+    diag.add_argument("--since", metavar="TIME", help="ISO 8601, local time unless it says "
+                                                      "(default: 24 h before --until)")
+    diag.add_argument("--until", metavar="TIME", default="now", help="ISO 8601 or now")
+    diag.add_argument("--out", metavar="FILE", help="the .tar.gz to write (default: "
+                                                    "pile-agent-diagnostics-<until>.tar.gz)")
+    diag.add_argument("--unit", default="pile-agent",
+                      help="the systemd unit whose journal to include ('' for none)")
     return p
+
+
+def _diagnostics(args: argparse.Namespace) -> int:
+    from agent.diagnostics import build_archive, parse_time
+    from agent.runtime.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"pile-agent diagnostics: bad config: {exc}", file=sys.stderr)
+        return 2
+    try:
+        until = parse_time(args.until)
+        since = parse_time(args.since) if args.since else until - 86_400.0
+    except ValueError as exc:
+        print(f"pile-agent diagnostics: --since/--until: {exc} (ISO 8601, e.g. "
+              "2026-12-06T08:00)", file=sys.stderr)
+        return 2
+    if since > until:
+        print("pile-agent diagnostics: --since is after --until", file=sys.stderr)
+        return 2
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(until))
+    out = Path(args.out or f"pile-agent-diagnostics-{stamp}.tar.gz")
+    try:
+        build_archive(config, since, until, out, unit=args.unit)
+    except OSError as exc:
+        print(f"pile-agent diagnostics: cannot write {out}: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
 
 
 def _writable(path: str | None) -> bool:
@@ -294,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "diagnostics":
+        return _diagnostics(args)
     if args.command == "status":
         from agent.status_cli import run_status
 

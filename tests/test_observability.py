@@ -232,3 +232,48 @@ def test_the_json_log_has_a_refused_profile_a_lost_link_and_a_fault(tmp_path: Pa
     states = [r for r in records if r["event"] == "state"]
     assert states and all(r["session"] == faults[0]["session"] for r in states
                           if r["dest"] != "idle")
+
+
+def test_each_session_s_can_traffic_in_its_own_files(tmp_path: Path) -> None:
+    directory = tmp_path / "traces"
+
+    async def body(service: PileService, pile: LoopbackPile, _m: str) -> None:
+        await _until(lambda: len(service.reports[1]) == 1, 60.0, "the session's end")
+
+    asyncio.run(_with_service(tmp_path, [SHORT], body, extra={"traces": {
+        "enabled": True, "directory": str(directory), "formats": ["candump", "asc", "blf"]}}))
+    from agent.ledger.store import Ledger
+    ledger = Ledger(tmp_path / "ledger.sqlite", read_only=True)
+    keys = [str(r["session_key"]) for r in ledger.sessions()]
+    ledger.close()
+    assert len(keys) == 1
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == sorted(f"{keys[0]}{suffix}" for suffix in (".asc", ".blf", ".log")), names
+    from drivers.gbt27930.candump import read_candump
+    from tests.independent_gbt_decoder import decode_log
+    log = directory / f"{keys[0]}.log"
+    frames = list(read_candump(log))
+    names_seen = {name for name, _f in decode_log(log.read_text().splitlines())}
+    assert {"CHM", "BRM", "BCP", "BCL", "CCS", "BST", "CST"} <= names_seen
+    import can
+    for suffix, reader in ((".blf", can.BLFReader), (".asc", can.ASCReader)):
+        read = list(reader(str(directory / f"{keys[0]}{suffix}")))
+        assert len(read) == len(frames), suffix
+        assert [m.arbitration_id for m in read] == [ident for _t, ident, _d in frames]
+        assert any(m.is_rx for m in read) and any(not m.is_rx for m in read)
+
+
+def test_old_and_excess_traces_are_pruned(tmp_path: Path) -> None:
+    import os
+
+    from agent.runtime.session_traces import TraceSettings, prune
+    now = 1_800_000_000.0
+    files = {"old.log": (now - 40 * 86_400, 10), "a.log": (now - 3_000, 600_000),
+             "b.log": (now - 2_000, 600_000), "c.log": (now - 1_000, 600_000)}
+    for name, (mtime, size) in files.items():
+        p = tmp_path / name
+        p.write_bytes(b"x" * size)
+        os.utime(p, (mtime, mtime))
+    gone = prune(TraceSettings(tmp_path, keep_days=30, keep_mb=1.5), now)
+    assert sorted(p.name for p in gone) == ["a.log", "old.log"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.log", "c.log"]

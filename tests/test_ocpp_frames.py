@@ -96,6 +96,7 @@ async def station_and_csms() -> AsyncIterator[RawCsms]:
         try:
             await asyncio.wait_for(csms.connected.wait(), 10.0)
             await asyncio.sleep(0.3)  # boot and the first status are through
+            csms.client, csms.task = client, task  # type: ignore[attr-defined]
             yield csms
         finally:
             task.cancel()
@@ -270,3 +271,25 @@ def test_a_profile_beyond_the_schedule_limits_is_rejected() -> None:
     assert client.set_profile(1, raw).status == "Rejected"
     raw["stack_level"] = PROFILE_STACK_LEVEL
     assert client.set_profile(1, raw).status == "Accepted"
+
+
+def test_a_central_system_s_bad_answer_ends_the_connection_not_the_client() -> None:
+    """A CALLRESULT the schema refuses (NotifyEVChargingNeeds answered without its status)
+    raises in the `ocpp` package: the station says so, reconnects, and goes on."""
+    async def main() -> None:
+        async with station_and_csms() as csms:
+            client = csms.client  # type: ignore[attr-defined]
+            task = csms.task  # type: ignore[attr-defined]
+            client.ev_charging_needs({"requested_energy_transfer": "DC",
+                                      "dc_charging_parameters": {"ev_max_current": 200.0,
+                                                                 "ev_max_voltage": 450.0}})
+            deadline = asyncio.get_running_loop().time() + 10.0
+            while not any("broke the session" in line for line in client.log):
+                assert asyncio.get_running_loop().time() < deadline, list(client.log)
+                await asyncio.sleep(0.05)
+            assert not task.done()
+            while not client.online:
+                assert asyncio.get_running_loop().time() < deadline + 10.0
+                await asyncio.sleep(0.05)
+
+    asyncio.run(main())

@@ -255,6 +255,35 @@ def parse_endpoint(cls: type[Any], table: object, section: str) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class TracesConfig:
+    """Each session's CAN traffic in files of its own (agent/runtime/session_traces.py)."""
+
+    enabled: bool = False
+    directory: str = "traces"
+    formats: tuple[str, ...] = ("candump",)  # candump, asc, blf (python-can's loggers)
+    keep_days: float = 30.0
+    keep_mb: float = 500.0
+
+
+def parse_traces(table: object) -> TracesConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("[traces] must be a table")
+    formats = table.get("formats", ["candump"])
+    known = ("candump", "asc", "blf")
+    if not isinstance(formats, list) or not formats \
+            or not all(isinstance(f, str) and f in known for f in formats):
+        raise ConfigError(f"traces.formats: a non-empty list of {', '.join(known)}")
+    rest = {k: v for k, v in table.items() if k != "formats"}
+    traces: TracesConfig = replace(_build(TracesConfig, rest, "traces"),
+                                   formats=tuple(dict.fromkeys(formats)))
+    if not traces.directory:
+        raise ConfigError("traces.directory: required")
+    if not traces.keep_days > 0 or not traces.keep_mb > 0:
+        raise ConfigError("traces: keep_days and keep_mb must be above 0")
+    return traces
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerConfig:
     path: str = "pile-ledger.sqlite"  # SQLite (WAL, synchronous=FULL); relative to the cwd
 
@@ -305,6 +334,7 @@ class PileConfig:
     ocpp: OcppConfig = field(default_factory=OcppConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
     # Every gun with its own interfaces ([[gun]] tables; one from [gun] otherwise), and the
     # pile's shared module pool ([pile]); None: each gun has its own module stack.
     guns: tuple[GunSetup, ...] = ()
@@ -315,7 +345,8 @@ class PileConfig:
 
 
 SECTIONS = ("can", "modbus", "gun", "safety_bus", "thermal", "meter", "v2g", "health",
-            "ledger", "tariff", "upstream", "ems", "ocpp", "pile", "status", "metrics")
+            "ledger", "tariff", "upstream", "ems", "ocpp", "pile", "status", "metrics",
+            "traces")
 
 
 def _build(cls: type[Any], table: object, section: str, base: Any = None) -> Any:
@@ -390,7 +421,8 @@ def parse_config(doc: dict[str, Any]) -> PileConfig:
                       ems=ems, ocpp=ocpp, guns=guns, pile=pile,
                       status=parse_endpoint(StatusConfig, doc.get("status", {}), "status"),
                       metrics=parse_endpoint(MetricsConfig, doc.get("metrics", {}),
-                                             "metrics"))
+                                             "metrics"),
+                      traces=parse_traces(doc.get("traces", {})))
 
 
 _PER_GUN = {"can": CanConfig, "modbus": ModbusConfig, "safety_bus": SafetyBusConfig,

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Literal
 
 Level = Literal["error", "warning", "info", "debug"]
@@ -112,6 +113,38 @@ class EventLog:
             return r.text
         stamp = f"[{r.t:9.3f} s] " if r.t is not None else ""
         return f"{stamp}{self.who(r.gun)}{r.event}: {r.reason}"
+
+
+EVENTS_FILE = "events.jsonl"
+
+
+class EventsFile:
+    """Every record also as a JSON line in `directory/events.jsonl` (with [traces] on): what
+    `pile-agent diagnostics` and OCPP GetLog put in their archive. Rotated at max_bytes
+    (events.1.jsonl ... events.<keep>.jsonl, the oldest dropped)."""
+
+    def __init__(self, directory: Path, max_bytes: int = 10_000_000, keep: int = 5) -> None:
+        self.path = directory / EVENTS_FILE
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.failed = False
+
+    def __call__(self, record: Record) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_size > self.max_bytes:
+                self._rotate()
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(record.as_json() + "\n")
+        except OSError:
+            self.failed = True  # said by the traces' own error; the pile goes on
+
+    def _rotate(self) -> None:
+        for n in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"events.{n}.jsonl")
+            if older.exists():
+                older.replace(self.path.with_name(f"events.{n + 1}.jsonl"))
+        self.path.replace(self.path.with_name("events.1.jsonl"))
 
 
 class LogRecordBridge(logging.Handler):

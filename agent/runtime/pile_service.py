@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata, resources
+from pathlib import Path
 from typing import IO, Any
 
 import can
@@ -45,7 +46,7 @@ from agent.core.pile import PileCoordinator
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import MonotonicClock
 from agent.runtime.config import GunSetup, PileConfig
-from agent.runtime.event_log import EventLog
+from agent.runtime.event_log import EventLog, EventsFile
 from agent.runtime.gun_service import GunDrivers, GunService
 from agent.runtime.gun_telemetry import GunTelemetry
 from agent.runtime.http_endpoint import HttpEndpoint, Route
@@ -119,6 +120,8 @@ class PileService:
         self.out = out
         self.events = events or EventLog(out, wall=wall)
         self.events.gun_prefix = len(config.guns) > 1
+        if config.traces.enabled:
+            self.events.listeners.append(EventsFile(Path(config.traces.directory)))
         self.can_log = can_log
         self.notifier = notifier or SdNotifier({})
         self.wall = wall

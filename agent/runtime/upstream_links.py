@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from agent.core.events import Event
 from agent.core.pile_split import standing
 from agent.core.upstream import pile_ratings, setpoint_ratings
+from agent.diagnostics import build_archive
 from agent.ledger.outbox import Outbox
 from agent.runtime.clock import Clock
 from agent.runtime.config import PileConfig
@@ -97,6 +100,7 @@ class UpstreamLinks:
                 evses=tuple(EvseSettings(g.number, setpoint_ratings(g.session.ratings))
                             for g in self.guns)), outbox, time.time)
             self._end_left_open(client)
+            client.log_builder = self._build_log
             self.client = client
             self.bridges = [OcppBridge(client, g.session, time.time,
                                        meter_interval_s=o.meter_interval_s, evse_id=g.number,
@@ -104,6 +108,17 @@ class UpstreamLinks:
                                        on_availability=g.set_in_service)
                             for g in self.guns]
         return ""
+
+    async def _build_log(self, log_type: str, oldest: float | None,
+                         latest: float | None) -> Path:
+        """OCPP GetLog's archive: the same as `pile-agent diagnostics` (a day up to now
+        unless the central system names the window)."""
+        until = latest if latest is not None else self.wall()
+        since = oldest if oldest is not None else until - 86_400.0
+        out = Path(tempfile.gettempdir()) / "pile-agent-logs" / \
+            f"{log_type}-{int(self.wall() * 1000)}.tar.gz"
+        return await asyncio.to_thread(build_archive, self.config, since, until, out,
+                                       log_type=log_type)
 
     def _end_left_open(self, client: OcppClient) -> None:
         """Transactions a killed agent left without an Ended event get one now

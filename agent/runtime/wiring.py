@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import can
@@ -21,6 +22,7 @@ from agent.runtime.event_log import REFUSALS, EventLog
 from agent.runtime.gun_runtime import GunRuntime
 from agent.runtime.gun_service import Doorbell, GunDrivers, GunService
 from agent.runtime.gun_telemetry import GunTelemetry
+from agent.runtime.session_traces import SessionTraces, TraceSettings, TraceTee
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.link import GbtLink, Role
@@ -100,27 +102,48 @@ def gun_service(config: PileConfig, setup: GunSetup, drivers: GunDrivers, bus: c
     number = setup.ratings.charger_number
     runtime_box: list[GunRuntime] = []
     telemetry = GunTelemetry()
+    tr = config.traces
+    traces = SessionTraces(TraceSettings(Path(tr.directory), tr.formats, tr.keep_days,
+                                         tr.keep_mb), setup.can.channel,
+                           epoch=wall() - clock.now(), wall=wall) if tr.enabled else None
+
+    def session_id() -> str | None:
+        return runtime_box[0].session_id() if runtime_box else None
     session = GunSession(setup.ratings, thermal=ThermalSupervisor(config.thermal)
                          if drivers.safety else None,
                          require_safety_io=drivers.safety is not None,
                          health=config.health, owner_policies=config.owners,
                          upstream=config.upstream.policy(setup.ratings),
                          pooled=config.pile is not None)
-    reports, report = reporter(events, number,
-                               lambda: runtime_box[0].session_id() if runtime_box else None,
-                               telemetry, lambda: session.data.fault_code)
+    reports, report = reporter(events, number, session_id, telemetry,
+                               lambda: session.data.fault_code)
+    if traces is not None:
+        on_command = report
+
+        def report(command: Command) -> None:
+            on_command(command)
+            if isinstance(command, StateChanged) and command.dest == "idle":
+                traces.close()  # the car is gone: its files closed, the directory pruned
     # Each frame wakes the gun's loop as it arrives (a BCL is decided on at once):
     # socketcan's descriptor on the event loop; a bus without one through a reader thread.
     bell = Doorbell(asyncio.Event())
     rx = NotifiedBus(bus, asyncio.get_running_loop(), bell.ring)
-    runtime = GunRuntime(session, GbtLink(rx, Role.CHARGER, log=log), drivers.module, report,
+    tee = TraceTee(log, traces, session_id) if log is not None or traces is not None else None
+    runtime = GunRuntime(session, GbtLink(rx, Role.CHARGER, log=tee), drivers.module, report,
                          module_period_s=None, safety=drivers.safety, meter=drivers.meter,
                          meter_period_s=drivers.meter_period_s, ledger=ledger, gun=number)
     runtime_box.append(runtime)
     service = GunService(number, session, runtime, drivers, clock, wall, bell,
                          in_service=setup.in_service, priority=setup.priority,
                          telemetry=telemetry)
-    service.on_close = rx.close
+    if traces is not None:
+        def on_close() -> None:
+            rx.close()
+            traces.close()
+
+        service.on_close = on_close
+    else:
+        service.on_close = rx.close
     return service, reports
 
 

@@ -15,7 +15,6 @@ import can
 
 from agent.core.events import DriverError, Event, VehicleDataNotice, VehicleMessage
 from agent.core.messages import BmsMessage, ChargerMessage, GbtMessage
-from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.codec import (
     DecodeError,
     EncodeError,
@@ -65,6 +64,13 @@ def can_id(priority: int, pgn: int, destination: int, source: int) -> int:
     return (priority & 0x7) << 26 | ((pgn >> 8) & 0xFF) << 16 | destination << 8 | source
 
 
+class FrameLog(Protocol):
+    """Where the link writes each frame it sends and receives (a candump file, a
+    session's traces)."""
+
+    def write(self, t: float, can_id: int, data: bytes, extended: bool = True) -> None: ...
+
+
 class FrameBus(Protocol):
     """What the link needs of a bus: a python-can bus, or one read for it as frames arrive
     (drivers/gbt27930/rx_notify.py)."""
@@ -75,7 +81,7 @@ class FrameBus(Protocol):
 
 
 class GbtLink:
-    def __init__(self, bus: FrameBus, role: Role, log: CandumpWriter | None = None) -> None:
+    def __init__(self, bus: FrameBus, role: Role, log: FrameLog | None = None) -> None:
         self.bus = bus
         self.role = role
         self.log = log

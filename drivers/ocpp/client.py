@@ -17,11 +17,12 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import websockets
@@ -38,6 +39,14 @@ from ocpp.v21.enums import Action
 from agent.core.upstream import SetpointRatings, setpoint_problem
 from agent.ledger.outbox import Outbox
 from drivers.ocpp import rpc_frames
+from drivers.ocpp.log_upload import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_INTERVAL_S,
+    put,
+    target_url,
+    timestamp,
+    unsupported,
+)
 from drivers.ocpp.profiles import Offer, ProfileStore, Rejection, parse_profile
 from drivers.said_lines import SaidLines
 
@@ -280,6 +289,12 @@ class _Station(ChargePoint):  # type: ignore[misc]
             e.transaction_id is not None for e in targets)
         return call_result.ChangeAvailability(status="Scheduled" if busy else "Accepted")
 
+    @on(Action.get_log)  # type: ignore[untyped-decorator]
+    def _get_log(self, log: dict[str, Any], log_type: str, request_id: int,
+                 retries: int | None = None, retry_interval: int | None = None,
+                 **_: Any) -> call_result.GetLog:
+        return self.owner.get_log(log_type, request_id, log, retries, retry_interval)
+
     @on(Action.trigger_message)  # type: ignore[untyped-decorator]
     def _trigger(self, requested_message: str, **_: Any) -> call_result.TriggerMessage:
         if requested_message not in ("BootNotification", "Heartbeat", "StatusNotification"):
@@ -329,6 +344,11 @@ class OcppClient:
     # leaves the value to the station [V])
     message_timeout_s: float = 30.0
     retry_wait_min_s: float = -1.0  # OCPPCommCtrlr.RetryBackOffWaitMinimum (-1: reconnect_s)
+    # GetLog: (log type, oldest, latest as Unix times or None) -> the archive to upload;
+    # None: GetLog is Rejected (the runtime builds it: agent/diagnostics.py).
+    log_builder: Callable[[str, float | None, float | None], Awaitable[Path]] | None = None
+    uploads: list[tuple[int, str]] = field(default_factory=list)  # (request id, status) said
+    _upload: asyncio.Task[None] | None = None
     _attempts: int = 0
     _profile_times: dict[tuple[int, str], list[float]] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -519,6 +539,62 @@ class OcppClient:
         self.tx_updated_interval_s = seconds
         self.variables[("SampledDataCtrlr", "TxUpdatedInterval")] = (f"{seconds:g}", True)
 
+    # ---- GetLog (N01) ----------------------------------------------------------------
+
+    def get_log(self, log_type: str, request_id: int, params: dict[str, Any],
+                retries: int | None, retry_interval: int | None) -> call_result.GetLog:
+        location = str(params.get("remote_location", ""))
+        why = unsupported(location) if self.log_builder is not None \
+            else "this station builds no logs"
+        if why:
+            self.log.append(f"GetLog {request_id} rejected: {why}", event="refused")
+            return call_result.GetLog(status="Rejected", status_info=StatusInfoType(
+                "UnsupportedProtocol" if self.log_builder else "NotSupported", why[:512]))
+        canceled = self._upload is not None and not self._upload.done()
+        if canceled and self._upload is not None:
+            self._upload.cancel()
+        filename = f"{self.settings.station_id}-{log_type}-{request_id}.tar.gz"
+        self._upload = asyncio.create_task(self._upload_log(
+            log_type, request_id, target_url(location, filename),
+            timestamp(params.get("oldest_timestamp")), timestamp(params.get("latest_timestamp")),
+            DEFAULT_RETRIES if retries is None else max(retries, 0),
+            DEFAULT_RETRY_INTERVAL_S if retry_interval is None else max(retry_interval, 0)))
+        return call_result.GetLog(status="AcceptedCanceled" if canceled else "Accepted",
+                                  filename=filename)
+
+    async def _upload_log(self, log_type: str, request_id: int, url: str, oldest: float | None,
+                          latest: float | None, retries: int, interval: float) -> None:
+        assert self.log_builder is not None
+        await self._log_status("Uploading", request_id)
+        try:
+            path = await self.log_builder(log_type, oldest, latest)
+        except Exception as exc:  # the archive could not be built: said, not raised
+            await self._log_status("UploadFailure", request_id, f"archive: {exc}")
+            return
+        why = ""
+        for attempt in range(retries + 1):
+            why = await asyncio.to_thread(put, url, path, self.settings.ca_file)
+            if not why:
+                await self._log_status("Uploaded", request_id)
+                return
+            self.log.append(f"GetLog {request_id}: upload {attempt + 1} to {url} failed: {why}")
+            if attempt < retries:
+                await asyncio.sleep(interval)
+        await self._log_status("UploadFailure", request_id, why)
+
+    async def _log_status(self, status: str, request_id: int, info: str = "") -> None:
+        self.uploads.append((request_id, status))
+        cp = self._cp
+        if cp is None or not self.online:
+            self.log.append(f"LogStatusNotification {status} ({request_id}) not sent: offline")
+            return
+        try:
+            await cp.call(call.LogStatusNotification(
+                status=status, request_id=request_id,
+                status_info=StatusInfoType("UploadFailure", info[:512]) if info else None))
+        except Exception as exc:  # the link dropped meanwhile
+            self.log.append(f"LogStatusNotification {status} ({request_id}) not sent: {exc}")
+
     def backoff_s(self, rand: Callable[[], float] = random.random) -> float:
         """The wait before the next connection attempt (OCPPCommCtrlr RetryBackOff*): the
         minimum, doubled per failed attempt up to RepeatTimes, plus a random part of up to
@@ -649,6 +725,12 @@ class OcppClient:
                             await reader
             except (TimeoutError, OSError, websockets.exceptions.WebSocketException) as exc:
                 self.log.append(f"link: {type(exc).__name__}: {exc}", event="link_lost")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a central system's bad answer (one its schema
+                # refuses) ends this connection, never the client: it reconnects
+                self.log.append(f"link: the central system's answer broke the session: "
+                                f"{type(exc).__name__}: {exc}", event="link_lost")
             self._cp = None
             if self.online:
                 self.online, self.offline_since = False, self.wall()
