@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="instead: the service against the served pile for MINUTES of "
                             "real time (sessions per gun, faults, RSS growth, CPU, CCS p99, "
                             "records lost or duplicated)")
+    bench.add_argument("--overhead", type=int, metavar="GUNS",
+                       help="instead: the agent's CPU and CCS p99 on GUNS charging guns with "
+                            "the metrics, status and JSON logs on and scraped vs off")
+    bench.add_argument("--overhead-trials", type=int, default=3, metavar="N",
+                       help="pairs of runs for --overhead (default 3)")
     bench.add_argument("--soak-guns", type=int, default=4, metavar="N",
                        help="guns of the soak's pile (default 4)")
 
@@ -347,6 +352,14 @@ def _main(argv: list[str] | None) -> int:
         from agent.records_cli import run_records
 
         return run_records(args.ledger, args.format, args.tariff)
+    if args.command == "bench" and args.overhead is not None:
+        if not 1 <= args.overhead <= 16 or not 1 <= args.overhead_trials <= 20:
+            print(f"pile-agent bench: --overhead {args.overhead} / --overhead-trials "
+                  f"{args.overhead_trials}: 1-16 guns, 1-20 trials", file=sys.stderr)
+            return 2
+        from hil.bench_overhead import main as overhead_main
+
+        return overhead_main(args.overhead, args.overhead_trials, args.pretty)
     if args.command == "bench" and args.soak is not None:
         if not (math.isfinite(args.soak) and 0 < args.soak <= 7 * 24 * 60) \
                 or not 1 <= args.soak_guns <= 16:

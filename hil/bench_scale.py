@@ -14,6 +14,7 @@ process on virtual buses instead, and the output says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +37,7 @@ import can
 from agent.runtime.config import PileConfig, parse_config
 from agent.runtime.pile_service import PileService
 from hil.ev_bms import VehicleConfig
-from hil.loopback_pile import LoopbackPile
+from hil.loopback_pile import LoopbackPile, free_port
 from hil.matrix_sim import GroupSim
 from hil.pile_scenarios import GROUP_A, GROUP_W, ring_groups
 from hil.socket_audit import off_loopback
@@ -215,24 +217,61 @@ async def measure(guns: int) -> dict[str, Any]:
     return await measure_in_process(guns)
 
 
-async def measure_in_process(guns: int) -> dict[str, Any]:
+async def _scrape(urls: list[str], stop: asyncio.Event) -> int:
+    """What Prometheus and an open status page ask of the agent, once a second each (a
+    harder pace than a 15 s scrape): the answers counted."""
+    def fetch(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=5.0) as answer:
+                return bool(answer.read())
+        except OSError:
+            return False
+
+    answered = 0
+    while not stop.is_set():
+        for url in urls:
+            answered += await asyncio.to_thread(fetch, url)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    return answered
+
+
+async def measure_in_process(guns: int, observe: bool = False) -> dict[str, Any]:
+    """observe: the metrics and status endpoints on and scraped every second, and the
+    event records as JSON lines to a file; else both endpoints off and stdout discarded."""
     pile = _pile(guns, "udp_loopback")
     devices = await pile.start()
     out: dict[str, Any] = {"guns": guns, "agent": "own process (pile-agent run, CAN over "
-                           "udp_loopback: UDP on 127.0.0.1)"}
+                           "udp_loopback: UDP on 127.0.0.1)", "observed": observe}
+    status_port, metrics_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         log, config = Path(tmp) / "can.log", Path(tmp) / "pile.toml"
-        config.write_text(toml_text({**devices,
+        seen = {"status": {"port": status_port}, "metrics": {"enabled": True,
+                                                             "port": metrics_port}} \
+            if observe else {"status": {"enabled": False}}
+        config.write_text(toml_text({**devices, **seen,
                                      "ledger": {"path": str(Path(tmp) / "l.sqlite")}}))
+        events = open(Path(tmp) / "events.jsonl", "w") if observe else None  # noqa: SIM115
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "agent.cli", "run", "--config", str(config), "--can-log",
-            str(log), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            str(log), *(["--log-format", "json"] if observe else []),
+            stdout=events or asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        stop_scraping = asyncio.Event()
+        scraper = asyncio.create_task(_scrape(
+            [f"http://127.0.0.1:{metrics_port}/metrics",
+             f"http://127.0.0.1:{status_port}/status"], stop_scraping)) if observe else None
         try:
             out["all_charging"] = await _until_charging(pile)
             out.update(await _window(log, tmp, lambda: cpu_s(f"/proc/{proc.pid}/stat"),
                                      proc.pid))
             out["rss_max_mb_agent_process"] = peak_rss_mb(proc.pid)
         finally:
+            if scraper is not None:
+                stop_scraping.set()
+                out["scrapes_answered"] = await scraper
+            if events is not None:
+                events.close()
+                out["event_records"] = len((Path(tmp) / "events.jsonl").read_text().splitlines())
             for g in pile.guns:
                 g.bms.request_stop()
             await _until_settled(pile)
@@ -275,11 +314,14 @@ async def measure_in_thread(guns: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    observe = "--observe" in argv
+    argv = [a for a in argv if a != "--observe"]
     guns = int(argv[0]) if argv else 1
     if not 1 <= guns <= 36:
-        print("usage: python -m hil.bench_scale GUNS (1-36)", file=sys.stderr)
+        print("usage: python -m hil.bench_scale GUNS (1-36) [--observe]", file=sys.stderr)
         return 2
-    print(json.dumps(asyncio.run(measure(guns))))
+    figures = asyncio.run(measure_in_process(guns, observe) if observe else measure(guns))
+    print(json.dumps(figures))
     return 0
 
 

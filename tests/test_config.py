@@ -6,6 +6,7 @@ import math
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -247,6 +248,26 @@ def test_the_readme_example_loads() -> None:
     block = readme.split("```toml", 1)[1].split("```", 1)[0]
     cfg = parse_config(tomllib.loads(block))
     assert cfg.safety_bus.enabled and dict(cfg.thermal.kinds)["connector"].trip_c == 105.0
+
+
+def test_the_readme_s_operator_tables_load() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = next(b.split("```", 1)[0] for b in readme.split("```toml")[1:] if "[status]" in b)
+    cfg = parse_config({**tomllib.loads(block), "ledger": {"path": "x.sqlite"}})
+    assert cfg.status.port == 8750 and cfg.metrics.enabled and cfg.metrics.port == 9464
+    assert cfg.traces.enabled and cfg.traces.formats == ("candump", "blf")
+
+
+@pytest.mark.parametrize(("doc", "field"), [
+    ({"status": {"host": "localhost"}}, "status.host"),
+    ({"metrics": {"port": 70000}}, "metrics.port"),
+    ({"metrics": {"enabled": "yes"}}, "metrics.enabled"),
+    ({"traces": {"formats": ["pcap"]}}, "traces.formats"),
+    ({"traces": {"keep_mb": 0}}, "traces"),
+])
+def test_bad_operator_tables_are_named(doc: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_config({**doc, "ledger": {"path": "x.sqlite"}})
 
 
 @pytest.mark.parametrize(("current_a", "ok"), [(399.9, True), (400.0, True), (400.1, False)])
