@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     StateSetMetricFamily,
 )
@@ -28,6 +29,7 @@ from prometheus_client.registry import Collector
 from agent.core.states import State
 from agent.runtime.gun_service import GunService
 from agent.runtime.pile_status import KWH_J, LinkState, direction_of
+from drivers.modbus_stats import BUCKETS, STATS
 
 PREFIX = "pile_agent"
 # The control step: microseconds when only frames arrive, milliseconds for a full step.
@@ -60,7 +62,7 @@ class _StateCollector(Collector):
         self.guns, self.links, self.now = guns, links, now
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | InfoMetricFamily
-                                  | StateSetMetricFamily]:
+                                  | StateSetMetricFamily | HistogramMetricFamily]:
         now = self.now()
         guns = self.guns()
         g_ = PREFIX + "_gun"
@@ -135,6 +137,7 @@ class _StateCollector(Collector):
             can_bad.add_metric([n], getattr(link, "frames_rejected", 0))
         yield from (state, direction, current, voltage, power, bound, to_vehicle, from_vehicle,
                     sessions, faults, errors, leader, offer_age, can_rx, can_tx, can_bad)
+        yield from _modbus_families()
         links = self.links()
         p_ = PREFIX
         if links.ocpp_enabled:
@@ -146,3 +149,22 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily(f"{p_}_ems_heartbeat_age_seconds", "Since the EMS's "
                                     "heartbeat (SunSpec 715 ControllerHb) last moved",
                                     value=links.ems_heartbeat_age_s)
+
+
+def _modbus_families() -> Iterator[HistogramMetricFamily | CounterMetricFamily]:
+    """Every Modbus device's request durations and errors (drivers/modbus_stats.py)."""
+    latency = HistogramMetricFamily(f"{PREFIX}_modbus_request_seconds", "Duration of a "
+                                    "Modbus request, per device", labels=["device"])
+    errors = CounterMetricFamily(f"{PREFIX}_modbus_request_errors", "Modbus requests that "
+                                 "failed (exception response, timeout, lost link), per device",
+                                 labels=["device"])
+    for device, stats in sorted(STATS.items()):
+        cumulative, buckets = 0, []
+        for bound, count in zip(BUCKETS, stats.counts, strict=True):
+            cumulative += count
+            buckets.append((repr(bound), float(cumulative)))
+        buckets.append(("+Inf", float(stats.requests)))
+        latency.add_metric([device], buckets, sum_value=stats.seconds)
+        errors.add_metric([device], stats.errors)
+    yield latency
+    yield errors

@@ -9,7 +9,7 @@ from typing import Any
 
 from agent.core.events import DriverError, Event, MeterLost
 from drivers.dc_meter.codec import decode_reading, load_meter_map
-from drivers.power_module.link import RtuTarget, TcpTarget, make_client
+from drivers.power_module.link import RtuTarget, TcpTarget, make_client, target_label
 from drivers.power_module.owner import Clock
 from drivers.power_module.regmap import RegisterMap
 
@@ -45,7 +45,8 @@ class MeterBusOwner:
         try:
             if self._client is None or not self._client.connected:
                 await self.close()
-                self._client = make_client(self.target, REQUEST_TIMEOUT_S)
+                self._client = make_client(self.target, REQUEST_TIMEOUT_S,
+                                           f"meter {target_label(self.target)}#{self.unit_id}")
                 if not await asyncio.wait_for(self._client.connect(), 2 * REQUEST_TIMEOUT_S):
                     await self.close()
                     return [MeterLost(t, "meter: connect failed")]

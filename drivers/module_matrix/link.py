@@ -16,7 +16,7 @@ from drivers.module_matrix.codec import (
     load_matrix_map,
     read_chunks,
 )
-from drivers.power_module.link import RtuTarget, TcpTarget, make_client
+from drivers.power_module.link import RtuTarget, TcpTarget, make_client, target_label
 from drivers.power_module.owner import Clock
 
 # 100 ms, as a power module's poll (drivers/power_module/owner.py): a matrix contactor's
@@ -59,7 +59,8 @@ class MatrixBusOwner:
 
     async def _connect(self) -> None:
         await self.close()
-        self._client = make_client(self.target, REQUEST_TIMEOUT_S)
+        self._client = make_client(self.target, REQUEST_TIMEOUT_S,
+                                   f"matrix {target_label(self.target)}#{self.unit_id}")
         if not await asyncio.wait_for(self._client.connect(), 2 * REQUEST_TIMEOUT_S):
             await self.close()
             raise ConnectionError("connect failed")

@@ -22,6 +22,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
 from agent.core import timing as T
 from agent.core.events import DriverError, ModuleLinkLost, ModuleStatus
+from drivers.modbus_stats import TimedClient
 from drivers.power_module.codec import (
     MODE_CHARGE,
     ModuleCommand,
@@ -73,18 +74,27 @@ class LinkConfig:
     watchdog_timeout_ms: int = WATCHDOG_TIMEOUT_MS
 
 
-def make_client(target: TcpTarget | RtuTarget, timeout_s: float) -> Any:
+def target_label(target: TcpTarget | RtuTarget) -> str:
+    return f"{target.host}:{target.port}" if isinstance(target, TcpTarget) else target.device
+
+
+def make_client(target: TcpTarget | RtuTarget, timeout_s: float, device: str = "") -> Any:
+    """device: the name its requests are timed and counted under (drivers/modbus_stats.py;
+    "" for none)."""
     # retries=0 and reconnect_delay=0: pymodbus must neither retry nor reconnect behind our
     # back; ModuleBusOwner decides both, so timing stays visible in one place.
+    client: AsyncModbusTcpClient | AsyncModbusSerialClient
     if isinstance(target, TcpTarget):
-        return AsyncModbusTcpClient(
+        client = AsyncModbusTcpClient(
             target.host, port=target.port, timeout=timeout_s, retries=0, reconnect_delay=0
         )
-    return AsyncModbusSerialClient(
-        target.device, baudrate=target.baudrate, parity=target.parity,
-        bytesize=target.bytesize, stopbits=target.stopbits,
-        timeout=timeout_s, retries=0, reconnect_delay=0,
-    )
+    else:
+        client = AsyncModbusSerialClient(
+            target.device, baudrate=target.baudrate, parity=target.parity,
+            bytesize=target.bytesize, stopbits=target.stopbits,
+            timeout=timeout_s, retries=0, reconnect_delay=0,
+        )
+    return TimedClient(client, device) if device else client
 
 
 class ModuleLink:
@@ -124,7 +134,9 @@ class ModuleLink:
     async def connect(self) -> None:
         """Open the transport and arm the module's watchdog. Raises ModuleLinkError."""
         await self.close()
-        self._client = make_client(self.target, self.config.request_timeout_s)
+        self._client = make_client(self.target, self.config.request_timeout_s,
+                                   f"module {target_label(self.target)}#"
+                                   f"{self.config.unit_id}")
         try:
             ok = await asyncio.wait_for(self._client.connect(), self._guard_s)
         except (TimeoutError, OSError) as exc:

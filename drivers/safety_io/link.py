@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.core.commands import KickSafetyWatchdog, ResetSafetyTrip, StartInsulationTest
 from agent.core.events import Event, SafetyIoLost
-from drivers.power_module.link import RtuTarget, TcpTarget, make_client
+from drivers.power_module.link import RtuTarget, TcpTarget, make_client, target_label
 from drivers.power_module.owner import Clock
 from drivers.safety_io.codec import decode_imd, decode_io, load_imd_map, load_io_map
 
@@ -69,7 +69,8 @@ class SafetyBusOwner:
             address, words, device_id=unit))
 
     async def _connect(self) -> None:
-        self._client = make_client(self.target, self.timeout_s)
+        self._client = make_client(self.target, self.timeout_s,
+                                   f"safety {target_label(self.target)}#{self.io_unit}")
         if not await asyncio.wait_for(self._client.connect(), self.timeout_s + 0.1):
             raise SafetyBusError("safety bus: connect failed")
         reg = self.io_map["heartbeat_timeout"]
