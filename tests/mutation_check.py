@@ -106,7 +106,7 @@ SAFETY_TESTS = ["tests/test_safety_watchdogs.py", "tests/test_v2g_watchdogs.py",
                 "tests/test_audit_mutants.py", "tests/test_module_status_words.py",
                 "tests/test_plug_detection.py", "tests/test_pile_split.py",
                 "tests/test_safety_io.py", "tests/test_shutdown_paths.py",
-                "tests/test_energy_history_path.py"]
+                "tests/test_energy_history_path.py", "tests/test_heartbeat_on_the_wire.py"]
 Mutation = Callable[[], AbstractContextManager[object]]
 
 
@@ -630,6 +630,14 @@ AUDIT: dict[str, Mutation] = {
 }
 
 
+def _kick_regardless(original: Callable[..., None], self: SafetyHandling) -> None:
+    saved, self.act.internal_error = self.act.internal_error, ""
+    try:
+        original(self)
+    finally:
+        self.act.internal_error = saved
+
+
 # The service's own safety rules (issue 20).
 SERVICE: dict[str, Mutation] = {
     # A plug bounce starts a session.
@@ -639,6 +647,9 @@ SERVICE: dict[str, Mutation] = {
     "service:split-ignores-the-total": partial(
         _function, pile_split, "water_fill",
         lambda _original, total, capacities, priorities: dict(capacities)),
+    # A core that failed once feeds the safety controller's watchdog again (I15).
+    "service:heartbeat-after-internal-error": partial(
+        _wrapped, SafetyHandling, "_kick_heartbeat", _kick_regardless),
     # The heartbeat trip re-armed whatever is at stake.
     "service:rearm-at-stake": lambda: mock.patch.object(
         SafetyHandling, "_rearm_heartbeat_trip", _rearm_regardless),
