@@ -493,7 +493,7 @@ def test_one_connection_an_evse_per_gun(tmp_path: Path) -> None:
                 assert client.drain_requests(2) == [Reset("OnIdle")]
                 # A reconnect does not boot again; it sends every connector's status.
                 statuses = len(csms.of("StatusNotification"))
-                await side._connection.close()
+                await side.ws.close()
                 await until(lambda: len(csms.of("StatusNotification")) >= statuses + 2)
                 assert len(csms.of("BootNotification")) == 1
         finally:
