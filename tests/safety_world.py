@@ -901,8 +901,9 @@ class SafetyWorld:
                 assert not self.stopping_since_plug or state is State.HANDSHAKE, "I14"
             self.prev_cmd_a, self.prev_cmd_t = amps, self.t
             self.check_direction_change(amps)
-        elif isinstance(c, SetContactors) and c.closed and state is State.PRECHARGE:
-            # I4: onto the battery only after insulation OK, voltage checked, output below
+        elif isinstance(c, SetContactors) and c.closed and self.ev.contactors_closed:
+            # I4: onto the battery (the world's car has its K5/K6 closed, whatever state the
+            # core says it is in) only after insulation OK, voltage checked, output below
             assert self.insulation_passed, "I4 insulation not checked this session"
             assert not ({"welding", "module_contactor_mismatch"} & set(self.s.safety.latched))
             assert self.bcp_reported_v is not None
