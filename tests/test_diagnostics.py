@@ -23,10 +23,8 @@ import websockets
 
 from agent.cli import main
 from agent.core.states import State
-from agent.runtime.config import parse_config
-from agent.runtime.pile_service import PileService
 from hil.ev_bms import VehicleConfig
-from hil.loopback_pile import LoopbackPile
+from tests.served_service import served, until
 from tests.test_ocpp_frames import RawCsms, _now
 
 SHORT = VehicleConfig(start_soc_pct=79.5, target_soc_pct=80.0)
@@ -117,23 +115,14 @@ def test_diagnostics_and_get_log(tmp_path: Path, upload_server: tuple[str, type[
         async with websockets.serve(csms.handler, "127.0.0.1", 0,
                                     subprotocols=["ocpp2.1"]) as server:  # type: ignore[list-item]
             port = server.sockets[0].getsockname()[1]
-            pile = LoopbackPile([SHORT])
-            devices = await pile.start()
-            doc = {**devices, "ledger": {"path": str(tmp_path / "ledger.sqlite")},
-                   "status": {"enabled": False},
-                   "traces": {"enabled": True, "directory": str(traces)},
-                   "ocpp": {"enabled": True, "url": f"ws://127.0.0.1:{port}/ocpp",
-                            "station_id": "DIAG", "password": PASSWORD}}
-            toml_doc.update(doc)
-            service = PileService(parse_config(doc), out=io.StringIO())
-            run = asyncio.create_task(service.run())
-            try:
-                await asyncio.wait_for(service.started.wait(), 20.0)
+            extra = {"status": {"enabled": False},
+                     "traces": {"enabled": True, "directory": str(traces)},
+                     "ocpp": {"enabled": True, "url": f"ws://127.0.0.1:{port}/ocpp",
+                              "station_id": "DIAG", "password": PASSWORD}}
+            async with served(tmp_path, [SHORT], extra, doc=toml_doc) as (service, _pile):
                 await asyncio.wait_for(csms.connected.wait(), 20.0)
-                deadline = time.monotonic() + 60
-                while service.gun(1).session.state is not State.FINISHED:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.1)
+                await until(lambda: service.gun(1).session.state is State.FINISHED, 60.0,
+                            "the session's end")
                 await asyncio.sleep(0.5)
                 # GetLog to the loopback upload server: Accepted, Uploading, Uploaded.
                 await csms.ws.send(json.dumps([2, "g1", "GetLog", {
@@ -162,12 +151,6 @@ def test_diagnostics_and_get_log(tmp_path: Path, upload_server: tuple[str, type[
                     == "Uploading"
                 failed = await _csms_frame(csms, "LogStatusNotification")
                 assert failed[3]["status"] == "UploadFailure" and "500" in json.dumps(failed)
-            finally:
-                service.stop("test over")
-                try:
-                    await asyncio.wait_for(run, 10.0)
-                finally:
-                    await pile.close()
 
     asyncio.run(scenario())
     archive = _members(uploads.received[0][1])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -21,25 +20,17 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.core.states import State
-from agent.runtime.config import parse_config
 from agent.runtime.event_log import EventLog, route_python_logging
 from agent.runtime.pile_service import PileService
 from agent.status_cli import run_status
 from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile
+from tests.served_service import served, until
 from tests.test_ocpp_frames import RawCsms
 
 LONG = VehicleConfig(start_soc_pct=40.0, target_soc_pct=90.0)
 SHORT = VehicleConfig(start_soc_pct=79.5, target_soc_pct=80.0)
 KWH_J = 3.6e6
-
-
-async def _until(test: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not test():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _get(url: str) -> tuple[int, str]:
@@ -66,36 +57,25 @@ async def _with_service(tmp_path: Path, cars: list[VehicleConfig],
                         body: Callable[[PileService, LoopbackPile, str], Awaitable[Any]],
                         extra: dict[str, Any] | None = None,
                         events: EventLog | None = None) -> Any:
-    pile = LoopbackPile(cars)
-    devices = await pile.start()
-    config = parse_config({**devices, "ledger": {"path": str(tmp_path / "ledger.sqlite")},
-                           "status": {"port": 0}, "metrics": {"enabled": True, "port": 0},
-                           **(extra or {})})
-    service = PileService(config, out=io.StringIO(), events=events)
-    run = asyncio.create_task(service.run())
-    try:
-        await asyncio.wait_for(service.started.wait(), 20.0)
+    """The service with its status and metrics on one free port of 127.0.0.1."""
+    async with served(tmp_path, cars, {"status": {"port": 0},
+                                       "metrics": {"enabled": True, "port": 0},
+                                       **(extra or {})}, events) as (service, pile):
         # Both on port 0 of 127.0.0.1: one endpoint serves /status, / and /metrics.
         assert len(service.endpoints) == 1
-        metrics = service.endpoints[0].address
-        assert metrics is not None
-        return await body(service, pile, f"http://127.0.0.1:{metrics[1]}")
-    finally:
-        service.stop("test over")
-        try:
-            await asyncio.wait_for(run, 10.0)
-        finally:
-            await pile.close()
+        address = service.endpoints[0].address
+        assert address is not None
+        return await body(service, pile, f"http://127.0.0.1:{address[1]}")
 
 
 def test_metrics_agree_with_the_simulators_and_count_a_fault(tmp_path: Path) -> None:
     async def body(service: PileService, pile: LoopbackPile, base: str) -> None:
         gun = service.gun(1)
         module, meter = pile.module, pile.guns[0].meter
-        await _until(lambda: gun.session.state is State.CHARGING
+        await until(lambda: gun.session.state is State.CHARGING
                      and gun.session.act.current_a > 100.0, 40.0, "charging")
         # The output settled on its command (the module's loop is first order).
-        await _until(lambda: abs(module.current_a - gun.session.act.current_a) < 0.3, 20.0,
+        await until(lambda: abs(module.current_a - gun.session.act.current_a) < 0.3, 20.0,
                      "a steady current")
         await asyncio.sleep(0.3)
         status, text = await _get(base + "/metrics")
@@ -115,7 +95,7 @@ def test_metrics_agree_with_the_simulators_and_count_a_fault(tmp_path: Path) -> 
                   if name == "pile_agent_modbus_request_seconds_count"}
         assert {"module", "safety", "meter"} <= modbus.keys() and modbus["module"] > 20, m
         # The car ends its session: then the meter's counter stands still and is read.
-        await _until(lambda: gun.session.state is State.FINISHED, 60.0, "the session's end")
+        await until(lambda: gun.session.state is State.FINISHED, 60.0, "the session's end")
         await asyncio.sleep(1.5)
         m = _samples((await _get(base + "/metrics"))[1])
         energy = _one(m, "pile_agent_gun_meter_energy_to_vehicle_joules_total", gun="1")
@@ -126,7 +106,7 @@ def test_metrics_agree_with_the_simulators_and_count_a_fault(tmp_path: Path) -> 
         faults = sum(v for (name, _l), v in m.items() if name == "pile_agent_gun_faults_total")
         assert faults == 0
         pile.safety.estop_pressed = True
-        await _until(lambda: gun.session.state is State.FAULT, 20.0, "the E-stop's fault")
+        await until(lambda: gun.session.state is State.FAULT, 20.0, "the E-stop's fault")
         m = _samples((await _get(base + "/metrics"))[1])
         assert _one(m, "pile_agent_gun_faults_total", gun="1", reason="emergency_stop") == 1
         assert _one(m, "pile_agent_gun_state", gun="1", pile_agent_gun_state="fault") == 1
@@ -138,12 +118,12 @@ def test_the_status_endpoint_and_pile_agent_status(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     async def body(service: PileService, pile: LoopbackPile, _metrics: str) -> None:
         gun = service.gun(1)
-        await _until(lambda: gun.session.state is State.CHARGING
+        await until(lambda: gun.session.state is State.CHARGING
                      and gun.session.act.current_a > 50.0, 40.0, "charging")
         address = service.endpoints[0].address
         assert address is not None
         base = f"http://127.0.0.1:{address[1]}"
-        await _until(lambda: abs(pile.module.current_a - gun.session.act.current_a) < 0.3,
+        await until(lambda: abs(pile.module.current_a - gun.session.act.current_a) < 0.3,
                      20.0, "a steady current")
         await asyncio.sleep(2.2)  # the status task's 1 s samples of power
         code, body_text = await _get(base + "/status")
@@ -195,7 +175,7 @@ def test_the_json_log_has_a_refused_profile_a_lost_link_and_a_fault(tmp_path: Pa
 
             async def body(service: PileService, pile: LoopbackPile, _m: str) -> None:
                 await asyncio.wait_for(csms.connected.wait(), 20.0)
-                await _until(lambda: service.gun(1).session.state is State.CHARGING, 40.0,
+                await until(lambda: service.gun(1).session.state is State.CHARGING, 40.0,
                              "charging")
                 # A TxDefaultProfile above the stack levels the station has: Rejected.
                 await csms.ws.send(json.dumps([2, "p1", "SetChargingProfile", {
@@ -207,9 +187,9 @@ def test_the_json_log_has_a_refused_profile_a_lost_link_and_a_fault(tmp_path: Pa
                 answer = await asyncio.wait_for(csms.frames.get(), 5.0)
                 assert answer[2]["status"] == "Rejected", answer
                 await csms.ws.close()  # the link drops
-                await _until(lambda: '"link_lost"' in out.getvalue(), 10.0, "link_lost")
+                await until(lambda: '"link_lost"' in out.getvalue(), 10.0, "link_lost")
                 pile.safety.estop_pressed = True
-                await _until(lambda: service.gun(1).session.state is State.FAULT, 20.0,
+                await until(lambda: service.gun(1).session.state is State.FAULT, 20.0,
                              "the fault")
                 await asyncio.sleep(0.2)
 
@@ -241,7 +221,7 @@ def test_each_session_s_can_traffic_in_its_own_files(tmp_path: Path) -> None:
     directory = tmp_path / "traces"
 
     async def body(service: PileService, pile: LoopbackPile, _m: str) -> None:
-        await _until(lambda: len(service.reports[1]) == 1, 60.0, "the session's end")
+        await until(lambda: len(service.reports[1]) == 1, 60.0, "the session's end")
 
     asyncio.run(_with_service(tmp_path, [SHORT], body, extra={"traces": {
         "enabled": True, "directory": str(directory), "formats": ["candump", "asc", "blf"]}}))
@@ -251,7 +231,8 @@ def test_each_session_s_can_traffic_in_its_own_files(tmp_path: Path) -> None:
     ledger.close()
     assert len(keys) == 1
     names = sorted(p.name for p in directory.iterdir())
-    assert names == sorted(f"{keys[0]}{suffix}" for suffix in (".asc", ".blf", ".log")), names
+    assert names == sorted([*(f"{keys[0]}{suffix}" for suffix in (".asc", ".blf", ".log")),
+                            "events.jsonl"]), names
     from drivers.gbt27930.candump import read_candump
     from tests.independent_gbt_decoder import decode_log
     log = directory / f"{keys[0]}.log"

@@ -26,17 +26,10 @@ from agent.runtime.realtime import install_signals
 from agent.runtime.sd_notify import SdNotifier
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.loopback_pile import LoopbackPile
+from tests.served_service import until as _until
 
 LONG = VehicleConfig(start_soc_pct=40.0, target_soc_pct=90.0)
 SHORT = VehicleConfig(start_soc_pct=79.6, target_soc_pct=80.0)
-
-
-async def _until(test: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not test():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _with_service(tmp_path: Path, cars: list[VehicleConfig],

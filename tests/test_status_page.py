@@ -7,19 +7,15 @@ temporary directory)."""
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 from agent.core.states import State
-from agent.runtime.config import parse_config
-from agent.runtime.pile_service import PileService
 from hil.ev_bms import VehicleConfig
-from hil.loopback_pile import LoopbackPile
+from tests.served_service import served, until
 
 CAR = VehicleConfig(start_soc_pct=40.0, target_soc_pct=90.0)
 
@@ -42,18 +38,9 @@ def test_the_status_page_draws_a_tile_and_a_power_line_per_gun(tmp_path: Path) -
     artifacts.mkdir(parents=True, exist_ok=True)
 
     async def main() -> tuple[str, Path]:
-        pile = LoopbackPile([CAR, CAR])
-        devices = await pile.start()
-        config = parse_config({**devices, "ledger": {"path": str(tmp_path / "l.sqlite")},
-                               "status": {"port": 0}})
-        service = PileService(config, out=io.StringIO())
-        run = asyncio.create_task(service.run())
-        try:
-            await asyncio.wait_for(service.started.wait(), 20.0)
-            deadline = time.monotonic() + 40.0
-            while not all(g.session.state is State.CHARGING for g in service.guns):
-                assert time.monotonic() < deadline, "both guns charging"
-                await asyncio.sleep(0.1)
+        async with served(tmp_path, [CAR, CAR], {"status": {"port": 0}}) as (service, _pile):
+            await until(lambda: all(g.session.state is State.CHARGING for g in service.guns),
+                        40.0, "both guns charging")
             await asyncio.sleep(3.5)  # a few of the status task's 1 s samples
             address = service.endpoints[0].address
             assert address is not None
@@ -66,12 +53,6 @@ def test_the_status_page_draws_a_tile_and_a_power_line_per_gun(tmp_path: Path) -
                                     "--window-size=1280,720", f"--screenshot={shot}", url)
             assert dom.returncode == 0, dom.stderr[-2000:]
             return dom.stdout, shot
-        finally:
-            service.stop("test over")
-            try:
-                await asyncio.wait_for(run, 10.0)
-            finally:
-                await pile.close()
 
     dom, shot = asyncio.run(main())
     tiles = re.findall(r'<section class="gun" id="gun-(\d)" data-gun="\d">(.*?)</section>',
