@@ -224,9 +224,18 @@ def _without_rating_check(probe: GunRatings) -> AbstractContextManager[object]:
     return mock.patch.object(ratings, "RATING_CHECKS", kept)
 
 
+class _Flags(argparse.Namespace):
+    """`pile-agent sim`'s flags for a check's message: a flag not given reads as None."""
+
+    def __getattr__(self, name: str) -> None:
+        return None
+
+
 def _without_sim_check(flag: str) -> AbstractContextManager[object]:
-    probe = argparse.Namespace(speed=0.0, max_sim_s=1.0, start_soc=20.0, target_soc=80.0,
-                               can_log=None, replay_bms=None)
+    # Every message is asked of a probe (a message that named a flag the probe lacked once
+    # crashed the harness itself, which the table counted as CAUGHT).
+    probe = _Flags(speed=0.0, max_sim_s=1.0, start_soc=20.0, target_soc=80.0, guns=1,
+                   can_log=None, replay_bms=None, ledger=":memory:")
     kept = tuple(c for c in cli.SIM_CHECKS if not c[1](probe).startswith(flag))
     assert len(kept) == len(cli.SIM_CHECKS) - 1, flag
     return mock.patch.object(cli, "SIM_CHECKS", kept)
@@ -721,11 +730,13 @@ def _run_in_child(name: str) -> tuple[str, bool, str, str]:
         with open(os.path.join(log_dir, name.replace(":", "_") + ".log"), "w") as fh:
             fh.write(out.stdout + out.stderr)
     failed = [f.split("::")[-1].replace("test_", "", 1)[:40]
-              for f in re.findall(r"^FAILED (\S+)", out.stdout, re.MULTILINE)]
+              for f in re.findall(r"^(?:FAILED|ERROR) (\S+)", out.stdout, re.MULTILINE)]
     stateful = out.stdout[out.stdout.find("test_safety_invariants_hold"):]
     first_error = next((ln.strip(" |E") for ln in stateful.splitlines()
                         if "AssertionError:" in ln), "")
-    return name, out.returncode != 0, ", ".join(failed), first_error
+    # Caught means a test failed; a harness that crashed before any test ran catches nothing.
+    caught = out.returncode != 0 and bool(failed)
+    return name, caught, ", ".join(failed), first_error
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agent.core.commands import Notice, SetModuleOutput
-from agent.core.events import EnergyHistory, OwnerPolicy, UpstreamLimit
+from agent.core.events import EnergyHistory, OwnerPolicy, UpstreamLimit, UpstreamSetpoint
 from agent.core.health_policy import HealthPolicy
 from agent.core.messages import BDP, CCS, CDP
 from agent.core.ratings import GunRatings
@@ -243,3 +243,16 @@ def test_a_day_s_discharge_budget_counts_what_the_ledger_says_was_done_earlier()
     _setpoint(q, -150.0)
     _run(q, 30)
     assert q.bms.battery.energy_out_kwh > 0.3
+
+
+def test_discharge_is_held_to_the_gun_s_discharge_rating_not_its_charge_rating() -> None:
+    """A gun rated 250 A charging and 60 A (100 kW) discharging; the EMS asks for 30 kW out
+    (about 80 A at the pack's voltage, within the power rating, so accepted): 60 A it is
+    (D3), not the charge rating's 250 A."""
+    gun = replace(V2G_GUN, max_discharge_current_a=60.0)
+    p = _pile(gun=gun, session=GunSession(gun))
+    assert p.session.data.v2g_negotiated
+    p.step([UpstreamSetpoint(p.t, "ems", p.t + 120.0, setpoint=-30_000.0, unit="W")])
+    trace = _run(p, 15)
+    assert min(a for _t, a in trace) >= -60.0 - 1.0  # the module's regulation
+    assert min(a for _t, a in trace[-100:]) <= -55.0  # and it binds: the gun discharges
