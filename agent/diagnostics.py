@@ -27,13 +27,13 @@ import tarfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.config import PileConfig
 from agent.runtime.event_log import EVENTS_FILE
+from agent.version import package_version
 
 SECRET = re.compile(r"password|secret|token|key_file|private", re.IGNORECASE)
 SECURITY_EVENTS = frozenset({"link_lost", "link_up", "refused", "endpoint_failed"})
@@ -63,10 +63,8 @@ def redacted(value: Any, key: str = "") -> Any:
 def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
+        version = package_version(name)
+        out[name] = "not installed" if version == "unknown" else version
     return out
 
 

@@ -10,6 +10,7 @@ import urllib.request
 from typing import IO, Any
 
 from agent.runtime.config import ConfigError, load_config
+from agent.runtime.http_endpoint import url_host
 
 TIMEOUT_S = 3.0
 
@@ -17,7 +18,7 @@ TIMEOUT_S = 3.0
 def status_url(host: str, port: int) -> str:
     """The endpoint's address as a client reaches it (a wildcard listen: loopback)."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/status"
+    return f"http://{url_host(host)}:{port}/status"
 
 
 def _num(value: float | None, unit: str, digits: int = 1, sign: bool = False) -> str:

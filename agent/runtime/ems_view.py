@@ -4,20 +4,17 @@ units and sign (+ = into the vehicle); drivers/sunspec turns it into SunSpec's."
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from importlib import metadata
 
 from agent.core.ratings import offers_v2g
 from agent.core.session import GunSession
 from agent.core.states import State
+from agent.version import package_version
 
 # SunSpec 701 InvSt: OFF 0, SLEEPING 1, STARTING 2, RUNNING 3, THROTTLED 4,
 # SHUTTING_DOWN 5, FAULT 6, STANDBY 7.
 _INVERTER_STATE = {State.IDLE: 7, State.FINISHED: 7, State.FAULT: 6, State.CHARGING: 3,
                    State.STOPPING: 5, State.WELDING_CHECK: 5}
-try:
-    VERSION = metadata.version("pile-agent")
-except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-    VERSION = "unknown"
+VERSION = package_version()
 # 702 CtrlModes (SunSpec's bit names): the map serves WSet (704, FIXED_W, bit 1) and the
 # frequency droop (711, FREQ_WATT, bit 5 [V]); not WMaxLimPct (MAX_W, bit 0).
 SUNSPEC_MODES = (1 << 1) | (1 << 5)

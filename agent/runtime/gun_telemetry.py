@@ -12,7 +12,6 @@ from agent.core.commands import Command, CurrentDecided, SessionReport, StateCha
 
 # The status page's power line: one sample a second for ten minutes.
 HISTORY_S = 600
-CCS_NAME = "CCS"
 
 
 @dataclass

@@ -25,6 +25,11 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             408: "Request Timeout", 413: "Content Too Large", 500: "Internal Server Error"}
 
 
+def url_host(host: str) -> str:
+    """A host as it goes in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 class HttpEndpoint:
     def __init__(self, routes: dict[str, Route]) -> None:
         self.routes = routes

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,27 +49,19 @@ from agent.runtime.config import GunSetup, PileConfig
 from agent.runtime.event_log import EventLog, EventsFile
 from agent.runtime.gun_service import GunDrivers, GunService
 from agent.runtime.gun_telemetry import GunTelemetry
-from agent.runtime.http_endpoint import HttpEndpoint, Route
+from agent.runtime.http_endpoint import HttpEndpoint, Route, url_host
 from agent.runtime.metrics import PileMetrics
 from agent.runtime.pile_status import LinkState, pile_snapshot
 from agent.runtime.sd_notify import SdNotifier
 from agent.runtime.upstream_links import UpstreamLinks
 from agent.runtime.wiring import coordinator, gun_drivers, gun_service, open_bus
+from agent.version import package_version
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.codec import assign_extension_pgns
 from drivers.module_matrix.link import MatrixBusOwner, MatrixEvent
 
 log = logging.getLogger("pile_agent.pile")
 
-
-def _version() -> str:
-    try:
-        return metadata.version("pile-agent")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-VERSION = _version()
 
 # The module pool re-plans at least this often (and on each matrix read): its word to a gun
 # must stay younger than a module status (1 s, MODULE_STATUS_STALE) with room to spare.
@@ -90,10 +82,6 @@ OCPP_DRAIN_MIN_S = 0.8
 
 def status_page() -> bytes:
     return resources.files("agent.runtime").joinpath("static/status.html").read_bytes()
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _ccs_observer(telemetry: GunTelemetry, observe: Callable[[float], None]
@@ -308,7 +296,7 @@ class PileService:
     def snapshot(self) -> dict[str, Any]:
         """The pile as `pile-agent status` and the status page show it."""
         return pile_snapshot(self.guns, self.links(), self.clock.now(), self.wall(),
-                             self.started_wall, VERSION)
+                             self.started_wall, package_version())
 
     def _observe(self) -> None:
         """The process's histograms, observed as things happen (with [metrics] on)."""
@@ -343,7 +331,7 @@ class PileService:
             self.endpoints.append(endpoint)
             bound = endpoint.address[1] if endpoint.address is not None else port
             self.events.emit("endpoint", f"serving {' '.join(sorted(routes))} on "
-                             f"http://{_url_host(host)}:{bound}/")
+                             f"http://{url_host(host)}:{bound}/")
 
     def _status_line(self) -> str:
         return "; ".join(g.status_line() for g in self.guns)

@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from ocpp.v21.enums import Action
 
 from agent.core.upstream import SetpointRatings, setpoint_problem
 from agent.ledger.outbox import Outbox
+from agent.version import package_version
 from drivers.ocpp import rpc_frames
 from drivers.ocpp.log_upload import (
     DEFAULT_RETRIES,
@@ -88,7 +88,7 @@ class OcppSettings:
     vendor: str = "pile-agent"
     model: str = "V2G DC pile"
     serial_number: str = ""  # BootNotification serialNumber (default: the station id)
-    firmware_version: str = field(default_factory=lambda: _package_version())
+    firmware_version: str = field(default_factory=package_version)
     rated_power_w: float = 0.0
     # The gun's ratings per direction: a setpoint beyond them is Rejected, as the core's
     # arbiter would refuse it (agent/core/upstream.py setpoint_problem).
@@ -159,13 +159,6 @@ class Evse:
     needs: dict[str, Any] | None = None  # NotifyEVChargingNeeds waiting to be sent
     requests: list[Request] = field(default_factory=list)
     status_due: bool = True  # a StatusNotification to send
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("pile-agent")
-    except metadata.PackageNotFoundError:  # a source tree never installed
-        return "unknown"
 
 
 def iso(wall: float) -> str:
