@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,9 +35,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="the car answers as the vehicle recorded in this candump trace did; "
                           "reports how far the session got (exit 0 only if it finished)")
 
-    sim.add_argument("--scenario", metavar="NAME",
-                     help="a V2G scenario (--scenario list shows them); exit 0 only when its "
-                          "expectations hold")
+    sim.add_argument("--scenario", metavar="NAME|FILE.toml",
+                     help="a scenario: a built-in by name (--scenario list shows them) or your "
+                          "own scenario file (docs/HIL.md); exit 0 only when its expectations "
+                          "hold")
+    sim.add_argument("--report", metavar="DIR",
+                     help="write a report of the run there: JUnit XML, an HTML page with "
+                          "plots, the CAN traffic as candump, .asc and .blf")
     sim.add_argument("--site-time", metavar="HH:MM",
                      help="a scenario on the site clock starts at this local time")
     sim.add_argument("--site-until", metavar="HH:MM",
@@ -215,6 +220,10 @@ SIM_CHECKS: tuple[SimCheck, ...] = (
                "0 <= --start-soc < --target-soc <= 100"),
     (lambda a: _writable(a.can_log),
      lambda a: f"--can-log {a.can_log}: cannot write there"),
+    (lambda a: a.report is None or _writable_dir(a.report),
+     lambda a: f"--report {a.report}: cannot make or write that directory"),
+    (lambda a: a.guns == 1 or a.report is None,
+     lambda a: "--report: one gun's run (a pile scenario prints its figures)"),
     (lambda a: a.ledger == ":memory:" or _writable(a.ledger),
      lambda a: f"--ledger {a.ledger}: cannot write there"),
     (lambda a: _readable(a.replay_bms),
@@ -235,9 +244,33 @@ SIM_CHECKS: tuple[SimCheck, ...] = (
 
 
 def _time_of_day(text: str) -> float | None:
-    from hil.scenarios import parse_hhmm
+    from hil.site_clock import parse_hhmm
 
     return parse_hhmm(text)
+
+
+def _writable_dir(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def _is_file(name: str) -> bool:
+    """A --scenario that names a file (a path, or anything ending .toml), not a built-in."""
+    return name.endswith(".toml") or os.sep in name
+
+
+def _scenario_file(fault: str | None, scenario: str | None) -> Any:
+    """The scenario file a --fault or --scenario names (a built-in by name, or a path)."""
+    from hil.scenario_file import FAULT_DIR, SCENARIO_DIR, load
+
+    if fault is not None:
+        return load(FAULT_DIR / f"{fault}.toml")
+    if scenario is None:
+        return None
+    return load(scenario if _is_file(scenario) else SCENARIO_DIR / f"{scenario}.toml")
 
 
 def _list_or_check(flag: str, name: str | None, known: dict[str, str]) -> int | None:
@@ -401,16 +434,16 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "hil":
         return _hil_serve(args)
     if args.command == "sim":
-        from hil.faults import SCENARIOS
         from hil.pile_scenarios import PILE_SCENARIOS
-        from hil.scenarios import SCENARIOS as V2G_SCENARIOS
+        from hil.scenario_file import FAULT_DIR, SCENARIO_DIR, ScenarioError, catalogue
         from hil.sim import SimOptions, run_sim_cli
 
-        scenarios = {k: v.description for k, v in V2G_SCENARIOS.items()} if args.guns == 1 \
+        scenarios = catalogue(SCENARIO_DIR) if args.guns == 1 \
             else {k: v.description for k, v in PILE_SCENARIOS.items()}
-        for flag, name, table in (("fault", args.fault,
-                                   {k: v.description for k, v in SCENARIOS.items()}),
+        for flag, name, table in (("fault", args.fault, catalogue(FAULT_DIR)),
                                   ("scenario", args.scenario, scenarios)):
+            if flag == "scenario" and name is not None and _is_file(name) and args.guns == 1:
+                continue
             code = _list_or_check(flag, name, table)
             if code is not None:
                 return code
@@ -432,16 +465,22 @@ def _main(argv: list[str] | None) -> int:
             except (RecordingError, OSError, UnicodeDecodeError) as exc:
                 print(f"pile-agent sim: --replay-bms: {exc}", file=sys.stderr)
                 return 2
+        try:
+            scenario = _scenario_file(args.fault, args.scenario)
+        except ScenarioError as exc:
+            print(f"pile-agent sim: {exc}", file=sys.stderr)
+            return 2
         options = SimOptions(
             speed=args.speed, can_log=args.can_log, start_soc_pct=args.start_soc,
             target_soc_pct=args.target_soc, max_sim_s=args.max_sim_s,
-            json_summary=args.json, live=not args.quiet, fault=args.fault,
-            replay_bms=args.replay_bms, scenario=args.scenario, ledger=args.ledger,
+            json_summary=args.json, live=not args.quiet,
+            replay_bms=args.replay_bms, scenario=scenario, ledger=args.ledger,
+            report_dir=args.report,
             site_start_s=_time_of_day(args.site_time) if args.site_time else None,
             site_end_s=_time_of_day(args.site_until) if args.site_until else None,
             lock_step=args.lock_step,
         )
-        return asyncio.run(run_sim_cli(options))
+        return asyncio.run(run_sim_cli(options, as_fault=args.fault is not None))
     from agent.runtime.config import ConfigError, load_config
     from agent.runtime.realtime import run_pile
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 GROUP_A, GROUP_W = 125.0, 60_000.0
 ARRIVAL_GAP_S = 30.0  # the next car plugs in this long after the previous one
-REFRESH_S = 30.0  # the EMS refreshes its setpoint (valid twice as long), as hil/scenarios.py
+REFRESH_S = 30.0  # the EMS refreshes its setpoint (valid twice as long), as a scenario file
 
 
 @dataclass(frozen=True)

@@ -21,26 +21,30 @@ import time
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import can
 
 from agent.core.commands import Command, CurrentDecided, Notice, SessionReport, StateChanged
 from agent.core.events import Event, StopRequested, VehicleConnected
+from agent.core.frequency_watt import FrequencyDroop
 from agent.core.health_policy import HealthPolicy
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
 from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
+from agent.core.upstream import UpstreamPolicy
 from agent.ledger.outbox import Outbox
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import SimClock
 from agent.runtime.ems_view import ems_snapshot
 from agent.runtime.gun_runtime import GunRuntime
 from agent.runtime.ocpp_bridge import OcppBridge
+from agent.runtime.session_traces import FORMATS, TraceFiles, TraceSettings
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.gbt27930.candump import CandumpWriter
-from drivers.gbt27930.link import GbtLink, Role
+from drivers.gbt27930.link import FrameLog, GbtLink, Role
 from drivers.ocpp.client import OcppClient, OcppSettings
 from drivers.power_module.link import ModuleLink, TcpTarget
 from drivers.power_module.owner import ModuleBusOwner
@@ -48,15 +52,17 @@ from drivers.safety_io.link import SafetyBusOwner
 from drivers.sunspec.codec import layout, load_map
 from drivers.sunspec.ems_controls import EmsControls, EmsSettings
 from drivers.sunspec.server import SunSpecServer
+from hil import report
 from hil.csms_sim import Csms
 from hil.ev_bms import BmsSimulator, VehicleConfig
-from hil.faults import LIMIT_GRACE_S, SCENARIOS
 from hil.meter_sim import MeterSim
 from hil.module_sim import ModuleParams, ModuleSim
 from hil.replay_bms import RawPayload, ReplayBms, load_recording
+from hil.report import RunSummary
 from hil.safety_io_sim import SafetyIoSim
-from hil.scenarios import SCENARIOS as V2G_SCENARIOS
-from hil.scenarios import Script
+from hil.scenario_engine import ScenarioRun, Verdict
+from hil.scenario_file import ScenarioFile, plain_session
+from hil.site_clock import hhmm
 from hil.vpp_sim import ModbusVpp
 
 STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
@@ -85,10 +91,13 @@ class SimOptions:
     live: bool = True
     ratings: GunRatings = field(default_factory=GunRatings)
     module: ModuleParams = field(default_factory=ModuleParams)
-    fault: str | None = None  # a name from hil.faults.SCENARIOS
-    fault_after_charging_s: float = 10.0
     replay_bms: str | None = None  # a candump trace: the car answers as the recorded one did
-    scenario: str | None = None  # a name from hil.scenarios.SCENARIOS (V2G)
+    # A scenario file (hil/scenario_file.py): the gun, the car, the upstream, the steps and
+    # the expectations; the flags' car and gun are the base its tables change.
+    scenario: ScenarioFile | None = None
+    # Write a report of the run here (JUnit XML, an HTML page, the CAN traffic as candump,
+    # .asc and .blf; hil/report.py).
+    report_dir: str | None = None
     ledger: str = ":memory:"  # the SQLite energy ledger (a file keeps the records)
     # The site's local time of day at the start and at the end (s after midnight), for
     # scenarios on the site clock; None: the scenario's own.
@@ -97,21 +106,6 @@ class SimOptions:
     lock_step: bool = False  # step every 10 ms instead of jumping to the next due instant
     trace_output: bool = False  # keep the module's output current every 10 ms (V2G: always)
     health: HealthPolicy | None = None  # the operator's battery-health policy (None: none)
-
-
-@dataclass
-class TraceRow:
-    """One control decision, with the limits in force when it was made."""
-
-    t: float
-    state: str
-    commanded_a: float
-    commanded_v: float
-    bound_by: str
-    ev_demand_a: float | None
-    ev_max_a: float | None
-    measured_a: float
-    measured_v: float
 
 
 @dataclass
@@ -129,7 +123,6 @@ class SimResult:
     battery_energy_in_kwh: float = 0.0
     states: list[tuple[float, str]] = field(default_factory=list)
     notices: list[tuple[float, str, str]] = field(default_factory=list)
-    trace: list[TraceRow] = field(default_factory=list)
     max_current_a: float = 0.0
     fault: str | None = None
     fault_injected_at: float | None = None
@@ -139,6 +132,7 @@ class SimResult:
     vehicle_data: dict[str, int] = field(default_factory=dict)
     replay: dict[str, Any] | None = None
     scenario: str | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
     scenario_failures: list[str] = field(default_factory=list)
     scenario_script: list[str] = field(default_factory=list)
     phases: list[tuple[float, str]] = field(default_factory=list)
@@ -160,7 +154,6 @@ class SimResult:
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("trace")
         d.pop("current_trace")
         d["states"] = [f"{t:.2f} {s}" for t, s in self.states]
         d["furthest_state"] = self.furthest_state
@@ -177,44 +170,50 @@ class SimulatedPile:
         self.result = SimResult()
         self.module_sim = ModuleSim(options.module)
         self.meter_sim = MeterSim(self.module_sim)
-        self.v2g = V2G_SCENARIOS[options.scenario] if options.scenario else None
-        self.script = Script()
-        ratings = self.ratings = self.v2g.ratings if self.v2g else options.ratings
-        if options.replay_bms:
-            self.bms: BmsSimulator | ReplayBms = ReplayBms(load_recording(options.replay_bms))
+        sf = options.scenario
+        # A report needs a recording: a plain session gets the plain session's file.
+        plan_file = sf or (plain_session() if options.report_dir else None)
+        self.plan = ScenarioRun(plan_file) if plan_file is not None else None
+        ratings = self.ratings = sf.ratings(options.ratings) if sf else options.ratings
+        car = VehicleConfig(start_soc_pct=options.start_soc_pct,
+                            target_soc_pct=options.target_soc_pct)
+        replay = str(sf.replay_bms) if sf is not None and sf.replay_bms else options.replay_bms
+        if replay:
+            self.bms: BmsSimulator | ReplayBms = ReplayBms(load_recording(replay))
         else:
-            self.bms = BmsSimulator(self.v2g.vehicle if self.v2g else VehicleConfig(
-                start_soc_pct=options.start_soc_pct, target_soc_pct=options.target_soc_pct))
+            self.bms = BmsSimulator(sf.vehicle(car) if sf else car)
+        upstream = None
+        if sf is not None and sf.upstream.droop_rated_w is not None:
+            upstream = UpstreamPolicy(droop=FrequencyDroop(rated_w=sf.upstream.droop_rated_w))
         self._replay_stopped = False
         self.safety_io = SafetyIoSim(self.module_sim)
         self.session = GunSession(ratings, thermal=ThermalSupervisor(), require_safety_io=True,
-                                  upstream=self.v2g.upstream if self.v2g else None,
+                                  upstream=upstream,
                                   health=options.health)
         self.ledger = Ledger(options.ledger)
         # Sessions a killed run left open: closed from their checkpoints before this one.
         self.result.recovered = self.ledger.recover("agent restarted")
         self.agent_hung = False  # fault injection: the agent process stops stepping
         self.injected_events: list[Event] = []
-        self.scenario = SCENARIOS[options.fault] if options.fault else None
-        self._worst_a = 0.0
         self._stack = AsyncExitStack()
         self._last_live = -1e9
         self.ems: SunSpecServer | None = None
         self.vpp: ModbusVpp | None = None
         self.csms: Csms | None = None
-        v = self.v2g
         self.site_start_s = options.site_start_s if options.site_start_s is not None else (
-            v.site_start_s if v is not None else None)
+            sf.site_start_s if sf is not None else None)
         self.site_end_s = options.site_end_s if options.site_end_s is not None else (
-            v.site_end_s if v is not None else None)
+            sf.site_end_s if sf is not None else None)
+        self._departed = False
         self.csms_port = 0
         self.ocpp: OcppBridge | None = None
-        # Scripted runs (faults, V2G scenarios, a replayed car) look at the world every
-        # step; a plain session jumps from one due instant to the next.
-        self.lock_step = options.lock_step or bool(options.fault or options.scenario
-                                                   or options.replay_bms)
+        # Scripted runs (scenarios, a replayed car) look at the world every step unless
+        # their file says otherwise; a plain session jumps from one due instant to the next.
+        self.lock_step = options.lock_step or bool(options.replay_bms) or (
+            sf is not None and sf.lock_step)
 
     async def __aenter__(self) -> SimulatedPile:
+        sf = self.options.scenario
         # Bus failures reach the core as events; pymodbus's own error logging is noise here.
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
         channel = f"pile-sim-{uuid.uuid4().hex[:8]}"
@@ -222,10 +221,18 @@ class SimulatedPile:
             can.Bus(interface="virtual", channel=channel, bitrate=250_000))
         vehicle_bus = self._stack.enter_context(
             can.Bus(interface="virtual", channel=channel, bitrate=250_000))
-        log = None
+        logs: list[FrameLog] = []
         if self.options.can_log:
             fh = self._stack.enter_context(open(self.options.can_log, "w"))  # noqa: SIM115
-            log = CandumpWriter(fh, channel="can0", epoch=LOG_EPOCH)
+            logs.append(CandumpWriter(fh, channel="can0", epoch=LOG_EPOCH))
+        if self.options.report_dir:
+            report = Path(self.options.report_dir)
+            report.mkdir(parents=True, exist_ok=True)
+            files = TraceFiles(TraceSettings(report, formats=FORMATS), "can", "can0",
+                               LOG_EPOCH)
+            self._stack.callback(files.close)
+            logs.append(files)
+        log = logs[0] if len(logs) == 1 else (FrameTee(logs) if logs else None)
         server, port = await self.module_sim.start_tcp("127.0.0.1", 0)
         self._stack.push_async_callback(server.stop)
         owner = ModuleBusOwner(ModuleLink(TcpTarget("127.0.0.1", port)))
@@ -240,9 +247,9 @@ class SimulatedPile:
         self._stack.push_async_callback(meter.close)
         self._stack.callback(self.ledger.close)
         self.vehicle_link = GbtLink(vehicle_bus, Role.BMS)
-        if self.v2g is not None and self.v2g.ems is not None:
-            await self._serve_ems(self.v2g.ems)
-        if self.v2g is not None and self.v2g.csms:
+        if sf is not None and sf.upstream.ems:
+            await self._serve_ems(EmsSettings(allow_discharge=sf.upstream.ems_allow_discharge))
+        if sf is not None and sf.upstream.csms:
             await self._connect_csms()
         self.charger_link = GbtLink(charger_bus, Role.CHARGER, log=log)
         self.runtime = GunRuntime(self.session, self.charger_link, owner, self._on_report,
@@ -296,6 +303,17 @@ class SimulatedPile:
 
     # ---- reporting ---------------------------------------------------------------
 
+    def set_target(self, name: str) -> object:
+        """What a scenario step's `set = { "io.door_open" = true }` names."""
+        return {"module": self.module_sim, "car": self.bms, "io": self.safety_io,
+                "meter": self.meter_sim, "pile": self}[name]
+
+    def charging_began(self) -> float | None:
+        return next((ts for ts, s in self.result.states if s == "charging"), None)
+
+    def say(self, line: str) -> None:
+        self._say(line)
+
     def _say(self, line: str) -> None:
         if self.out is not None and self.options.live:
             print(line, file=self.out, flush=True)
@@ -306,14 +324,10 @@ class SimulatedPile:
             case StateChanged(source=src, dest=dest, reason=why):
                 r.states.append((t, dest))
                 self._say(f"[{t:8.2f} s] {src} -> {dest}: {why}")
-            case CurrentDecided(current_a=i, voltage_v=v, bound_by=bound):
-                d, st = self.session.data, self.session.plant.status
-                r.trace.append(TraceRow(
-                    t, self.session.state.value, i, v, bound,
-                    d.bcl.current_demand_a if d.bcl else None,
-                    d.bcp.max_charge_current_a if d.bcp else None,
-                    st.output_current_a if st else 0.0, st.output_voltage_v if st else 0.0))
+            case CurrentDecided(current_a=i, bound_by=bound):
                 r.max_current_a = max(r.max_current_a, abs(i))
+                if self.plan is not None:
+                    self.plan.rec.bound_by.add(t, bound.split("/")[0])
             case Notice(kind=kind, detail=detail):
                 r.notices.append((t, kind, detail))
                 self._say(f"[{t:8.2f} s] notice {kind}: {detail}")
@@ -346,12 +360,16 @@ class SimulatedPile:
         ended_at: float | None = None
         plugged = False
         max_sim_s = self.options.max_sim_s
-        if self.v2g is not None and self.site_start_s is not None and self.site_end_s is not None:
+        plan = self.plan
+        if plan is not None and plan.sf.max_sim_s is not None:
+            max_sim_s = plan.sf.max_sim_s
+        if plan is not None and self.site_start_s is not None and self.site_end_s is not None:
             max_sim_s = (self.site_end_s - self.site_start_s) % 86400 + 600.0
+        judged_run = plan is not None and plan.sf.end_when_judged
         t_prev, agent_due = -STEP_S, 0.0
         while True:
             if self.clock.now() >= max_sim_s:
-                if self.result.stopped_at_time_limit or self.scenario is not None \
+                if self.result.stopped_at_time_limit or judged_run \
                         or self.agent_hung or self.session.state in (
                             State.IDLE, State.FINISHED, State.FAULT):
                     break
@@ -364,7 +382,6 @@ class SimulatedPile:
             t = round(self.clock.now(), 6)
             dt, t_prev = t - t_prev, t
             self.result.instants += 1
-            self._maybe_inject(t)
             spoke = self.vehicle_link.frames_sent
             self._step_vehicle(t)
             self.bms.battery.current_a = 0.0  # the module sets it again if it is loaded
@@ -378,16 +395,14 @@ class SimulatedPile:
                 plugged = True
                 extra.append(VehicleConnected(t, wall_clock_s=LOG_EPOCH + t))
             extra += self._replay_stop(t)
-            if self.v2g is not None:
-                if self.v2g.vpp is not None:
-                    await self.v2g.vpp(self, self.script, t)
-                if self.ems is not None:
-                    extra += self.ems.events(t)
-                if self.ocpp is not None:
-                    extra += self.ocpp.events(t)
-                extra += self.v2g.step(self, self.script, t)
-            if self.v2g is not None or self.options.trace_output:
-                self._observe(t)
+            if plan is not None:
+                extra += await plan.act(self, t)
+                extra += self._site_departure(t)
+            if self.ems is not None:
+                extra += self.ems.events(t)
+            if self.ocpp is not None:
+                extra += self.ocpp.events(t)
+            self._observe(t)
             # The agent steps when its deadline comes, or when a frame or an event arrives
             # for it (event-driven time; in lock-step, every step).
             due = self.lock_step or extra or spoke != self.vehicle_link.frames_sent \
@@ -397,12 +412,13 @@ class SimulatedPile:
                 agent_due = self.runtime.next_due()
                 self.result.agent_steps += 1
             self._live_line(t)
-            if self.scenario is not None:
-                if self._fault_run_over(t):
+            if judged_run:
+                if plan is not None and plan.over():
                     break
             elif ended_at is None and self.session.state in (State.FINISHED, State.FAULT):
                 ended_at = t
-            if self.scenario is None and ended_at is not None and t - ended_at >= LINGER_S:
+            if not judged_run and ended_at is not None and t - ended_at >= LINGER_S \
+                    and (plan is None or not plan.judging(self)):
                 break
             await self.clock.advance(self._next_instant(t, agent_due, plugged, ended_at) - t)
         if self.ocpp is not None:
@@ -415,8 +431,8 @@ class SimulatedPile:
         self.result.battery_energy_in_kwh = self.bms.battery.energy_in_kwh
         if isinstance(self.bms, ReplayBms):
             self.result.replay = self.bms.summary()
-        if self.v2g is not None:
-            self._judge_scenario()
+        if plan is not None:
+            self._judge_scenario(plan)
         if self.result.outcome == "timeout":
             self.result.reason = f"no end of session within {max_sim_s} s"
         self._check_ledger()
@@ -460,17 +476,41 @@ class SimulatedPile:
 
     def _observe(self, t: float) -> None:
         r = self.result
-        r.current_trace.append((t, self.module_sim.current_a))
+        if self.options.trace_output:
+            r.current_trace.append((t, self.module_sim.current_a))
         if self.session.state is State.CHARGING:
             r.min_soc_pct = min(r.min_soc_pct, self.bms.battery.soc_pct)
+        if self.plan is not None:
+            self.plan.observe(self, t)
 
-    def _judge_scenario(self) -> None:
-        r, v = self.result, self.v2g
-        assert v is not None
-        r.scenario = v.name
+    def _site_departure(self, t: float) -> list[Event]:
+        """On the site clock, the owner leaves at the scenario's end time."""
+        end = self.site_end_s
+        if end is None or self._departed or self.site_start_s is None:
+            return []
+        if (self.site_s(t) - end) % 86400 > 43200:
+            return []
+        self._departed = True
+        self._say(f"[{t:8.2f} s] the owner departs at {hhmm(end)}")
+        return [StopRequested(t, f"owner departs at {hhmm(end)}")]
+
+    def _judge_scenario(self, plan: ScenarioRun) -> None:
+        r = self.result
+        if self.options.scenario is not None:
+            r.scenario = plan.sf.name
         r.battery_energy_out_kwh = self.bms.battery.energy_out_kwh
-        r.scenario_failures = v.check(self, self.script)
-        r.scenario_script = list(self.script.notes)  # with what the check measured
+        r.verdicts = plan.judge(self)
+        r.scenario_failures = [f"{v.name}: {v.detail}" for v in r.verdicts
+                               if v.status == "FAIL"]
+        r.scenario_script = list(plan.notes)  # with what the expectations measured
+        if plan.fault_step is not None:
+            r.fault = plan.sf.name
+            r.fault_injected_at = plan.fired.get(plan.fault_step)
+        judged = [v for v in r.verdicts if v.measure in (
+            "safe_state_s", "commanded_at_most_a", "notice_after_s")]
+        r.fault_ok = not r.scenario_failures
+        r.fault_verdict = "; ".join(f"{v.detail} ({v.source})" if v.source else v.detail
+                                    for v in judged or r.verdicts if v.status != "N/A")
 
     def _replay_stop(self, t: float) -> list[Event]:
         """The recorded session's end: once its energy transfer has been replayed, stop as
@@ -494,99 +534,6 @@ class SimulatedPile:
         self._replay_stopped = True
         return [StopRequested(t, why)]
 
-    # ---- fault injection ----------------------------------------------------------
-
-    def _maybe_inject(self, t: float) -> None:
-        sc, r = self.scenario, self.result
-        if sc is None or r.fault_injected_at is not None:
-            return
-        charging_since = next((ts for ts, s in r.states if s == "charging"), None)
-        due = (charging_since is not None
-               and t >= charging_since + self.options.fault_after_charging_s)
-        if due or not sc.during_charging:
-            r.fault, r.fault_injected_at = sc.name, t
-            sc.inject(self, t)
-            self._say(f"[{t:8.2f} s] FAULT INJECTED: {sc.name} ({sc.description})")
-
-    def _fault_run_over(self, t: float) -> bool:
-        """Track the safe state after an injection; True once the verdict is in."""
-        sc, r = self.scenario, self.result
-        if sc is None or r.fault_injected_at is None:
-            return False
-        since = t - r.fault_injected_at
-        if sc.then_stop and since >= 2.0:
-            self.bms.request_stop()
-        if sc.limit_a is not None:
-            return self._judge_limit_holds(since, sc.limit_a(self))
-        if sc.expect_notice:
-            return self._judge_notice(t, since)
-        m = self.module_sim
-        in_state = not sc.expect_states or self.session.state.value in sc.expect_states
-        safe = in_state and abs(m.current_a) <= 5.0 and m._get("contactor_command") == 0
-        if safe and r.safe_at is None:
-            r.safe_at = t
-        elif not safe:
-            r.safe_at = None  # must stay safe, not just pass through
-        limit = sc.deadline_s + (0.0 if sc.during_charging else 30.0)
-        if r.safe_at is not None and t - r.safe_at >= LINGER_S:
-            took = r.safe_at - r.fault_injected_at
-            r.fault_ok = took <= limit
-            r.fault_verdict = (f"safe state ({self.session.state.value}, <= 5 A, K1/K2 commanded "
-                               f"open) {took:.2f} s after injection; deadline {limit:.1f} s "
-                               f"({sc.deadline_source})")
-            return True
-        back_to_idle = bool(r.states) and self.session.state is State.IDLE
-        if since > limit + 5.0 or back_to_idle:
-            r.fault_ok = False
-            r.fault_verdict = (f"NOT safe {since:.1f} s after injection (state "
-                               f"{self.session.state.value}, {m.current_a:.1f} A, K1/K2 "
-                               f"{'closed' if m.contactors_closed else 'open'}); deadline "
-                               f"{limit:.1f} s ({sc.deadline_source})")
-            return True
-        return False
-
-    def _judge_limit_holds(self, since: float, limit_a: float) -> bool:
-        """A fault the agent must ride out: its commanded current (and the module's, within
-        the regulation accuracy of IEC 61851-23 101.2.1.2.1) stays within `limit_a` from
-        LIMIT_GRACE_S after injection, for the deadline, and the session goes on."""
-        r, sc = self.result, self.scenario
-        assert sc is not None
-        r.fault_ok = True
-        if since >= LIMIT_GRACE_S:
-            self._worst_a = max(self._worst_a, abs(self.session.act.current_a))
-        worst = self._worst_a
-        if worst > limit_a + 1e-9 or (since >= LIMIT_GRACE_S + 0.5
-                                      and abs(self.module_sim.current_a) > limit_a + 2.5):
-            r.fault_ok = False
-            r.fault_verdict = (f"current {max(worst, abs(self.module_sim.current_a)):.1f} A "
-                               f"above the {limit_a:.1f} A limit ({sc.deadline_source})")
-            return True
-        if since >= sc.deadline_s:
-            r.fault_ok = self.session.state.value in sc.expect_states
-            r.fault_verdict = (f"{sc.description}: for {since:.1f} s commanded at most "
-                               f"{worst:.1f} A (limit {limit_a:.1f} A); state "
-                               f"{self.session.state.value} ({sc.deadline_source})")
-            return True
-        return False
-
-    def _judge_notice(self, t: float, since: float) -> bool:
-        """A fault the agent must say, not stop for: the notice within the deadline, the
-        session still in one of the expected states."""
-        r, sc = self.result, self.scenario
-        assert sc is not None and r.fault_injected_at is not None
-        said = [n for n in r.notices if n[1] == sc.expect_notice and n[0] >= r.fault_injected_at]
-        if said or since > sc.deadline_s:
-            in_state = self.session.state.value in sc.expect_states
-            r.fault_ok = bool(said) and in_state and said[0][0] - r.fault_injected_at \
-                <= sc.deadline_s
-            r.fault_verdict = (f"{sc.expect_notice} said {said[0][0] - r.fault_injected_at:.2f}"
-                               f" s after injection ({said[0][2]}); state "
-                               f"{self.session.state.value}" if said else
-                               f"no {sc.expect_notice} within {sc.deadline_s:g} s") \
-                + f"; deadline {sc.deadline_s:g} s ({sc.deadline_source})"
-            return True
-        return False
-
     def _step_vehicle(self, t: float) -> None:
         for item in self.vehicle_link.poll(t):
             if not hasattr(item, "detail"):
@@ -605,12 +552,36 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+class FrameTee:
+    """Every frame to each of several logs (the --can-log file and the report's traces)."""
+
+    def __init__(self, logs: list[FrameLog]) -> None:
+        self.logs = logs
+
+    def write(self, t: float, can_id: int, data: bytes, extended: bool = True) -> None:
+        for log in self.logs:
+            log.write(t, can_id, data, extended)
+
+
 async def run_sim(options: SimOptions, out: IO[str] | None = None) -> SimResult:
     async with SimulatedPile(options, out) as pile:
-        return await pile.run()
+        result = await pile.run()
+    if options.report_dir and pile.plan is not None:
+        _write_report(Path(options.report_dir), pile, result)
+    return result
 
 
-async def run_sim_cli(options: SimOptions) -> int:
+def _write_report(directory: Path, pile: SimulatedPile, result: SimResult) -> None:
+    plan = pile.plan
+    assert plan is not None
+    files = [p.name for p in sorted(directory.glob("can.*"))]
+    summary = RunSummary(plan.sf.name, plan.sf.description, result.outcome, result.reason,
+                         plan.rec.end_s, result.wall_s, result.states, plan.notes, files)
+    report.write(directory, summary, result.verdicts, plan.rec)
+
+
+async def run_sim_cli(options: SimOptions, as_fault: bool = False,
+                      report_dir: str | None = None) -> int:
     # With --json, stdout carries the JSON alone (it can be piped); live lines go to stderr.
     try:
         result = await run_sim(options, sys.stderr if options.json_summary else sys.stdout)
@@ -623,12 +594,15 @@ async def run_sim_cli(options: SimOptions) -> int:
         print(f"pile-agent sim: {result.ledger_error}", file=sys.stderr)
         return 1
     summary = result.summary()
-    if options.fault is not None:
+    if options.report_dir:
+        print(f"report: {Path(options.report_dir) / 'report.html'} (junit.xml, can.log, "
+              "can.asc, can.blf beside it)", file=sys.stderr)
+    if as_fault:
         verdict = "PASS" if result.fault_ok else "FAIL"
         if options.json_summary:
             print(json.dumps(summary, indent=2))
         else:
-            print(f"fault {options.fault}: {verdict}: {result.fault_verdict or 'not injected'}"
+            print(f"fault {result.fault}: {verdict}: {result.fault_verdict or 'not injected'}"
                   f"\n  session {result.outcome}: {result.reason}")
         return 0 if result.fault_ok else 1
     if options.json_summary:
@@ -670,7 +644,7 @@ def _scenario_text(result: SimResult) -> str:
              f"{result.battery_energy_out_kwh:.3f} kWh)",
              "  health: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                       for k, v in result.health.items()),
-             *(f"  FAILED: {f}" for f in result.scenario_failures)]
+             *(f"  {v.status:4} {v.name}: {v.detail}" for v in result.verdicts)]
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from agent.core.commands import LedgerInterval
 from agent.core.health_policy import HealthPolicy
 from agent.ledger.store import Ledger
 from hil.ev_bms import VehicleConfig
+from hil.scenario_file import named
 from hil.sim import SimOptions, SimResult, run_sim
 
 VIN = VehicleConfig().vin  # the simulated car's BRM VIN
@@ -34,7 +35,7 @@ def _seed(path: Path, rows: list[tuple[str, float, float]]) -> None:
 
 def _discharge(path: Path) -> SimResult:
     return asyncio.run(run_sim(SimOptions(
-        scenario="soc-floor", ledger=str(path), live=False, max_sim_s=240.0,
+        scenario=named("soc-floor"), ledger=str(path), live=False, max_sim_s=240.0,
         health=HealthPolicy(max_discharge_kwh_per_day=DAY_KWH))))
 
 

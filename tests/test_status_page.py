@@ -9,28 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 from agent.core.states import State
 from hil.ev_bms import VehicleConfig
+from tests.headless_browser import chromium as _chromium
 from tests.served_service import served, until
 
 CAR = VehicleConfig(start_soc_pct=40.0, target_soc_pct=90.0)
-
-
-def _browser() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert found, "chromium is not installed: run .ci/deps"
-    return found
-
-
-def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-dev-shm-usage", "--hide-scrollbars", *args],
-        capture_output=True, text=True, timeout=90)
 
 
 def test_the_status_page_draws_a_tile_and_a_power_line_per_gun(tmp_path: Path) -> None:

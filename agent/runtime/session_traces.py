@@ -42,8 +42,9 @@ class TraceSettings:
     keep_mb: float = 500.0
 
 
-class _SessionFiles:
-    """One session's open files."""
+class TraceFiles:
+    """One session's open files: `<name>.log`, `.asc`, `.blf` as the settings ask (the HIL
+    report writes a run's traffic with it too)."""
 
     def __init__(self, settings: TraceSettings, session_id: str, channel: str,
                  epoch: float) -> None:
@@ -64,7 +65,7 @@ class _SessionFiles:
         if "blf" in settings.formats:
             self._loggers.append(can.BLFWriter(path("blf")))
 
-    def write(self, t: float, can_id: int, data: bytes, extended: bool) -> None:
+    def write(self, t: float, can_id: int, data: bytes, extended: bool = True) -> None:
         if self._candump is not None:
             self._candump.write(t, can_id, data, extended)
         if self._loggers:
@@ -91,7 +92,7 @@ class SessionTraces:
         self.channel = channel
         self.epoch = epoch
         self.wall = wall
-        self._open: _SessionFiles | None = None
+        self._open: TraceFiles | None = None
         self.failed = ""  # why the directory could not be written (said once)
 
     def write(self, session_id: str | None, t: float, can_id: int, data: bytes,
@@ -103,7 +104,7 @@ class SessionTraces:
             self.close()
             try:
                 self.settings.directory.mkdir(parents=True, exist_ok=True)
-                self._open = _SessionFiles(self.settings, session_id, self.channel,
+                self._open = TraceFiles(self.settings, session_id, self.channel,
                                            self.epoch)
             except (OSError, ValueError) as exc:
                 if not self.failed:
