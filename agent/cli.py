@@ -126,6 +126,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--stay-s", type=float, default=45.0,
                        help="a car's owner is back after this; the car stops and leaves "
                             "(default 45 s)")
+    serve.add_argument("--external-cars", metavar="CAR_TOML", nargs="?", const="",
+                       help="no simulated cars: each gun reads plugged and feeds a battery "
+                            "emulator (the car of this scenario file, or the default car) "
+                            "for `pile-agent hil car` on its CAN channel")
+    car = hil_sub.add_parser(
+        "car", help="the simulated car on a CAN bus against whatever charger is there, then "
+                    "GB/T 34658-style verdicts on the charger (docs/HIL.md)")
+    car.add_argument("--can", required=True, metavar="INTERFACE:CHANNEL",
+                     help="the bus: socketcan:can0, slcan:/dev/ttyACM0, udp_loopback:NAME")
+    who = car.add_mutually_exclusive_group()
+    who.add_argument("--scenario", metavar="CAR_TOML",
+                     help="the car ([car]) and what it does when (car steps) from a file")
+    who.add_argument("--replay-bms", metavar="CANDUMP",
+                     help="the car answers as the vehicle recorded in this trace did")
+    car.add_argument("--max-s", type=float, default=600.0,
+                     help="give up after this many seconds (default 600)")
+    car.add_argument("--report", metavar="DIR",
+                     help="junit.xml, report.html and the traffic as can.log/.asc/.blf")
+    judge = hil_sub.add_parser(
+        "judge", help="GB/T 34658-style verdicts on the charger in a recorded CAN trace "
+                      "(candump, .asc or .blf; both directions)")
+    judge.add_argument("trace", metavar="TRACE")
 
     run = sub.add_parser("run", help="run the agent against real interfaces until stopped "
                                      "(SIGTERM/SIGINT)")
@@ -360,7 +382,77 @@ def _hil_serve(args: argparse.Namespace) -> int:
         return 2
     plan = CarPlan(seed=args.seed, v2g_share=args.v2g_share, cars=args.cars,
                    stay_s=args.stay_s, fault_share=args.fault_share)
-    return asyncio.run(serve(config, plan, sys.stdout))
+    external = None
+    if args.external_cars is not None:
+        from hil.ev_bms import VehicleConfig
+        from hil.scenario_file import ScenarioError, load
+
+        try:
+            external = load(args.external_cars).vehicle(VehicleConfig()) \
+                if args.external_cars else VehicleConfig()
+        except ScenarioError as exc:
+            print(f"pile-agent hil serve: --external-cars: {exc}", file=sys.stderr)
+            return 2
+    return asyncio.run(serve(config, plan, sys.stdout, external))
+
+
+def _hil_car(args: argparse.Namespace) -> int:
+    from hil.car_tester import parse_can, run_car_cli
+    from hil.scenario_file import ScenarioError, load
+
+    problems = []
+    try:
+        parse_can(args.can)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if not (math.isfinite(args.max_s) and 1 <= args.max_s <= 86_400):
+        problems.append(f"--max-s {args.max_s}: 1-86400 s")
+    if not _readable(args.replay_bms):
+        problems.append(f"--replay-bms {args.replay_bms}: no readable file there")
+    if args.report is not None and not _writable_dir(args.report):
+        problems.append(f"--report {args.report}: cannot make or write that directory")
+    sf = None
+    if args.scenario is not None and not problems:
+        try:
+            sf = load(args.scenario)
+            from hil.car_tester import car_steps
+
+            car_steps(sf)
+        except ScenarioError as exc:
+            problems.append(str(exc))
+    for problem in problems:
+        print(f"pile-agent hil car: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    import can
+
+    try:
+        return asyncio.run(run_car_cli(args.can, sf, args.replay_bms, args.max_s, args.report,
+                                       sys.stdout))
+    except (can.CanError, OSError, ValueError) as exc:
+        print(f"pile-agent hil car: {args.can}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _hil_judge(trace: str) -> int:
+    """Verdicts on the charger of a recorded trace: 0 if none failed, 1 if one did."""
+    import can
+
+    from hil.car_tester import verdict_table
+    from hil.charger_verdicts import judge
+
+    try:
+        frames = [(m.timestamp, m.arbitration_id, bytes(m.data))
+                  for m in can.LogReader(trace) if not m.is_error_frame]
+    except (OSError, ValueError, can.CanError) as exc:
+        print(f"pile-agent hil judge: {trace}: {exc}", file=sys.stderr)
+        return 2
+    if not frames:
+        print(f"pile-agent hil judge: {trace}: no CAN frames in it", file=sys.stderr)
+        return 2
+    verdicts = judge(frames)
+    print(f"charger verdicts for {trace} ({len(frames)} frames):\n{verdict_table(verdicts)}")
+    return 0 if all(v.passed for v in verdicts) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,6 +523,10 @@ def _main(argv: list[str] | None) -> int:
                           args.day_hours)
     if args.command == "station-day":
         return _station_day(args)
+    if args.command == "hil" and args.hil_command == "car":
+        return _hil_car(args)
+    if args.command == "hil" and args.hil_command == "judge":
+        return _hil_judge(args.trace)
     if args.command == "hil":
         return _hil_serve(args)
     if args.command == "sim":

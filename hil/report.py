@@ -260,6 +260,8 @@ def html_page(run: RunSummary, verdicts: Sequence[Verdict], rec: Recording) -> s
         strip("upstream setpoint", rec.setpoint, t_end, marks),
         strip("binding limit", rec.bound_by, t_end, marks),
     ]
+    if not samples:  # a run with no plant recorded (the car against a charger): no plots
+        plots = []
     steps = "".join(f"<li>{html.escape(n)}</li>" for n in run.notes)
     files = "".join(f'<li><a href="{html.escape(f)}">{html.escape(f)}</a></li>'
                     for f in run.files)
@@ -272,6 +274,6 @@ def html_page(run: RunSummary, verdicts: Sequence[Verdict], rec: Recording) -> s
             f"{run.sim_s:.0f} s simulated in {run.wall_s:.1f} s</p>"
             "<h2>Expectations</h2><table><tr><th>verdict</th><th>expectation</th>"
             f"<th>measured</th><th>detail</th><th>source</th></tr>{rows}</table>"
-            f"<h2>Gun 1</h2>{''.join(plots)}"
-            f"<h2>Steps</h2><ol>{steps}</ol><h2>Files</h2><ul>{files}</ul>"
+            + (f"<h2>Gun 1</h2>{''.join(plots)}" if plots else "")
+            + f"<h2>Steps</h2><ol>{steps}</ol><h2>Files</h2><ul>{files}</ul>"
             f"<script>{_SCRIPT}</script></body></html>")

@@ -28,6 +28,7 @@ import can
 from agent.runtime.config import GunSetup, PileConfig
 from drivers.gbt27930.codec import assign_extension_pgns
 from drivers.gbt27930.link import GbtLink, LinkNotice, LinkProblem, Role
+from hil.bench_load import BenchLoad
 from hil.ev_battery import BatteryParams
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.matrix_sim import GroupSim, MatrixSim
@@ -116,6 +117,7 @@ class ServedGun:
     say: Callable[[str], None]
     bms: BmsSimulator | None = None
     link: GbtLink | None = None
+    load: BenchLoad | None = None  # --external-cars: the car is another process
     arrives_at: float = 0.0
     plugged_at: float = 0.0
     leaves_at: float | None = None
@@ -171,8 +173,12 @@ class ServedGun:
 
 class ServedPile:
     def __init__(self, config: PileConfig, plan: CarPlan | None = None,
-                 out: IO[str] | None = None) -> None:
+                 out: IO[str] | None = None, external: VehicleConfig | None = None) -> None:
         self.config = config
+        # With external cars (`pile-agent hil car` on each gun's CAN channel), no car is
+        # simulated here: each connector reads plugged and feeds a battery emulator with
+        # this car's battery (hil/bench_load.py).
+        self.external = external
         self.plan = plan or CarPlan()
         self.out = out
         rng = random.Random(self.plan.seed)
@@ -217,7 +223,11 @@ class ServedPile:
                     self._servers.append(server)
                 bus = can.Bus(interface="udp_loopback", channel=s.can.channel)
                 self._buses.append(bus)
-                g.link = GbtLink(bus, Role.BMS)
+                if self.external is not None:
+                    g.load = BenchLoad(bus, self.external.battery, self.external.start_soc_pct)
+                    g.safety.cc1_v = CC1_PLUGGED_V
+                else:
+                    g.link = GbtLink(bus, Role.BMS)
             if self.matrix is not None and self.config.pile is not None:
                 mx = self.config.pile.matrix
                 server, _ = await self.matrix.start_tcp(mx.host, mx.port)
@@ -234,11 +244,16 @@ class ServedPile:
             t, dt = now - t0, max(now - last, 1e-3)
             last = now
             for g in self.guns:
-                g.step_car(t)
+                if g.load is not None:
+                    g.load.step(t, g.module.current_a)
+                else:
+                    g.step_car(t)
             if self.matrix is not None:
                 self.matrix.step(dt)
             for g in self.guns:
-                g.module.step(dt, g.bms.battery if g.bms is not None else None)
+                car = g.load.battery if g.load is not None else (
+                    g.bms.battery if g.bms is not None else None)
+                g.module.step(dt, car)
                 g.safety.step(dt, g.module.current_a)
                 g.meter.step(dt)
             await asyncio.sleep(STEP_S)
@@ -253,7 +268,8 @@ class ServedPile:
         self._buses.clear()
 
 
-async def serve(config: PileConfig, plan: CarPlan, out: IO[str]) -> int:
+async def serve(config: PileConfig, plan: CarPlan, out: IO[str],
+                external: VehicleConfig | None = None) -> int:
     """`pile-agent hil serve`: until SIGTERM or SIGINT; 2 if an address cannot be served."""
     import signal
     import sys
@@ -263,7 +279,7 @@ async def serve(config: PileConfig, plan: CarPlan, out: IO[str]) -> int:
         for problem in problems:
             print(f"pile-agent hil serve: {problem}", file=sys.stderr)
         return 2
-    pile = ServedPile(config, plan, out)
+    pile = ServedPile(config, plan, out, external)
     try:
         await pile.start()
     except (OSError, ValueError, can.CanError) as exc:
