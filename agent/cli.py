@@ -22,8 +22,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=float, default=0.0,
                      help="simulated seconds per real second; 0 (default) = as fast as possible")
     sim.add_argument("--can-log", metavar="FILE", help="write the CAN traffic in candump format")
-    sim.add_argument("--start-soc", type=float, default=20.0, help="vehicle SOC at plug-in, %%")
-    sim.add_argument("--target-soc", type=float, default=80.0, help="SOC the BMS stops at, %%")
+    sim.add_argument("--plain", action="store_true",
+                     help="a plain charge (20 %% -> 80 %%) instead of the V2G evening that "
+                          "`pile-agent sim` runs by default")
+    sim.add_argument("--start-soc", type=float, default=None,
+                     help="vehicle SOC at plug-in, %% (a plain charge; default 20)")
+    sim.add_argument("--target-soc", type=float, default=None,
+                     help="SOC the BMS stops at, %% (a plain charge; default 80)")
     sim.add_argument("--max-sim-s", type=float, default=3600.0,
                      help="give up after this much simulated time")
     sim.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -253,6 +258,9 @@ SIM_CHECKS: tuple[SimCheck, ...] = (
     (lambda a: all(v is None or _time_of_day(v) is not None
                    for v in (a.site_time, a.site_until)),
      lambda a: f"--site-time {a.site_time} / --site-until {a.site_until}: HH:MM or HH:MM:SS"),
+    (lambda a: not a.plain or (a.scenario is None and a.fault is None
+                               and a.replay_bms is None),
+     lambda a: "--plain: a plain charge; not with --scenario, --fault or --replay-bms"),
     (lambda a: a.fault is None or a.scenario is None,
      lambda a: f"--fault {a.fault} / --scenario {a.scenario}: one or the other (a fault is "
                "injected into the plain session; a scenario scripts its own)"),
@@ -269,6 +277,22 @@ def _time_of_day(text: str) -> float | None:
     from hil.site_clock import parse_hhmm
 
     return parse_hhmm(text)
+
+
+# What `pile-agent sim` runs when no flag names a session: V2G as the pilots run it.
+DEMO_SCENARIO = "v2g-evening"
+
+
+def _plain_or_demo(args: argparse.Namespace) -> None:
+    """No scenario, fault, replayed car, SOC or --plain named, on one gun: the V2G evening
+    demo; otherwise the SOCs default to a 20 -> 80 % charge."""
+    named = (args.plain or args.scenario is not None or args.fault is not None
+             or args.replay_bms is not None or args.start_soc is not None
+             or args.target_soc is not None or args.guns != 1)
+    if not named:
+        args.scenario = DEMO_SCENARIO
+    args.start_soc = 20.0 if args.start_soc is None else args.start_soc
+    args.target_soc = 80.0 if args.target_soc is None else args.target_soc
 
 
 def _writable_dir(path: str) -> bool:
@@ -544,6 +568,7 @@ def _main(argv: list[str] | None) -> int:
             if code is not None:
                 return code
 
+        _plain_or_demo(args)
         for ok, message in SIM_CHECKS:
             if not ok(args):
                 print(f"pile-agent sim: {message(args)}", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.core.events import Event, StopRequested, UpstreamLimit, UpstreamSetpoint
 from agent.core.states import State
+from agent.ledger.settlement import Summary
 from hil.scenario_file import Expectation, ScenarioFile, Step
 from hil.series import EventSeries, HeldSeries
 from hil.site_clock import hhmm, parse_hhmm
@@ -426,7 +427,22 @@ class ScenarioRun:
                     e, False, "never judged", f"{e.get('from')} never happened or the run "
                     "ended before the judgement"))
                 continue
-            out.append(self._judge_after(pile, e))
+            if e.measure not in ("net_to_owner_cny", "discharge_revenue_cny"):
+                out.append(self._judge_after(pile, e))
+        return out
+
+    def judge_settlement(self, summary: Summary) -> list[Verdict]:
+        """The expectations on what the run's ledger settles to (after the ledger closed
+        the session); the rest were judged by `judge`."""
+        out = []
+        for e in self.sf.expectations:
+            if e.measure not in ("net_to_owner_cny", "discharge_revenue_cny"):
+                continue
+            value = summary.net_cny if e.measure == "net_to_owner_cny" \
+                else summary.discharge_revenue_cny
+            ok, wanted = _compare(e, value)
+            out.append(self._verdict(e, ok, f"{value:.2f}", f"{e.measure.replace('_', ' ')}:"
+                                     f" {value:.2f}, expected {wanted}"))
         return out
 
     def _judge_after(self, pile: SimulatedPile, e: Expectation) -> Verdict:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.ratings import GunRatings
+from agent.ledger.settlement import Tariff, parse_tariff
 from hil.ev_bms import VehicleConfig
 from hil.site_clock import parse_hhmm
 
@@ -97,6 +98,8 @@ MEASURES = {
     "tx_started_and_ended": "TransactionEvent Started first and Ended last",
     "tx_offline_events": "transaction events recorded offline and replayed",
     "tx_export_register": "a meter value with Energy.Active.Export.Register",
+    "net_to_owner_cny": "the run's ledger settled with [tariff]: discharge paid less charge",
+    "discharge_revenue_cny": "the run's discharge priced with [tariff]",
 }
 EXPECT_KEYS = {
     "name": str, "measure": str, "source": str,
@@ -160,6 +163,7 @@ class ScenarioFile:
     site_end_s: float | None = None
     end_when_judged: bool = False
     lock_step: bool = False  # step every 10 ms (True) or jump to the next due instant
+    tariff: Tariff | None = None  # [tariff]: the run's ledger is settled with it
     extra: dict[str, Any] = field(default_factory=dict)
 
     def ratings(self, base: GunRatings) -> GunRatings:
@@ -262,7 +266,7 @@ def load(path: str | Path) -> ScenarioFile:
 
 
 def _build(c: _Checker, data: dict[str, Any]) -> ScenarioFile:
-    top = {"scenario", "gun", "car", "upstream", "step", "expect"}
+    top = {"scenario", "gun", "car", "upstream", "step", "expect", "tariff"}
     for key in data:
         if key not in top:
             raise c.fail(c.lines.of(key),
@@ -288,15 +292,25 @@ def _build(c: _Checker, data: dict[str, Any]) -> ScenarioFile:
     replay = car.pop("replay_bms", None)
     replay_path = (c.path.parent / replay) if replay is not None else None
     up = Upstream(**c.table(data.get("upstream", {}), UPSTREAM_KEYS, "upstream"))
+    tariff = None
+    if "tariff" in data:
+        try:
+            tariff = parse_tariff(data["tariff"]) if isinstance(data["tariff"], dict) \
+                else None
+        except ValueError as exc:
+            raise c.fail(c.lines.of("tariff"), f"[tariff]: {exc}") from None
+        if tariff is None:
+            raise c.fail(c.lines.of("tariff"), "[tariff] must be a table")
     steps = _steps(c, data.get("step", []))
-    expectations = _expectations(c, data.get("expect", []), {s.name for s in steps}, up)
+    expectations = _expectations(c, data.get("expect", []), {s.name for s in steps}, up,
+                                 "tariff" in data)
     if not expectations:
         raise c.fail(0, "no [[expect]]: a scenario must say what it expects")
     return ScenarioFile(
         c.path, meta["name"], meta["description"], gun, car, replay_path, up, steps,
         expectations, max_sim_s=meta.get("max_sim_s"), site_start_s=site.get("site_start"),
         site_end_s=site.get("site_end"), end_when_judged=meta.get("end_when_judged", False),
-        lock_step=meta.get("lock_step", False))
+        lock_step=meta.get("lock_step", False), tariff=tariff)
 
 
 def _steps(c: _Checker, raw: Any) -> tuple[Step, ...]:
@@ -332,8 +346,8 @@ def _steps(c: _Checker, raw: Any) -> tuple[Step, ...]:
     return tuple(out)
 
 
-def _expectations(c: _Checker, raw: Any, steps: set[str], up: Upstream) -> \
-        tuple[Expectation, ...]:
+def _expectations(c: _Checker, raw: Any, steps: set[str], up: Upstream,
+                  has_tariff: bool) -> tuple[Expectation, ...]:
     if not isinstance(raw, list):
         raise c.fail(c.lines.of("expect"), "expect must be an array of tables: [[expect]]")
     out: list[Expectation] = []
@@ -366,6 +380,8 @@ def _expectations(c: _Checker, raw: Any, steps: set[str], up: Upstream) -> \
             raise c.fail(line, f"expect {measure}: needs notice (its kind)")
         if measure.startswith("tx_") and not up.csms:
             raise c.fail(line, f"expect {measure}: needs [upstream] csms = true")
+        if measure in ("net_to_owner_cny", "discharge_revenue_cny") and not has_tariff:
+            raise c.fail(line, f"expect {measure}: needs a [tariff] table")
         if measure == "vpp_read_w" and not up.ems:
             raise c.fail(line, f"expect {measure}: needs [upstream] ems = true")
         name = spec.pop("name", None) or measure

@@ -36,6 +36,7 @@ from agent.core.states import State
 from agent.core.thermal_guard import ThermalSupervisor
 from agent.core.upstream import UpstreamPolicy
 from agent.ledger.outbox import Outbox
+from agent.ledger.settlement import Summary, settle
 from agent.ledger.store import Ledger, LedgerError
 from agent.runtime.clock import SimClock
 from agent.runtime.ems_view import ems_snapshot
@@ -68,6 +69,10 @@ from hil.vpp_sim import ModbusVpp
 STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
 # Fixed epoch for CAN-log timestamps, so two runs of one scenario give identical logs.
 LOG_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+# A scenario on the site clock runs on that day's local time (China Standard Time, UTC+8),
+# so its ledger, its settlement and its traces read the hours the scenario names.
+SITE_UTC_OFFSET_H = 8.0
+SITE_MIDNIGHT = LOG_EPOCH - SITE_UTC_OFFSET_H * 3600.0  # 2026-01-01 00:00 local
 LINGER_S = 1.0
 # A session still running at the time limit is stopped; GB/T 27930's stop sequence (CST,
 # <= 5 A, K1/K2 open, BSD: T.STOP_CURRENT_BUDGET is 10 s) ends well inside this.
@@ -141,6 +146,7 @@ class SimResult:
     ledger_to_vehicle_kwh: float | None = None
     ledger_from_vehicle_kwh: float | None = None
     battery_energy_out_kwh: float = 0.0
+    settlement: Summary | None = None  # the run's ledger priced with the file's [tariff]
     health: dict[str, Any] = field(default_factory=dict)
     instants: int = 0  # simulated instants the loop visited
     agent_steps: int = 0  # of which the agent stepped
@@ -205,6 +211,9 @@ class SimulatedPile:
         self.site_end_s = options.site_end_s if options.site_end_s is not None else (
             sf.site_end_s if sf is not None else None)
         self._departed = False
+        # The wall clock of the run: the fixed epoch, or the site's local time of day.
+        self.epoch = LOG_EPOCH if self.site_start_s is None else \
+            SITE_MIDNIGHT + self.site_start_s
         self.csms_port = 0
         self.ocpp: OcppBridge | None = None
         # Scripted runs (scenarios, a replayed car) look at the world every step unless
@@ -224,12 +233,12 @@ class SimulatedPile:
         logs: list[FrameLog] = []
         if self.options.can_log:
             fh = self._stack.enter_context(open(self.options.can_log, "w"))  # noqa: SIM115
-            logs.append(CandumpWriter(fh, channel="can0", epoch=LOG_EPOCH))
+            logs.append(CandumpWriter(fh, channel="can0", epoch=self.epoch))
         if self.options.report_dir:
             report = Path(self.options.report_dir)
             report.mkdir(parents=True, exist_ok=True)
             files = TraceFiles(TraceSettings(report, formats=FORMATS), "can", "can0",
-                               LOG_EPOCH)
+                               self.epoch)
             self._stack.callback(files.close)
             logs.append(files)
         log = logs[0] if len(logs) == 1 else (FrameTee(logs) if logs else None)
@@ -296,7 +305,7 @@ class SimulatedPile:
         return (self.site_start_s or 0.0) + t
 
     def sim_wall(self) -> float:
-        return LOG_EPOCH + self.clock.now()
+        return self.epoch + self.clock.now()
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -393,7 +402,7 @@ class SimulatedPile:
                 # The car arrives once the agent has read the safety bus: before that the
                 # core rightly refuses a start (E-stop and temperatures unknown).
                 plugged = True
-                extra.append(VehicleConnected(t, wall_clock_s=LOG_EPOCH + t))
+                extra.append(VehicleConnected(t, wall_clock_s=self.epoch + t))
             extra += self._replay_stop(t)
             if plan is not None:
                 extra += await plan.act(self, t)
@@ -436,6 +445,12 @@ class SimulatedPile:
         if self.result.outcome == "timeout":
             self.result.reason = f"no end of session within {max_sim_s} s"
         self._check_ledger()
+        if plan is not None and plan.sf.tariff is not None:
+            key = self.runtime.session_key()  # this run's session, not the file's others
+            self.result.settlement = settle(self.ledger.intervals(key), plan.sf.tariff, 1)
+            self.result.verdicts += plan.judge_settlement(self.result.settlement)
+            self.result.scenario_failures = [f"{v.name}: {v.detail}" for v in
+                                             self.result.verdicts if v.status == "FAIL"]
         return self.result
 
     def _check_ledger(self) -> None:
@@ -644,8 +659,20 @@ def _scenario_text(result: SimResult) -> str:
              f"{result.battery_energy_out_kwh:.3f} kWh)",
              "  health: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                       for k, v in result.health.items()),
+             *_settlement_lines(result),
              *(f"  {v.status:4} {v.name}: {v.detail}" for v in result.verdicts)]
     return "\n".join(lines)
+
+
+def _settlement_lines(result: SimResult) -> list[str]:
+    s = result.settlement
+    if s is None:
+        return []
+    return ["  settlement (the scenario's [tariff], the ledger's metered intervals):",
+            *(f"    {key:30} {kwh:8.3f} kWh" for key, kwh in sorted(s.by_price.items())),
+            f"    charging cost      {s.charge_cost_cny:8.2f} CNY",
+            f"    discharge revenue  {s.discharge_revenue_cny:8.2f} CNY",
+            f"    net to the owner   {s.net_cny:+8.2f} CNY"]
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -117,7 +117,7 @@ def test_kill_9_mid_session_then_restart_keeps_the_energy(
     the same ledger closes the killed session from its checkpoint, then records its own
     under a key of its own; records agrees with itself."""
     path = tmp_path / "l.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "sim", "--speed", "40",
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "sim", "--plain", "--speed", "40",
                              "--ledger", str(path)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
@@ -174,7 +174,7 @@ def test_a_ledger_removed_while_open_is_an_error_not_a_success(tmp_path: Path) -
 
 def test_a_sim_whose_ledger_is_deleted_stops_and_says_so(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "sim", "--speed", "40",
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "sim", "--plain", "--speed", "40",
                              "--ledger", str(path)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -8,6 +8,9 @@ import asyncio
 import re
 from pathlib import Path
 
+import pytest
+
+from agent.cli import main
 from hil.scenario_engine import Verdict
 from hil.scenario_file import named
 from hil.sim import SimOptions, SimResult, run_sim
@@ -98,3 +101,19 @@ def test_the_vpp_dispatches_at_18_and_releases_at_21_on_the_site_clock(tmp_path:
     assert _figure(_verdict(result, "discharge_stopped_s")) <= 5.0
     assert _verdict(result, "discharge_began_s").status == "N/A"
     assert [d for _t, d in result.phases][-1] == "charge"
+
+
+def test_the_first_run_is_a_v2g_evening_that_pays_the_owner(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # `pile-agent sim` with no flag naming a session: the README's first command.
+    assert main(["sim", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "scenario v2g-evening: PASS" in out
+    revenue = re.search(r"discharge @ 4 CNY/kWh\s+([\d.]+) kWh", out)
+    off_peak = re.search(r"charge @ 0.4 CNY/kWh\s+([\d.]+) kWh", out)
+    net = re.search(r"net to the owner\s+([+-][\d.]+) CNY", out)
+    assert revenue and off_peak and net, out
+    # Discharged at the peak price, charged back off-peak, paid for the difference.
+    assert float(revenue.group(1)) > 5.0 and float(off_peak.group(1)) > 5.0
+    expected = 4.0 * float(revenue.group(1)) - 0.4 * float(off_peak.group(1))
+    assert abs(float(net.group(1)) - expected) < 0.1, out
