@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="price the day with this [tariff] table (default: 0.8 CNY/kWh, "
                           "discharge unpaid)")
     day.add_argument("--json", action="store_true", help="print the figures as JSON")
+    day.add_argument("--report", metavar="DIR",
+                     help="draw the day: report.html (import and export per quarter hour "
+                          "against the limits, the VPP window, guns busy, what bound) and "
+                          "junit.xml")
 
     hil = sub.add_parser("hil", help="the hardware-in-the-loop harness as a product")
     hil_sub = hil.add_subparsers(dest="hil_command", required=True)
@@ -382,7 +386,11 @@ def _station_day(args: argparse.Namespace) -> int:
         v2g_share=args.v2g_share, dispatch=Dispatch(window[0], window[1], watts),
         grid_limit_w=args.grid_kw * 1000 if args.grid_kw else None,
         export_limit_w=args.export_kw * 1000 if args.export_kw else None, tariff=tariff)
-    return run_station_day_cli(options, args.json)
+    if args.report is not None and not _writable_dir(args.report):
+        print(f"pile-agent station-day: --report {args.report}: cannot make or write that "
+              "directory", file=sys.stderr)
+        return 2
+    return run_station_day_cli(options, args.json, report_dir=args.report)
 
 
 def _hil_serve(args: argparse.Namespace) -> int:

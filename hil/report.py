@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ class RunSummary:
     states: Sequence[tuple[float, str]]
     notes: Sequence[str]
     files: Sequence[str]
+    lead: str = "session"  # how the page names the outcome
 
 
 def write(directory: Path, run: RunSummary, verdicts: Sequence[Verdict],
@@ -143,8 +144,13 @@ def _marks(ax: _Axes, marks: Sequence[tuple[float, str, str]]) -> list[str]:
     return out
 
 
+def seconds(t: float) -> str:
+    return f"{t:.0f} s"
+
+
 def plot(title: str, unit: str, series: Sequence[tuple[str, list[tuple[float, float]]]],
-         t_end: float, marks: Sequence[tuple[float, str, str]]) -> str:
+         t_end: float, marks: Sequence[tuple[float, str, str]],
+         time_label: Callable[[float], str] = seconds) -> str:
     values = [v for _name, pts in series for _t, v in pts]
     ax = _Axes(t_end, min(values, default=0.0), max(values, default=1.0))
     parts = [f'<svg class="plot" data-title="{html.escape(title)}" '
@@ -158,7 +164,7 @@ def plot(title: str, unit: str, series: Sequence[tuple[str, list[tuple[float, fl
                      f'text-anchor="end">{v:.4g}</text>')
     for t in _ticks(0.0, ax.t_end, 6):
         parts.append(f'<text class="tick" x="{ax.x(t):.1f}" y="{HEIGHT - 8}" '
-                     f'text-anchor="middle">{t:.0f} s</text>')
+                     f'text-anchor="middle">{time_label(t)}</text>')
     parts += _marks(ax, marks)
     for k, (name, pts) in enumerate(series):
         colour = COLOURS[k % len(COLOURS)]
@@ -179,7 +185,7 @@ def strip(title: str, changes: EventSeries, t_end: float,
     ax = _Axes(t_end, 0.0, 1.0)
     h = 40
     parts = [f'<svg class="plot strip" data-title="{html.escape(title)}" '
-             f'viewBox="0 0 {WIDTH} {h + 16}" width="{WIDTH}" height="{h + 16}" '
+             f'viewBox="0 0 {WIDTH} {h + 30}" width="{WIDTH}" height="{h + 30}" '
              'xmlns="http://www.w3.org/2000/svg">',
              f'<text x="{LEFT}" y="11" class="title">{html.escape(title)}</text>']
     labels: dict[str, str] = {}
@@ -193,7 +199,7 @@ def strip(title: str, changes: EventSeries, t_end: float,
                      f'height="{h - 16}" fill="{colour}" opacity="0.55"><title>'
                      f'{html.escape(label)} from {t:.1f} s</title></rect>')
     for k, (label, colour) in enumerate(labels.items()):
-        parts.append(f'<text class="legend" x="{LEFT + 150 * (k + 1)}" y="11" '
+        parts.append(f'<text class="legend" x="{LEFT + 150 * k}" y="{h + 24}" '
                      f'fill="{colour}">{html.escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -233,7 +239,9 @@ def _marks_of(rec: Recording, run: RunSummary) -> list[tuple[float, str, str]]:
     return marks
 
 
-def html_page(run: RunSummary, verdicts: Sequence[Verdict], rec: Recording) -> str:
+def html_page(run: RunSummary, verdicts: Sequence[Verdict], rec: Recording,
+              plots: Sequence[str] | None = None) -> str:
+    """The page; `plots` (SVG) instead of the gun's, for a run that drew its own."""
     failed = any(v.status == "FAIL" for v in verdicts)
     verdict = "FAIL" if failed else "PASS"
     t_end = max(rec.end_s, 1.0)
@@ -245,7 +253,7 @@ def html_page(run: RunSummary, verdicts: Sequence[Verdict], rec: Recording) -> s
         f"<td>{html.escape(v.name)}</td><td>{html.escape(v.measured)}</td>"
         f"<td>{html.escape(v.detail)}</td><td>{html.escape(v.source)}</td></tr>"
         for v in verdicts)
-    plots = [
+    gun_plots = [
         plot("current", "A", [("measured", decimate(rec.current_a.points(), t_end)),
                               ("commanded", decimate(rec.commanded_a.points(), t_end))],
              t_end, marks),
@@ -260,8 +268,8 @@ def html_page(run: RunSummary, verdicts: Sequence[Verdict], rec: Recording) -> s
         strip("upstream setpoint", rec.setpoint, t_end, marks),
         strip("binding limit", rec.bound_by, t_end, marks),
     ]
-    if not samples:  # a run with no plant recorded (the car against a charger): no plots
-        plots = []
+    if plots is None:  # a run with no plant recorded (the car against a charger): none
+        plots = gun_plots if samples else []
     steps = "".join(f"<li>{html.escape(n)}</li>" for n in run.notes)
     files = "".join(f'<li><a href="{html.escape(f)}">{html.escape(f)}</a></li>'
                     for f in run.files)
@@ -270,10 +278,12 @@ def html_page(run: RunSummary, verdicts: Sequence[Verdict], rec: Recording) -> s
             f'</head><body data-verdict="{verdict}"><h1>{html.escape(run.scenario)}: '
             f'<span class="{verdict}">{verdict}</span></h1>'
             f"<p>{html.escape(run.description)}</p>"
-            f"<p>session {html.escape(run.outcome)}: {html.escape(run.reason)}; "
+            f"<p>{html.escape(run.lead)} {html.escape(run.outcome)}: "
+            f"{html.escape(run.reason)}; "
             f"{run.sim_s:.0f} s simulated in {run.wall_s:.1f} s</p>"
             "<h2>Expectations</h2><table><tr><th>verdict</th><th>expectation</th>"
             f"<th>measured</th><th>detail</th><th>source</th></tr>{rows}</table>"
-            + (f"<h2>Gun 1</h2>{''.join(plots)}" if plots else "")
+            + (f"<h2>{'Gun 1' if plots is gun_plots else 'The day'}</h2>{''.join(plots)}"
+               if plots else "")
             + f"<h2>Steps</h2><ol>{steps}</ol><h2>Files</h2><ul>{files}</ul>"
             f"<script>{_SCRIPT}</script></body></html>")

@@ -34,7 +34,9 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import IO, Any
 
 from agent.core.arbiter import CurrentLimits, decide_current, wanted_current
@@ -52,6 +54,7 @@ from agent.core.vehicle_view import Cells, ChargeLimits, DischargeLimits, Vehicl
 from agent.ledger.settlement import Tariff
 from hil.ev_bms import BmsSimulator
 from hil.module_sim import ModuleParams, derate_factor, heated
+from hil.site_clock import hhmm
 from hil.station_cars import HOUR_S, Car, Dispatch, draw_cars
 
 MODULE = ModuleParams()  # each gun's output unit, as hil/pile_sim.py's
@@ -134,6 +137,8 @@ class DayResult:
     bound: Counter[str] = field(default_factory=Counter)  # gun-steps by the binding limit
     import_kw: list[float] = field(default_factory=list)  # mean per quarter hour
     export_kw: list[float] = field(default_factory=list)
+    busy_guns: list[float] = field(default_factory=list)  # mean guns transferring, per 15 min
+    bound_per_quarter: list[dict[str, int]] = field(default_factory=list)  # gun-steps by limit
     peak_import_kw: float = 0.0
     peak_export_kw: float = 0.0
     grid_limit_kw: float = 0.0
@@ -242,16 +247,22 @@ class StationDay:
         self.result = DayResult(o, grid_limit_kw=grid / 1000, export_limit_kw=export / 1000)
         self._queue: list[Car] = []
         self._next_car = 0
-        self._bucket = [0.0, 0.0]
+        self._bucket = [0.0, 0.0, 0.0]  # import W.s, export W.s, transferring gun-s
+        self._bucket_bound: Counter[str] = Counter()
         self._export_share_w = 0.0  # this step's dispatch per discharging gun
 
     # ---- the day --------------------------------------------------------------------
 
-    def run(self) -> DayResult:
+    def run(self, progress: Callable[[float, float], None] | None = None) -> DayResult:
+        """The day; `progress(simulated s, day s)` about twice a wall second if given."""
         o, r = self.options, self.result
-        wall0 = time.perf_counter()
+        wall0 = shown = time.perf_counter()
         t = 0.0
         while t < self.day_s:
+            if progress is not None and r.steps % 256 == 0 \
+                    and time.perf_counter() - shown >= 0.5:
+                shown = time.perf_counter()
+                progress(t, self.day_s)
             self._step(t, o.step_s)
             r.steps += 1
             t_next = t + o.step_s
@@ -462,6 +473,7 @@ class StationDay:
         g.last_decision_t = t
         g.current_a = decision.current_a
         r.bound[decision.bound_by.value] += 1
+        self._bucket_bound[decision.bound_by.value] += 1
         r.gun_steps += 1
         rating = g.ratings.max_current_a if g.current_a >= 0 else \
             g.ratings.max_discharge_current_a
@@ -486,6 +498,7 @@ class StationDay:
         self._flush_bucket(t)
         self._bucket[0] += import_w * dt
         self._bucket[1] += export_w * dt
+        self._bucket[2] += sum(1 for g in self.guns if g.phase == "transfer") * dt
         self.result.plugged_gun_h += sum(1 for g in self.guns if g.phase != "idle") \
             * dt / HOUR_S
 
@@ -495,7 +508,10 @@ class StationDay:
                                                         < t):
             r.import_kw.append(self._bucket[0] / BUCKET_S / 1000)
             r.export_kw.append(self._bucket[1] / BUCKET_S / 1000)
-            self._bucket = [0.0, 0.0]
+            r.busy_guns.append(self._bucket[2] / BUCKET_S)
+            r.bound_per_quarter.append(dict(self._bucket_bound))
+            self._bucket = [0.0, 0.0, 0.0]
+            self._bucket_bound = Counter()
 
 
 def day_text(s: dict[str, Any]) -> str:
@@ -518,10 +534,31 @@ def day_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_station_day_cli(options: DayOptions, json_out: bool, out: IO[str] | None = None
-                        ) -> int:
-    s = StationDay(options).run().summary()
+def terminal_progress(what: str) -> Callable[[float, float], None] | None:
+    """A line on stderr that counts the simulated day, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(t: float, total: float) -> None:
+        print(f"\r{what}: {hhmm(t)} of {hhmm(total) if total < 86400 else '24:00:00'} "
+              f"({100 * t / total:.0f} %)", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def run_station_day_cli(options: DayOptions, json_out: bool, out: IO[str] | None = None,
+                        report_dir: str | None = None) -> int:
+    progress = terminal_progress("station-day")
+    result = StationDay(options).run(progress)
+    if progress is not None:
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    s = result.summary()
     print(json.dumps(s) if json_out else day_text(s), file=out or sys.stdout)
+    if report_dir:
+        from hil.day_report import write_day_report
+
+        written = write_day_report(Path(report_dir), result)
+        print(f"report: {written[-1]} (junit.xml beside it)", file=sys.stderr)
     bad = s["above_grid_steps"] or s["above_export_steps"] or s["above_gun_rating_steps"] \
         or s["switched_under_load"]
     return 1 if bad else 0

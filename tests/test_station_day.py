@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,7 @@ from hil.pile_scenarios import PILE_SCENARIOS, V2G_DISCHARGE_W, ring_groups
 from hil.pile_sim import run_pile_sim
 from hil.station_cars import HOUR_S, Car, Dispatch, draw_cars
 from hil.station_day import BUCKET_S, DayOptions, StationDay, piles_of, station_groups
+from tests.headless_browser import chromium
 
 
 @pytest.mark.parametrize("name", ["station", "pool-v2g"])
@@ -164,3 +168,22 @@ def test_the_cli_prints_json_and_refuses_bad_flags(capsys: pytest.CaptureFixture
         assert cli_main(["station-day", *bad]) == 2
         assert "pile-agent station-day:" in capsys.readouterr().err
 
+
+
+def test_the_day_is_drawn_in_a_report(tmp_path: Path) -> None:
+    """`station-day --report`: JUnit XML with the day's checks and a page whose plots a
+    real browser lays out (import and export against their limits, guns busy, what bound)."""
+    report = tmp_path / "day"
+    assert cli_main(["station-day", "--guns", "4", "--hours", "4", "--dispatch", "01:00-03:00",
+                 "--report", str(report)]) == 0
+    cases = ET.parse(report / "junit.xml").getroot().findall(".//testcase")
+    assert {c.attrib["name"] for c in cases} >= {"import within the grid limit",
+                                                 "export within the export limit"}
+    assert not any(c.find("failure") is not None for c in cases)
+    dom = chromium("--dump-dom", (report / "report.html").as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    drawn = dict(re.findall(r'data-title="([^"]+)"[^>]*data-drawn="(\d+)"', dom.stdout))
+    assert drawn.get("station import per quarter hour") == "2", drawn
+    assert drawn.get("station export per quarter hour") == "2", drawn
+    assert int(drawn.get("what bound the guns most (per quarter hour)", "0")) >= 1, drawn
+    assert "04:00:00" in dom.stdout or "03:20:00" in dom.stdout  # the clock on the axis
