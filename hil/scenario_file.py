@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.core.ratings import GunRatings
 from agent.ledger.settlement import Tariff, parse_tariff
+from hil import car_can_faults
 from hil.ev_bms import VehicleConfig
 from hil.site_clock import parse_hhmm
 
@@ -334,12 +335,15 @@ def _steps(c: _Checker, raw: Any) -> tuple[Step, ...]:
                          f"at_site_time {when['at_site_time']!r} is not HH:MM[:SS]")
         if "notice_text" in when and "notice" not in when:
             raise c.fail(line, f"step {name!r}: notice_text needs notice")
-        for key in do.get("set", {}):
+        for key, value in do.get("set", {}).items():
             target = key.split(".")[0]
             if target not in SET_TARGETS or key.count(".") != 1:
                 raise c.fail(c.lines.of("step", i, "set"),
                              f"step {name!r}: set {key!r}: name one of "
                              f"{', '.join(SET_TARGETS)} and an attribute, e.g. io.door_open")
+            wrong = car_can_faults.problem(str(value)) if key == "pile.car_can" else None
+            if wrong:
+                raise c.fail(c.lines.of("step", i, "set"), f"step {name!r}: {wrong}")
         if "car" in do:
             do["car"] = c.table(do["car"], _fields(VehicleConfig), "step", i)
         out.append(Step(name, when, do, line))

@@ -53,7 +53,7 @@ from drivers.safety_io.link import SafetyBusOwner
 from drivers.sunspec.codec import layout, load_map
 from drivers.sunspec.ems_controls import EmsControls, EmsSettings
 from drivers.sunspec.server import SunSpecServer
-from hil import report
+from hil import car_can_faults, report
 from hil.csms_sim import Csms
 from hil.ev_bms import BmsSimulator, VehicleConfig
 from hil.meter_sim import MeterSim
@@ -211,6 +211,8 @@ class SimulatedPile:
         self.site_end_s = options.site_end_s if options.site_end_s is not None else (
             sf.site_end_s if sf is not None else None)
         self._departed = False
+        # A fault of the car's CAN side (hil/car_can_faults.py), set by a scenario step.
+        self.car_can = ""
         # The wall clock of the run: the fixed epoch, or the site's local time of day.
         self.epoch = LOG_EPOCH if self.site_start_s is None else \
             SITE_MIDNIGHT + self.site_start_s
@@ -550,6 +552,10 @@ class SimulatedPile:
         return [StopRequested(t, why)]
 
     def _step_vehicle(self, t: float) -> None:
+        fault = self.car_can
+        if fault == "bus-off":  # the car's controller is off the bus: its timers run on
+            self.bms.poll(t)
+            return
         for item in self.vehicle_link.poll(t):
             if not hasattr(item, "detail"):
                 self.bms.receive(item, t)  # type: ignore[arg-type]
@@ -558,7 +564,7 @@ class SimulatedPile:
                 self.vehicle_link.send_payload(message.pgn, message.payload, t,
                                                message.priority)
             else:
-                self.vehicle_link.send(message, t)
+                car_can_faults.send(self.vehicle_link, message, t, fault)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

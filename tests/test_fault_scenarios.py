@@ -20,6 +20,9 @@ def test_every_fault_the_harness_had_is_a_file() -> None:
     assert len(FAULTS) >= 24
     assert {"emergency-stop", "bms-silence", "module-no-capability", "meter-reset",
             "absurd-demand", "welded-contactor", "agent-hang"} <= set(FAULTS)
+    # ... and the car's CAN faults written since (hil/car_can_faults.py).
+    assert {"car-bus-off", "car-bcl-wrong-dlc", "car-bcl-garbage",
+            "car-bcs-tp-abort"} <= set(FAULTS)
 
 
 @pytest.mark.parametrize("name", FAULTS)

@@ -172,6 +172,8 @@ def test_the_cli_runs_a_user_s_file_and_exits_by_its_verdict(
     (('from = "E-stop pressed"', 'from = "E-stop"'), "from 'E-stop' is no step"),
     (('measure = "outcome"', 'measure = "mood"'), "measure 'mood' is not one of"),
     (('"io.estop_pressed"', '"engine.estop_pressed"'), "set 'engine.estop_pressed'"),
+    (('"io.estop_pressed" = true', '"pile.car_can" = "wrong-dlc"'),
+     "one of bus-off, wrong-dlc:NAME"),
     (("after_s = 30.0", "after_s = nan"), "must be finite"),
     (('name = "E-stop pressed"', 'name = "VPP dispatches 60 kW"'), "two steps are named"),
     (("charging_for_s = 5.0", 'at_site_time = "25:00"'), "is not HH:MM"),
