@@ -123,7 +123,10 @@ class ModuleSim:
         self.zero_status = False  # every register reads 0 (a dead board behind a live gateway)
         self.reads_voltage_v: float | None = None  # its voltage sensors read this
         self.overshoot_a = 0.0  # its current loop runs this far past the setpoint
-        self.refuse_every = 0  # every Nth request answered with exception 04, not acted on
+        self.refuse_every = 0  # every Nth request answered with an exception, not acted on
+        self.refuse_code = 4  # ... this one (04 device failure, 02 illegal address, 06 busy)
+        self.stuck = False  # its registers read as they were when it stuck (a hung gateway)
+        self._stuck_image: list[int] | None = None
         self.answer_delay_s = 0.0  # each request acted on at once, answered this late
         self.capability_scale = 1.0  # 0: derated to nothing (it says so, and gives nothing)
         self.feedback = 0  # mirror contacts, bit per pole
@@ -408,7 +411,7 @@ class ModuleSim:
         self.since_last_request_s = 0.0
         self.requests += 1
         if self.refuse_every and self.requests % self.refuse_every == 0:
-            return ExcCodes.DEVICE_FAILURE
+            return ExcCodes(self.refuse_code)
         if set_values is not None and function_code != FC_READ_HOLDING:
             result = self.accept_write(address, [int(v) for v in set_values])
             if result is not None:
@@ -423,6 +426,10 @@ class ModuleSim:
         """The registers as a master reads them: the image, unless the module is broken."""
         if self.zero_status:
             return [0] * len(self._regs)
+        if self.stuck:
+            if self._stuck_image is None:
+                self._stuck_image = list(self.regs)
+            return list(self._stuck_image)
         if not self.lies_readback:
             return self.regs
         image = list(self.regs)
