@@ -93,8 +93,8 @@ def loopback_problems(config: PileConfig) -> list[str]:
                           ("meter", g.meter)):
             if name != "modbus" and not bus.enabled:  # type: ignore[union-attr]
                 continue
-            if bus.transport != "tcp":
-                out.append(f"{where}.{name}.transport: the served pile speaks Modbus TCP")
+            if bus.transport == "rtu":
+                continue  # a device on a serial line is the bench's real one: not served
             check(f"{where}.{name}", bus.host)
         if not g.safety_bus.enabled:
             out.append(f"{where}.safety_bus.enabled: the served pile's cars plug in through "
@@ -214,12 +214,16 @@ class ServedPile:
                 if s.safety_bus.io_unit != IO_UNIT or s.safety_bus.imd_unit != IMD_UNIT:
                     raise ValueError(f"gun {g.number}: the served I/O board is unit {IO_UNIT} "
                                      f"and the IMD unit {IMD_UNIT}")
-                server, _ = await g.module.start_tcp(s.modbus.host, s.modbus.port)
-                self._servers.append(server)
-                server, _ = await g.safety.start_tcp(s.safety_bus.host, s.safety_bus.port)
-                self._servers.append(server)
-                if s.meter.enabled:
-                    server, _ = await g.meter.start_tcp(s.meter.host, s.meter.port)
+                for name, link, sim in (("output unit", s.modbus, g.module),
+                                        ("I/O board", s.safety_bus, g.safety),
+                                        ("DC meter", s.meter, g.meter)):
+                    if getattr(link, "enabled", True) is False:
+                        continue
+                    if link.transport == "rtu":  # bench mode: the real one on its line
+                        self._say(f"gun {g.number}: the {name} on {link.serial_port} is the "
+                                  "bench's real one: not simulated")
+                        continue
+                    server, _ = await sim.start_tcp(link.host, link.port)
                     self._servers.append(server)
                 bus = can.Bus(interface="udp_loopback", channel=s.can.channel)
                 self._buses.append(bus)

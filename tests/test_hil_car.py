@@ -193,3 +193,40 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path,
     assert main(["hil", "car", "--can", "udp_loopback:x", "--scenario", str(plant)]) == 2
     assert "a car against a charger can only act on itself" in capsys.readouterr().err
     assert main(["hil", "judge", str(tmp_path / "missing.log")]) == 2
+
+
+def test_bench_mode_serves_only_what_is_not_real(tmp_path: Path) -> None:
+    """A device on a serial line is the bench's real one: `hil serve` simulates the rest
+    (here the output unit and the I/O board) and says which it left to the hardware."""
+    from agent.runtime.config import load_config
+    from hil.ev_bms import VehicleConfig
+    from hil.served_pile import ServedPile, loopback_problems
+
+    pile = tmp_path / "pile.toml"
+    pile.write_text(
+        f'[[gun]]\ncharger_number = 1\n'
+        f'can = {{ interface = "udp_loopback", channel = "bench-{time.monotonic_ns()}" }}\n'
+        f'modbus = {{ transport = "tcp", port = {free_port()} }}\n'
+        f'safety_bus = {{ enabled = true, transport = "tcp", port = {free_port()} }}\n'
+        'meter = { enabled = true, transport = "rtu", serial_port = "/dev/ttyUSB-meter" }\n')
+    config = load_config(str(pile))
+    assert loopback_problems(config) == []
+    said: list[str] = []
+
+    class Out:
+        def write(self, text: str) -> None:
+            said.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    async def body() -> int:
+        served = ServedPile(config, out=Out(), external=VehicleConfig())  # type: ignore[arg-type]
+        await served.start()
+        try:
+            return len(served._servers)
+        finally:
+            await served.close()
+
+    assert asyncio.run(body()) == 2  # the output unit and the I/O board, not the meter
+    assert any("DC meter on /dev/ttyUSB-meter is the bench's real one" in s for s in said)
