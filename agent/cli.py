@@ -288,11 +288,13 @@ DEMO_SCENARIO = "v2g-evening"
 
 
 def _plain_or_demo(args: argparse.Namespace) -> None:
-    """No scenario, fault, replayed car, SOC or --plain named, on one gun: the V2G evening
-    demo; otherwise the SOCs default to a 20 -> 80 % charge."""
+    """No scenario, fault, replayed car, SOC, site time or --plain named, on one gun: the
+    V2G evening demo; otherwise the SOCs default to a 20 -> 80 % charge (and a site time
+    without --scenario is refused, as before)."""
     named = (args.plain or args.scenario is not None or args.fault is not None
              or args.replay_bms is not None or args.start_soc is not None
-             or args.target_soc is not None or args.guns != 1)
+             or args.target_soc is not None or args.guns != 1
+             or args.site_time is not None or args.site_until is not None)
     if not named:
         args.scenario = DEMO_SCENARIO
     args.start_soc = 20.0 if args.start_soc is None else args.start_soc
