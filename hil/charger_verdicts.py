@@ -141,7 +141,8 @@ CASES = (
     Case("DN.S01", "end", "CST follows the car's BST within 5 s",
          "GB/T 27930-2015 §8: the default timeout 5 s"),
     Case("DN.S02", "end", "the reported current is at most 5 A within 10 s of BST",
-         "GB/T 27930-2015 §1.4 stopping: vehicle side 10 s after BST"),
+         "GB/T 27930-2015 stop sequence, vehicle side: <= 5 A 10 s after BST (fact "
+         "sheet 1.4, [V])"),
     Case("DN.S03", "end", "CSD within 10 s of BSD", "GB/T 27930-2015: BSD/CSD within 10 s"),
     Case("DN.X01", "errors", "BCL silent 1 s while charging: the charger stops (CST or CEM)",
          "GB/T 27930-2015 §8: BCL 1 s, then stop immediately (0.5 s harness allowance)"),
