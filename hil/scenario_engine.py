@@ -294,8 +294,9 @@ class ScenarioRun:
     def judging(self, pile: SimulatedPile) -> bool:
         """An online judgement has started (its anchor came) and is not in yet: the run
         goes on until it is (each gives its verdict by its deadline plus 5 s)."""
-        return any(o.verdict is None and self._anchor(pile, o.exp.get("from")) is not None
-                   for o in self.online)
+        now = pile.clock.now()
+        return any(o.verdict is None and (at := self._anchor(pile, o.exp.get("from")))
+                   is not None and at <= now for o in self.online)
 
     def _judge_online(self, pile: SimulatedPile, o: _Online, t: float) -> None:
         e = o.exp
