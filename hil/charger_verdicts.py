@@ -505,14 +505,20 @@ def _current_after_stop(trace: _Trace) -> CaseVerdict:
     bst = trace.of(BMS, BST)
     if not bst:
         return _verdict("DN.S02", None, "the car never sent BST")
-    after = [f for f in trace.of(CHARGER, CCS) if f.t >= bst[0].t and len(f.data) >= 4]
+    # Strictly after BST: a CCS stamped with it was sent before the charger could know.
+    after = [f for f in trace.of(CHARGER, CCS) if f.t > bst[0].t and len(f.data) >= 4]
     if not after:
         return _verdict("DN.S02", None, "no CCS after BST to read the current from")
     low = next((f for f in after if _amps(f.data[2:4]) <= STOP_CURRENT_A), None)
-    if low is None or low.t - bst[0].t > STOP_CURRENT_S:
-        return _verdict("DN.S02", False, "the reported current stayed above 5 A",
-                        next((f for f in after if f.t - bst[0].t > STOP_CURRENT_S), after[-1]))
-    return _verdict("DN.S02", True, f"<= 5 A {low.t - bst[0].t:.2f} s after BST")
+    if low is not None and low.t - bst[0].t <= STOP_CURRENT_S:
+        return _verdict("DN.S02", True, f"<= 5 A {low.t - bst[0].t:.2f} s after BST")
+    late = next((f for f in after if f.t - bst[0].t > STOP_CURRENT_S
+                 and _amps(f.data[2:4]) > STOP_CURRENT_A), None)
+    if late is not None:
+        return _verdict("DN.S02", False, "the reported current was still above 5 A 10 s "
+                        "after BST", late)
+    return _verdict("DN.S02", None, "CCS stopped before it reported <= 5 A: the trace "
+                    "cannot tell")
 
 
 def _csd_after_bsd(trace: _Trace) -> CaseVerdict:
