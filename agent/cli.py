@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import math
 import os
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -478,8 +479,10 @@ def _hil_judge(trace: str) -> int:
     try:
         frames = [(m.timestamp, m.arbitration_id, bytes(m.data))
                   for m in can.LogReader(trace) if not m.is_error_frame]
-    except (OSError, ValueError, can.CanError) as exc:
-        print(f"pile-agent hil judge: {trace}: {exc}", file=sys.stderr)
+    except (OSError, ValueError, EOFError, struct.error, can.CanError) as exc:
+        # A truncated or foreign file: python-can's readers raise what their parsers do.
+        print(f"pile-agent hil judge: {trace}: not a readable CAN trace ({exc})",
+              file=sys.stderr)
         return 2
     if not frames:
         print(f"pile-agent hil judge: {trace}: no CAN frames in it", file=sys.stderr)

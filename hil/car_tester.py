@@ -125,8 +125,9 @@ class CarTester:
                 self.link.send(message, t)
         # The battery takes what the charger says it delivers (CCS, + = into the vehicle).
         seen = bms.seen.get(CCS)
-        amps = seen[1].output_current_a if seen is not None and bms.phase == "charging" \
-            and isinstance(seen[1], CCS) and t - seen[0] <= 1.0 else 0.0
+        ccs = seen[1] if seen is not None and t - seen[0] <= 1.0 else None
+        amps = ccs.output_current_a if isinstance(ccs, CCS) and bms.phase == "charging" \
+            else 0.0
         if dt > 0:
             bms.battery.accept_current(amps, dt)
 

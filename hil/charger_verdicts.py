@@ -445,8 +445,7 @@ def _current_vs_demand(trace: _Trace) -> CaseVerdict:
 def _allowed_a(demands: list[tuple[float, float]], t: float) -> float:
     """The current a charger may still deliver at t: the latest demand, or an earlier
     higher one it is still ramping down from (1 s, then >= 100 A/s)."""
-    latest_t, latest = demands[-1]
-    allowed = latest
+    allowed = demands[-1][1]
     for k in range(len(demands) - 1, -1, -1):
         _at, amps = demands[k]
         ended = demands[k + 1][0] if k + 1 < len(demands) else t
@@ -454,7 +453,6 @@ def _allowed_a(demands: list[tuple[float, float]], t: float) -> float:
             break
         decay = max(t - ended - FOLLOW_S, 0.0) * RAMP_DOWN_A_PER_S
         allowed = max(allowed, amps - decay)
-    del latest_t
     return allowed
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,6 @@ class ScenarioFile:
     end_when_judged: bool = False
     lock_step: bool = False  # step every 10 ms (True) or jump to the next due instant
     tariff: Tariff | None = None  # [tariff]: the run's ledger is settled with it
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def ratings(self, base: GunRatings) -> GunRatings:
         return dataclasses.replace(base, **self.gun)

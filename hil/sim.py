@@ -69,10 +69,6 @@ from hil.vpp_sim import ModbusVpp
 STEP_S = 0.01  # 10 ms: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
 # Fixed epoch for CAN-log timestamps, so two runs of one scenario give identical logs.
 LOG_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-# A scenario on the site clock runs on that day's local time (China Standard Time, UTC+8),
-# so its ledger, its settlement and its traces read the hours the scenario names.
-SITE_UTC_OFFSET_H = 8.0
-SITE_MIDNIGHT = LOG_EPOCH - SITE_UTC_OFFSET_H * 3600.0  # 2026-01-01 00:00 local
 LINGER_S = 1.0
 # A session still running at the time limit is stopped; GB/T 27930's stop sequence (CST,
 # <= 5 A, K1/K2 open, BSD: T.STOP_CURRENT_BUDGET is 10 s) ends well inside this.
@@ -213,9 +209,11 @@ class SimulatedPile:
         self._departed = False
         # A fault of the car's CAN side (hil/car_can_faults.py), set by a scenario step.
         self.car_can = ""
-        # The wall clock of the run: the fixed epoch, or the site's local time of day.
+        # The wall clock of the run: the fixed epoch, or the site's local time of day (the
+        # gun's UTC offset, the one its CTS carries), so a scenario on the site clock has
+        # its ledger, settlement and traces at the hours it names.
         self.epoch = LOG_EPOCH if self.site_start_s is None else \
-            SITE_MIDNIGHT + self.site_start_s
+            LOG_EPOCH - ratings.utc_offset_h * 3600.0 + self.site_start_s
         self.csms_port = 0
         self.ocpp: OcppBridge | None = None
         # Scripted runs (scenarios, a replayed car) look at the world every step unless
@@ -487,9 +485,6 @@ class SimulatedPile:
             if outbox.counts()[1] == 0 and self.ocpp.client.online:
                 return
             await asyncio.sleep(0.02)
-
-    def charging_since(self, t: float) -> float:
-        return next((ts for ts, s in self.result.states if s == "charging"), t)
 
     def _observe(self, t: float) -> None:
         r = self.result

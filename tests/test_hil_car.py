@@ -193,6 +193,10 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path,
     assert main(["hil", "car", "--can", "udp_loopback:x", "--scenario", str(plant)]) == 2
     assert "a car against a charger can only act on itself" in capsys.readouterr().err
     assert main(["hil", "judge", str(tmp_path / "missing.log")]) == 2
+    broken = tmp_path / "broken.blf"
+    broken.write_bytes(b"LOGG\x00\x01 not a whole header")
+    assert main(["hil", "judge", str(broken)]) == 2
+    assert "not a readable CAN trace" in capsys.readouterr().err
 
 
 def test_bench_mode_serves_only_what_is_not_real(tmp_path: Path) -> None:
