@@ -10,6 +10,7 @@ case FAILs with the frame that broke it. And the verdicts on the real recorded c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -105,6 +106,15 @@ def _wait_for(log: Path, text: str, proc: Any, timeout: float = 20.0) -> None:
 def _broken_run(tmp_path: Path, breaks: Callable[[Any, float, Callable[..., None]], None],
                 ) -> list[CaseVerdict]:
     """Our agent with its CAN output stage broken one way, against the simulated car."""
+    return judge(read_candump(_broken_log(tmp_path, breaks)))
+
+
+def _as_sent(message: Any, t: float, send: Callable[..., None]) -> None:
+    send(message, t)
+
+
+def _broken_log(tmp_path: Path,
+                breaks: Callable[[Any, float, Callable[..., None]], None] = _as_sent) -> Path:
     log = tmp_path / "broken.log"
 
     async def body() -> None:
@@ -120,7 +130,7 @@ def _broken_run(tmp_path: Path, breaks: Callable[[Any, float, Callable[..., None
             await pile.run()
 
     asyncio.run(body())
-    return judge(read_candump(log))
+    return log
 
 
 def test_a_charger_that_overshoots_the_demand_fails_dn_e03(tmp_path: Path) -> None:
@@ -163,6 +173,20 @@ def test_a_charger_that_skips_crm_aa_fails_dn_h03(tmp_path: Path) -> None:
     failed = {v.case.id: v for v in verdicts if v.status == "FAIL"}
     assert "DN.H03" in failed, verdicts
     assert "no CRM(0xAA) after the car's BRM" in failed["DN.H03"].detail
+
+
+def test_frames_stamped_per_task_cycle_are_still_a_timed_trace(tmp_path: Path) -> None:
+    # A trace in which a logger stamps each 50 ms task cycle's frames alike (so most
+    # neighbours are equal) still has a clock: CCS periods are judged on it.
+    frames = list(read_candump(_broken_log(tmp_path)))
+    stamped = [(round(t * 20) / 20, i, d) for t, i, d in frames]  # the 50 ms cycle's stamp
+    equal = sum(1 for a, b in itertools.pairwise(stamped) if a[0] == b[0])
+    assert equal > len(stamped) / 2, "the draw should have most neighbours equal"
+    status = _status(judge(stamped))
+    assert status["DN.E01"] == "PASS" and status["DN.E02"] == "PASS", status
+    # A logger that stamps everything alike is still judged on order only.
+    flat = _status(judge([(1.0, i, d) for _, i, d in frames]))
+    assert flat["DN.E01"] == "N/A" and flat["DN.E03"] == "PASS", flat
 
 
 # ---- recorded chargers, and the command -----------------------------------------------------
