@@ -254,8 +254,6 @@ SIM_CHECKS: tuple[SimCheck, ...] = (
      lambda a: f"--can-log {a.can_log}: cannot write there"),
     (lambda a: a.report is None or _writable_dir(a.report),
      lambda a: f"--report {a.report}: cannot make or write that directory"),
-    (lambda a: a.guns == 1 or a.report is None,
-     lambda a: "--report: one gun's run (a pile scenario prints its figures)"),
     (lambda a: a.ledger == ":memory:" or _writable(a.ledger),
      lambda a: f"--ledger {a.ledger}: cannot write there"),
     (lambda a: _readable(a.replay_bms),
@@ -317,13 +315,41 @@ def _is_file(name: str) -> bool:
 
 def _scenario_file(fault: str | None, scenario: str | None) -> Any:
     """The scenario file a --fault or --scenario names (a built-in by name, or a path)."""
-    from hil.scenario_file import FAULT_DIR, SCENARIO_DIR, load
+    from hil.pile_scenario_file import is_pile_file
+    from hil.scenario_file import FAULT_DIR, SCENARIO_DIR, ScenarioError, load
 
     if fault is not None:
         return load(FAULT_DIR / f"{fault}.toml")
     if scenario is None:
         return None
+    if _is_file(scenario) and is_pile_file(scenario):
+        raise ScenarioError(f"{scenario}: a pile scenario ([pile]): run it with --guns N")
     return load(scenario if _is_file(scenario) else SCENARIO_DIR / f"{scenario}.toml")
+
+
+def _pile_sim(args: argparse.Namespace) -> int:
+    """`sim --guns N`: a pile scenario (a built-in by name, or a file) on N guns."""
+    from hil import pile_scenario_file
+    from hil.pile_sim import run_pile_sim_cli
+    from hil.scenario_file import ScenarioError
+
+    name = args.scenario or "pool-share"
+    try:
+        if _is_file(name) and not pile_scenario_file.is_pile_file(name):
+            raise ScenarioError(f"{name}: a one-gun scenario (no [pile] table): run it "
+                                "without --guns")
+        sf = pile_scenario_file.load(name) if _is_file(name) \
+            else pile_scenario_file.named(name)
+        sf.check_for(args.guns)
+    except ScenarioError as exc:
+        print(f"pile-agent sim: {exc}", file=sys.stderr)
+        return 2
+    if args.guns < sf.min_guns:
+        print(f"pile-agent sim: --guns {args.guns}: {sf.name} needs at least {sf.min_guns}",
+              file=sys.stderr)
+        return 2
+    return asyncio.run(run_pile_sim_cli(sf, args.guns, args.json, live=not args.quiet,
+                                        report_dir=args.report))
 
 
 def _list_or_check(flag: str, name: str | None, known: dict[str, str]) -> int | None:
@@ -567,15 +593,15 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "hil":
         return _hil_serve(args)
     if args.command == "sim":
-        from hil.pile_scenarios import PILE_SCENARIOS
+        from hil import pile_scenario_file
         from hil.scenario_file import FAULT_DIR, SCENARIO_DIR, ScenarioError, catalogue
         from hil.sim import SimOptions, run_sim_cli
 
         scenarios = catalogue(SCENARIO_DIR) if args.guns == 1 \
-            else {k: v.description for k, v in PILE_SCENARIOS.items()}
+            else pile_scenario_file.catalogue()
         for flag, name, table in (("fault", args.fault, catalogue(FAULT_DIR)),
                                   ("scenario", args.scenario, scenarios)):
-            if flag == "scenario" and name is not None and _is_file(name) and args.guns == 1:
+            if flag == "scenario" and name is not None and _is_file(name):
                 continue
             code = _list_or_check(flag, name, table)
             if code is not None:
@@ -587,10 +613,7 @@ def _main(argv: list[str] | None) -> int:
                 print(f"pile-agent sim: {message(args)}", file=sys.stderr)
                 return 2
         if args.guns > 1:
-            from hil.pile_sim import run_pile_sim_cli
-
-            return asyncio.run(run_pile_sim_cli(args.scenario or "pool-share", args.guns,
-                                                args.json, live=not args.quiet))
+            return _pile_sim(args)
         if args.replay_bms is not None:
             from hil.replay_bms import RecordingError, load_recording
 

@@ -49,7 +49,7 @@ from hil.bench_scale import ccs_periods, percentile
 from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile, free_port
 from hil.module_sim import ModuleSim
-from hil.pile_scenarios import charging_spans as _charging_spans
+from hil.pile_scenario_run import charging_spans as _charging_spans
 from hil.pile_sim import run_pile_sim
 from hil.safety_io_sim import IO_UNIT
 from hil.sim import SimOptions, run_sim

@@ -39,7 +39,7 @@ from agent.runtime.pile_service import PileService
 from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile, free_port
 from hil.matrix_sim import GroupSim
-from hil.pile_scenarios import GROUP_A, GROUP_W, ring_groups
+from hil.pool_layout import GROUP_A, GROUP_W, ring_groups
 from hil.socket_audit import off_loopback
 
 WINDOW_S = 10.0  # steady charging, every gun

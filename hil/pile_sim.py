@@ -8,8 +8,11 @@ agent side is the runtime a real pile runs: one `GunRuntime` per gun and the pil
 `PileCoordinator` (agent/core/pile.py), whose capability reaches each gun's arbiter.
 Time is simulated and event-driven, as in `hil/sim.py`: each gun steps at its own next
 instant (its agent's deadline, its car's next message) and every gun when the pool plans
-(each matrix read, 100 ms). A scenario that watches the world every step (pool-share,
-pool-v2g) runs in lock-step (10 ms).
+(each matrix read, 100 ms) and at the scenario's own instants (its steps, its setpoint
+refreshes). A file may ask for lock-step (10 ms) instead.
+
+What runs is a pile scenario file (hil/pile_scenario_file.py; the built-ins are under
+hil/scenarios/pile/), judged by hil/pile_scenario_run.py.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import can
@@ -45,8 +49,10 @@ from hil.ev_bms import BmsSimulator
 from hil.matrix_sim import GroupSim, MatrixSim
 from hil.meter_sim import MeterSim
 from hil.module_sim import ModuleSim
-from hil.pile_scenarios import PILE_SCENARIOS, PileScenario
+from hil.pile_scenario_file import PileScenarioFile, load, named
+from hil.pile_scenario_run import PileScenarioRun
 from hil.safety_io_sim import SafetyIoSim
+from hil.scenario_engine import Verdict
 
 STEP_S = 0.01  # as hil/sim.py: a fifth of the fastest GB/T period (BCL/CCS 50 ms)
 MATRIX_POLL_S = 0.1  # drivers/module_matrix/link.py POLL_PERIOD_S
@@ -74,6 +80,7 @@ class GunResult:
 class PileResult:
     scenario: str
     guns: int
+    description: str = ""
     sim_s: float = 0.0
     wall_s: float = 0.0
     per_gun: list[GunResult] = field(default_factory=list)
@@ -85,7 +92,11 @@ class PileResult:
     instants: int = 0  # simulated instants visited
     rig_steps: int = 0  # gun steps (world and agent) made
     notes: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{v.name}: {v.detail}" for v in self.verdicts if v.status == "FAIL"]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -98,6 +109,8 @@ class PileResult:
             "switched_under_load": self.switched_under_load,
             "joined_two_guns": self.joined_two_guns,
             "pool_log": self.pool_log, "notes": self.notes, "failures": self.failures,
+            "verdicts": [{"name": v.name, "measure": v.measure, "status": v.status,
+                          "measured": v.measured, "detail": v.detail} for v in self.verdicts],
             "guns_detail": [{
                 "gun": g.gun, "outcome": g.outcome, "reason": g.reason,
                 "energy_kwh": round(g.energy_kwh, 3), "charged_kwh": round(g.charged_kwh, 3),
@@ -115,16 +128,16 @@ class PileResult:
 class GunRig:
     """One gun: its car and devices (simulated) and its runtime (the agent's)."""
 
-    def __init__(self, gun: int, scenario: PileScenario) -> None:
+    def __init__(self, gun: int, scenario: PileScenarioFile, guns: int) -> None:
         self.gun = gun
-        self.vehicle = scenario.vehicle(gun)
+        self.vehicle = scenario.vehicle(gun, guns)
         self.bms = BmsSimulator(self.vehicle.config) if self.vehicle else None
         self.module = ModuleSim()
         self.module.supply = (0.0, 0.0)  # fed only by the groups switched to it
         self.safety = SafetyIoSim(self.module)
         self.meter = MeterSim(self.module)
         self.result = GunResult(gun)
-        ratings = scenario.ratings(gun)
+        ratings = scenario.ratings(gun, guns)
         self.session = GunSession(ratings, thermal=ThermalSupervisor(), require_safety_io=True,
                                   upstream=scenario.upstream, pooled=True)
         self.plugged = False
@@ -215,11 +228,13 @@ def _say(out: IO[str] | None, line: str) -> None:
 class SimulatedMultiPile:
     """N guns, one module pool, one agent; use `async with`."""
 
-    def __init__(self, scenario: PileScenario, guns: int, out: IO[str] | None = None) -> None:
+    def __init__(self, scenario: PileScenarioFile, guns: int,
+                 out: IO[str] | None = None) -> None:
         self.scenario = scenario
+        self.plan = PileScenarioRun(scenario, guns)
         self.out = out
         self.clock = SimClock(0.0)
-        self.rigs = [GunRig(g, scenario) for g in range(1, guns + 1)]
+        self.rigs = [GunRig(g, scenario, guns) for g in range(1, guns + 1)]
         self.groups = scenario.groups(guns)
         self.matrix = MatrixSim([GroupSim(g.id, g.current_a, g.power_w, g.reach)
                                  for g in self.groups],
@@ -229,11 +244,9 @@ class SimulatedMultiPile:
                                export_limit_w=scenario.export_limit_w(guns))
         self.coordinator = PileCoordinator(self.pool, {})
         self.ledger = Ledger(":memory:")
-        self.result = PileResult(scenario.name, guns)
+        self.result = PileResult(scenario.name, guns, scenario.description)
         self._stack = AsyncExitStack()
         self.caps: dict[int, PoolCapability] = {}
-        self.probe: dict[str, Any] = {}  # what the scenario notes on its way
-        # A scenario that watches the world every step runs in lock-step (10 ms).
         self.lock_step = scenario.lock_step
 
     async def __aenter__(self) -> SimulatedMultiPile:
@@ -255,13 +268,12 @@ class SimulatedMultiPile:
 
     async def run(self) -> PileResult:
         wall0 = time.monotonic()
-        sc, r = self.scenario, self.result
+        plan, r = self.plan, self.result
         next_matrix, matrix_prev = 0.0, -STEP_S
-        end_s = sc.end_s(len(self.rigs))
-        while self.clock.now() < end_s + sc.linger_s:
+        while self.clock.now() < plan.run_end_s:
             t = round(self.clock.now(), 6)
             extra: dict[int, list[Event]] = {rig.gun: [] for rig in self.rigs}
-            for gun, events in sc.script(self, t).items():
+            for gun, events in plan.script(self, t).items():
                 extra[gun] += events
             self.matrix.step(t - matrix_prev)
             matrix_prev = t
@@ -300,13 +312,13 @@ class SimulatedMultiPile:
                 r.rig_steps += 1
             self._observe(t)
             r.instants += 1
-            nxt = min([next_matrix, *(rig.next_t for rig in self.rigs)])
+            nxt = min([next_matrix, plan.next_due(t), *(rig.next_t for rig in self.rigs)])
             await self.clock.advance((t + STEP_S if self.lock_step else nxt) - t)
         r.sim_s, r.wall_s = self.clock.now(), time.monotonic() - wall0
         r.per_gun = [rig.result for rig in self.rigs]
         r.switched_under_load = list(self.matrix.switched_under_load)
         r.joined_two_guns = len(self.matrix.joined_two_guns)
-        r.failures = sc.check(self)
+        r.verdicts = plan.judge(self)
         return r
 
     def _execute(self, command: Command, t: float) -> None:
@@ -323,28 +335,47 @@ class SimulatedMultiPile:
         exported = sum(max(-rig.power_w, 0.0) for rig in self.rigs)
         r.peak_import_w = max(r.peak_import_w, imported)
         r.peak_export_w = max(r.peak_export_w, exported)
-        self.scenario.observe(self, t)
+        self.plan.observe(self, t)
 
     def state(self, gun: int) -> State:
         return self.session(gun).state
 
 
-async def run_pile_sim(scenario: str, guns: int, out: IO[str] | None = None) -> PileResult:
-    sc = PILE_SCENARIOS[scenario]
+async def run_pile_sim(scenario: str | PileScenarioFile, guns: int,
+                       out: IO[str] | None = None) -> PileResult:
+    """A pile scenario (a built-in's name, a file's path, or a loaded file) on N guns."""
+    sc = scenario if isinstance(scenario, PileScenarioFile) else \
+        (load(scenario) if scenario.endswith(".toml") else named(scenario))
     async with SimulatedMultiPile(sc, guns, out) as pile:
         return await pile.run()
 
 
-async def run_pile_sim_cli(scenario: str, guns: int, json_summary: bool,
-                           live: bool = True) -> int:
+async def run_pile_sim_cli(scenario: str | PileScenarioFile, guns: int, json_summary: bool,
+                           live: bool = True, report_dir: str | None = None) -> int:
     # With --json, stdout carries the JSON alone; live lines go to stderr.
     out = (sys.stderr if json_summary else sys.stdout) if live else None
     result = await run_pile_sim(scenario, guns, out)
+    if report_dir is not None:
+        path = write_junit(Path(report_dir), result)
+        print(f"report: {path}", file=sys.stderr if json_summary else sys.stdout)
     if json_summary:
         print(json.dumps(result.summary(), indent=2))
     else:
         print(pile_text(result))
     return 0 if not result.failures else 1
+
+
+def write_junit(directory: Path, r: PileResult) -> Path:
+    """`--report DIR` for a pile run: JUnit XML, a testcase per verdict (the invariants and
+    each expectation per gun)."""
+    from hil.report import RunSummary, junit_xml
+
+    directory.mkdir(parents=True, exist_ok=True)
+    run = RunSummary(f"{r.scenario}-{r.guns}-guns", r.description, r.verdict,
+                     "; ".join(r.failures), r.sim_s, r.wall_s, (), r.notes, ())
+    path = directory / "junit.xml"
+    path.write_bytes(junit_xml(run, r.verdicts))
+    return path
 
 
 def pile_text(r: PileResult) -> str:
@@ -353,6 +384,7 @@ def pile_text(r: PileResult) -> str:
              f"({r.sim_s / max(r.wall_s, 1e-9):.0f}x); peak import {r.peak_import_w / 1000:.1f}"
              f" kW, peak export {r.peak_export_w / 1000:.1f} kW",
              *(f"  {n}" for n in r.notes),
+             *(f"  {v.status:4}  {v.name}: {v.measured}" for v in r.verdicts),
              f"  matrix: {len(r.pool_log)} pool decisions, {len(r.switched_under_load)} "
              f"switched above 5 A, {r.joined_two_guns} reads of a group on two guns"]
     for g in r.per_gun:

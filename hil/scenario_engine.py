@@ -441,7 +441,7 @@ class ScenarioRun:
                 continue
             value = summary.net_cny if e.measure == "net_to_owner_cny" \
                 else summary.discharge_revenue_cny
-            ok, wanted = _compare(e, value)
+            ok, wanted = compare(e, value)
             out.append(self._verdict(e, ok, f"{value:.2f}", f"{e.measure.replace('_', ' ')}:"
                                      f" {value:.2f}, expected {wanted}"))
         return out
@@ -453,8 +453,8 @@ class ScenarioRun:
             return self._verdict(e, None, "n/a", str(exc))
         except _Missing as exc:
             return self._verdict(e, False, "missing", str(exc))
-        ok, wanted = _compare(e, value)
-        shown = _show(value)
+        ok, wanted = compare(e, value)
+        shown = show(value)
         return self._verdict(e, ok, shown, f"{detail or e.measure}: {shown}, expected {wanted}")
 
     def _window(self, pile: SimulatedPile, e: Expectation) -> tuple[float, float]:
@@ -632,29 +632,29 @@ def _jumps(held: list[tuple[float, float, float]]) -> int:
     return n
 
 
-def _compare(e: Expectation, value: Any) -> tuple[bool, str]:
+def compare(e: Expectation, value: Any) -> tuple[bool, str]:
     wanted, ok = [], True
     if "equals" in e.spec:
         ok &= value == e.get("equals")
-        wanted.append(f"= {_show(e.get('equals'))}")
+        wanted.append(f"= {show(e.get('equals'))}")
     if "starts_with" in e.spec:
         head = list(e.get("starts_with"))
         ok &= isinstance(value, list) and value[:len(head)] == head
         wanted.append(f"starting {head}")
     if "at_least" in e.spec:
         ok &= value >= e.get("at_least")
-        wanted.append(f">= {_show(e.get('at_least'))}")
+        wanted.append(f">= {show(e.get('at_least'))}")
     if "at_most" in e.spec:
         ok &= value <= e.get("at_most")
-        wanted.append(f"<= {_show(e.get('at_most'))}")
+        wanted.append(f"<= {show(e.get('at_most'))}")
     if "near" in e.spec:
         near, tol = e.get("near"), e.get("tolerance_pct")
         ok &= abs(value - near) <= abs(near) * tol / 100.0
-        wanted.append(f"{_show(near)} +- {tol:g} %")
+        wanted.append(f"{show(near)} +- {tol:g} %")
     return bool(ok), " and ".join(wanted)
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):

@@ -206,7 +206,7 @@ class _Lines:
         return 0
 
 
-class _Checker:
+class FileChecker:
     def __init__(self, path: Path, text: str) -> None:
         self.path, self.lines = path, _Lines(text)
 
@@ -245,7 +245,7 @@ class _Checker:
         return value
 
 
-def _fields(cls: type[Any]) -> dict[str, Any]:
+def field_kinds(cls: type[Any]) -> dict[str, Any]:
     types = {"float": float, "int": int, "bool": bool, "str": str}
     return {f.name: types.get(str(f.type), object) for f in dataclasses.fields(cls)
             if str(f.type) in types}
@@ -262,10 +262,10 @@ def load(path: str | Path) -> ScenarioFile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: not TOML: {exc}") from None
-    return _build(_Checker(p, text), data)
+    return _build(FileChecker(p, text), data)
 
 
-def _build(c: _Checker, data: dict[str, Any]) -> ScenarioFile:
+def _build(c: FileChecker, data: dict[str, Any]) -> ScenarioFile:
     top = {"scenario", "gun", "car", "upstream", "step", "expect", "tariff"}
     for key in data:
         if key not in top:
@@ -284,11 +284,11 @@ def _build(c: _Checker, data: dict[str, Any]) -> ScenarioFile:
             if site[key] is None:
                 raise c.fail(c.lines.of("scenario", 0, key),
                              f"[scenario] {key} {meta[key]!r} is not HH:MM[:SS]")
-    gun = c.table(data.get("gun", {}), _fields(GunRatings), "gun")
+    gun = c.table(data.get("gun", {}), field_kinds(GunRatings), "gun")
     problems = GunRatings(**gun).problems()
     if problems:
         raise c.fail(c.lines.of("gun"), "[gun]: " + "; ".join(problems))
-    car = c.table(data.get("car", {}), {**_fields(VehicleConfig), **CAR_EXTRA}, "car")
+    car = c.table(data.get("car", {}), {**field_kinds(VehicleConfig), **CAR_EXTRA}, "car")
     replay = car.pop("replay_bms", None)
     replay_path = (c.path.parent / replay) if replay is not None else None
     up = Upstream(**c.table(data.get("upstream", {}), UPSTREAM_KEYS, "upstream"))
@@ -313,7 +313,7 @@ def _build(c: _Checker, data: dict[str, Any]) -> ScenarioFile:
         lock_step=meta.get("lock_step", False), tariff=tariff)
 
 
-def _steps(c: _Checker, raw: Any) -> tuple[Step, ...]:
+def _steps(c: FileChecker, raw: Any) -> tuple[Step, ...]:
     if not isinstance(raw, list):
         raise c.fail(c.lines.of("step"), "step must be an array of tables: [[step]]")
     out: list[Step] = []
@@ -344,12 +344,12 @@ def _steps(c: _Checker, raw: Any) -> tuple[Step, ...]:
             if wrong:
                 raise c.fail(c.lines.of("step", i, "set"), f"step {name!r}: {wrong}")
         if "car" in do:
-            do["car"] = c.table(do["car"], _fields(VehicleConfig), "step", i)
+            do["car"] = c.table(do["car"], field_kinds(VehicleConfig), "step", i)
         out.append(Step(name, when, do, line))
     return tuple(out)
 
 
-def _expectations(c: _Checker, raw: Any, steps: set[str], up: Upstream,
+def _expectations(c: FileChecker, raw: Any, steps: set[str], up: Upstream,
                   has_tariff: bool) -> tuple[Expectation, ...]:
     if not isinstance(raw, list):
         raise c.fail(c.lines.of("expect"), "expect must be an array of tables: [[expect]]")

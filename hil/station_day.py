@@ -54,6 +54,7 @@ from agent.core.vehicle_view import Cells, ChargeLimits, DischargeLimits, Vehicl
 from agent.ledger.settlement import Tariff
 from hil.ev_bms import BmsSimulator
 from hil.module_sim import ModuleParams, derate_factor, heated
+from hil.pool_layout import GROUP_A, GROUP_W
 from hil.site_clock import hhmm
 from hil.station_cars import HOUR_S, Car, Dispatch, draw_cars
 
@@ -64,7 +65,6 @@ MODULE = ModuleParams()  # each gun's output unit, as hil/pile_sim.py's
 SWITCH_LIMIT_A = 5.0
 MAX_WAIT_S = 900.0  # a car that finds every gun of its kind busy waits this long, then leaves
 BUCKET_S = 900.0  # the station's power profile in quarter hours, as settlement meters do
-GROUP_A, GROUP_W = 125.0, 60_000.0  # one module group, as in hil/pile_scenarios.py
 # For a 36-gun station: 1.6 MW of import (a 1,600 kVA transformer: less than the piles'
 # 4.3 MW of modules, as at most sites) and 0.8 MW of export; scaled with the guns.
 GRID_W_PER_GUN = 1_600_000.0 / 36
