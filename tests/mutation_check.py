@@ -662,6 +662,10 @@ SERVICE: dict[str, Mutation] = {
     # The heartbeat trip re-armed whatever is at stake.
     "service:rearm-at-stake": lambda: mock.patch.object(
         SafetyHandling, "_rearm_heartbeat_trip", _rearm_regardless),
+    # A shutdown no module reading confirms keeps feeding the safety controller's watchdog
+    # (a module that refuses every write keeps 250 A with K1/K2 closed).
+    "service:unconfirmed-safe-state-keeps-the-heartbeat": lambda: mock.patch.object(
+        SafetyHandling, "_confirm_safe_state", lambda self: None),
 }
 
 

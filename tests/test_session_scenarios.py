@@ -344,6 +344,60 @@ def test_an_internal_error_fails_safe_and_stops_the_heartbeat() -> None:
     assert kicks == []  # the safety controller's watchdog will trip (I15)
 
 
+def _kicks_after(p: InProcessPile, t0: float) -> list[float]:
+    return [t for t, c in p.log.all_commands if isinstance(c, KickSafetyWatchdog) and t > t0]
+
+
+@pytest.mark.parametrize("fault", ["bcl-silence", "module-link-lost"])
+def test_a_module_that_ignores_the_shutdown_is_handed_to_the_safety_controller(
+        fault: str) -> None:
+    """The module takes no write after the fault (it refuses or ignores them, or its link is
+    gone): no reading shows the current on its way to <= 5 A, so the heartbeat stops and the
+    safety controller's own 500 ms trip opens K1/K2 within GB 44263-2024 §8.2.1's 2 s (3 s
+    above 200 A). The fault is latched; a service clear resumes the heartbeat."""
+    p = _pile(20.0, 90.0)
+    _charge_for(p, 3.0)
+    amps = abs(p.module.current_a)
+    assert amps > 50.0
+    p.module.accept_write = lambda *_a, **_k: None  # type: ignore[method-assign]
+    if fault == "bcl-silence":
+        p.vehicle_to_charger = lambda m: None if isinstance(m, BCL) else m  # an error stop
+    else:
+        p.module_silent = True  # and nothing can be read either
+    assert p.run_until(lambda q: q.session.state is State.FAULT, 3.0)
+    t_fault = p.t
+    deadline = 3.0 if amps > 200.0 else 2.0
+    p.run_until(lambda q: False, deadline + 1.0)
+    [notice] = [c for _t, c in p.log.all_commands
+                if getattr(c, "kind", "") == "safe_state_unconfirmed"]
+    last_kick = max(_kicks_after(p, 0.0))
+    # The board trips 500 ms after the last beat: inside the deadline.
+    assert last_kick + 0.5 <= t_fault + deadline, (last_kick, t_fault, notice)
+    assert _kicks_after(p, last_kick) == []
+    assert abs(p.module.current_a) > 5.0  # the module still drives: only the board can act
+    assert "safe_state_unconfirmed" in p.session.safety.latched, p.session.safety.latched
+    # A service clear resumes the heartbeat.
+    t_clear = p.t
+    p.feed(FaultsCleared(p.t, "service"))
+    p.run_until(lambda q: False, 0.5)
+    assert _kicks_after(p, t_clear), "the heartbeat did not resume after the service clear"
+
+
+def test_a_module_that_obeys_the_shutdown_keeps_the_heartbeat() -> None:
+    # The same error stop with a module that takes the 0 A write: <= 5 A well inside the
+    # line, and the heartbeat never stops.
+    p = _pile(20.0, 90.0)
+    _charge_for(p, 3.0)
+    p.vehicle_to_charger = lambda m: None if isinstance(m, BCL) else m
+    assert p.run_until(lambda q: q.session.state is State.FAULT, 3.0)
+    t_fault = p.t
+    p.run_until(lambda q: False, 4.0)
+    assert not [c for _t, c in p.log.all_commands
+                if getattr(c, "kind", "") == "safe_state_unconfirmed"]
+    gaps = [b - a for a, b in itertools.pairwise(_kicks_after(p, t_fault - 0.2))]
+    assert gaps and max(gaps) <= 0.11, gaps
+
+
 def test_module_fault_bits_match_the_register_map() -> None:
     from agent.core.module_faults import MODULE_FAULT_BITS
     from drivers.power_module.regmap import load_register_map

@@ -108,7 +108,8 @@ class SafetyHandling(SessionBase):
         session, stays a latched fault that only a reset clears. True if handled here."""
         i = self.safety.inputs
         if i is None or not i.trip_by_heartbeat or i.emergency_stop \
-                or self.state is not State.IDLE or self.act.contactors_closed:
+                or self.state is not State.IDLE or self.act.contactors_closed \
+                or self.act.heartbeat_withheld:
             return False
         last = self.plant.trip_rearmed_at
         if last is None or self.now - last >= T.TRIP_REARM_RETRY.seconds:
@@ -147,6 +148,7 @@ class SafetyHandling(SessionBase):
         if i is not None and i.safety_relay_tripped:
             self._out.append(ResetSafetyTrip(f"faults cleared by {by}"))
         cleared = self.safety.clear()
+        self.act.heartbeat_withheld = ""  # serviced: the heartbeat resumes
         self.plant.feedback_judged_from = self.now
         thermal_ok = self.thermal.clear(self.now) if self.thermal is not None else True
         self._out.append(Notice(self.now, "faults_cleared",
@@ -177,12 +179,53 @@ class SafetyHandling(SessionBase):
             if since is None or self.now - since > T.SAFETY_IO_STALE.seconds:
                 self._fault("safety I/O silent (E-stop, door, temperatures unknown)",
                             code="safety_io", emergency=True)
+        self._confirm_safe_state()
         self._kick_heartbeat()
+
+    def _confirm_safe_state(self) -> None:
+        """After a fault with the output live, fresh module readings must show the current
+        on its way to <= 5 A: below a line from its level at the fault (after
+        SAFE_STATE_GRACE) to 5 A at the GB 44263 deadline less the hand-over's own time. A
+        module that refuses or ignores the 0 A write, or cannot be read, leaves that line:
+        the heartbeat stops and the safety controller opens K1/K2 and turns the output off
+        in hardware (I15). The fault is latched: only a service clear resumes the beat."""
+        d, a = self.data, self.act
+        if self.state is not State.FAULT or not d.fault_live or d.fault_at is None \
+                or a.heartbeat_withheld:
+            return
+        st, at = self.plant.status, self.plant.sampled_at
+        fresh = st is not None and at is not None and at > d.fault_at \
+            and self.now - at <= T.SAFE_STATE_GRACE.seconds
+        amps = abs(st.output_current_a) if st is not None and fresh else math.inf
+        if amps <= T.CONTACTOR_OPEN_CURRENT_A:
+            d.fault_live = False  # confirmed
+            return
+        since = self.now - d.fault_at
+        if since <= T.SAFE_STATE_GRACE.seconds:
+            return
+        deadline = T.SAFE_STATE_DEADLINE_HIGH \
+            if d.fault_current_a > T.SAFE_STATE_HIGH_CURRENT_A else T.SAFE_STATE_DEADLINE
+        span = deadline.seconds - T.SAFE_STATE_HANDOVER_S - T.SAFE_STATE_GRACE.seconds
+        done = min((since - T.SAFE_STATE_GRACE.seconds) / span, 1.0)
+        allowed = max(d.fault_current_a - (d.fault_current_a - T.CONTACTOR_OPEN_CURRENT_A)
+                      * done, T.CONTACTOR_OPEN_CURRENT_A)
+        if amps <= allowed:
+            return
+        seen = f"{amps:.1f} A, above {allowed:.1f} A" if math.isfinite(amps) \
+            else "no fresh module reading"
+        reason = (f"the shutdown is not on its way to <= 5 A {since:.2f} s after the fault "
+                  f"({seen}; {deadline.source}): heartbeat stopped, the safety controller "
+                  "opens K1/K2")
+        a.heartbeat_withheld = reason
+        self._out.append(Notice(self.now, "safe_state_unconfirmed", reason))
+        self._fault(reason, code="safe_state_unconfirmed", emergency=True, latched=True)
 
     def _kick_heartbeat(self) -> None:
         a = self.act
-        if a.internal_error:
-            return  # a broken core lets the safety controller's watchdog expire (I15)
+        if a.internal_error or a.heartbeat_withheld:
+            # A broken core, or a safe state the core could not reach: the safety
+            # controller's watchdog expires and its hardware opens K1/K2 (I15).
+            return
         period = T.HEARTBEAT_PERIOD.seconds
         due = self.now if a.heartbeat_at is None else a.heartbeat_at + period
         if self.now >= due - 1e-9:

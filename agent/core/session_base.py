@@ -63,6 +63,10 @@ class SessionBase:
             self._report("finished")
         elif state is State.FAULT:
             self.data.fault_at = self.now
+            st = self.plant.status
+            self.data.fault_current_a = abs(st.output_current_a) if st is not None else 0.0
+            self.data.fault_live = self.act.contactors_closed or self.act.module_enabled \
+                or self.data.fault_current_a > T.CONTACTOR_OPEN_CURRENT_A
             self.data.outcome_reason = reason
             self._command_module(enabled=False, voltage_v=0.0, current_a=0.0, bound="state")
             if self.data.fault_emergency:

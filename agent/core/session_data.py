@@ -96,6 +96,9 @@ class SessionData:
     cem_timeouts: frozenset[CemTimeout] = frozenset()
     fault_emergency: bool = False
     fault_at: float | None = None
+    # At the fault: the output was (or could be) live, and its |current| as last measured.
+    fault_live: bool = False
+    fault_current_a: float = 0.0
     reported: bool = False
     outcome_reason: str = ""
     fault_code: str = ""  # the first fault's code (its kind, for metrics and logs)
@@ -131,6 +134,9 @@ class Actuators:
     heartbeat: int = 0
     heartbeat_at: float | None = None
     internal_error: str = ""  # set by the fail-safe path; stops the heartbeat (I15)
+    # Set when a fault's safe state went unconfirmed (I15): the heartbeat stays stopped
+    # until a service clear, so the safety controller holds K1/K2 open.
+    heartbeat_withheld: str = ""
 
 
 @dataclass
