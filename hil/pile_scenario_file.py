@@ -27,7 +27,14 @@ from agent.core.upstream import UpstreamPolicy
 from hil import gun_expr
 from hil.ev_bms import VehicleConfig
 from hil.pool_layout import GROUP_A, GROUP_W, ring_groups
-from hil.scenario_file import Expectation, FileChecker, ScenarioError, field_kinds
+from hil.scenario_file import (
+    Expectation,
+    FileChecker,
+    ScenarioError,
+    expect_tables,
+    field_kinds,
+    read,
+)
 
 PILE_DIR = Path(__file__).parent / "scenarios" / "pile"
 EXPR = "expression"  # a schema kind: a number, or an expression in gun / n
@@ -202,24 +209,10 @@ def is_pile_file(path: str | Path) -> bool:
 
 def load(path: str | Path) -> PileScenarioFile:
     """Read and check one pile scenario file (ScenarioError: what is wrong, and where)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{p}: not TOML: {exc}") from None
-    return _build(FileChecker(p, text), data)
+    return _build(*read(path, {"scenario", "pile", "gun", "car", "step", "expect"}))
 
 
 def _build(c: FileChecker, data: dict[str, Any]) -> PileScenarioFile:
-    top = {"scenario", "pile", "gun", "car", "step", "expect"}
-    for key in data:
-        if key not in top:
-            raise c.fail(c.lines.of(key),
-                         f"unknown table [{key}] (known: {', '.join(sorted(top))})")
     for key in ("scenario", "pile"):
         if key not in data:
             raise c.fail(0, f"no [{key}] table")
@@ -327,16 +320,8 @@ def _steps(c: FileChecker, raw: Any) -> tuple[PileStep, ...]:
 
 def _expectations(c: FileChecker, raw: Any, steps: set[str],
                   step_list: tuple[PileStep, ...]) -> tuple[Expectation, ...]:
-    if not isinstance(raw, list):
-        raise c.fail(c.lines.of("expect"), "expect must be an array of tables: [[expect]]")
     out: list[Expectation] = []
-    for i, item in enumerate(raw):
-        spec = c.table(item, EXPECT_KEYS, "expect", i)
-        line = c.lines.of("expect", i)
-        measure = spec.pop("measure", None)
-        if measure not in MEASURES:
-            raise c.fail(c.lines.of("expect", i, "measure"),
-                         f"measure {measure!r} is not one of {', '.join(MEASURES)}")
+    for i, spec, line, measure in expect_tables(c, raw, EXPECT_KEYS, MEASURES):
         per_gun = MEASURES[measure][0]
         if per_gun and "gun" not in spec:
             raise c.fail(line, f"expect {measure}: name the gun (a number, \"each\" or "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,8 +252,9 @@ def field_kinds(cls: type[Any]) -> dict[str, Any]:
             if str(f.type) in types}
 
 
-def load(path: str | Path) -> ScenarioFile:
-    """Read and check one scenario file (ScenarioError: what is wrong, and where)."""
+def read(path: str | Path, top: set[str]) -> tuple[FileChecker, dict[str, Any]]:
+    """A TOML file's tables, each one of `top`, and a checker that names its lines
+    (ScenarioError: what is wrong, and where)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -262,15 +264,21 @@ def load(path: str | Path) -> ScenarioFile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: not TOML: {exc}") from None
-    return _build(FileChecker(p, text), data)
-
-
-def _build(c: FileChecker, data: dict[str, Any]) -> ScenarioFile:
-    top = {"scenario", "gun", "car", "upstream", "step", "expect", "tariff"}
+    c = FileChecker(p, text)
     for key in data:
         if key not in top:
             raise c.fail(c.lines.of(key),
                          f"unknown table [{key}] (known: {', '.join(sorted(top))})")
+    return c, data
+
+
+def load(path: str | Path) -> ScenarioFile:
+    """Read and check one scenario file (ScenarioError: what is wrong, and where)."""
+    return _build(*read(path, {"scenario", "gun", "car", "upstream", "step", "expect",
+                               "tariff"}))
+
+
+def _build(c: FileChecker, data: dict[str, Any]) -> ScenarioFile:
     if "scenario" not in data:
         raise c.fail(0, "no [scenario] table (name, description)")
     meta = c.table(data["scenario"], SCENARIO_KEYS, "scenario")
@@ -349,18 +357,26 @@ def _steps(c: FileChecker, raw: Any) -> tuple[Step, ...]:
     return tuple(out)
 
 
-def _expectations(c: FileChecker, raw: Any, steps: set[str], up: Upstream,
-                  has_tariff: bool) -> tuple[Expectation, ...]:
+def expect_tables(c: FileChecker, raw: Any, keys: dict[str, Any],
+                  measures: Iterable[str]) -> Iterator[tuple[int, dict[str, Any], int, str]]:
+    """Each [[expect]] as (index, its keys but `measure`, its line, its measure), checked
+    against `keys` and `measures`."""
     if not isinstance(raw, list):
         raise c.fail(c.lines.of("expect"), "expect must be an array of tables: [[expect]]")
-    out: list[Expectation] = []
+    known = list(measures)
     for i, item in enumerate(raw):
-        spec = c.table(item, EXPECT_KEYS, "expect", i)
-        line = c.lines.of("expect", i)
+        spec = c.table(item, keys, "expect", i)
         measure = spec.pop("measure", None)
-        if measure not in MEASURES:
+        if measure not in known:
             raise c.fail(c.lines.of("expect", i, "measure"),
-                         f"measure {measure!r} is not one of {', '.join(MEASURES)}")
+                         f"measure {measure!r} is not one of {', '.join(known)}")
+        yield i, spec, c.lines.of("expect", i), measure
+
+
+def _expectations(c: FileChecker, raw: Any, steps: set[str], up: Upstream,
+                  has_tariff: bool) -> tuple[Expectation, ...]:
+    out: list[Expectation] = []
+    for i, spec, line, measure in expect_tables(c, raw, EXPECT_KEYS, MEASURES):
         if not any(k in spec for k in ("equals", "at_least", "at_most", "near",
                                        "starts_with")):
             raise c.fail(line, f"expect {measure}: say equals, at_least, at_most, near "
