@@ -15,6 +15,8 @@ EMS over SunSpec Modbus TCP.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import signal
 import time
 from pathlib import Path
@@ -208,3 +210,51 @@ def test_kill_9_and_restart(tmp_path: Path) -> None:
     assert [e["event_type"] for e in mine][-1] == "Ended", mine
     assert mine[-1]["transaction_info"]["stopped_reason"] == "PowerLoss", mine[-1]
     assert any(e["event_type"] == "Updated" for e in mine), mine  # queued while away
+
+
+async def _mute_central_system(seen: asyncio.Event) -> asyncio.Server:
+    """A central system that accepts the WebSocket upgrade (RFC 6455 §4.2.2) and then says
+    nothing more: no CALLRESULT, and no Close frame in answer to the agent's."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(
+            key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
+        writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Protocol: ocpp2.1\r\n"
+                      f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+        await writer.drain()
+        seen.set()
+        while await reader.read(4096):  # everything the agent sends, unanswered
+            pass
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def test_a_central_system_that_never_answers_close_does_not_hold_the_exit(
+        tmp_path: Path) -> None:
+    """SIGTERM with the OCPP link up to a central system that never answers the closing
+    handshake: the agent drops the connection after its close timeout and exits 0 within
+    the 5 s budget (websockets' default wait is 10 s; the soak saw an agent still alive 15 s
+    after SIGTERM)."""
+    async def body() -> tuple[int | None, float, str]:
+        seen = asyncio.Event()
+        server = await _mute_central_system(seen)
+        port = server.sockets[0].getsockname()[1]
+        cfg = _pile_toml(tmp_path, 1, ocpp_port=port)
+        try:
+            with process(["run", "--config", str(cfg)], tmp_path, "run.log") as agent:
+                await asyncio.wait_for(seen.wait(), 20.0)
+                await asyncio.sleep(1.0)
+                agent.send_signal(signal.SIGTERM)
+                t0 = time.monotonic()
+                rc = await asyncio.get_running_loop().run_in_executor(None, agent.wait, 20)
+                took = time.monotonic() - t0
+        finally:
+            server.close()
+        return rc, took, (tmp_path / "run.log").read_text()
+
+    rc, took, output = asyncio.run(body())
+    assert rc == 0, output[-3000:]
+    assert took <= 5.0, (took, output[-2000:])

@@ -78,6 +78,7 @@ DRAIN_S = 0.3  # each module's queued commands at exit (runs for all guns at onc
 # What is left of the exit budget after the sessions stopped goes to the OCPP events (at
 # least this much); the rest waits in the outbox for the next start.
 OCPP_DRAIN_MIN_S = 0.8
+TASK_END_S = 1.5  # a cancelled task's cleanup (the OCPP link's closing handshake: 1 s)
 
 
 def status_page() -> bytes:
@@ -202,8 +203,14 @@ class PileService:
         finally:
             for task in tasks:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Each task gets TASK_END_S to end; one that does not is named, not waited for.
+            _done, pending = await asyncio.wait(tasks, timeout=TASK_END_S) if tasks \
+                else (set(), set())
+            for task in pending:
+                self.events.emit("shutdown_overran", f"task {task.get_name()} did not end "
+                                 f"within {TASK_END_S:g} s of its cancel", level="warning",
+                                 text=f"pile-agent: task {task.get_name()} did not end "
+                                      f"within {TASK_END_S:g} s of its cancel")
             for endpoint in self.endpoints:
                 await endpoint.stop()
             await asyncio.gather(*(g.close(DRAIN_S) for g in self.guns))

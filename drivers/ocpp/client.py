@@ -60,6 +60,11 @@ MEASURANDS = ("Energy.Active.Import.Register", "Energy.Active.Export.Register",
 PERIODS_PER_SCHEDULE = 48
 PROFILE_STACK_LEVEL = 8
 SUBPROTOCOL = "ocpp2.1"
+# The closing handshake waits this long for the central system's Close frame, then drops
+# the TCP connection (RFC 6455 §7.1.1 lets an endpoint do so). websockets waits 10 s by
+# default: at an agent stop that alone overran the 5 s exit budget (the soak's agent was
+# killed 15 s after SIGTERM with every session already ended).
+CLOSE_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -744,7 +749,8 @@ class OcppClient:
                 context.load_cert_chain(s.cert_file, s.key_file)
         return websockets.connect(f"{s.url.rstrip('/')}/{s.station_id}",
                                   subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-                                  additional_headers=headers, ssl=context, open_timeout=5)
+                                  additional_headers=headers, ssl=context, open_timeout=5,
+                                  close_timeout=CLOSE_TIMEOUT_S)
 
     async def _session(self, cp: _Station, reader: asyncio.Task[None]) -> None:
         if not self.booted:
