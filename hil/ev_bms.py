@@ -8,6 +8,7 @@ Fault-injection hooks let scenarios make it misbehave.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from agent.core.messages import (
@@ -84,6 +85,11 @@ class VehicleConfig:
     # A V2G car parked for the grid does not end the session at its departure SOC: it asks
     # for no more current and waits for the owner (stop_at_target=False).
     stop_at_target: bool = True
+    # The car's task cycle: each periodic message goes out at multiples of its period on
+    # the car's clock, offset by this phase. 0.0 puts BCL on the instants of the charger's
+    # CCS (both keep to multiples of 50 ms on one simulated clock), so an event-driven run
+    # visits about half the instants; any other phase tests a car out of step.
+    task_phase_s: float = 0.0
 
     @property
     def max_total_voltage_v(self) -> float:
@@ -197,8 +203,15 @@ class BmsSimulator:
         last, period = self._last.get(name), self.period_s(name)
         if self._waiting(name, t):
             return False
-        self._last[name] = t if last is None or t - last >= 2 * period else last + period
+        self._last[name] = self._slot(t, period) if last is None or t - last >= 2 * period \
+            else last + period
         return True
+
+    def _slot(self, t: float, period: float) -> float:
+        """The slot of the car's task cycle a first send at t stands for: the multiple of
+        the period (plus the car's phase) nearest t, as the charger's grid is kept."""
+        phase = self.config.task_phase_s
+        return phase + math.floor((t - phase) / period + 0.5) * period
 
     def _advance(self, t: float) -> None:
         b, c = self.battery, self.config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,9 +60,30 @@ def test_bcl_every_50_ms_and_never_above_its_own_limit() -> None:
         sent += [(now, m) for m in bms.poll(now) if isinstance(m, BCL)]
         if k % 5 == 0:
             bms.receive(CCS(380.0, 100.0, 0, True), now)  # the charger is alive
-    gaps = {round(b[0] - a[0], 3) for a, b in itertools.pairwise(sent)}
-    assert len(sent) >= 199 and gaps == {0.05}
+    gaps = [round(b[0] - a[0], 3) for a, b in itertools.pairwise(sent)]
+    # The first interval joins the car's task grid (between half and one and a half
+    # periods, once, as the charger's); every later one is the period.
+    assert len(sent) >= 199 and set(gaps[1:]) == {0.05}, gaps[:5]
+    assert 0.025 <= gaps[0] <= 0.075, gaps[:5]
     assert all(0 <= m.current_demand_a <= bms.config.max_charge_current_a for _t, m in sent)
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.013, 0.049])
+def test_the_cars_task_cycle_keeps_its_phase(phase: float) -> None:
+    # Looked at every millisecond, the car sends BCL on multiples of 50 ms plus its phase
+    # (0: the instants of the charger's CCS grid), whenever charging began.
+    bms = BmsSimulator(VehicleConfig(start_soc_pct=78.0, target_soc_pct=90.0,
+                                     task_phase_s=phase))
+    t = _to_charging(bms) + 0.007  # charging begins off any grid
+    sent: list[float] = []
+    for k in range(3000):
+        now = round(t + k * 0.001, 6)
+        sent += [now for m in bms.poll(now) if isinstance(m, BCL)]
+        if k % 50 == 0:
+            bms.receive(CCS(380.0, 100.0, 0, True), now)
+    assert len(sent) >= 55
+    slots = [(s - phase) / 0.05 for s in sent[1:]]
+    assert all(abs(x - round(x)) < 1e-6 for x in slots), sent[:5]
 
 
 def test_demand_tapers_into_cv_near_the_voltage_limit() -> None:
