@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.cli import main
 from agent.core.commands import LedgerInterval
@@ -235,8 +237,11 @@ def test_a_meter_whose_counters_go_backwards_is_re_based_not_lost() -> None:
 def _charging_pile() -> InProcessPile:
     p = InProcessPile(vehicle=VehicleConfig(start_soc_pct=30.0, target_soc_pct=95.0))
     p.plug_in()
+    # Charging and done ramping up (two module samples agree): a meter check's 5 s then
+    # start at once, not after the ramp, whenever in the sequence charging began.
     assert p.run_until(lambda q: q.session.state is State.CHARGING
-                       and q.module.current_a > 100.0, 30.0)
+                       and q.module.current_a > 100.0 and q.session.plant.current_steady,
+                       30.0)
     return p
 
 
@@ -271,3 +276,38 @@ def test_a_meter_read_while_the_current_ramps_is_not_judged() -> None:
     p = _charging_pile()
     _meter_reads(p, 12.0, 1.0, demand=lambda t: 120.0 if int(t) % 2 else 220.0)
     assert p.session.state is State.CHARGING, p.session.data.outcome_reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 5), st.integers(1, 40), st.integers(0, 5),
+       st.lists(st.tuples(st.floats(0.0, 0.05), st.floats(0.0, 0.05), st.booleans()),
+                min_size=60, max_size=60),
+       st.floats(800.0, 1000.0))
+def test_the_intervals_hold_all_of_a_sessions_energy(
+        before: int, during: int, after: int,
+        steps: list[tuple[float, float, bool]], wall0: float) -> None:
+    """Whatever flows between the meter's readings (before the transfer began, across a
+    quarter hour, a direction change or the stop), the intervals add up to the session:
+    none of the billing energy falls between two of them."""
+    from agent.core.metering import Metering
+
+    m, closed = Metering(), []
+    to = fro = 0.0
+    direction = "charge"
+    n = before + during + after
+    for k in range(n):
+        dto, dfrom, flip = steps[k % len(steps)]
+        to, fro = to + dto, fro + dfrom
+        in_transfer = before <= k < before + during
+        if in_transfer and flip:
+            direction = "discharge" if direction == "charge" else "charge"
+        r = MeterReading(float(k), 400.0, 0.0, 0.0, to, fro)
+        c = m.on_reading(r, wall0 + 7.0 * k, direction, in_transfer)  # quarters cross
+        closed += [c] if c is not None else []
+    last = m.finish(wall0 + 7.0 * n, "session end")
+    closed += [last] if last is not None else []
+    assert closed
+    assert sum(c.to_vehicle_kwh for c in closed) == pytest.approx(
+        m.to_vehicle_kwh, abs=1e-6 * len(closed))
+    assert sum(c.from_vehicle_kwh for c in closed) == pytest.approx(
+        m.from_vehicle_kwh, abs=1e-6 * len(closed))

@@ -41,6 +41,7 @@ def disagree(a: float, b: float) -> bool:
 @dataclass
 class Metering:
     first: MeterReading | None = None
+    first_wall: float = 0.0
     last: MeterReading | None = None
     interval_start: MeterReading | None = None
     interval_start_wall: float = 0.0
@@ -85,17 +86,21 @@ class Metering:
             closed = self.finish(wall, "meter re-based")
             self.banked_to_kwh, self.banked_from_kwh = self.to_vehicle_kwh, self.from_vehicle_kwh
             self.first = self.last = r
+            self.first_wall = wall
             if in_transfer:
                 self._open(r, wall, direction)
             return closed
         self.last = r
         if self.first is None:
-            self.first = r
+            self.first, self.first_wall = r, wall
         if not in_transfer:
             return None
         if self.interval_start is None:
-            self._open(r, wall, direction)
-            return None
+            # From the session's first reading, not this one: the energy since the last
+            # reading before the transfer began (the ramp's first second) is the session's
+            # and must be in an interval (it was not: intervals 0.941 kWh, session 0.943).
+            # Nothing flows before the transfer, so the interval holds only that energy more.
+            self._open(self.first, self.first_wall, direction)
         quarter = math.floor(wall / SETTLEMENT_PERIOD_S) != \
             math.floor(self.interval_start_wall / SETTLEMENT_PERIOD_S)
         if quarter or direction != self.interval_direction:
