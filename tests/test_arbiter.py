@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -142,6 +143,20 @@ def test_each_limit_can_bind() -> None:
         assert d.bound_by is expected, (expected, d)
     ramped = decide_current(CurrentLimits(**base), 0.0, 0.01, 100.0)
     assert ramped.bound_by is Limit.RAMP and math.isclose(ramped.current_a, 1.0)
+
+
+def test_a_ceiling_that_creeps_up_by_less_than_a_step_names_its_own_limit() -> None:
+    # A 40 kW discharge setpoint as the pack voltage sags: 100.01 A at 399.96 V, decided
+    # again in the same instant (dt 0) after 100.0 A. The command is 100.0 A either way;
+    # the bound is the setpoint's, not the ramp's (which took nothing off).
+    lim = CurrentLimits(state_a=math.inf, ev_demand_a=-150.0, ev_max_a=200.0,
+                        charger_max_a=250.0, module_capability_a=300.0,
+                        power_limit_w=1e6, voltage_v=399.96, upstream_a=100.01)
+    d = decide_current(lim, -100.0, 0.0, 100.0)
+    assert d.current_a == -100.0 and d.bound_by is Limit.UPSTREAM, d
+    # A whole step more is the ramp's to hold back.
+    d = decide_current(replace(lim, upstream_a=100.2), -100.0, 0.0, 100.0)
+    assert d.current_a == -100.0 and d.bound_by is Limit.RAMP, d
 
 
 @given(st.sampled_from(["state_a", "ev_max_a", "charger_max_a", "module_capability_a",

@@ -177,13 +177,20 @@ def decide_current(
     # always passes through zero first.
     prev_same_dir = max(previous_a * direction, 0.0)
     ramp_step = max(dt_s, 0.0) * max(ramp_up_a_per_s, 0.0)
-    magnitude = ceiling
+    magnitude = _whole_steps(ceiling)
     if ceiling > prev_same_dir + ramp_step:
-        magnitude = prev_same_dir + ramp_step
-        bound = Limit.RAMP
-    # The 1e-9 keeps 2.3 A (22.999999999999996 steps in binary) from losing a step.
-    magnitude = math.floor(magnitude * STEPS_PER_A + 1e-9) / STEPS_PER_A
+        ramped = _whole_steps(prev_same_dir + ramp_step)
+        # The ramp binds only when it takes a setpoint step off: a ceiling that creeps up
+        # by less than one (a power limit as the voltage sags) still names its own limit.
+        if ramped < magnitude:
+            magnitude, bound = ramped, Limit.RAMP
     return CurrentDecision(direction * magnitude if magnitude > 0.0 else 0.0, bound, ceiling)
+
+
+def _whole_steps(amps: float) -> float:
+    """Floored to the setpoint register's step. The 1e-9 keeps 2.3 A (22.999999999999996
+    steps in binary) from losing a step."""
+    return math.floor(amps * STEPS_PER_A + 1e-9) / STEPS_PER_A
 
 
 # What the vehicle side and upstream want, before the pile's own power decides how much of
