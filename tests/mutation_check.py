@@ -106,7 +106,8 @@ SAFETY_TESTS = ["tests/test_safety_watchdogs.py", "tests/test_v2g_watchdogs.py",
                 "tests/test_audit_mutants.py", "tests/test_module_status_words.py",
                 "tests/test_plug_detection.py", "tests/test_pile_split.py",
                 "tests/test_safety_io.py", "tests/test_shutdown_paths.py",
-                "tests/test_energy_history_path.py", "tests/test_heartbeat_on_the_wire.py"]
+                "tests/test_energy_history_path.py", "tests/test_heartbeat_on_the_wire.py",
+                "tests/test_session_scenarios.py"]
 Mutation = Callable[[], AbstractContextManager[object]]
 
 
