@@ -340,13 +340,11 @@ def _pile_sim(args: argparse.Namespace) -> int:
                                 "without --guns")
         sf = pile_scenario_file.load(name) if _is_file(name) \
             else pile_scenario_file.named(name)
+        if args.guns < sf.min_guns:
+            raise ScenarioError(f"--guns {args.guns}: {sf.name} needs at least {sf.min_guns}")
         sf.check_for(args.guns)
     except ScenarioError as exc:
         print(f"pile-agent sim: {exc}", file=sys.stderr)
-        return 2
-    if args.guns < sf.min_guns:
-        print(f"pile-agent sim: --guns {args.guns}: {sf.name} needs at least {sf.min_guns}",
-              file=sys.stderr)
         return 2
     return asyncio.run(run_pile_sim_cli(sf, args.guns, args.json, live=not args.quiet,
                                         report_dir=args.report))

@@ -8,7 +8,6 @@ Fault-injection hooks let scenarios make it misbehave.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from agent.core.messages import (
@@ -42,6 +41,7 @@ from agent.core.messages import (
     ChargerMessage,
     Ready,
 )
+from agent.core.outgoing import on_grid
 from hil.ev_battery import Battery, BatteryParams
 
 # Periods of the BMS's messages: GB/T 27930-2015 §10 message definitions [V].
@@ -209,9 +209,9 @@ class BmsSimulator:
 
     def _slot(self, t: float, period: float) -> float:
         """The slot of the car's task cycle a first send at t stands for: the multiple of
-        the period (plus the car's phase) nearest t, as the charger's grid is kept."""
+        the period (plus the car's phase) nearest t, as the charger keeps its grid."""
         phase = self.config.task_phase_s
-        return phase + math.floor((t - phase) / period + 0.5) * period
+        return phase + on_grid(t - phase, period)
 
     def _advance(self, t: float) -> None:
         b, c = self.battery, self.config

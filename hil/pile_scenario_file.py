@@ -132,14 +132,14 @@ class PileScenarioFile:
                            self.pile.get("group_w", GROUP_W))
 
     def grid_limit_w(self, n: int) -> float:
-        return self._pile_value("grid_limit_w", n)
+        return self.pile_value("grid_limit_w", n)
 
     def export_limit_w(self, n: int) -> float:
-        return self._pile_value("export_limit_w", n)
+        return self.pile_value("export_limit_w", n)
 
     def pile_power_w(self, n: int) -> float:
         if "pile_power_w" in self.pile:
-            return self._pile_value("pile_power_w", n)
+            return self.pile_value("pile_power_w", n)
         return sum(g.power_w for g in self.groups(n))
 
     def check_for(self, n: int) -> None:
@@ -153,13 +153,17 @@ class PileScenarioFile:
                 self.vehicle(g, n)
             for step in self.steps:
                 self.step_at(step, n)
+                for key in ("setpoint_w", "setpoint_a", "until_s"):
+                    if key in step.do:
+                        gun_expr.evaluate(step.do[key], n=n)
             self.end_s(n)
             for key in ("grid_limit_w", "export_limit_w", "pile_power_w"):
-                self._pile_value(key, n)
+                self.pile_value(key, n)
         except (gun_expr.ExprError, TypeError) as exc:
             raise ScenarioError(f"{self.path}: for {n} guns: {exc}") from None
 
-    def _pile_value(self, key: str, n: int) -> float:
+    def pile_value(self, key: str, n: int) -> float:
+        """A [pile] limit for n guns (inf where the file sets none)."""
         return gun_expr.evaluate(self.pile[key], n=n) if key in self.pile else math.inf
 
     def ratings(self, gun: int, n: int) -> GunRatings:
@@ -245,7 +249,7 @@ def _build(c: FileChecker, data: dict[str, Any]) -> PileScenarioFile:
     sf = PileScenarioFile(c.path, meta["name"], meta["description"], min_guns, meta["end_s"],
                           meta.get("linger_s", 15.0), meta.get("lock_step", False), pile, gun,
                           car, on_gun, steps, expectations)
-    _try_every_gun(c, sf)
+    _try_every_gun(sf)
     return sf
 
 
@@ -351,7 +355,7 @@ def _expectations(c: FileChecker, raw: Any, steps: set[str],
     return tuple(out)
 
 
-def _try_every_gun(c: FileChecker, sf: PileScenarioFile) -> None:
+def _try_every_gun(sf: PileScenarioFile) -> None:
     """Evaluate the file for a pile of min_guns and of 12 guns: an expression that divides
     by zero, a car or ratings no gun could have, fail on load rather than in the run."""
     for n in sorted({sf.min_guns, max(sf.min_guns, 12)}):

@@ -188,7 +188,7 @@ class PileScenarioRun:
         ]
         for measure, limit, what in (("peak_import_w", "grid_limit_w", "grid"),
                                      ("peak_export_w", "export_limit_w", "export")):
-            watts = self.sf._pile_value(limit, self.n)
+            watts = self.sf.pile_value(limit, self.n)
             if math.isfinite(watts):
                 out.append(Expectation(
                     f"{what} within the site's {watts / 1000:g} kW", measure,

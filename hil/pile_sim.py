@@ -131,7 +131,7 @@ class GunRig:
     def __init__(self, gun: int, scenario: PileScenarioFile, guns: int) -> None:
         self.gun = gun
         self.vehicle = scenario.vehicle(gun, guns)
-        self.bms = BmsSimulator(self.vehicle.config) if self.vehicle else None
+        self.bms = BmsSimulator(self.vehicle.config)  # a pile file gives every gun a car
         self.module = ModuleSim()
         self.module.supply = (0.0, 0.0)  # fed only by the groups switched to it
         self.safety = SafetyIoSim(self.module)
@@ -195,23 +195,21 @@ class GunRig:
     def step_world(self, t: float) -> None:
         """The car speaks and the plant moves on to t (from the rig's last instant)."""
         dt, self.t_prev = t - self.t_prev, t
-        if self.bms is not None and self.vehicle_link is not None:
+        if self.vehicle_link is not None:
             for item in self.vehicle_link.poll(t):
                 if not isinstance(item, LinkProblem | LinkNotice):
                     self.bms.receive(item, t)  # type: ignore[arg-type]
             for message in self.bms.poll(t):
                 self.vehicle_link.send(message, t)
             self.bms.battery.current_a = 0.0
-        self.module.step(dt, self.bms.battery if self.bms else None)
+        self.module.step(dt, self.bms.battery)
         self.meter.step(dt)
         self.safety.step(dt, self.module.current_a)
 
     def due_at(self, t: float) -> float:
         """The rig's next instant: its agent's, its car's or its plug-in."""
-        due = [self.runtime.next_due()]
-        if self.bms is not None:
-            due.append(self.bms.next_due(t, STEP_S))
-        if not self.plugged and self.vehicle is not None:
+        due = [self.runtime.next_due(), self.bms.next_due(t, STEP_S)]
+        if not self.plugged:
             due.append(self.vehicle.plug_at_s)
         return min((d for d in due if d > t + 1e-7), default=t + STEP_S)
 
@@ -303,7 +301,7 @@ class SimulatedMultiPile:
                         rig.runtime.feed(cap)
                 if not (tighter or extra[rig.gun] or t >= rig.next_t - 1e-9):
                     continue
-                if not rig.plugged and rig.vehicle is not None and t >= rig.vehicle.plug_at_s:
+                if not rig.plugged and t >= rig.vehicle.plug_at_s:
                     rig.plugged = True
                     extra[rig.gun].append(VehicleConnected(t, wall_clock_s=LOG_EPOCH + t))
                 rig.step_world(t)

@@ -157,6 +157,7 @@ def test_a_pile_scenario_written_in_toml_runs_and_fails_when_broken(
      "only numbers"),
     (('gun = "each but 2"', 'gun = "every"'), 'gun = "every"', "\"each but K\""),
     (('at_s = "10 * n + 40"', 'at_s = "10 / (n - 3)"'), None, "for 3 guns"),
+    (('stop = "owner leaves"', 'setpoint_w = "-1e6 / (n - 3)"'), None, "for 3 guns"),
     (('from = "gun 2\'s owner leaves"', 'from = "never"'), 'from = "never"', "no step"),
     (("measure = \"groups_given_away\"\n", "measure = \"groups_given_away\"\n"
       "tolerance = 1\n"), "tolerance", "no key 'tolerance'"),

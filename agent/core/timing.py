@@ -99,7 +99,9 @@ SAFETY_IO_STALE = Timing(
 HEARTBEAT_PERIOD = Timing(
     0.1, "safety-controller contract (drivers/safety_io): trips after 500 ms without a change"
 )
-HEARTBEAT_TRIP_S = 0.5  # the same contract: the safety controller trips 500 ms after a beat
+HEARTBEAT_TRIP = Timing(
+    0.5, "safety-controller contract (drivers/safety_io/io_board_map.toml heartbeat_timeout, "
+    "armed by the driver): K1/K2 open 500 ms after the last change of the heartbeat")
 # A fault's shutdown that fresh module readings do not show on its way to <= 5 A is handed
 # to the safety controller: the core stops its heartbeat, and the board opens K1/K2 and
 # turns the output off on its own (a module that refuses or ignores every write cannot).
@@ -110,8 +112,9 @@ SAFE_STATE_DEADLINE_HIGH = Timing(
     3.0, "GB 44263-2024 §8.2.1: within 3 s above 200 A (at >= 100 A/s)")
 SAFE_STATE_GRACE = Timing(
     0.5, "the 0 A write and the polls that read its effect (module polled every 100 ms)")
-# What the hand-over itself takes: the board's 500 ms trip, a heartbeat period, one poll.
-SAFE_STATE_HANDOVER_S = HEARTBEAT_TRIP_S + 0.1 + 0.1
+# What the hand-over itself takes: the board's trip, a heartbeat period, one module poll
+# (100 ms, drivers/power_module/owner.py POLL_PERIOD_S) to see it.
+SAFE_STATE_HANDOVER_S = HEARTBEAT_TRIP.seconds + HEARTBEAT_PERIOD.seconds + 0.1
 
 # ---- V2G: the project's extension of GB/T 27930-2015 (docs/V2G.md) and two-way energy flow ----
 V2G_ANSWER = Timing(

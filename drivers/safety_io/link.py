@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from agent.core import timing as T
 from agent.core.commands import KickSafetyWatchdog, ResetSafetyTrip, StartInsulationTest
 from agent.core.events import Event, SafetyIoLost
 from drivers.power_module.link import RtuTarget, TcpTarget, make_client, target_label
@@ -23,7 +24,9 @@ POLL_PERIOD_S = 0.1  # E-stop and temperatures every 100 ms; the E-stop also act
 # reaches the core within 0.5 s. Reading it every 100 ms returned the same value 9 times
 # in 10 and was a quarter of the agent's Modbus traffic.
 IMD_PERIOD_S = 0.5
-HEARTBEAT_TIMEOUT_MS = 500  # the safety controller's watchdog (io_board_map.toml contract)
+# The safety controller's watchdog, as armed: the core's figure (its safe-state hand-over
+# counts on this trip time), never a second constant.
+HEARTBEAT_TIMEOUT_MS = round(T.HEARTBEAT_TRIP.seconds * 1000)
 
 
 class SafetyBusError(ConnectionError):
