@@ -154,6 +154,13 @@ class ModuleSim:
         span = self.regmap.span
         self._base = span.start
         self._regs = [0] * len(span)
+        # What each register was last put as (so an unchanged value is not encoded again)
+        # and what it decodes to (so the physics does not decode its command registers at
+        # every step): a simulation reads and writes the image hundreds of times a
+        # simulated second. Both are dropped when the register's words change otherwise.
+        self._put_as: dict[str, float] = {}
+        self._decoded: dict[str, float] = {}
+        self._fault_bits: dict[str, int] = {}  # fault_word's masks by name, as asked
         self._stale = True
         for reg in self.regmap:
             if reg.access is Access.RW and reg.default is not None:
@@ -170,18 +177,32 @@ class ModuleSim:
         return self._regs
 
     def _put(self, name: str, value: float) -> None:
+        if self._put_as.get(name) == value:
+            return
         reg = self.regmap[name]
         clamped = min(max(value, reg.minimum), reg.maximum)
         for address, word in zip(reg.addresses, reg.encode(clamped), strict=True):
             self._regs[address - self._base] = word
+        self._put_as[name] = value
+        self._decoded.pop(name, None)
 
     def _get(self, name: str) -> float:
-        reg = self.regmap[name]
-        offset = reg.address - self._base
-        return reg.decode(self._regs[offset : offset + reg.width])
+        value = self._decoded.get(name)
+        if value is None:
+            reg = self.regmap[name]
+            offset = reg.address - self._base
+            value = self._decoded[name] = reg.decode(self._regs[offset : offset + reg.width])
+        return value
+
+    def firmware_sets(self, name: str, value: float) -> None:
+        """The module's own firmware changes a register (a test's broken module)."""
+        self._put(name, value)
 
     def _bit(self, name: str) -> int:
-        return self.regmap["fault_word"].bit(name)
+        mask = self._fault_bits.get(name)
+        if mask is None:
+            mask = self._fault_bits[name] = self.regmap["fault_word"].bit(name)
+        return mask
 
     def _set_fault(self, name: str, active: bool) -> None:
         self.faults = self.faults | self._bit(name) if active else self.faults & ~self._bit(name)
@@ -393,6 +414,8 @@ class ModuleSim:
                 return ExcCodes.ILLEGAL_VALUE
         for name, word, value in decoded:
             self._regs[self.regmap[name].address - self._base] = word
+            self._put_as.pop(name, None)
+            self._decoded[name] = value
             if name == "output_enable" and value == 1:
                 self._set_fault("watchdog_expired", False)  # a deliberate restart
             elif name == "insulation_test_request":

@@ -29,15 +29,29 @@ class _Image:
     def __init__(self, regmap: RegisterMap) -> None:
         self.map = regmap
         self.regs = [0] * len(regmap.span)
+        self._put_as: dict[str, float] = {}  # an unchanged value is not encoded again
         for reg in regmap:
             if reg.default is not None:
                 self.put(reg.name, reg.default)
 
     def put(self, name: str, value: float) -> None:
+        if self._put_as.get(name) == value:
+            return
         reg = self.map[name]
-        value = min(max(value, reg.minimum), reg.maximum)
-        for address, word in zip(reg.addresses, reg.encode(value), strict=True):
+        clamped = min(max(value, reg.minimum), reg.maximum)
+        for address, word in zip(reg.addresses, reg.encode(clamped), strict=True):
             self.regs[address - self.map.span.start] = word
+        self._put_as[name] = value
+
+    def written(self, address: int, word: int) -> str | None:
+        """A master's write of one register: the register's name, None if it may not be
+        written."""
+        reg = self.map.by_address(address)
+        if reg is None or reg.access is not Access.RW:
+            return None
+        self.regs[address - self.map.span.start] = word
+        self._put_as.pop(reg.name, None)
+        return reg.name
 
     def get(self, name: str) -> int:
         return self.regs[self.map[name].address - self.map.span.start]
@@ -159,11 +173,10 @@ class SafetyIoSim:
                 self._publish()
             if set_values is not None and function_code != 3:
                 for offset, word in enumerate(set_values):
-                    reg = image.map.by_address(address + offset)
-                    if reg is None or reg.access is not Access.RW:
+                    name = image.written(address + offset, int(word))
+                    if name is None:
                         return ExcCodes.ILLEGAL_ADDRESS
-                    image.regs[address + offset - image.map.span.start] = int(word)
-                    self._on_write(reg.name, int(word))
+                    self._on_write(name, int(word))
             base = image.map.span.start - start_address
             current_registers[base:base + len(image.regs)] = image.regs
             return None

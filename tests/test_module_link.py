@@ -413,7 +413,7 @@ def test_a_stop_the_module_does_not_hold_is_written_again() -> None:
 
         def stubborn(address: int, values: list[int]) -> ExcCodes | None:
             result = accept(address, values)
-            sim._regs[enable] = 1  # the firmware ignores the stop
+            sim.firmware_sets("output_enable", 1)  # the firmware ignores the stop
             return result
 
         try:

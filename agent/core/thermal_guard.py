@@ -143,8 +143,8 @@ class ThermalSupervisor:
         elif value < s.effective - hyst:
             s.effective = value + hyst
         s.history.append((t, value))
-        window = [(tt, v) for tt, v in s.history if t - tt <= 10.0]
-        t0, v0 = window[0]
+        # The oldest reading of the last 10 s (the one just appended, at the latest).
+        t0, v0 = next((tt, v) for tt, v in s.history if t - tt <= 10.0)
         if t - t0 >= 2.0 and (value - v0) / (t - t0) > limits.rate_limit_k_per_s:
             s.rate_capped_until = t + limits.rate_hold_s
         if reading.sensor in ("connector_dc_plus", "connector_dc_minus"):

@@ -7,8 +7,9 @@ session's deadline, event-driven time). Nothing here decides anything about the 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from agent.core.commands import (
@@ -114,25 +115,36 @@ class GunRuntime:
         self.now = t
         for item in self._poll_vehicle(t):
             self.feed(item)
-        period = self._module_period_s
-        if period is not None and (t >= self._next_module_t - 1e-9 or self._module_dirty):
-            self._module_dirty = False
-            if t >= self._next_module_t - 1e-9:
-                self._next_module_t = _next_on_grid(self._next_module_t, period, t)
-            for event in await self.module.service(t):
-                self.feed(event)
-        if self.safety is not None and period is not None and t >= self._next_safety_t - 1e-9:
-            self._next_safety_t = _next_on_grid(self._next_safety_t, period, t)
-            for event in await self.safety.service(t):
-                self.feed(event)
-        if self.meter is not None and period is not None and t >= self._next_meter_t - 1e-9:
-            self._next_meter_t = _next_on_grid(self._next_meter_t, self._meter_period_s, t)
-            for event in await self.meter.service(t):
+        for events in await self._service_buses(t):
+            for event in events:
                 self.feed(event)
         for event in extra_events:
             self.feed(event)
         self._feed_history(t)
         self.feed(Tick(t))
+
+    async def _service_buses(self, t: float) -> list[list[Event]]:
+        """The buses due at t (lock-step simulation), exchanged at the same time as the
+        owners' tasks do in real time: each bus is a device of its own. Their events come
+        back in a fixed order (module, safety, meter), whichever answered first."""
+        period = self._module_period_s
+        if period is None:
+            return []
+        due: list[Awaitable[list[Event]]] = []
+        if t >= self._next_module_t - 1e-9 or self._module_dirty:
+            self._module_dirty = False
+            if t >= self._next_module_t - 1e-9:
+                self._next_module_t = _next_on_grid(self._next_module_t, period, t)
+            due.append(self.module.service(t))
+        if self.safety is not None and t >= self._next_safety_t - 1e-9:
+            self._next_safety_t = _next_on_grid(self._next_safety_t, period, t)
+            due.append(self.safety.service(t))
+        if self.meter is not None and t >= self._next_meter_t - 1e-9:
+            self._next_meter_t = _next_on_grid(self._next_meter_t, self._meter_period_s, t)
+            due.append(self.meter.service(t))
+        if len(due) == 1:
+            return [await due[0]]
+        return list(await asyncio.gather(*due))
 
     def on_frames(self, t: float) -> bool:
         """Frames arrived on the CAN bus (real time): decode them, and decide at once on a

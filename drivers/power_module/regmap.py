@@ -62,14 +62,21 @@ class Register:
     # limit, which must never be rounded above what was asked (a 0.06 A limit on a 0.1 A
     # register is written as 0.0 A, not 0.1 A).
     rounding: str = "nearest"
+    # Derived once (a simulation encodes and decodes hundreds of registers a simulated
+    # second): words, addresses, and min..max and the type's range in raw counts.
+    width: int = field(init=False, repr=False, compare=False)
+    addresses: range = field(init=False, repr=False, compare=False)
+    _raw_range: tuple[int, int] = field(init=False, repr=False, compare=False)
+    _plausible_raw: tuple[int, int] = field(init=False, repr=False, compare=False)
 
-    @property
-    def width(self) -> int:
-        return self.type.width
-
-    @property
-    def addresses(self) -> range:
-        return range(self.address, self.address + self.width)
+    def __post_init__(self) -> None:
+        width = self.type.width
+        object.__setattr__(self, "width", width)
+        object.__setattr__(self, "addresses", range(self.address, self.address + width))
+        object.__setattr__(self, "_raw_range", self.type.raw_range)
+        # Bounds compared in raw counts: 11000 * 0.1 is 1100.0000000000002 in floats.
+        object.__setattr__(self, "_plausible_raw", (round(self.minimum / self.scale),
+                                                    round(self.maximum / self.scale)))
 
     def _where(self) -> str:
         return f"register {self.name!r} (address {self.address})"
@@ -89,7 +96,7 @@ class Register:
         # The 1e-9 keeps 2.3 A (22.999999999999996 steps in binary) from losing a step.
         raw = math.trunc(steps + math.copysign(1e-9, steps)) if self.rounding == "toward_zero" \
             else round(steps)
-        lo, hi = self.type.raw_range
+        lo, hi = self._raw_range
         # min/max were checked against the raw range at load time; clamp absorbs rounding only.
         return min(max(raw, lo), hi)
 
@@ -118,9 +125,9 @@ class Register:
     def decode(self, words: Sequence[int]) -> float:
         """Register words -> engineering value; ValueError if outside min..max."""
         raw = self.raw_from_words(words)
-        # Bounds compared in raw counts: 11000 * 0.1 is 1100.0000000000002 in floats.
         value = round(raw * self.scale, 9)
-        if not round(self.minimum / self.scale) <= raw <= round(self.maximum / self.scale):
+        lo, hi = self._plausible_raw
+        if not lo <= raw <= hi:
             raise ValueError(
                 f"{self._where()}: {value:g} {self.unit} outside plausible "
                 f"{self.minimum:g}..{self.maximum:g} {self.unit}"
@@ -142,6 +149,7 @@ class RegisterMap:
     # Addresses from the first to the last register: what one status poll reads. Computed
     # once: every poll and every simulated register write needs it.
     span: range = field(init=False, repr=False, compare=False)
+    _by_address: tuple[Register, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.registers:
@@ -149,12 +157,14 @@ class RegisterMap:
         first = min(r.address for r in self.registers.values())
         last = max(r.addresses.stop for r in self.registers.values())
         object.__setattr__(self, "span", range(first, last))
+        object.__setattr__(self, "_by_address", tuple(
+            sorted(self.registers.values(), key=lambda r: r.address)))
 
     def __getitem__(self, name: str) -> Register:
         return self.registers[name]
 
     def __iter__(self) -> Iterator[Register]:
-        return iter(sorted(self.registers.values(), key=lambda r: r.address))
+        return iter(self._by_address)
 
     def by_address(self, address: int) -> Register | None:
         for reg in self.registers.values():
