@@ -49,8 +49,10 @@ from hil.ev_bms import BmsSimulator
 from hil.matrix_sim import GroupSim, MatrixSim
 from hil.meter_sim import MeterSim
 from hil.module_sim import ModuleSim
+from hil.pile_report import PileRecording, PileReportInput, write_pile_report
 from hil.pile_scenario_file import PileScenarioFile, load, named
 from hil.pile_scenario_run import PileScenarioRun
+from hil.report import RunSummary
 from hil.safety_io_sim import SafetyIoSim
 from hil.scenario_engine import Verdict
 
@@ -128,8 +130,10 @@ class PileResult:
 class GunRig:
     """One gun: its car and devices (simulated) and its runtime (the agent's)."""
 
-    def __init__(self, gun: int, scenario: PileScenarioFile, guns: int) -> None:
+    def __init__(self, gun: int, scenario: PileScenarioFile, guns: int,
+                 rec: PileRecording | None = None) -> None:
         self.gun = gun
+        self.rec = rec  # the run's series, for its report
         self.vehicle = scenario.vehicle(gun, guns)
         self.bms = BmsSimulator(self.vehicle.config)  # a pile file gives every gun a car
         self.module = ModuleSim()
@@ -183,6 +187,8 @@ class GunRig:
                 _say(out, f"[{t:8.2f} s] gun {self.gun}: notice {kind}: {detail}")
             case CurrentDecided(current_a=amps):
                 r.peak_a = max(r.peak_a, abs(amps))
+                if self.rec is not None:
+                    self.rec.decided(self.gun, t, amps)
                 pool = self.session.plant.pool
                 if pool is not None and abs(amps) > pool.current_a + 1e-6:
                     r.above_pool.append((t, amps, pool.current_a))
@@ -232,7 +238,8 @@ class SimulatedMultiPile:
         self.plan = PileScenarioRun(scenario, guns)
         self.out = out
         self.clock = SimClock(0.0)
-        self.rigs = [GunRig(g, scenario, guns) for g in range(1, guns + 1)]
+        self.rec = PileRecording(guns)
+        self.rigs = [GunRig(g, scenario, guns, self.rec) for g in range(1, guns + 1)]
         self.groups = scenario.groups(guns)
         self.matrix = MatrixSim([GroupSim(g.id, g.current_a, g.power_w, g.reach)
                                  for g in self.groups],
@@ -313,6 +320,7 @@ class SimulatedMultiPile:
             nxt = min([next_matrix, plan.next_due(t), *(rig.next_t for rig in self.rigs)])
             await self.clock.advance((t + STEP_S if self.lock_step else nxt) - t)
         r.sim_s, r.wall_s = self.clock.now(), time.monotonic() - wall0
+        self.rec.close()
         r.per_gun = [rig.result for rig in self.rigs]
         r.switched_under_load = list(self.matrix.switched_under_load)
         r.joined_two_guns = len(self.matrix.joined_two_guns)
@@ -334,6 +342,9 @@ class SimulatedMultiPile:
         r.peak_import_w = max(r.peak_import_w, imported)
         r.peak_export_w = max(r.peak_export_w, exported)
         self.plan.observe(self, t)
+        self.rec.observe(t, [rig.module.current_a for rig in self.rigs],
+                         [rig.last_cap.current_a if rig.last_cap else None for rig in self.rigs],
+                         imported, exported)
 
     def state(self, gun: int) -> State:
         return self.session(gun).state
@@ -352,10 +363,14 @@ async def run_pile_sim_cli(scenario: str | PileScenarioFile, guns: int, json_sum
                            live: bool = True, report_dir: str | None = None) -> int:
     # With --json, stdout carries the JSON alone; live lines go to stderr.
     out = (sys.stderr if json_summary else sys.stdout) if live else None
-    result = await run_pile_sim(scenario, guns, out)
+    sc = scenario if isinstance(scenario, PileScenarioFile) else \
+        (load(scenario) if scenario.endswith(".toml") else named(scenario))
+    async with SimulatedMultiPile(sc, guns, out) as pile:
+        result = await pile.run()
     if report_dir is not None:
-        path = write_junit(Path(report_dir), result)
-        print(f"report: {path}", file=sys.stderr if json_summary else sys.stdout)
+        paths = write_report(Path(report_dir), pile)
+        print(f"report: {', '.join(str(p) for p in paths)}",
+              file=sys.stderr if json_summary else sys.stdout)
     if json_summary:
         print(json.dumps(result.summary(), indent=2))
     else:
@@ -363,17 +378,19 @@ async def run_pile_sim_cli(scenario: str | PileScenarioFile, guns: int, json_sum
     return 0 if not result.failures else 1
 
 
-def write_junit(directory: Path, r: PileResult) -> Path:
-    """`--report DIR` for a pile run: JUnit XML, a testcase per verdict (the invariants and
-    each expectation per gun)."""
-    from hil.report import RunSummary, junit_xml
-
-    directory.mkdir(parents=True, exist_ok=True)
-    run = RunSummary(f"{r.scenario}-{r.guns}-guns", r.description, r.verdict,
-                     "; ".join(r.failures), r.sim_s, r.wall_s, (), r.notes, ())
-    path = directory / "junit.xml"
-    path.write_bytes(junit_xml(run, r.verdicts))
-    return path
+def write_report(directory: Path, pile: SimulatedMultiPile) -> list[Path]:
+    """`--report DIR` for a pile run: JUnit XML (a testcase per verdict: the invariants and
+    each expectation per gun) and the page with the pile's plots."""
+    r, plan, sf = pile.result, pile.plan, pile.scenario
+    marks = sorted((plan.at[s.name], s.name, "fault" if "group_fault" in s.do else "step")
+                   for s in sf.steps if s.name in plan.fired)
+    steps = [f"{t:.1f} s: {name}" for t, name, _kind in marks]
+    summary = RunSummary(f"{r.scenario}-{r.guns}-guns", r.description, r.verdict,
+                         "; ".join(r.failures) or "every verdict holds", r.sim_s, r.wall_s,
+                         (), [*steps, *r.notes], (), lead="the pile:")
+    what = PileReportInput(summary, r.verdicts, marks, [g.states for g in r.per_gun],
+                           sf.grid_limit_w(r.guns), sf.export_limit_w(r.guns))
+    return write_pile_report(directory, pile.rec, what)
 
 
 def pile_text(r: PileResult) -> str:

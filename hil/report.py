@@ -22,6 +22,7 @@ from hil.series import EventSeries
 
 PLOT_POINTS = 1200
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 960, 200, 64, 16, 14, 26
+LEGEND_PER_ROW = 6  # a strip's labels, 150 px apart
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
            "#7f7f7f")
 
@@ -90,24 +91,29 @@ def junit_xml(run: RunSummary, verdicts: Sequence[Verdict]) -> bytes:
 
 def decimate(points: Iterable[tuple[float, float]], t_end: float,
              buckets: int = PLOT_POINTS) -> list[tuple[float, float]]:
-    """At most two points per bucket of time (its minimum and maximum, in time order)."""
+    """At most two points per bucket of time (its minimum and maximum), in the order they
+    came: a step (two values at one instant) keeps its direction."""
     width = max(t_end, 1e-9) / buckets
     out: list[tuple[float, float]] = []
     current: int | None = None
-    low = high = (0.0, 0.0)
-    for t, v in points:
+    low = high = (0, 0.0, 0.0)  # (arrival, t, value)
+
+    def flush() -> None:
+        out.extend((t, v) for _n, t, v in sorted({low, high}))
+
+    for n, (t, v) in enumerate(points):
         k = min(int(t / width), buckets - 1)
         if k != current:
             if current is not None:
-                out.extend(sorted({low, high}))
-            current, low, high = k, (t, v), (t, v)
+                flush()
+            current, low, high = k, (n, t, v), (n, t, v)
             continue
-        if v < low[1]:
-            low = (t, v)
-        if v > high[1]:
-            high = (t, v)
+        if v < low[2]:
+            low = (n, t, v)
+        if v > high[2]:
+            high = (n, t, v)
     if current is not None:
-        out.extend(sorted({low, high}))
+        flush()
     return out
 
 
@@ -184,12 +190,14 @@ def strip(title: str, changes: EventSeries, t_end: float,
     """A value that changes at moments (the binding limit, the setpoint) as coloured spans."""
     ax = _Axes(t_end, 0.0, 1.0)
     h = 40
+    items = changes.items
+    rows = max(1, -(-len({str(v) for _t, v in items}) // LEGEND_PER_ROW))
+    height = h + 16 + 14 * rows
     parts = [f'<svg class="plot strip" data-title="{html.escape(title)}" '
-             f'viewBox="0 0 {WIDTH} {h + 30}" width="{WIDTH}" height="{h + 30}" '
+             f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" '
              'xmlns="http://www.w3.org/2000/svg">',
              f'<text x="{LEFT}" y="11" class="title">{html.escape(title)}</text>']
     labels: dict[str, str] = {}
-    items = changes.items
     for k, (t, value) in enumerate(items):
         end = items[k + 1][0] if k + 1 < len(items) else t_end
         label = str(value)
@@ -199,7 +207,8 @@ def strip(title: str, changes: EventSeries, t_end: float,
                      f'height="{h - 16}" fill="{colour}" opacity="0.55"><title>'
                      f'{html.escape(label)} from {t:.1f} s</title></rect>')
     for k, (label, colour) in enumerate(labels.items()):
-        parts.append(f'<text class="legend" x="{LEFT + 150 * k}" y="{h + 24}" '
+        row, col = divmod(k, LEGEND_PER_ROW)
+        parts.append(f'<text class="legend" x="{LEFT + 150 * col}" y="{h + 24 + 14 * row}" '
                      f'fill="{colour}">{html.escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -240,8 +249,9 @@ def _marks_of(rec: Recording, run: RunSummary) -> list[tuple[float, str, str]]:
 
 
 def html_page(run: RunSummary, verdicts: Sequence[Verdict], rec: Recording,
-              plots: Sequence[str] | None = None) -> str:
-    """The page; `plots` (SVG) instead of the gun's, for a run that drew its own."""
+              plots: Sequence[str] | None = None, heading: str = "The day") -> str:
+    """The page; `plots` (SVG) under `heading` instead of the gun's, for a run that drew
+    its own."""
     failed = any(v.status == "FAIL" for v in verdicts)
     verdict = "FAIL" if failed else "PASS"
     t_end = max(rec.end_s, 1.0)
@@ -283,7 +293,8 @@ def html_page(run: RunSummary, verdicts: Sequence[Verdict], rec: Recording,
             f"{run.sim_s:.0f} s simulated in {run.wall_s:.1f} s</p>"
             "<h2>Expectations</h2><table><tr><th>verdict</th><th>expectation</th>"
             f"<th>measured</th><th>detail</th><th>source</th></tr>{rows}</table>"
-            + (f"<h2>{'Gun 1' if plots is gun_plots else 'The day'}</h2>{''.join(plots)}"
+            + (f"<h2>{'Gun 1' if plots is gun_plots else html.escape(heading)}</h2>"
+               f"{''.join(plots)}"
                if plots else "")
             + f"<h2>Steps</h2><ol>{steps}</ol><h2>Files</h2><ul>{files}</ul>"
             f"<script>{_SCRIPT}</script></body></html>")

@@ -43,6 +43,10 @@ class HeldSeries:
     def __len__(self) -> int:
         return len(self.t) + (self._pending is not None)
 
+    def last(self) -> float:
+        """The latest value added (IndexError when empty)."""
+        return self._pending[1] if self._pending is not None else self.v[-1]
+
     def points(self) -> Iterator[tuple[float, float]]:
         yield from zip(self.t, self.v, strict=True)
         if self._pending is not None:

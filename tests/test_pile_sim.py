@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -136,6 +137,16 @@ def test_a_pile_scenario_written_in_toml_runs_and_fails_when_broken(
     assert "grid within the site's 180 kW" in by_name
     assert out["guns_detail"][1]["reason"] == "owner leaves"
     assert ET.parse(report / "junit.xml").getroot().get("failures") == "0"
+    page = (report / "report.html").read_text()
+    assert 'data-verdict="PASS"' in page
+    # Each gun's current drawn (a line with points), a state strip per gun, the site plot
+    # with its grid limit, and the two steps marked.
+    current = page.split('data-title="module current per gun (- = discharge)"')[1]
+    current = current.split("</svg>")[0]
+    drawn = re.findall(r'data-name="gun (\d)" data-points="(\d+)"', current)
+    assert {g for g, n in drawn if int(n) > 10} == {"1", "2", "3"}, drawn
+    assert all(f'data-title="gun {g}: state"' in page for g in (1, 2, 3))
+    assert 'data-name="grid limit"' in page and "gun 2&#x27;s owner leaves @" in page
     # The same file with an expectation no run can meet: FAIL, and the JUnit says why.
     bad = tmp_path / "bad.toml"
     bad.write_text(PILE_FILE.replace("AMPS", "900.0"))
@@ -146,6 +157,10 @@ def test_a_pile_scenario_written_in_toml_runs_and_fails_when_broken(
     root = ET.parse(report / "junit.xml").getroot()
     [failure] = root.iter("failure")
     assert "expected >= 900" in (failure.get("message") or ""), failure.attrib
+    page = (report / "report.html").read_text()
+    assert 'data-verdict="FAIL"' in page
+    [row] = [r for r in page.split("<tr>") if r.startswith('<td class="FAIL">')]
+    assert "gun 1 draws current while gun 2 leaves" in row and "expected &gt;= 900" in row
 
 
 @pytest.mark.parametrize(("edit", "at", "says"), [

@@ -224,3 +224,7 @@ def test_a_held_series_keeps_edges_and_ramps_not_time() -> None:
     assert s.value_at(500.0) == 10.0
     out = decimate(((k * 0.01, float(k % 7)) for k in range(1_000_000)), 10_000.0, 100)
     assert len(out) <= 200 and min(v for _t, v in out) == 0.0 and max(v for _t, v in out) == 6.0
+    # A step down at one instant (a held value, then the new one) keeps its direction: a
+    # plot of it falls, it does not spike back up (sorting by value drew 0 then 207).
+    step = [(147.1, 206.7), (150.0, 206.7), (150.0, 0.0), (151.5, 0.0)]
+    assert decimate(step, 165.0, 165) == step
