@@ -292,20 +292,24 @@ class BmsSimulator:
             case "ready":
                 return [BRO(Ready.READY)]
             case "charging":
+                # Each message built only when its period is up (BCL every 50 ms, the
+                # others every 250 ms or 10 s): `poll` would drop the others anyway.
                 demand, mode = self.demand_a()
-                remaining = max(c.target_soc_pct - b.soc_pct, 0.0) * c.battery.capacity_ah \
-                    * 0.6 / max(demand, 1.0)
-                return [
-                    BCL(c.max_total_voltage_v, round(demand, 1), mode),
-                    *self._cell_messages(t),
-                    BCS(round(b.terminal_voltage_v(), 1), round(b.current_a, 1),
-                        round(min(b.max_cell_voltage_v(), 40.95), 2), 1, round(b.soc_pct),
-                        min(int(remaining), 600)),
-                    BSM(1, round(b.temperature_c), 1, round(b.temperature_c) - 2, 2,
-                        over_temperature=self.over_temperature,
-                        charge_permitted=self.charge_permitted),
-                    *self._v2g_status(),
-                ]
+                out: list[BmsMessage] = [BCL(c.max_total_voltage_v, round(demand, 1), mode),
+                                         *self._cell_messages(t)]
+                if not self._waiting("BCS", t):
+                    remaining = max(c.target_soc_pct - b.soc_pct, 0.0) \
+                        * c.battery.capacity_ah * 0.6 / max(demand, 1.0)
+                    out.append(BCS(round(b.terminal_voltage_v(), 1), round(b.current_a, 1),
+                                   round(min(b.max_cell_voltage_v(), 40.95), 2), 1,
+                                   round(b.soc_pct), min(int(remaining), 600)))
+                if not self._waiting("BSM", t):
+                    out.append(BSM(1, round(b.temperature_c), 1, round(b.temperature_c) - 2, 2,
+                                   over_temperature=self.over_temperature,
+                                   charge_permitted=self.charge_permitted))
+                if not self._waiting("BDS", t):
+                    out += self._v2g_status()
+                return out
             case "stopping":
                 msgs: list[BmsMessage] = []
                 if self.timeouts:
