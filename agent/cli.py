@@ -329,7 +329,7 @@ def _scenario_file(fault: str | None, scenario: str | None) -> Any:
 
 def _pile_sim(args: argparse.Namespace) -> int:
     """`sim --guns N`: a pile scenario (a built-in by name, or a file) on N guns."""
-    from hil import pile_scenario_file
+    from hil import pile_scenario_file, sim_loop
     from hil.pile_sim import run_pile_sim_cli
     from hil.scenario_file import ScenarioError
 
@@ -346,8 +346,8 @@ def _pile_sim(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"pile-agent sim: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(run_pile_sim_cli(sf, args.guns, args.json, live=not args.quiet,
-                                        report_dir=args.report))
+    return sim_loop.run(run_pile_sim_cli(sf, args.guns, args.json, live=not args.quiet,
+                                         report_dir=args.report))
 
 
 def _list_or_check(flag: str, name: str | None, known: dict[str, str]) -> int | None:
@@ -591,7 +591,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "hil":
         return _hil_serve(args)
     if args.command == "sim":
-        from hil import pile_scenario_file
+        from hil import pile_scenario_file, sim_loop
         from hil.scenario_file import FAULT_DIR, SCENARIO_DIR, ScenarioError, catalogue
         from hil.sim import SimOptions, run_sim_cli
 
@@ -635,7 +635,7 @@ def _main(argv: list[str] | None) -> int:
             site_end_s=_time_of_day(args.site_until) if args.site_until else None,
             lock_step=args.lock_step,
         )
-        return asyncio.run(run_sim_cli(options, as_fault=args.fault is not None))
+        return sim_loop.run(run_sim_cli(options, as_fault=args.fault is not None))
     from agent.runtime.config import ConfigError, load_config
     from agent.runtime.realtime import run_pile
 

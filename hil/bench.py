@@ -45,6 +45,7 @@ from agent.runtime.pile_service import PileService
 from drivers.gbt27930.link import GbtLink, Role
 from drivers.power_module.link import ModuleLink, TcpTarget
 from drivers.sunspec.codec import layout, load_map
+from hil import sim_loop
 from hil.bench_scale import ccs_periods, percentile
 from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile, free_port
@@ -402,7 +403,7 @@ def run_bench(trials: int = 20, scale: tuple[int, ...] = (1, 4, 12),
               day_hours: float = 24.0) -> dict[str, Any]:
     out: dict[str, Any] = {"guns": 1, "trials": trials}
     out.update(asyncio.run(_measure(trials)))
-    sim = asyncio.run(_sim_speed())
+    sim = {**sim_loop.run(_sim_speed()), "event_loop": sim_loop.loop_name()}
     costs = asyncio.run(_transport_costs())
     out["simulation_one_gun"] = {**sim, "transport_costs": costs,
                                  "transport_floor": _floor(sim, costs)}

@@ -60,7 +60,8 @@ class SafetyBusOwner:
 
     async def _call(self, what: str, call: Callable[[], Any]) -> Any:
         try:
-            response = await asyncio.wait_for(call(), self.timeout_s + 0.1)
+            async with asyncio.timeout(self.timeout_s + 0.1):  # no task per request
+                response = await call()
         except Exception as exc:  # timeouts, OSError and pymodbus exceptions alike
             raise SafetyBusError(f"{what}: {type(exc).__name__}: {exc}") from exc
         if response.isError():
