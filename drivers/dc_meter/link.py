@@ -51,9 +51,10 @@ class MeterBusOwner:
                     await self.close()
                     return [MeterLost(t, "meter: connect failed")]
             span = self.regmap.span
-            async with asyncio.timeout(2 * REQUEST_TIMEOUT_S):  # no task per request
-                response = await self._client.read_holding_registers(
-                    span.start, count=len(span), device_id=self.unit_id)
+            response = await asyncio.wait_for(
+                self._client.read_holding_registers(span.start, count=len(span),
+                                                    device_id=self.unit_id),
+                2 * REQUEST_TIMEOUT_S)
             if response.isError():
                 return [MeterLost(t, f"meter answered exception "
                                      f"{getattr(response, 'exception_code', '?')}")]

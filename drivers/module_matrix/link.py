@@ -48,8 +48,7 @@ class MatrixBusOwner:
             client.close()
 
     async def _call(self, call: Callable[[], Any]) -> Any:
-        async with asyncio.timeout(2 * REQUEST_TIMEOUT_S):  # no task per request
-            response = await call()
+        response = await asyncio.wait_for(call(), 2 * REQUEST_TIMEOUT_S)
         if response.isError():
             raise ConnectionError(f"exception {getattr(response, 'exception_code', '?')}")
         return response

@@ -265,9 +265,7 @@ class ModuleLink:
         if not self.connected:
             raise ModuleLinkError(f"{what}: {self._describe()} not connected")
         try:
-            # asyncio.timeout, not wait_for: no task of its own for each request.
-            async with asyncio.timeout(self._guard_s):
-                response = await call()
+            response = await asyncio.wait_for(call(), self._guard_s)
         except TimeoutError as exc:
             raise ModuleLinkError(f"{what}: {self._describe()} timed out") from exc
         except Exception as exc:  # pymodbus raises ModbusException subclasses and OSError

@@ -60,8 +60,7 @@ class SafetyBusOwner:
 
     async def _call(self, what: str, call: Callable[[], Any]) -> Any:
         try:
-            async with asyncio.timeout(self.timeout_s + 0.1):  # no task per request
-                response = await call()
+            response = await asyncio.wait_for(call(), self.timeout_s + 0.1)
         except Exception as exc:  # timeouts, OSError and pymodbus exceptions alike
             raise SafetyBusError(f"{what}: {type(exc).__name__}: {exc}") from exc
         if response.isError():
