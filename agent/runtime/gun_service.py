@@ -44,6 +44,7 @@ from agent.runtime.gun_telemetry import GunTelemetry
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.power_module.owner import ModuleBusOwner
 from drivers.safety_io.link import SafetyBusOwner
+from drivers.task_end import reap
 
 log = logging.getLogger("pile_agent.gun")
 
@@ -218,9 +219,7 @@ class GunService:
         reach the module first."""
         self._closed = True
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await reap(task, errors_too=True)
         self.on_close()
         await self.drivers.close(drain_s)
 

@@ -59,6 +59,7 @@ from agent.version import package_version
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.codec import assign_extension_pgns
 from drivers.module_matrix.link import MatrixBusOwner, MatrixEvent
+from drivers.task_end import reap
 
 log = logging.getLogger("pile_agent.pile")
 
@@ -290,9 +291,7 @@ class PileService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), POOL_PERIOD_S)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await reap(reader)
 
     # ---- what operators see -----------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from drivers.ocpp.log_upload import (
 )
 from drivers.ocpp.profiles import Offer, ProfileStore, Rejection, parse_profile
 from drivers.said_lines import SaidLines
+from drivers.task_end import reap
 
 log = logging.getLogger("pile_agent.ocpp")
 # What the station can sample (SampledDataCtrlr's measurands) and what it accepts of a
@@ -718,9 +719,7 @@ class OcppClient:
                     try:
                         await self._session(cp, reader)
                     finally:
-                        reader.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await reader
+                        await reap(reader, errors_too=True)
             except (TimeoutError, OSError, websockets.exceptions.WebSocketException) as exc:
                 self.log.append(f"link: {type(exc).__name__}: {exc}", event="link_lost")
             except asyncio.CancelledError:

@@ -9,7 +9,6 @@ failure into an event for the core. Reconnection with back-off lives here, not i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Protocol
 from agent.core.events import DriverError, Event, ModuleLinkLost
 from drivers.power_module.codec import SOURCE, ModuleCommand
 from drivers.power_module.link import ModuleLink, ModuleLinkError, ModuleRefused
+from drivers.task_end import reap
 
 # 100 ms: EVerest polls UUGreen modules' V/I every 100 ms (UUGreenCanDevice.cpp); the State Grid
 # module refreshes V/I at <= 200 ms, so polling faster shows nothing new (safety-limits.md §1.6).
@@ -185,6 +185,4 @@ class ModuleBusOwner:
             await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (sleeper, waker):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await reap(task)
