@@ -368,7 +368,8 @@ class SafetyWorld:
     def emergency_cause(self) -> str | None:
         """What in the world, now, lets K1/K2 open under load (docs/SAFETY.md I5: E-stop,
         door, module lost, unplug, welded; the safety I/O lost, I7; a connector past its
-        trip temperature, I10; a module fault bit whose meaning is an emergency)."""
+        trip temperature, I10; a module fault bit whose meaning is an emergency; a module
+        whose current runs more than 5 A past its setpoint, I15)."""
         p = self.plant
         emergency_bits = sum(1 << n for n, (_name, emergency, _l)
                              in MODULE_FAULT_REACTION.items() if emergency)
@@ -379,6 +380,10 @@ class SafetyWorld:
             "module fault": bool(p.fault_word & emergency_bits),
             "contactor": p.welded or bool(p.welded_poles) or p.stuck_open,
             "connector trip": not self.sensor_open and self.connector_c >= CONNECTOR_TRIP_C,
+            # A module whose current loop runs more than 5 A past its setpoint cannot reach
+            # <= 5 A at a 0 A command: only K1/K2 and the safety controller's hardware trip
+            # reach the safe state in time (GB 44263-2024 §8.2.1; docs/SAFETY.md I15).
+            "module ignores the shutdown": p.overshoot_a > OPEN_AT_A,
         }
         return next((name for name, present in causes.items() if present), None)
 
