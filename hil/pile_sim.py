@@ -353,19 +353,21 @@ class SimulatedMultiPile:
 async def run_pile_sim(scenario: str | PileScenarioFile, guns: int,
                        out: IO[str] | None = None) -> PileResult:
     """A pile scenario (a built-in's name, a file's path, or a loaded file) on N guns."""
-    sc = scenario if isinstance(scenario, PileScenarioFile) else \
-        (load(scenario) if scenario.endswith(".toml") else named(scenario))
-    async with SimulatedMultiPile(sc, guns, out) as pile:
+    async with SimulatedMultiPile(_scenario(scenario), guns, out) as pile:
         return await pile.run()
+
+
+def _scenario(scenario: str | PileScenarioFile) -> PileScenarioFile:
+    if isinstance(scenario, PileScenarioFile):
+        return scenario
+    return load(scenario) if scenario.endswith(".toml") else named(scenario)
 
 
 async def run_pile_sim_cli(scenario: str | PileScenarioFile, guns: int, json_summary: bool,
                            live: bool = True, report_dir: str | None = None) -> int:
     # With --json, stdout carries the JSON alone; live lines go to stderr.
     out = (sys.stderr if json_summary else sys.stdout) if live else None
-    sc = scenario if isinstance(scenario, PileScenarioFile) else \
-        (load(scenario) if scenario.endswith(".toml") else named(scenario))
-    async with SimulatedMultiPile(sc, guns, out) as pile:
+    async with SimulatedMultiPile(_scenario(scenario), guns, out) as pile:
         result = await pile.run()
     if report_dir is not None:
         paths = write_report(Path(report_dir), pile)
