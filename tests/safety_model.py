@@ -57,6 +57,10 @@ class EvParams:
     # The one message this EV never sends (its awaited-message watchdog must fire):
     # "BHM", "BRM", "BCP", "BRO", "BCL", "BCS", or "BRO_AA" (BRO stays 0x00, not ready).
     mute: str = ""
+    # How long after its first BRO(0xAA) the car's K5/K6 carry the battery to the gun: 0
+    # closes them with the message (GB/T 27930-2015: ready once closed); a contactor's
+    # operate time, or a car that says ready as it commands them, gives a delay.
+    k56_delay_s: float = 0.0
     # V2G (the project's GB/T 27930 extension, docs/V2G.md). v2g=False is a 2015 car that
     # never answers the charger's CDP. bdp_delay_s: how long after the offer it answers
     # (past V2G_ANSWER = 5 s the answer must be ignored: the session is charge-only).
@@ -95,6 +99,7 @@ class Ev:
     soc: float = 50.0
     energy_out_kwh: float = 0.0
     offered_at: float | None = None  # when this car first heard CDP(offered)
+    ready_at: float | None = None  # when it first sent BRO(0xAA)
     _last: dict[str, float] = field(default_factory=dict)
     _heard: set[str] = field(default_factory=set)
 
@@ -140,8 +145,14 @@ class Ev:
                 out.append(BDP(self.consent, p.discharge_max_a, p.discharge_max_w,
                                p.discharge_min_v, p.soc_floor_pct, p.window_kwh))
             ready = p.mute != "BRO_AA" and (answered or not answering)
-            self.contactors_closed = ready
+            if not ready:
+                self.ready_at, self.contactors_closed = None, False
+            elif self.ready_at is None:
+                self.ready_at = t
             out.append(BRO(Ready.READY if ready else Ready.NOT_READY))
+        if self.ready_at is not None and not self.charging \
+                and t - self.ready_at >= p.k56_delay_s - 1e-9:
+            self.contactors_closed = True
         if self.charging:
             if self.send_bcl and self._due("BCL", 0.05, t):
                 # GB/T 27930-2015 §4.5 carries at most 400 A of charging demand.

@@ -369,7 +369,7 @@ class SafetyWorld:
         """What in the world, now, lets K1/K2 open under load (docs/SAFETY.md I5: E-stop,
         door, module lost, unplug, welded; the safety I/O lost, I7; a connector past its
         trip temperature, I10; a module fault bit whose meaning is an emergency; a module
-        whose current runs more than 5 A past its setpoint, I15)."""
+        whose current runs more than 5 A past its setpoint or stays stuck above 5 A, I15)."""
         p = self.plant
         emergency_bits = sum(1 << n for n, (_name, emergency, _l)
                              in MODULE_FAULT_REACTION.items() if emergency)
@@ -380,10 +380,12 @@ class SafetyWorld:
             "module fault": bool(p.fault_word & emergency_bits),
             "contactor": p.welded or bool(p.welded_poles) or p.stuck_open,
             "connector trip": not self.sensor_open and self.connector_c >= CONNECTOR_TRIP_C,
-            # A module whose current loop runs more than 5 A past its setpoint cannot reach
-            # <= 5 A at a 0 A command: only K1/K2 and the safety controller's hardware trip
-            # reach the safe state in time (GB 44263-2024 §8.2.1; docs/SAFETY.md I15).
-            "module ignores the shutdown": p.overshoot_a > OPEN_AT_A,
+            # A module whose current loop runs more than 5 A past its setpoint, or whose
+            # current is stuck above 5 A, cannot reach <= 5 A at a 0 A command: only K1/K2
+            # and the safety controller's hardware trip reach the safe state in time
+            # (GB 44263-2024 §8.2.1; docs/SAFETY.md I15).
+            "module ignores the shutdown": p.overshoot_a > OPEN_AT_A
+            or (p.current_stuck and abs(p.current_a) > OPEN_AT_A),
         }
         return next((name for name, present in causes.items() if present), None)
 
@@ -1029,11 +1031,13 @@ class SafetyWorld:
 
     def plug(self, bhm: float, bcp_max_a: float, bcp_max_v: float, battery_v: float,
              demand: float, lie: float, grid_kw: float, mute: str, require_io: bool,
-             flaw: str = "", demand_v: float = 1.0, v2g: V2gSetup | None = None) -> None:
+             flaw: str = "", demand_v: float = 1.0, v2g: V2gSetup | None = None,
+             k56_delay_s: float = 0.0) -> None:
         """demand_v: the BCL voltage demand as a fraction of BCP's max total voltage (1.0:
         a car in CC that asks its maximum; below: one in CV, or a CC car asking less).
         v2g: the gun's discharge ratings, the car's V2G answer and the health policy (None:
-        a charge-only gun and a 2015 car)."""
+        a charge-only gun and a 2015 car). k56_delay_s: the car's K5/K6 close that long
+        after its first BRO(0xAA)."""
         v = v2g or V2gSetup()
         # The site's grid connection, below the rated power or not (I2), and its export
         # share (D3).
@@ -1059,7 +1063,8 @@ class SafetyWorld:
                               bcp_max_v=round(bcp_max_v, 1), battery_v=battery_v,
                               reported_v=reported_v, demand_a=round(demand, 1),
                               demand_v=self.cv_demand(bcp_max_v, battery_v, demand_v),
-                              mute=mute, v2g=v.car, bdp_delay_s=v.bdp_delay_s,
+                              mute=mute, k56_delay_s=k56_delay_s, v2g=v.car,
+                              bdp_delay_s=v.bdp_delay_s,
                               bdp_consent=v.consent, discharge_max_a=round(v.max_a, 1),
                               discharge_max_w=round(v.max_w, -2),  # BDP: 100 W a bit
                               discharge_min_v=round(battery_v * v.min_v_fraction, 1),

@@ -161,6 +161,32 @@ def test_a_battery_voltage_off_by_over_5_percent_either_way_is_refused(
         assert w.s.state is State.CHARGING, w.s.data.outcome_reason
 
 
+# Project rule on GB/T 18487.1-2015 B.4.4, which gives the check no time: a battery that
+# reaches the gun within 1 s of BRO(0xAA) (K5/K6 operate time, a module reading that lags
+# by its update period) is checked, not refused on the first sample after the message.
+K56_SETTLE_S = 1.0
+
+
+@pytest.mark.parametrize(("delays", "refused"), [((0.25, 0.8), False), ((1.3, 5.0), True)])
+@SETTINGS
+@given(car=honest_cars, lag=st.integers(0, 9), data=st.data())
+def test_a_battery_that_reaches_the_gun_after_bro_is_awaited_for_a_second(
+        delays: tuple[float, float], refused: bool, car: dict[str, Any], lag: int,
+        data: st.DataObject) -> None:
+    """Both sides of the settle: K5/K6 that close 0.25-0.8 s after BRO(0xAA) are charged
+    (the first sample after the message still reads 0 V); 1.3 s and more is refused."""
+    delay = data.draw(st.floats(*delays), label="k56_delay_s")
+    assert (delay > K56_SETTLE_S) is refused
+    w = SafetyWorld()
+    w.delivery_lag_ticks = lag
+    w.plug(**car, mute="", require_io=False, k56_delay_s=delay)
+    _run_until(w, lambda q: q.s.state in (State.CHARGING, State.FAULT), 30.0)
+    if refused:
+        _faulted_for(w, "differs from the reported")
+    else:
+        assert w.s.state is State.CHARGING, w.s.data.outcome_reason
+
+
 @SETTINGS
 @given(car=honest_cars, lag=st.integers(0, 9), fraction=st.floats(0.8, 0.97))
 def test_a_car_in_cv_gets_its_voltage_demand_not_its_maximum(

@@ -103,6 +103,9 @@ class SequenceSteps(SessionBase):
             reported = d.bcp.battery_voltage_v
             measured = st.gun_voltage_v
             if not battery_voltage_plausible(measured, reported):
+                if not self._fresh_since(d.phase_entered_at
+                                         + T.BATTERY_VOLTAGE_SETTLE.seconds):
+                    return  # K5/K6 still closing, or a lagging reading: a later sample
                 self._fault(f"battery voltage {measured:.1f} V differs from the reported "
                             f"{reported:.1f} V by more than 5 % (GB/T 18487.1 B.4.4)")
                 return

@@ -51,6 +51,12 @@ BLEED_DOWN = Timing(1.0, "GB 44263-2024 §8.1.4 / GB/T 18487.1 B.5.2: output < 6
 PRECHARGE_BUDGET = Timing(
     60.0, "GB/T 27930-2015 Fig. A.6: the BMS waits 60 s for CRO(0xAA) after BRO(0xAA)"
 )
+# B.4.4 gives the battery-voltage check no time. The car closes K5/K6 around its BRO(0xAA)
+# (contactor operate time), and a module's reading lags by its update period: a reading out
+# of the window is judged on the first sample after this settle, not the first one after BRO.
+BATTERY_VOLTAGE_SETTLE = Timing(
+    1.0, "project rule on GB/T 18487.1-2015 B.4.4: K5/K6 closing; module V/I update <= 200 ms"
+)
 STOP_CURRENT_BUDGET = Timing(
     10.0, "GB/T 27930-2015 §8 / GB/T 18487.1 B.4.6: current <= 5 A within 10 s of BST/CST"
 )
