@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import math
 import os
 import re
@@ -369,20 +370,31 @@ V2G: dict[str, Mutation] = {
     "advertised:ccs-discharge-sign": _ccs_discharge_sent_as_charge,
 }
 
+class MutantBroken(Exception):
+    """The mutation's own code no longer fits the code it changes (a signature moved on): the
+    mutant then crashes, and a test that fails on that crash has caught nothing."""
+
+
 def _wrapped(owner: type, name: str,
              change: Callable[..., object]) -> AbstractContextManager[object]:
     """Patch owner.name with change(original, self, *args)."""
     original = getattr(owner, name)
+    signature = inspect.signature(change)
 
     def patched(self: object, *args: object, **kwargs: object) -> object:
+        try:
+            signature.bind(original, self, *args, **kwargs)
+        except TypeError as e:
+            raise MutantBroken(f"{change.__name__} cannot take the call to {name}: {e}") from e
         return change(original, self, *args, **kwargs)
 
     return mock.patch.object(owner, name, patched)
 
 
 def _fallback_discharges(original: Callable[..., tuple[float, bool]], self: UpstreamArbiter,
-                         now: float, charging: bool, *rest: object) -> tuple[float, bool]:
-    amps, fallback = original(self, now, charging, *rest)
+                         now: float, charging: bool, *rest: object,
+                         **named: object) -> tuple[float, bool]:
+    amps, fallback = original(self, now, charging, *rest, **named)
     return (self.policy.fallback_charge_a if fallback and not charging else amps), fallback
 
 
@@ -742,8 +754,11 @@ def _run_in_child(name: str) -> tuple[str, bool, str, str]:
     stateful = out.stdout[out.stdout.find("test_safety_invariants_hold"):]
     first_error = next((ln.strip(" |E") for ln in stateful.splitlines()
                         if "AssertionError:" in ln), "")
-    # Caught means a test failed; a harness that crashed before any test ran catches nothing.
-    caught = out.returncode != 0 and bool(failed)
+    # Caught means a test failed; a harness that crashed before any test ran catches nothing,
+    # and neither does a test that failed on the mutation's own crash (MutantBroken).
+    caught = out.returncode != 0 and bool(failed) and "MutantBroken" not in out.stdout
+    if "MutantBroken" in out.stdout:
+        first_error = "the mutant itself broke (MutantBroken): " + first_error
     return name, caught, ", ".join(failed), first_error
 
 

@@ -362,9 +362,10 @@ SETTINGS = settings(
 )
 
 
-# What the suite must have reached for its invariants to have had something to check: per
-# chunk, energy transfer in a fifth of the required examples (observed: over half); over the
-# chunks, a discharge and the rated current (observed 6-20 and 6-13 a chunk). Kinds of
+# What the suite must have reached for its invariants to have had something to check:
+# energy transfer in a fifth of the required examples (observed: over half; per chunk when
+# derandomized, over the run on random draws, where one chunk can clump); over the chunks, a
+# discharge and the rated current (observed 6-20 and 6-13 a chunk). Kinds of
 # fault are counted (COVERAGE, "fault: ...") but not floors: with CI set, hypothesis's "ci"
 # profile derandomizes, the five chunks then draw the same examples, and which faults that
 # draw reaches differs between machines (0 over-voltage, E-stop or door faults on CI's, 0
@@ -375,6 +376,7 @@ SETTINGS = settings(
 # seed moves with the rules' code), so it is not a floor in CI, where
 # tests/test_v2g_watchdogs.py and tests/test_v2g_session.py meet a change on purpose.
 _chunks_run: set[int] = set()
+_charged_per_chunk: dict[int, int] = {}
 RUN_FLOORS = {"discharged": 1, "at_rated_current": 1,
               **({} if DERANDOMIZED else {"direction_changed": 1})}
 
@@ -390,9 +392,18 @@ def test_safety_invariants_hold_on_random_sessions(chunk: int) -> None:
         f"chunk {chunk}: only {long_examples} examples ran >= {MIN_STEPS} steps; " \
         f"{required} are required"
     charged = COVERAGE.get("charging", 0) - charging_before
-    assert charged >= required // 5, f"chunk {chunk}: only {charged} examples reached charging"
+    _charged_per_chunk[chunk] = charged
+    if DERANDOMIZED:  # the same examples on every run: a floor that cannot flicker
+        assert charged >= required // 5, \
+            f"chunk {chunk}: only {charged} examples reached charging"
     _chunks_run.add(chunk)
     if _chunks_run == set(range(CHUNKS)):
+        # Random draws: one chunk's hypothesis run can clump on examples that never charge
+        # (15, 15 and 18 of 100 seen, against over half usually), so the floor is the run's.
+        total = sum(_charged_per_chunk.values())
+        assert total >= RUN_EXAMPLES // 5, \
+            f"only {total} examples reached charging ({_charged_per_chunk} by chunk); " \
+            f"{RUN_EXAMPLES // 5} are required"
         short = {k: COVERAGE.get(k, 0) for k, floor in RUN_FLOORS.items()
                  if COVERAGE.get(k, 0) < floor}
         assert not short, f"the suite never reached enough of {short} (floors {RUN_FLOORS})"
