@@ -756,8 +756,9 @@ def _run_in_child(name: str) -> tuple[str, bool, str, str]:
                         if "AssertionError:" in ln), "")
     # Caught means a test failed; a harness that crashed before any test ran catches nothing,
     # and neither does a test that failed on the mutation's own crash (MutantBroken).
-    caught = out.returncode != 0 and bool(failed) and "MutantBroken" not in out.stdout
-    if "MutantBroken" in out.stdout:
+    broken = "MutantBroken" in out.stdout
+    caught = out.returncode != 0 and bool(failed) and not broken
+    if broken:
         first_error = "the mutant itself broke (MutantBroken): " + first_error
     return name, caught, ", ".join(failed), first_error
 

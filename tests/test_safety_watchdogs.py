@@ -177,9 +177,7 @@ def test_a_battery_that_reaches_the_gun_after_bro_is_awaited_for_a_second(
     (the first sample after the message still reads 0 V); 1.3 s and more is refused."""
     delay = data.draw(st.floats(*delays), label="k56_delay_s")
     assert (delay > K56_SETTLE_S) is refused
-    w = SafetyWorld()
-    w.delivery_lag_ticks = lag
-    w.plug(**car, mute="", require_io=False, k56_delay_s=delay)
+    w = _world({**car, "k56_delay_s": delay}, lag)
     _run_until(w, lambda q: q.s.state in (State.CHARGING, State.FAULT), 30.0)
     if refused:
         _faulted_for(w, "differs from the reported")
