@@ -9,6 +9,7 @@ import math
 
 from agent.core.arbiter import CurrentLimits, Limit, decide_current, wanted_current
 from agent.core.commands import Notice, SetMatrix
+from agent.core.direction import Direction
 from agent.core.events import (
     MatrixLost,
     MatrixStatus,
@@ -18,9 +19,16 @@ from agent.core.events import (
     VehicleConnected,
 )
 from agent.core.module_pool import Group, ModulePool
-from agent.core.pile import MATRIX_STATUS_STALE, ONE_GROUP_W, PileCoordinator, need_of
+from agent.core.pile import (
+    MATRIX_STATUS_STALE,
+    ONE_GROUP_W,
+    PileCoordinator,
+    gives_less,
+    need_of,
+)
 from agent.core.ratings import GunRatings
 from agent.core.session import GunSession
+from agent.core.states import State
 from drivers.module_matrix.codec import decode_status, encode_command, load_matrix_map
 from drivers.module_matrix.link import MatrixBusOwner
 from drivers.power_module.link import TcpTarget
@@ -56,13 +64,40 @@ def test_what_a_gun_wants_leaves_out_the_supply_side() -> None:
 
 def test_a_pooled_session_delivers_nothing_before_the_pool_speaks_or_once_silent() -> None:
     s = GunSession(GunRatings(), pooled=True)
-    assert s._pool() == (0.0, 0.0)
-    s.handle(PoolCapability(1.0, 120.0, 60_000.0))
-    assert s._pool() == (120.0, 60_000.0)
+    assert s._pool(discharging=False) == (0.0, 0.0)
+    s.handle(PoolCapability(1.0, 120.0, 60_000.0, discharging=False))
+    assert s._pool(discharging=False) == (120.0, 60_000.0)
     # A pool that fell silent gives nothing, as a silent module.
     s.handle(Tick(1.0 + MATRIX_STATUS_STALE.seconds + 0.01))
-    assert s._pool() == (0.0, 0.0)
-    assert GunSession(GunRatings())._pool() == (math.inf, math.inf)
+    assert s._pool(discharging=False) == (0.0, 0.0)
+    assert GunSession(GunRatings())._pool(discharging=True) == (math.inf, math.inf)
+
+
+def test_a_pool_word_gives_power_only_in_the_direction_it_was_planned_for() -> None:
+    # The share is of the export budget for a discharging gun and of the grid's for a
+    # charging one: a gun whose direction changed after the pool planned must not charge
+    # on its discharge share (the pile suite's P4: 1 A x 750 V over a 30 kW grid limit, the
+    # tick a gun's new charging phase began).
+    s = GunSession(GunRatings(), pooled=True)
+    s.handle(PoolCapability(1.0, 120.0, 60_000.0, discharging=True))
+    assert s._pool(discharging=True) == (120.0, 60_000.0)
+    assert s._pool(discharging=False) == (120.0, 0.0)
+    s.handle(PoolCapability(1.05, 120.0, 20_000.0, discharging=False))
+    assert s._pool(discharging=False) == (120.0, 20_000.0)
+    assert s._pool(discharging=True) == (120.0, 0.0)
+    # The runtime hands such a word to the gun at once, as one that gives less.
+    more = PoolCapability(1.1, 150.0, 80_000.0, discharging=True)
+    assert gives_less(more, PoolCapability(1.0, 120.0, 60_000.0, discharging=False))
+    assert not gives_less(more, PoolCapability(1.0, 120.0, 60_000.0, discharging=True))
+
+
+def test_the_coordinator_words_each_gun_for_the_direction_it_transfers_in() -> None:
+    pile, sessions = _coordinator()
+    for s in sessions.values():  # both in energy transfer, as the arbiter last left them
+        s.state, s.limits = State.CHARGING, _limits()
+    sessions[2].data.direction.active = Direction.DISCHARGE
+    _, caps = pile.step(0.0, sessions)
+    assert (caps[1].discharging, caps[2].discharging) == (False, True)
 
 
 def test_a_session_needs_nothing_idle_one_group_connected_and_a_stale_current_is_unknown(

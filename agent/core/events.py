@@ -301,11 +301,16 @@ class EnergyHistory:
 class PoolCapability:
     """What the pile's module pool gives this gun now (agent/core/pile.py): the groups
     whose matrix contactor reads closed to it, its share of the pile rating and of the
-    grid (or export) limit. 0 while a group is to leave the gun (held until <= 5 A)."""
+    grid (or export) limit. 0 while a group is to leave the gun (held until <= 5 A).
+
+    The power share is of one direction's budget (the grid limit's for charging, the
+    export limit's for discharging), the direction the gun transferred in when the pool
+    planned: in the other it gives no power."""
 
     t: float
     current_a: float
     power_w: float
+    discharging: bool
 
 
 @dataclass(frozen=True, slots=True)

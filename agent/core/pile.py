@@ -41,8 +41,10 @@ _CONNECTED = (State.HANDSHAKE, State.INSULATION_CHECK, State.IDENTIFICATION,
 def gives_less(cap: PoolCapability, last: PoolCapability | None) -> bool:
     """A pool word that gives a gun less than its last one (or its first word): the runtime
     has the gun decide on it at once; a word that gives as much or more can wait for the
-    gun's next step (event-driven time)."""
-    return last is None or cap.current_a < last.current_a or cap.power_w < last.power_w
+    gun's next step (event-driven time). A word for the other direction gives the last
+    one's direction nothing."""
+    return last is None or cap.current_a < last.current_a or cap.power_w < last.power_w \
+        or cap.discharging is not last.discharging
 
 
 def need_of(gun: int, session: GunSession, priority: int = 0) -> GunNeed:
@@ -115,9 +117,11 @@ class PileCoordinator:
         for line in self.pool.log[self._logged:]:
             out.append(Notice(now, "module_pool", line))
         self._logged = len(self.pool.log)
-        zero = PoolCapability(now, 0.0, 0.0)
-        return out, {gun: PoolCapability(now, caps[gun].current_a, caps[gun].power_w)
-                     if gun in caps else zero for gun in sessions}
+        side = {n.gun: n.discharging for n in needs}
+        return out, {gun: PoolCapability(now, caps[gun].current_a, caps[gun].power_w,
+                                         discharging=side[gun])
+                     if gun in caps else PoolCapability(now, 0.0, 0.0, discharging=side[gun])
+                     for gun in sessions}
 
     def _read(self, now: float, sessions: Mapping[int, GunSession]
               ) -> tuple[dict[str, int | None], dict[str, str], list[int]]:

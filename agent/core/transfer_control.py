@@ -182,7 +182,7 @@ class TransferControl(SessionBase):
         power_cap = st.capability_power_w if st is not None \
             and st.capability_power_w is not None else math.inf
         in_transfer = self.state is State.CHARGING
-        pool_a, pool_w = self._pool()
+        pool_a, pool_w = self._pool(discharging=False)
         soc_a = soc_window_limit(self.health_policy(), view, Direction.CHARGE)[0] \
             if in_transfer else math.inf
         return CurrentLimits(
@@ -223,7 +223,7 @@ class TransferControl(SessionBase):
                 is not None:
             d.ev_min_voltage_reached = True
         upstream_a = self._upstream_discharge_a()
-        pool_a, pool_w = self._pool()
+        pool_a, pool_w = self._pool(discharging=True)
         authorised = ev is not None and view.consent and upstream_a > 0.0
         window = ev.remaining_energy_kwh if ev is not None else None
         limits = CurrentLimits(
@@ -252,17 +252,24 @@ class TransferControl(SessionBase):
         )
         return limits, floor
 
-    def _pool(self) -> tuple[float, float]:
-        """(A, W) the pile's module pool gives this gun; no limit for a gun with its own
-        modules, nothing for a pooled gun before the pool has spoken or once it is silent."""
+    def _pool(self, discharging: bool) -> tuple[float, float]:
+        """(A, W) the pile's module pool gives this gun in this direction; no limit for a
+        gun with its own modules, nothing for a pooled gun before the pool has spoken or
+        once it is silent.
+
+        The pool's power share is of one direction's budget (the grid limit for charging,
+        the export limit for discharging): a gun whose direction changed after the pool
+        planned has no power in the new one until the pool plans it there (its next word,
+        <= 100 ms; the change itself takes DIRECTION_DWELL at zero). The share of the side
+        it left would put the pile's total over the grid (or export) limit (P4)."""
         if not self.pooled:
             return math.inf, math.inf
         pool = self.plant.pool
         # The pool speaks every control step: a word older than a module status may be
-        # is worth nothing (the coordinator stopped: fail safe, as for a silent module).
+        # old is worth nothing (the coordinator stopped: fail safe, as for a silent module).
         if pool is None or self.now - pool.t > T.MODULE_STATUS_STALE.seconds:
             return 0.0, 0.0
-        return pool.current_a, pool.power_w
+        return pool.current_a, pool.power_w if pool.discharging is discharging else 0.0
 
     # ---- reporting ------------------------------------------------------------------
 
