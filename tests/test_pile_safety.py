@@ -222,8 +222,11 @@ class PileSafetyMachine(RuleBasedStateMachine):
                 opened = m.closed & ~target
                 if opened:
                     amps = self.group_current(m)
+                    move = self.pool.moves.get(m.group.id)
                     assert amps <= UNDER_LOAD_A + EPS, \
-                        f"P2 group {m.group.id} opened at {amps:.1f} A"
+                        f"P2 group {m.group.id} opened at {amps:.1f} A (commanded " \
+                        f"0x{m.commanded:x} at {m.since:.2f} s, " \
+                        f"move {move.phase if move else None}; {self.guns_now()})"
                 m.closed = target
             assert not m.closed & (m.closed - 1), f"P3 group {m.group.id} on two guns"
 
@@ -318,3 +321,22 @@ def test_a_gun_turning_from_discharge_to_charge_waits_for_its_share_of_the_grid(
     gun2.ems_a = 100.0
     m.run(round(10.0 / TICK))
     assert gun2.plant.set_a > 5.0, m.guns_now()  # the change happened and it charges
+
+
+def test_a_group_whose_fault_clears_while_it_leaves_opens_at_no_load() -> None:
+    """A group reported faulted carries nothing while it is tripped; one that restarts on its
+    own before its matrix contactor has opened (0.6 s here) carries its share through it
+    unless its gun was brought to <= 5 A first (P2; the old pool opened it at once, and the
+    contactor opened at 57.5 A)."""
+    m = PileSafetyMachine()
+    m.build(2, _Scripted(2, {1}, 125.0, 60_000.0, {1, 2}, 125.0, 60_000.0,  # groups
+                         math.inf, math.inf, math.inf, 0, 0, 0.6, 0.6))
+    m.plug_in(1, 400.0, 750.0, 400.0, 400.0, V2gSetup())
+    m.run(round(30.0 / TICK))
+    assert m.worlds[1].plant.set_a > 100.0 and m.matrix[0].closed == 1, m.guns_now()
+    m.group_trips(0, True)
+    m.run(15)  # the board's next read reports it: the pool acts on it
+    assert m.matrix[0].closed == 1, "opened before the gun was at <= 5 A"
+    m.group_trips(0, False)  # restarts before its contactor has moved
+    m.run(round(3.0 / TICK))  # P2 on every tick
+    assert m.worlds[1].plant.set_a > 5.0, m.guns_now()  # and the gun charges on

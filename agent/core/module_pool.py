@@ -18,8 +18,13 @@ The rules:
   commanded closed, and the group counts for the new gun only when that feedback reads
   closed. The feedback is the truth throughout. A group whose contactor does not follow
   within `FEEDBACK_S` is faulted until service clears it (a welded or dead contactor).
-- A faulted group counts for no gun from the moment it is reported; the others keep
-  serving.
+- A faulted group counts for no gun from the moment it is reported, and leaves its gun as
+  a move does: the gun is held at 0 A until it reads <= 5 A, then the contactor opens,
+  then the others serve on. A tripped group carries nothing, but one whose fault clears
+  (a module that restarts on its own) before its contactor has opened would carry its
+  share through it (Annex E); the pause is the gun's ramp-down and the contactor's
+  operating time. A group whose matrix contactor did not follow is only ever commanded
+  open (it is welded or dead; nothing waits on it).
 - The pile's rating and the site's grid limit are shared among the charging guns (in
   priority order up to their demand, guns of one priority max-min fair, then what is left
   evenly); the export limit among the discharging ones. No credit is taken for one gun's
@@ -77,6 +82,7 @@ class _Move:
     to: int | None
     since: float
     phase: str  # "hold" (waiting for <= 5 A), "opening", "closing"
+    faulted: bool = False  # its group leaves because it was reported faulted
 
 
 @dataclass
@@ -161,17 +167,21 @@ class ModulePool:
              faults: Mapping[str, str]) -> tuple[list[MatrixCommand], dict[int, Capability]]:
         """feedback: the gun each group's matrix contactor reads closed to (None: open).
         faults: group -> reason, as reported now (a group not in it is healthy)."""
-        commands: list[MatrixCommand] = []
         for gid, why in faults.items():
             if gid not in self.faulted:
-                self.log.append(f"{now:.2f} s group {gid} faulted: {why}; the others serve")
+                self.log.append(f"{now:.2f} s group {gid} faulted: {why}; it leaves its gun "
+                                "at <= 5 A, the others serve on")
         for gid in [g for g in self.faulted if g not in faults and g not in self.matrix_faults]:
             self.log.append(f"{now:.2f} s group {gid} back in the pool")
         known = {g.id for g in self.groups}
         self.faulted = {**{g: w for g, w in faults.items() if g in known},
                         **self.matrix_faults}
+        commands: list[MatrixCommand] = []
         for gid in self.faulted:
-            self.moves.pop(gid, None)  # a faulted group goes nowhere; planned again later
+            commands += self._leave_faulted(gid, now, feedback.get(gid))
+        for gid in [gid for gid, m in self.moves.items()
+                    if m.faulted and m.phase == "hold" and gid not in self.faulted]:
+            del self.moves[gid]  # its fault cleared before anything was switched: it stays
         for g in self.groups:
             # The feedback is the truth: a group that reads open no longer feeds its gun
             # (a faulted group's contactor was opened), one that reads closed feeds that
@@ -192,12 +202,28 @@ class ModulePool:
         measured = {n.gun: n.measured_a for n in needs}
         for gid in list(self.moves):
             commands += self._advance(self.moves[gid], now, measured, feedback)
-        for gid in self.faulted:
-            # A faulted group leaves its gun at once (its own output has tripped).
+        for gid in self.matrix_faults:
+            # A contactor that did not follow is commanded open, whatever it carries: it
+            # is welded (nothing opens it) or dead (it is open).
             gun = feedback.get(gid)
             if gun is not None:
                 commands.append(MatrixCommand(gid, gun, closed=False))
         return commands, self.capabilities(needs, feedback)
+
+    def _leave_faulted(self, gid: str, now: float, gun: int | None) -> list[MatrixCommand]:
+        """A faulted group goes nowhere: one closed to a gun leaves it as a move does (the
+        gun held until <= 5 A, then the contactor opened); a close under way is called off.
+        Planned again once its fault clears."""
+        m = self.moves.get(gid)
+        cancel = [MatrixCommand(gid, m.to, closed=False)] if m is not None \
+            and m.phase == "closing" and m.to is not None and m.to != gun else []
+        if gid in self.matrix_faults or gun is None:
+            self.moves.pop(gid, None)
+        elif m is None or m.phase == "closing":
+            self.moves[gid] = _Move(gid, None, now, "hold", faulted=True)
+        else:
+            m.to, m.faulted = None, True  # a hold or an opening goes on, to nowhere
+        return cancel
 
     def _advance(self, m: _Move, now: float, measured: Mapping[int, float],
                  feedback: Mapping[str, int | None]) -> list[MatrixCommand]:
