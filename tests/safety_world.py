@@ -847,11 +847,11 @@ class SafetyWorld:
             amps = int.from_bytes(payload[1:3], "little") / 10 - 400
             watts = int.from_bytes(payload[3:5], "little") * 100
             volts = int.from_bytes(payload[5:7], "little") / 10
-            assert amps <= r.max_discharge_current_a + EPS \
+            assert 0.0 < amps <= r.max_discharge_current_a + EPS \
                 and watts <= r.max_discharge_power_w + EPS \
                 and volts >= r.min_input_voltage_v - EPS, \
-                f"CDP {amps} A, {watts} W, {volts} V on the wire beyond the gun's discharge " \
-                f"ratings"
+                f"CDP {amps} A, {watts} W, {volts} V on the wire: not a discharge within the " \
+                f"gun's discharge ratings"
             return
         if not isinstance(msg, CML | CCS | CRO):
             return
