@@ -134,6 +134,55 @@ def test_an_unread_or_silent_matrix_gives_every_gun_nothing() -> None:
     assert caps[1].current_a == 0.0
 
 
+def test_a_board_silent_for_seconds_latches_nothing_and_its_groups_serve_again() -> None:
+    # Silence is not a contactor that failed to move: a read that is stale shows where the
+    # contactors were, and nothing the pool commands meanwhile can be seen to follow.
+    c, sessions = _coordinator()
+    sessions[1].handle(VehicleConnected(0.0))
+    board = [0, 0]  # contactors that follow their command within a step, while it answers
+    t = 0.0
+    while t < 4.5:  # inside the handshake's time-out: the vehicle stays connected
+        silent = 0.6 <= t < 3.6
+        sessions[1].handle(ModuleStatus(t, 400.0, 0.0, 0.0, 25.0, False, 0))
+        sessions[1].handle(Tick(t))
+        if not silent:
+            c.handle(MatrixStatus(t, tuple(board), ("", "")))
+        commands, caps = c.step(t, sessions)
+        if t == 0.5:
+            assert caps[1].current_a == 200.0, c.pool.log  # both groups on gun 1
+        for command in commands:
+            if isinstance(command, SetMatrix) and not silent:
+                board[command.group] = command.closed_guns
+        t = round(t + 0.1, 6)
+    assert not c.pool.matrix_faults, c.pool.log
+    assert caps[1].current_a == 200.0, c.pool.log
+
+
+def test_an_open_commanded_into_a_board_that_falls_silent_is_not_a_welded_contactor() -> None:
+    # The groups leave an idle gun; the board stops answering right after the open is
+    # commanded. The driver keeps the write and delivers it when the board answers again
+    # (drivers/module_matrix/link.py), and the contactors follow a step later: the switch's
+    # 1 s counts from there, not from the command.
+    c, sessions = _coordinator()
+    c.pool.assigned.update(A=1, B=1)
+    c._commanded[:] = [1, 1]
+    board, queued = [1, 1], list[SetMatrix]()
+    t = 0.0
+    while t < 4.0:
+        if not 0.05 <= t < 2.5:  # silent from 0.05 s to 2.5 s
+            c.handle(MatrixStatus(t, tuple(board), ("", "")))
+            for command in queued:  # written now, followed by the next read
+                board[command.group] = command.closed_guns
+            queued = []
+        sessions[1].handle(ModuleStatus(t, 0.0, 0.0, 0.0, 25.0, False, 0))
+        sessions[1].handle(Tick(t))
+        commands, _caps = c.step(t, sessions)
+        queued += [command for command in commands if isinstance(command, SetMatrix)]
+        t = round(t + 0.1, 6)
+    assert not c.pool.matrix_faults, c.pool.log
+    assert board == [0, 0] and c.pool.assigned == {"A": None, "B": None}, c.pool.log
+
+
 def test_a_group_read_closed_to_two_guns_is_opened_and_never_counted() -> None:
     c, sessions = _coordinator()
     c.pool.assigned["A"] = 1

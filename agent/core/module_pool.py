@@ -164,9 +164,13 @@ class ModulePool:
 
     def step(self, now: float, needs: Sequence[GunNeed],
              feedback: Mapping[str, int | None],
-             faults: Mapping[str, str]) -> tuple[list[MatrixCommand], dict[int, Capability]]:
+             faults: Mapping[str, str], live: bool = True,
+             ) -> tuple[list[MatrixCommand], dict[int, Capability]]:
         """feedback: the gun each group's matrix contactor reads closed to (None: open).
-        faults: group -> reason, as reported now (a group not in it is healthy)."""
+        faults: group -> reason, as reported now (a group not in it is healthy).
+        live: False while the matrix board does not answer (its last read stands in for
+        feedback): no move goes on, and a switch's FEEDBACK_S counts only while it answers
+        (silence is not a contactor that failed to move)."""
         for gid, why in faults.items():
             if gid not in self.faulted:
                 self.log.append(f"{now:.2f} s group {gid} faulted: {why}; it leaves its gun "
@@ -201,7 +205,10 @@ class ModulePool:
                 self.moves[gid] = _Move(gid, gun, now, "hold")
         measured = {n.gun: n.measured_a for n in needs}
         for gid in list(self.moves):
-            commands += self._advance(self.moves[gid], now, measured, feedback)
+            if live:
+                commands += self._advance(self.moves[gid], now, measured, feedback)
+            elif self.moves[gid].phase != "hold":
+                self.moves[gid].since = now
         for gid in self.matrix_faults:
             # A contactor that did not follow is commanded open, whatever it carries: it
             # is welded (nothing opens it) or dead (it is open).

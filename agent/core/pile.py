@@ -95,8 +95,8 @@ class PileCoordinator:
     def step(self, now: float, sessions: Mapping[int, GunSession]
              ) -> tuple[list[Command], dict[int, PoolCapability]]:
         needs = [need_of(gun, s, self.priorities.get(gun, 0)) for gun, s in sessions.items()]
-        feedback, faults, opens = self._read(now, sessions)
-        commands, caps = self.pool.step(now, needs, feedback, faults)
+        feedback, faults, opens, live = self._read(now, sessions)
+        commands, caps = self.pool.step(now, needs, feedback, faults, live)
         out: list[Command] = []
         masks = list(self._commanded)
         for i in opens:
@@ -124,9 +124,10 @@ class PileCoordinator:
                      for gun in sessions}
 
     def _read(self, now: float, sessions: Mapping[int, GunSession]
-              ) -> tuple[dict[str, int | None], dict[str, str], list[int]]:
-        """The pool's view of the matrix: feedback per group, faults, and the groups whose
-        contactors must all open (read closed to two guns, or to a gun that is not ours)."""
+              ) -> tuple[dict[str, int | None], dict[str, str], list[int], bool]:
+        """The pool's view of the matrix: feedback per group, faults, the groups whose
+        contactors must all open (read closed to two guns, or to a gun that is not ours),
+        and whether the board answers (else its last read stands in for feedback)."""
         status = self._status
         groups = self.pool.groups
         if status is None or self._lost or now - status.t > MATRIX_STATUS_STALE.seconds:
@@ -135,7 +136,7 @@ class PileCoordinator:
                 else f"matrix board silent for {now - status.t:.2f} s")
             return ({g.id: self._gun_of(status.feedback[i], sessions) if status else None
                      for i, g in enumerate(groups)},
-                    {g.id: why for g in groups}, [])
+                    {g.id: why for g in groups}, [], False)
         feedback: dict[str, int | None] = {}
         faults = {g.id: status.faults[i] for i, g in enumerate(groups) if status.faults[i]}
         opens: list[int] = []
@@ -149,7 +150,7 @@ class PileCoordinator:
                 faults[g.id] = f"matrix feedback 0x{mask:x}: closed to {where}"
                 opens.append(i)
             feedback[g.id] = gun
-        return feedback, faults, opens
+        return feedback, faults, opens, True
 
     @staticmethod
     def _gun_of(mask: int, sessions: Mapping[int, GunSession]) -> int | None:
