@@ -25,7 +25,7 @@ from agent.core.arbiter import wanted_current
 from agent.core.commands import Command, Notice, SetMatrix
 from agent.core.direction import Direction
 from agent.core.events import MatrixLost, MatrixStatus, PoolCapability
-from agent.core.module_pool import GunNeed, ModulePool
+from agent.core.module_pool import Capability, GunNeed, ModulePool
 from agent.core.session import GunSession
 from agent.core.states import State
 
@@ -117,11 +117,10 @@ class PileCoordinator:
         for line in self.pool.log[self._logged:]:
             out.append(Notice(now, "module_pool", line))
         self._logged = len(self.pool.log)
-        side = {n.gun: n.discharging for n in needs}
-        return out, {gun: PoolCapability(now, caps[gun].current_a, caps[gun].power_w,
-                                         discharging=side[gun])
-                     if gun in caps else PoolCapability(now, 0.0, 0.0, discharging=side[gun])
-                     for gun in sessions}
+        none = Capability(0.0, 0.0)
+        return out, {n.gun: PoolCapability(now, caps.get(n.gun, none).current_a,
+                                           caps.get(n.gun, none).power_w, n.discharging)
+                     for n in needs}
 
     def _read(self, now: float, sessions: Mapping[int, GunSession]
               ) -> tuple[dict[str, int | None], dict[str, str], list[int], bool]:
