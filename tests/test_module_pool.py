@@ -195,11 +195,31 @@ def test_no_group_serves_two_guns_and_none_moves_under_load(data: st.DataObject)
                                                  max_size=1))),
                     dead=set(data.draw(st.sets(st.sampled_from([g.id for g in gs]),
                                                max_size=1))))
-    measured = dict.fromkeys(range(1, n_guns + 1), 0.0)
+    # Each gun's current follows its capability a step late; the pool sees it only through
+    # polls, one every `poll` steps, each stamped with the time it was sampled (a reading
+    # may be older than a current that has risen since).
+    current = dict.fromkeys(range(1, n_guns + 1), 0.0)
+    poll = data.draw(st.integers(1, 3), label="poll")
+    reading = {gun: (0.0, -1.0) for gun in current}
     needs: dict[int, GunNeed] = {}
     faults: dict[str, str] = {}
     t = 0.0
-    for _ in range(data.draw(st.integers(20, 120), label="steps")):
+
+    def step_guns(k: int) -> list[GunNeed]:
+        if k % poll == 0:
+            for gun in current:
+                reading[gun] = (current[gun], t)
+        return [GunNeed(n.gun, n.power_w, n.discharging, n.priority, *reading[n.gun])
+                for n in needs.values()]
+
+    def follow(caps: dict[int, Capability]) -> None:
+        for gun in current:  # the gun's current follows its capability a step late
+            need = needs.get(gun)
+            cap = caps.get(gun, Capability(0.0, 0.0))
+            current[gun] = min(cap.current_a, (need.power_w if need else 0.0) / 400.0)
+
+    steps = data.draw(st.integers(20, 120), label="steps")
+    for k in range(steps):
         if data.draw(st.integers(0, 9)) == 0:  # a vehicle arrives, changes or leaves
             gun = data.draw(st.integers(1, n_guns))
             needs[gun] = GunNeed(gun, data.draw(st.sampled_from(
@@ -211,8 +231,7 @@ def test_no_group_serves_two_guns_and_none_moves_under_load(data: st.DataObject)
                 del faults[gid]
             else:
                 faults[gid] = "fault bit"
-        now_needs = [GunNeed(n.gun, n.power_w, n.discharging, n.priority, measured[n.gun])
-                     for n in needs.values()]
+        now_needs = step_guns(k)
         before = dict(matrix.state)
         commands, caps = pool.step(t, now_needs, before, dict(faults))
         for c in commands:
@@ -221,8 +240,9 @@ def test_no_group_serves_two_guns_and_none_moves_under_load(data: st.DataObject)
                 # A group leaves a gun only when that gun carries <= 5 A (a faulted one too:
                 # its fault may clear while it opens); only a contactor that did not follow
                 # is commanded open whatever it carries (it is welded or dead).
-                assert measured.get(c.gun, 0.0) <= SWITCH_CURRENT_A, \
-                    f"{c.group} opened under {measured[c.gun]} A on gun {c.gun}"
+                assert current[c.gun] <= SWITCH_CURRENT_A, \
+                    f"{c.group} opened under {current[c.gun]} A on gun {c.gun} (read " \
+                    f"{reading[c.gun][0]} A at {reading[c.gun][1]:.1f} s, now {t:.1f} s)"
             matrix.command(c)  # asserts break before make
         for gun, cap in caps.items():
             # Capability only from healthy groups whose contactor reads closed to this gun.
@@ -237,24 +257,16 @@ def test_no_group_serves_two_guns_and_none_moves_under_load(data: st.DataObject)
         assert charging <= min(pool.pile_power_w, grid) + 1e-6
         assert discharging <= min(pool.pile_power_w, export) + 1e-6
         matrix.tick()
-        for gun in measured:  # the gun's current follows its capability a step late
-            need = needs.get(gun)
-            cap = caps.get(gun, Capability(0.0, 0.0))
-            measured[gun] = min(cap.current_a, (need.power_w if need else 0.0) / 400.0)
+        follow(caps)
         t += DT
     # Then nothing changes for a while: every move ends (done, or its group faulted), and
     # no healthy group stays idle while a vehicle it can reach gets nothing.
-    for _ in range(int(3 * FEEDBACK_S / DT) + 20):
-        now_needs = [GunNeed(n.gun, n.power_w, n.discharging, n.priority, measured[n.gun])
-                     for n in needs.values()]
-        commands, caps = pool.step(t, now_needs, dict(matrix.state), dict(faults))
+    for k in range(steps, steps + int(3 * FEEDBACK_S / DT) + 20 * poll):
+        commands, caps = pool.step(t, step_guns(k), dict(matrix.state), dict(faults))
         for c in commands:
             matrix.command(c)
         matrix.tick()
-        for gun in measured:
-            need = needs.get(gun)
-            cap = caps.get(gun, Capability(0.0, 0.0))
-            measured[gun] = min(cap.current_a, (need.power_w if need else 0.0) / 400.0)
+        follow(caps)
         t += DT
     assert not pool.moves, pool.moves
     starving = {n.gun for n in needs.values() if n.power_w > 0

@@ -340,3 +340,28 @@ def test_a_group_whose_fault_clears_while_it_leaves_opens_at_no_load() -> None:
     m.group_trips(0, False)  # restarts before its contactor has moved
     m.run(round(3.0 / TICK))  # P2 on every tick
     assert m.worlds[1].plant.set_a > 5.0, m.guns_now()  # and the gun charges on
+
+
+def _arrives_on_a_ramp(offset: int) -> PileSafetyMachine:
+    m = PileSafetyMachine()
+    m.build(2, _Scripted(1, {1, 2}, 125.0, 60_000.0,  # one group that reaches both guns
+                         math.inf, math.inf, math.inf, 0, 2, 0.0))  # gun 2 first; no delay
+    m.plug_in(1, 400.0, 750.0, 400.0, 400.0, V2gSetup())
+    while m.worlds[1].plant.current_a <= 0.1:
+        m.tick()
+    m.run(offset)
+    return m
+
+
+@pytest.mark.parametrize("offset", range(0, 16, 3))
+def test_a_group_leaves_a_ramping_gun_only_on_a_reading_taken_after_its_hold(
+        offset: int) -> None:
+    """A gun ramps up at about 100 A/s, so its current passes 5 A between two 100 ms polls;
+    a gun of higher priority arrives while it does and takes the one group. A reading of
+    <= 5 A sampled before the hold began says nothing of the current now: the old pool opened
+    on it and the contactor opened at 7-10 A (P2). Here gun 2 arrives at each 30 ms of the
+    first 150 ms of gun 1's up-ramp, and P2 is checked on every tick of the move."""
+    m = _arrives_on_a_ramp(offset)
+    m.plug_in(2, 400.0, 750.0, 400.0, 400.0, V2gSetup())
+    m.run(round(3.0 / TICK))
+    assert m.matrix[0].closed == 0b10, m.guns_now()  # the move happened, at no load

@@ -13,7 +13,8 @@ The rules:
   again only when a need moves by the smallest group's power, a gun starts or stops, a
   group faults or returns, or the contactor feedback disagrees with the assignment.
 - Moving a group (break before make): the gun it leaves is held at 0 A capability until its
-  measured current is <= 5 A (GB/T 18487.1-2023 E.5.1: no switching under load) and the
+  current, read on a sample taken after the hold began, is <= 5 A (GB/T 18487.1-2023
+  E.5.1: no switching under load) and the
   matrix contactor, commanded open, reads open; only then is the contactor to the new gun
   commanded closed, and the group counts for the new gun only when that feedback reads
   closed. The feedback is the truth throughout. A group whose contactor does not follow
@@ -60,7 +61,11 @@ class GunNeed:
     power_w: float  # what the gun's vehicle could take (or give) now; 0: idle
     discharging: bool = False
     priority: int = 0  # higher first
-    measured_a: float = 0.0  # |output current| now
+    measured_a: float = 0.0  # |output current| as last read
+    # When that reading was sampled (None: at this step). A move leaves its gun only on a
+    # reading sampled after its hold began: one taken before may show a current that has
+    # risen since (an up-ramp passes 5 A between two 100 ms polls).
+    measured_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +208,7 @@ class ModulePool:
             if gid not in self.moves and gid not in self.faulted \
                     and gun != self.assigned.get(gid):
                 self.moves[gid] = _Move(gid, gun, now, "hold")
-        measured = {n.gun: n.measured_a for n in needs}
+        measured = {n.gun: n for n in needs}
         for gid in list(self.moves):
             if live:
                 commands += self._advance(self.moves[gid], now, measured, feedback)
@@ -232,7 +237,7 @@ class ModulePool:
             m.to, m.faulted = None, True  # a hold or an opening goes on, to nowhere
         return cancel
 
-    def _advance(self, m: _Move, now: float, measured: Mapping[int, float],
+    def _advance(self, m: _Move, now: float, measured: Mapping[int, GunNeed],
                  feedback: Mapping[str, int | None]) -> list[MatrixCommand]:
         old = feedback.get(m.group)  # the gun it is closed to now, whatever was planned
         if old is not None and old == m.to:
@@ -241,7 +246,7 @@ class ModulePool:
             del self.moves[m.group]
             return []
         if m.phase == "hold":
-            if old is not None and measured.get(old, 0.0) > SWITCH_CURRENT_A:
+            if old is not None and not _unloaded(measured.get(old), m.since):
                 return []  # the gun's capability is held at 0 A meanwhile (capabilities)
             m.phase, m.since = "opening", now
         if m.phase == "opening":
@@ -311,3 +316,12 @@ class ModulePool:
                 for n in side:
                     out[n.gun] += extra
         return out
+
+
+def _unloaded(need: GunNeed | None, since: float) -> bool:
+    """The gun carries <= 5 A on a reading sampled after `since` (its hold's start, when its
+    capability went to 0 A). A gun the pool is not told of carries nothing of ours."""
+    if need is None:
+        return True
+    sampled_after = need.measured_at is None or need.measured_at > since
+    return sampled_after and need.measured_a <= SWITCH_CURRENT_A

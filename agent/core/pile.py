@@ -51,15 +51,16 @@ def need_of(gun: int, session: GunSession, priority: int = 0) -> GunNeed:
     """What the gun's session asks of the pool now."""
     st, at = session.plant.status, session.plant.sampled_at
     # A current not read within the module's stale budget may be anything: the gun's groups
-    # stay where they are (a move waits for a fresh reading at <= 5 A).
+    # stay where they are (a move waits for a reading at <= 5 A sampled after its hold).
     fresh = st is not None and at is not None \
         and session.now - at <= T.MODULE_STATUS_STALE.seconds
     measured = abs(st.output_current_a) if fresh and st is not None else math.inf
     state, r = session.state, session.ratings
     if state in _CONNECTED:
-        return GunNeed(gun, ONE_GROUP_W, priority=priority, measured_a=measured)
+        return GunNeed(gun, ONE_GROUP_W, priority=priority, measured_a=measured,
+                       measured_at=at)
     if state is not State.CHARGING or session.limits is None:
-        return GunNeed(gun, 0.0, priority=priority, measured_a=measured)
+        return GunNeed(gun, 0.0, priority=priority, measured_a=measured, measured_at=at)
     limits = session.limits
     discharging = session.data.direction.active is Direction.DISCHARGE
     rating = r.max_discharge_power_w if discharging else r.max_power_w
@@ -67,7 +68,7 @@ def need_of(gun: int, session: GunSession, priority: int = 0) -> GunNeed:
     # A vehicle in energy transfer keeps at least one group, whatever it asks this instant
     # (a pause or a direction change must not send its groups away).
     return GunNeed(gun, max(watts, ONE_GROUP_W), discharging=discharging,
-                   priority=priority, measured_a=measured)
+                   priority=priority, measured_a=measured, measured_at=at)
 
 
 @dataclass
