@@ -21,7 +21,9 @@ unit tests that hold the codecs, the config, the flags and the contactor poles.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import importlib
 import inspect
 import math
 import os
@@ -39,6 +41,7 @@ from agent import cli
 from agent.core import (
     arbiter,
     gbt_profile,
+    module_pool,
     outgoing,
     pile_split,
     plant_checks,
@@ -679,7 +682,29 @@ SERVICE: dict[str, Mutation] = {
     # (a module that refuses every write keeps 250 A with K1/K2 closed).
     "service:unconfirmed-safe-state-keeps-the-heartbeat": lambda: mock.patch.object(
         SafetyHandling, "_confirm_safe_state", lambda self: None),
+    # Python 3.11's asyncio.wait_for back in every bounded wait: a stop that arrives as a
+    # wait ends is dropped, and the loop runs on (issue 25: a 20-minute hang).
+    "service:wait-for-drops-a-stop": lambda: _everywhere("within", asyncio.wait_for),
+    # A group leaves its gun on a <= 5 A reading taken before its hold began (the gun's
+    # current may have risen past 5 A since: P2).
+    "pile:switch-on-an-old-reading": lambda: mock.patch.object(
+        module_pool, "_unloaded", lambda need, since: need is None
+        or need.measured_a <= module_pool.SWITCH_CURRENT_A),
 }
+
+# The product's modules that bound a wait with drivers.task_end.within.
+_WAITING_MODULES = ("agent.runtime.gun_service", "agent.runtime.http_endpoint",
+                    "agent.runtime.upstream_links", "agent.runtime.pile_service",
+                    "drivers.module_matrix.link", "drivers.power_module.link",
+                    "drivers.safety_io.link", "drivers.dc_meter.link", "drivers.ocpp.client")
+
+
+def _everywhere(name: str, replacement: object) -> AbstractContextManager[object]:
+    stack = ExitStack()
+    for module in _WAITING_MODULES:
+        stack.enter_context(mock.patch.object(importlib.import_module(module), name,
+                                              replacement))
+    return stack
 
 
 def _rearm_regardless(self: SafetyHandling) -> bool:

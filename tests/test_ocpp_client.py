@@ -500,3 +500,35 @@ def test_one_connection_an_evse_per_gun(tmp_path: Path) -> None:
             await csms.stop()
 
     asyncio.run(run())
+
+
+def test_a_stop_that_meets_a_queued_message_ends_the_client(tmp_path: Path) -> None:
+    """The owner cancels the client as a transaction event wakes its loop (a service that
+    stops at a session's end). Python 3.11's asyncio.wait_for returns the woken wait and drops
+    that cancel: the loop ran on, reconnecting for ever, and the owner's await hung (a
+    20-minute hang of test_one_connection_an_evse_per_gun)."""
+    async def run() -> str:
+        csms = Csms()
+        port = await csms.start()
+        client = OcppClient(OcppSettings(url=f"ws://127.0.0.1:{port}/ocpp", station_id="CP-1",
+                                         reconnect_s=0.2, rated_power_w=120_000.0),
+                            Outbox(tmp_path / "ledger.sqlite"), time.time)
+        task = asyncio.create_task(client.run())
+        try:
+            await csms.wait_for("StatusNotification")
+            await asyncio.sleep(0.05)  # the loop waits on its wake-up
+            client.transaction_event("Started", "CablePluggedIn", "tx-1")
+            task.cancel()
+            await asyncio.wait({task}, timeout=5.0)
+            return "cancelled" if task.cancelled() else \
+                "ended otherwise" if task.done() else "still running"
+        finally:
+            for _ in range(10):  # a client that dropped the cancel: cancelled until it ends
+                if task.done():
+                    break
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+            client.outbox.close()
+            await csms.stop()
+
+    assert asyncio.run(run()) == "cancelled"

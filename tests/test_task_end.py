@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from drivers.task_end import reap
+from drivers.task_end import reap, within
 
 
 async def _swallowing_end(task: asyncio.Future[Any]) -> None:
@@ -82,3 +83,76 @@ def test_the_helper_s_own_end_stays_here() -> None:
             await reap(task)
 
     asyncio.run(body())
+
+
+async def _poller_stopped_as_it_wakes(
+        wait: Callable[[Awaitable[Any], float], Awaitable[Any]]) -> str:
+    """A polling loop that waits on a wake-up with a timeout; its owner cancels it in the
+    very turn of the loop that wakes it (a message queued as the service stops)."""
+    wake = asyncio.Event()
+    rounds = 0
+
+    async def poller() -> None:
+        nonlocal rounds
+        while rounds < 50:  # bounded, so a loop that runs on ends and the test can say so
+            rounds += 1
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await wait(wake.wait(), 0.05)
+
+    task = asyncio.ensure_future(poller())
+    await asyncio.sleep(0.01)
+    wake.set()
+    task.cancel()
+    await asyncio.wait({task}, timeout=5.0)
+    return "cancelled" if task.cancelled() else f"ran on to round {rounds}"
+
+
+def test_a_cancel_that_meets_the_wake_up_is_passed_on() -> None:
+    assert asyncio.run(_poller_stopped_as_it_wakes(within)) == "cancelled"
+    if sys.version_info < (3, 12):  # the test tells the two apart where wait_for drops it
+        assert asyncio.run(_poller_stopped_as_it_wakes(asyncio.wait_for)) == "ran on to round 50"
+
+
+def test_within_answers_times_out_and_ends_what_it_waited_for() -> None:
+    async def body() -> None:
+        assert await within(asyncio.sleep(0.01, "answer"), 1.0) == "answer"
+        ended = asyncio.Event()
+
+        async def slow() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                ended.set()
+
+        with pytest.raises(TimeoutError):
+            await within(slow(), 0.05)
+        assert ended.is_set(), "what timed out was left running"
+        ended.clear()
+        waiter = asyncio.ensure_future(within(slow(), 10.0))
+        await asyncio.sleep(0.01)
+        waiter.cancel()  # the caller is cancelled: what it waited for ends too
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert ended.is_set()
+        with pytest.raises(ValueError, match="bad reply"):
+            await within(_raises(), 1.0)
+
+    asyncio.run(body())
+
+
+async def _raises() -> None:
+    raise ValueError("bad reply")
+
+
+def test_the_mutation_check_reaches_every_bounded_wait() -> None:
+    """`service:wait-for-drops-a-stop` puts asyncio.wait_for back wherever `within` is used."""
+    from pathlib import Path
+
+    from tests.mutation_check import _WAITING_MODULES
+
+    root = Path(__file__).parents[1]
+    using = {".".join(p.relative_to(root).with_suffix("").parts)
+             for d in ("agent", "drivers") for p in (root / d).rglob("*.py")
+             if "within(" in p.read_text() and p.name != "task_end.py"}
+    assert using == set(_WAITING_MODULES)

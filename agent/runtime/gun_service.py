@@ -44,7 +44,7 @@ from agent.runtime.gun_telemetry import GunTelemetry
 from drivers.dc_meter.link import MeterBusOwner
 from drivers.power_module.owner import ModuleBusOwner
 from drivers.safety_io.link import SafetyBusOwner
-from drivers.task_end import reap
+from drivers.task_end import reap, within
 
 log = logging.getLogger("pile_agent.gun")
 
@@ -92,7 +92,7 @@ class GunDrivers:
         """Queued module commands (output off, K1/K2 open) written first, then every bus
         closed."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.module.drain(0.0), drain_s)
+            await within(self.module.drain(0.0), drain_s)
         await self.module.close()
         if self.safety is not None:
             await self.safety.close()

@@ -13,6 +13,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from drivers.task_end import within
+
 log = logging.getLogger("pile_agent.http")
 
 MAX_HEAD_BYTES = 8192
@@ -47,7 +49,7 @@ class HttpEndpoint:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                await within(self._server.wait_closed(), 1.0)
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -57,7 +59,7 @@ class HttpEndpoint:
                     f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                     "Cache-Control: no-store\r\nConnection: close\r\n\r\n").encode()
             writer.write(head if head_only else head + body)
-            await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT_S)
+            await within(writer.drain(), HEAD_TIMEOUT_S)
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away
         finally:
@@ -68,7 +70,7 @@ class HttpEndpoint:
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes, bool]:
         text = "text/plain; charset=utf-8"
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+            head = await within(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
         except asyncio.LimitOverrunError:
             return 413, text, b"request head too large\n", False
         except TimeoutError:

@@ -59,7 +59,7 @@ from agent.version import package_version
 from drivers.gbt27930.candump import CandumpWriter
 from drivers.gbt27930.codec import assign_extension_pgns
 from drivers.module_matrix.link import MatrixBusOwner, MatrixEvent
-from drivers.task_end import reap
+from drivers.task_end import reap, within
 
 log = logging.getLogger("pile_agent.pile")
 
@@ -227,7 +227,7 @@ class PileService:
             d.module.submit(SetModuleOutput(enabled=False, voltage_v=0.0, current_a=0.0))
             d.module.submit(SetContactors(closed=False))
             try:
-                events = await asyncio.wait_for(d.module.service(self.clock.now()), 2.0)
+                events = await within(d.module.service(self.clock.now()), 2.0)
             except TimeoutError:
                 events = []
             lost = not events or any(isinstance(e, ModuleLinkLost) for e in events)
@@ -289,7 +289,7 @@ class PileService:
                         g.offer_cap(cap)
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), POOL_PERIOD_S)
+                    await within(wake.wait(), POOL_PERIOD_S)
         finally:
             await reap(reader)
 

@@ -40,6 +40,7 @@ from drivers.ocpp.client import EvseSettings, OcppClient, OcppSettings
 from drivers.sunspec.codec import layout, load_map
 from drivers.sunspec.ems_controls import EmsControls, EmsSettings
 from drivers.sunspec.server import SunSpecServer
+from drivers.task_end import within
 
 # The EMS's and the central system's time-based inputs (an EMS heartbeat lost, an OCPP
 # request queued) are looked at this often; an EMS write is acted on at once.
@@ -192,4 +193,4 @@ class UpstreamLinks:
             self._written.clear()
             self.poll_now()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._written.wait(), UPSTREAM_POLL_S)
+                await within(self._written.wait(), UPSTREAM_POLL_S)

@@ -3,7 +3,6 @@ turns every answer or failure into an event. Thin: it decides nothing."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ from drivers.dc_meter.codec import decode_reading, load_meter_map
 from drivers.power_module.link import RtuTarget, TcpTarget, make_client, target_label
 from drivers.power_module.owner import Clock
 from drivers.power_module.regmap import RegisterMap
+from drivers.task_end import within
 
 # 1 s: the meter's energy registers change by at most 0.17 Wh per second per kW; the
 # cross-check against the module needs a few samples within its 5 s window.
@@ -47,11 +47,11 @@ class MeterBusOwner:
                 await self.close()
                 self._client = make_client(self.target, REQUEST_TIMEOUT_S,
                                            f"meter {target_label(self.target)}#{self.unit_id}")
-                if not await asyncio.wait_for(self._client.connect(), 2 * REQUEST_TIMEOUT_S):
+                if not await within(self._client.connect(), 2 * REQUEST_TIMEOUT_S):
                     await self.close()
                     return [MeterLost(t, "meter: connect failed")]
             span = self.regmap.span
-            response = await asyncio.wait_for(
+            response = await within(
                 self._client.read_holding_registers(span.start, count=len(span),
                                                     device_id=self.unit_id),
                 2 * REQUEST_TIMEOUT_S)

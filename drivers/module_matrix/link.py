@@ -18,6 +18,7 @@ from drivers.module_matrix.codec import (
 )
 from drivers.power_module.link import RtuTarget, TcpTarget, make_client, target_label
 from drivers.power_module.owner import Clock
+from drivers.task_end import within
 
 # 100 ms, as a power module's poll (drivers/power_module/owner.py): a matrix contactor's
 # feedback is judged within 1 s (T.CONTACTOR_FEEDBACK), so ten reads fit in that budget.
@@ -48,7 +49,7 @@ class MatrixBusOwner:
             client.close()
 
     async def _call(self, call: Callable[[], Any]) -> Any:
-        response = await asyncio.wait_for(call(), 2 * REQUEST_TIMEOUT_S)
+        response = await within(call(), 2 * REQUEST_TIMEOUT_S)
         if response.isError():
             raise ConnectionError(f"exception {getattr(response, 'exception_code', '?')}")
         return response
@@ -61,7 +62,7 @@ class MatrixBusOwner:
         await self.close()
         self._client = make_client(self.target, REQUEST_TIMEOUT_S,
                                    f"matrix {target_label(self.target)}#{self.unit_id}")
-        if not await asyncio.wait_for(self._client.connect(), 2 * REQUEST_TIMEOUT_S):
+        if not await within(self._client.connect(), 2 * REQUEST_TIMEOUT_S):
             await self.close()
             raise ConnectionError("connect failed")
 
@@ -119,4 +120,4 @@ class MatrixBusOwner:
             if self._pending and self._client is not None:
                 continue  # given while writing: written now, not at the next poll
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_poll - clock.now()))
+                await within(self._wake.wait(), max(0.0, next_poll - clock.now()))

@@ -49,7 +49,7 @@ from drivers.ocpp.log_upload import (
 )
 from drivers.ocpp.profiles import Offer, ProfileStore, Rejection, parse_profile
 from drivers.said_lines import SaidLines
-from drivers.task_end import reap
+from drivers.task_end import reap, within
 
 log = logging.getLogger("pile_agent.ocpp")
 # What the station can sample (SampledDataCtrlr's measurands) and what it accepts of a
@@ -656,7 +656,7 @@ class OcppClient:
         cp = self._cp
         if cp is not None and self.online:
             try:
-                r = await asyncio.wait_for(cp.call(call.Authorize(
+                r = await within(cp.call(call.Authorize(
                     id_token={"id_token": id_token, "type": kind})), 10.0)
             except (TimeoutError, OSError, websockets.exceptions.WebSocketException):
                 r = None
@@ -789,7 +789,7 @@ class OcppClient:
                 next_beat = self.wall() + self.heartbeat_s
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=0.2)
+                await within(self._wake.wait(), 0.2)
         raise OSError("connection closed")
 
     def _station_type(self) -> ChargingStationType:

@@ -13,7 +13,6 @@ still carries current, or K1/K2 still read closed.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from drivers.power_module.codec import (
     encode_command,
 )
 from drivers.power_module.regmap import RegisterMap, load_register_map
+from drivers.task_end import within
 
 # 0.5 s: EVerest SerialCommHub's first-byte timeout (safety-limits.md §1.6); a healthy module
 # answers a 28-word FC03 in ~7 ms at 115200 baud RTU (§4.2) or ~0.1 ms over loopback TCP (§4.3),
@@ -138,7 +138,7 @@ class ModuleLink:
                                    f"module {target_label(self.target)}#"
                                    f"{self.config.unit_id}")
         try:
-            ok = await asyncio.wait_for(self._client.connect(), self._guard_s)
+            ok = await within(self._client.connect(), self._guard_s)
         except (TimeoutError, OSError) as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         else:
@@ -265,7 +265,7 @@ class ModuleLink:
         if not self.connected:
             raise ModuleLinkError(f"{what}: {self._describe()} not connected")
         try:
-            response = await asyncio.wait_for(call(), self._guard_s)
+            response = await within(call(), self._guard_s)
         except TimeoutError as exc:
             raise ModuleLinkError(f"{what}: {self._describe()} timed out") from exc
         except Exception as exc:  # pymodbus raises ModbusException subclasses and OSError

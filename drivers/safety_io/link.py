@@ -4,7 +4,6 @@ writes what it is told (heartbeat, measurement start) and reports; it decides no
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ from agent.core.events import Event, SafetyIoLost
 from drivers.power_module.link import RtuTarget, TcpTarget, make_client, target_label
 from drivers.power_module.owner import Clock
 from drivers.safety_io.codec import decode_imd, decode_io, load_imd_map, load_io_map
+from drivers.task_end import within
 
 SafetyCommand = KickSafetyWatchdog | StartInsulationTest | ResetSafetyTrip
 # Bender isoCHA answers within its 500 ms first-byte timeout (EVerest SerialCommHub).
@@ -60,7 +60,7 @@ class SafetyBusOwner:
 
     async def _call(self, what: str, call: Callable[[], Any]) -> Any:
         try:
-            response = await asyncio.wait_for(call(), self.timeout_s + 0.1)
+            response = await within(call(), self.timeout_s + 0.1)
         except Exception as exc:  # timeouts, OSError and pymodbus exceptions alike
             raise SafetyBusError(f"{what}: {type(exc).__name__}: {exc}") from exc
         if response.isError():
@@ -74,7 +74,7 @@ class SafetyBusOwner:
     async def _connect(self) -> None:
         self._client = make_client(self.target, self.timeout_s,
                                    f"safety {target_label(self.target)}#{self.io_unit}")
-        if not await asyncio.wait_for(self._client.connect(), self.timeout_s + 0.1):
+        if not await within(self._client.connect(), self.timeout_s + 0.1):
             raise SafetyBusError("safety bus: connect failed")
         reg = self.io_map["heartbeat_timeout"]
         await self._call("arm heartbeat", lambda: self._client.write_registers(
