@@ -404,4 +404,5 @@ def test_safety_invariants_hold_on_random_sessions(chunk: int) -> None:
             f"{RUN_EXAMPLES // 5} are required"
         short = {k: COVERAGE.get(k, 0) for k, floor in RUN_FLOORS.items()
                  if COVERAGE.get(k, 0) < floor}
-        assert not short, f"the suite never reached enough of {short} (floors {RUN_FLOORS})"
+        assert not short, f"the suite never reached enough of {short} (floors {RUN_FLOORS}; " \
+            f"all it counted: {dict(sorted(COVERAGE.items()))})"
