@@ -45,6 +45,7 @@ from agent.runtime.pile_service import PileService
 from drivers.gbt27930.link import GbtLink, Role
 from drivers.power_module.link import ModuleLink, TcpTarget
 from drivers.sunspec.codec import layout, load_map
+from drivers.task_end import within
 from hil import sim_loop
 from hil.bench_scale import ccs_periods, percentile
 from hil.ev_bms import VehicleConfig
@@ -264,7 +265,7 @@ async def _measure(trials: int) -> dict[str, Any]:
         finally:
             service.stop("bench over")
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(agent, 15.0)
+                await within(agent, 15.0)
             await b.pile.close()
     # The E-stop latches and ends the session: each further press is a fresh session.
     for _ in range(min(trials, ESTOP_PRESSES) - 1):
@@ -297,7 +298,7 @@ async def _estop_once() -> list[float]:
         finally:
             service.stop("bench over")
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(agent, 15.0)
+                await within(agent, 15.0)
             await b.pile.close()
 
 

@@ -36,6 +36,7 @@ import can
 
 from agent.runtime.config import PileConfig, parse_config
 from agent.runtime.pile_service import PileService
+from drivers.task_end import within
 from hil.ev_bms import VehicleConfig
 from hil.loopback_pile import LoopbackPile, free_port
 from hil.matrix_sim import GroupSim
@@ -232,7 +233,7 @@ async def _scrape(urls: list[str], stop: asyncio.Event) -> int:
         for url in urls:
             answered += await asyncio.to_thread(fetch, url)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+            await within(stop.wait(), 1.0)
     return answered
 
 
@@ -277,7 +278,7 @@ async def measure_in_process(guns: int, observe: bool = False) -> dict[str, Any]
             await _until_settled(pile)
             proc.send_signal(signal.SIGTERM)  # the service runs until stopped
             try:
-                await asyncio.wait_for(proc.wait(), 30.0)
+                await within(proc.wait(), 30.0)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

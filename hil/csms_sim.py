@@ -29,6 +29,8 @@ import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from drivers.task_end import within
+
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 # OCPP 2.1's acronyms in field names, as its schemas spell them (evMaxV2XEnergyRequest,
 # maxSoC, ocppCsmsUrl is the one exception left as written).
@@ -81,7 +83,7 @@ class StationSide:
         self._waiting[message_id] = answer
         await self.ws.send(json.dumps([CALL, message_id, action, keys(body, camel)]))
         try:
-            frame = await asyncio.wait_for(answer, timeout)
+            frame = await within(answer, timeout)
         finally:
             self._waiting.pop(message_id, None)
         if frame[0] == CALLERROR:
@@ -192,4 +194,4 @@ class Csms:
         async def enough() -> None:
             while len(self.of(action)) < count:
                 await asyncio.sleep(0.02)
-        await asyncio.wait_for(enough(), timeout)
+        await within(enough(), timeout)

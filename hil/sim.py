@@ -53,6 +53,7 @@ from drivers.safety_io.link import SafetyBusOwner
 from drivers.sunspec.codec import layout, load_map
 from drivers.sunspec.ems_controls import EmsControls, EmsSettings
 from drivers.sunspec.server import SunSpecServer
+from drivers.task_end import within
 from hil import car_can_faults, report
 from hil.csms_sim import Csms
 from hil.ev_bms import BmsSimulator, VehicleConfig
@@ -294,7 +295,7 @@ class SimulatedPile:
         task = asyncio.create_task(client.run())
         self._stack.push_async_callback(_cancel, task)
         self.ocpp = OcppBridge(client, self.session, self.sim_wall, meter_interval_s=10.0)
-        await asyncio.wait_for(self.csms.booted.wait(), 10.0)
+        await within(self.csms.booted.wait(), 10.0)
 
     async def _stop_csms(self) -> None:
         if self.csms is not None:

@@ -368,8 +368,10 @@ def test_a_module_that_ignores_the_shutdown_is_handed_to_the_safety_controller(
     t_fault = p.t
     deadline = 3.0 if amps > 200.0 else 2.0
     p.run_until(lambda q: False, deadline + 1.0)
-    [notice] = [c for _t, c in p.log.all_commands
-                if getattr(c, "kind", "") == "safe_state_unconfirmed"]
+    notices = [c for _t, c in p.log.all_commands
+               if getattr(c, "kind", "") == "safe_state_unconfirmed"]
+    assert len(notices) == 1, f"{len(notices)} safe_state_unconfirmed notices, one expected"
+    notice = notices[0]
     last_kick = max(_kicks_after(p, 0.0))
     # The board trips 500 ms after the last beat: inside the deadline.
     assert last_kick + 0.5 <= t_fault + deadline, (last_kick, t_fault, notice)
