@@ -98,7 +98,7 @@ async def _poller_stopped_as_it_wakes(
             rounds += 1
             wake.clear()
             with contextlib.suppress(TimeoutError):
-                await wait(wake.wait(), 0.05)
+                await wait(wake.wait(), 0.02)
 
     task = asyncio.ensure_future(poller())
     await asyncio.sleep(0.01)
