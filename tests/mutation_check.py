@@ -34,6 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
 from functools import partial
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -692,16 +693,18 @@ SERVICE: dict[str, Mutation] = {
         or need.measured_a <= module_pool.SWITCH_CURRENT_A),
 }
 
-# The product's modules that bound a wait with drivers.task_end.within.
-_WAITING_MODULES = ("agent.runtime.gun_service", "agent.runtime.http_endpoint",
-                    "agent.runtime.upstream_links", "agent.runtime.pile_service",
-                    "drivers.module_matrix.link", "drivers.power_module.link",
-                    "drivers.safety_io.link", "drivers.dc_meter.link", "drivers.ocpp.client")
+def _waiting_modules() -> list[str]:
+    """The product's modules that bound a wait with drivers.task_end.within (read from the
+    source, so a new one is mutated too)."""
+    root = Path(__file__).parents[1]
+    return sorted(".".join(p.relative_to(root).with_suffix("").parts)
+                  for d in ("agent", "drivers") for p in (root / d).rglob("*.py")
+                  if p.name != "task_end.py" and "within(" in p.read_text())
 
 
 def _everywhere(name: str, replacement: object) -> AbstractContextManager[object]:
     stack = ExitStack()
-    for module in _WAITING_MODULES:
+    for module in _waiting_modules():
         stack.enter_context(mock.patch.object(importlib.import_module(module), name,
                                               replacement))
     return stack

@@ -144,15 +144,3 @@ def test_within_answers_times_out_and_ends_what_it_waited_for() -> None:
 async def _raises() -> None:
     raise ValueError("bad reply")
 
-
-def test_the_mutation_check_reaches_every_bounded_wait() -> None:
-    """`service:wait-for-drops-a-stop` puts asyncio.wait_for back wherever `within` is used."""
-    from pathlib import Path
-
-    from tests.mutation_check import _WAITING_MODULES
-
-    root = Path(__file__).parents[1]
-    using = {".".join(p.relative_to(root).with_suffix("").parts)
-             for d in ("agent", "drivers") for p in (root / d).rglob("*.py")
-             if "within(" in p.read_text() and p.name != "task_end.py"}
-    assert using == set(_WAITING_MODULES)

@@ -208,10 +208,10 @@ class ModulePool:
             if gid not in self.moves and gid not in self.faulted \
                     and gun != self.assigned.get(gid):
                 self.moves[gid] = _Move(gid, gun, now, "hold")
-        measured = {n.gun: n for n in needs}
+        by_gun = {n.gun: n for n in needs}
         for gid in list(self.moves):
             if live:
-                commands += self._advance(self.moves[gid], now, measured, feedback)
+                commands += self._advance(self.moves[gid], now, by_gun, feedback)
             elif self.moves[gid].phase != "hold":
                 self.moves[gid].since = now
         for gid in self.matrix_faults:
@@ -237,7 +237,7 @@ class ModulePool:
             m.to, m.faulted = None, True  # a hold or an opening goes on, to nowhere
         return cancel
 
-    def _advance(self, m: _Move, now: float, measured: Mapping[int, GunNeed],
+    def _advance(self, m: _Move, now: float, needs: Mapping[int, GunNeed],
                  feedback: Mapping[str, int | None]) -> list[MatrixCommand]:
         old = feedback.get(m.group)  # the gun it is closed to now, whatever was planned
         if old is not None and old == m.to:
@@ -246,7 +246,7 @@ class ModulePool:
             del self.moves[m.group]
             return []
         if m.phase == "hold":
-            if old is not None and not _unloaded(measured.get(old), m.since):
+            if old is not None and not _unloaded(needs.get(old), m.since):
                 return []  # the gun's capability is held at 0 A meanwhile (capabilities)
             m.phase, m.since = "opening", now
         if m.phase == "opening":
